@@ -1,0 +1,100 @@
+"""What the tracker needs to know about the broker a worker consumes from.
+
+Recovery differs per broker (see docs/failure-model.md): a RedisBroker's
+orphans are still in Redis and are moved back; RabbitMQ redelivers by
+itself; any other broker gets the stored payload enqueued again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, cast
+
+from dramatiq.common import dq_name
+
+if TYPE_CHECKING:
+    import redis
+    from dramatiq import Broker
+    from dramatiq.brokers.redis import RedisBroker
+
+REDIS = "redis"
+RABBITMQ = "rabbitmq"
+STUB = "stub"
+OTHER = "other"
+
+_KINDS = {
+    "dramatiq.brokers.redis.RedisBroker": REDIS,
+    "dramatiq.brokers.rabbitmq.RabbitmqBroker": RABBITMQ,
+    "dramatiq.brokers.stub.StubBroker": STUB,
+}
+
+
+def _qualified_name(cls: type) -> str:
+    return "%s.%s" % (cls.__module__, cls.__qualname__)
+
+
+def broker_kind(broker: Broker) -> str:
+    """ "redis", "rabbitmq", "stub" or "other", subclasses included.
+
+    Classes are compared by name so that pika need not be importable.
+    """
+    for cls in type(broker).__mro__:
+        kind = _KINDS.get(_qualified_name(cls))
+        if kind is not None:
+            return kind
+    return OTHER
+
+
+def as_redis_broker(broker: Broker) -> RedisBroker:
+    """``broker``, typed as the RedisBroker that :func:`broker_kind` found it to be."""
+    return cast("RedisBroker", broker)
+
+
+def describe_redis_client(client: redis.Redis) -> str:
+    """A stable description of the server and database a client talks to."""
+    kwargs: dict[str, Any] = client.connection_pool.connection_kwargs
+    database = kwargs.get("db", 0)
+    if kwargs.get("path"):
+        return "unix://%s?db=%s" % (kwargs["path"], database)
+    return "redis://%s:%s/%s" % (kwargs.get("host", "localhost"), kwargs.get("port", 6379), database)
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerFacts:
+    """How a broker is identified in a worker registration.
+
+    Parameters:
+      kind(str): See :func:`broker_kind`.
+      identity(str): Two workers whose identities match share their queues, so
+        one may deliver the other's orphans again.
+      broker_id(str): RedisBroker's per-process ``broker_id``; "" elsewhere.
+      namespace(str): RedisBroker's namespace; "" elsewhere.
+    """
+
+    kind: str
+    identity: str
+    broker_id: str = ""
+    namespace: str = ""
+
+    @classmethod
+    def of(cls, broker: Broker) -> BrokerFacts:
+        kind = broker_kind(broker)
+        if kind == REDIS:
+            redis_broker = as_redis_broker(broker)
+            namespace = redis_broker.namespace
+            identity = "redis:%s#%s" % (describe_redis_client(redis_broker.client), namespace)
+            return cls(kind, identity, redis_broker.broker_id, namespace)
+        if kind == OTHER:
+            return cls(kind, "other:%s" % _qualified_name(type(broker)))
+        return cls(kind, kind)
+
+
+def consumed_queues(broker: Broker, whitelist: set[str] | None) -> tuple[str, ...]:
+    """The canonical queues a worker consumes: all declared ones, or its whitelist."""
+    declared = broker.get_declared_queues()
+    return tuple(sorted(q for q in declared if not whitelist or q in whitelist))
+
+
+def consumer_queues(queues: tuple[str, ...]) -> list[str]:
+    """Every queue a worker fetches from (and holds acks for): each queue and its delay queue."""
+    return [name for queue in queues for name in (queue, dq_name(queue))]

@@ -1,0 +1,70 @@
+"""Log a tracker Redis outage once, not once per message or per thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from dramatiq.logging import get_logger
+
+
+class ConnectionHealth:
+    """Shared by every thread of a tracker that talks to its Redis.
+
+    The first failure of an outage logs a warning; the first success after
+    it logs how long the outage lasted and asks for a resynchronisation.
+    """
+
+    def __init__(self) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self.outages = 0
+        #: When the last outage ended (time.monotonic()), or None.
+        self.reconnected_at: float | None = None
+        #: Called, without arguments, when an outage ends.
+        self.on_reconnect: list[Callable[[], None]] = []
+
+    @property
+    def is_down(self) -> bool:
+        return self._down_since is not None
+
+    def failed(self, operation: str, error: BaseException) -> None:
+        """Report a failed Redis operation."""
+        with self._lock:
+            first = self._down_since is None
+            if first:
+                self._down_since = time.monotonic()
+                self.outages += 1
+        if first:
+            self.logger.warning(
+                "Tracker Redis is unreachable (%s failed: %s). Messages keep being processed; "
+                "tracking resumes when it is back.",
+                operation,
+                error,
+            )
+        else:
+            self.logger.debug("Tracker Redis still unreachable (%s failed: %s).", operation, error)
+
+    def succeeded(self) -> bool:
+        """Report a successful Redis operation.
+
+        Returns:
+          bool: True when this success ends an outage.
+        """
+        with self._lock:
+            since, self._down_since = self._down_since, None
+        if since is None:
+            return False
+        self.reconnected_at = time.monotonic()
+        self.logger.info("Tracker Redis is reachable again after %d ms.", (self.reconnected_at - since) * 1000)
+        for callback in self.on_reconnect:
+            callback()
+        return True
+
+    def settled_for(self, seconds: float) -> bool:
+        """True when the tracker's Redis is up and has been for at least ``seconds`` since the last outage."""
+        if self._down_since is not None:
+            return False
+        return self.reconnected_at is None or time.monotonic() - self.reconnected_at >= seconds

@@ -1,0 +1,138 @@
+"""The one place where Redis key names are built.
+
+Every key the tracker owns starts with ``{namespace}:v1:``.  The braces
+make ``namespace`` a Redis Cluster hash tag, so all of a namespace's
+keys live in one slot and every Lua script can touch all of them; ``v1``
+is the schema version, bumped if the layout ever changes.
+
+Tracker keys (``$ns`` stands for ``{namespace}:v1``)::
+
+  $ns:workers                     HASH    worker id -> registration (JSON)
+  $ns:deadlines                   ZSET    worker id -> heartbeat deadline (server ms)
+  $ns:dead-workers                ZSET    worker id -> when it was declared dead (server ms)
+  $ns:worker:<id>:heartbeat       STRING  present while the worker is alive (PX heartbeat_timeout)
+  $ns:worker:<id>:inflight        HASH    message id -> in-flight record (JSON)
+  $ns:host:<hostname>             SET     worker ids registered from that host
+  $ns:broker:<broker_id>          SET     worker ids sharing one RedisBroker ``broker_id``
+  $ns:running                     HASH    message id -> "<worker id>|<attempt token>"
+  $ns:message:<message id>        HASH    durable per-message history (recoveries, ...)
+  $ns:outbox                      HASH    message id -> orphan being re-enqueued (JSON)
+  $ns:sweep-lease                 STRING  owner token of the current periodic sweeper
+
+Dramatiq's own RedisBroker keys are documented in ``dramatiq/brokers/redis/dispatch.lua``;
+:class:`RedisBrokerKeys` spells them for the scripts that move orphans back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+#: The version of the key layout, part of every key.
+SCHEMA_VERSION = "v1"
+
+_FORBIDDEN_NAMESPACE_CHARACTERS = frozenset("{}")
+
+
+def validate_namespace(namespace: str) -> str:
+    """Check that ``namespace`` can serve as a key prefix and hash tag.
+
+    Raises:
+      ValueError: If it is empty, has whitespace or braces.
+    """
+    if not isinstance(namespace, str) or not namespace:
+        raise ValueError("namespace must be a non-empty string, got %r" % (namespace,))
+    bad = _FORBIDDEN_NAMESPACE_CHARACTERS.intersection(namespace)
+    if bad or any(character.isspace() for character in namespace):
+        raise ValueError("namespace must not contain braces or whitespace, got %r" % (namespace,))
+    return namespace
+
+
+def namespaced_key(namespace: str, *parts: str) -> str:
+    """Build a tracker key: ``{namespace}:v1:part:part...``.
+
+    Parameters:
+      namespace(str): The tracker namespace; it becomes the key's hash tag.
+      *parts(str): The key's path below the namespace.
+    """
+    return "{%s}:%s:%s" % (namespace, SCHEMA_VERSION, ":".join(parts))
+
+
+@dataclasses.dataclass(frozen=True)
+class Keys:
+    """The tracker's keys for one namespace."""
+
+    namespace: str
+
+    def __post_init__(self) -> None:
+        validate_namespace(self.namespace)
+
+    @property
+    def prefix(self) -> str:
+        """The common prefix of every key in this namespace."""
+        return namespaced_key(self.namespace, "")
+
+    @property
+    def workers(self) -> str:
+        return namespaced_key(self.namespace, "workers")
+
+    @property
+    def deadlines(self) -> str:
+        return namespaced_key(self.namespace, "deadlines")
+
+    @property
+    def dead_workers(self) -> str:
+        return namespaced_key(self.namespace, "dead-workers")
+
+    @property
+    def running(self) -> str:
+        return namespaced_key(self.namespace, "running")
+
+    @property
+    def outbox(self) -> str:
+        return namespaced_key(self.namespace, "outbox")
+
+    @property
+    def sweep_lease(self) -> str:
+        return namespaced_key(self.namespace, "sweep-lease")
+
+    def heartbeat(self, worker_id: str) -> str:
+        return namespaced_key(self.namespace, "worker", worker_id, "heartbeat")
+
+    def inflight(self, worker_id: str) -> str:
+        return namespaced_key(self.namespace, "worker", worker_id, "inflight")
+
+    def host(self, hostname: str) -> str:
+        return namespaced_key(self.namespace, "host", hostname)
+
+    def broker(self, broker_id: str) -> str:
+        return namespaced_key(self.namespace, "broker", broker_id)
+
+    def message(self, message_id: str) -> str:
+        return namespaced_key(self.namespace, "message", message_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisBrokerKeys:
+    """Dramatiq's RedisBroker keys (``dramatiq/brokers/redis/dispatch.lua``).
+
+    Parameters:
+      namespace(str): The RedisBroker's namespace (``"dramatiq"`` by default).
+    """
+
+    namespace: str
+
+    def acks(self, broker_id: str, queue_name: str) -> str:
+        """The set of message ids a broker process fetched and has not acked yet."""
+        return "%s:__acks__.%s.%s" % (self.namespace, broker_id, queue_name)
+
+    def queue(self, queue_name: str) -> str:
+        """The list of message ids waiting on a queue."""
+        return "%s:%s" % (self.namespace, queue_name)
+
+    def messages(self, queue_name: str) -> str:
+        """The hash of message id -> payload of a queue."""
+        return "%s:%s.msgs" % (self.namespace, queue_name)
+
+    @property
+    def heartbeats(self) -> str:
+        return "%s:__heartbeats__" % self.namespace

@@ -1,0 +1,12 @@
+-- release_lease: give a lease back, only if the caller still holds it.
+--
+-- KEYS[1] lease  STRING  the owner's token
+--
+-- ARGV[1] owner token
+--
+-- Returns 1 when released, 0 when someone else holds it (or nobody).
+
+if redis.call("get", KEYS[1]) == ARGV[1] then
+    return redis.call("del", KEYS[1])
+end
+return 0

@@ -1,0 +1,232 @@
+"""TrackerMiddleware: the hooks.  Every Redis operation is delegated."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import redis
+from dramatiq.logging import get_logger
+from dramatiq.middleware import Middleware
+
+from .connection import client_from_url, resolve_client
+from .errors import ConfigurationError, TrackerError
+from .orphans import LockCleaner, LockCleaners, RecoveryReport
+from .recorder import RECOVERIES_OPTION, Delivery
+from .recovery import Recovery
+from .session import WorkerSession
+from .settings import (
+    DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_HEARTBEAT_TIMEOUT,
+    DEFAULT_HISTORY_TTL,
+    DEFAULT_MAX_RECOVERIES,
+    DEFAULT_NAMESPACE,
+    DEFAULT_SWEEP_INTERVAL,
+    TrackerSettings,
+)
+from .store import TrackerStore
+
+if TYPE_CHECKING:
+    from dramatiq import Broker, MessageProxy, Worker
+
+
+class TrackerMiddleware(Middleware):
+    """Track every in-flight message per worker, heartbeat each worker, and
+    deliver a dead worker's orphaned messages again within seconds, exactly once.
+
+    Example:
+
+      >>> from dramatiq_tracker import TrackerMiddleware
+      >>> broker.add_middleware(TrackerMiddleware())
+
+    Add it before declaring actors: actors may use its options.
+
+    Parameters:
+      client(redis.Redis): The tracker's Redis client.
+      url(str): Or a Redis URL for it.  With neither, the ``DRAMATIQ_TRACKER_REDIS_URL``
+        environment variable, else the RedisBroker's own client, else ``redis://localhost:6379/0``.
+      namespace(str): The prefix (and Redis Cluster hash tag) of every tracker key.
+      heartbeat_interval(int): How often a worker heartbeats, in milliseconds.
+      heartbeat_timeout(int): How long without a heartbeat makes a worker dead, in
+        milliseconds; at least twice ``heartbeat_interval``.  Raise it above the longest
+        time your actors may hold the GIL.
+      sweep_interval(int): How often the cluster looks for dead workers, in milliseconds.
+        An orphan is delivered again within ``heartbeat_timeout + sweep_interval``.
+      max_recoveries(int): How many times a message may be recovered from dead workers
+        before it is quarantined.  Actor and message option ``max_recoveries`` override it.
+      flush_interval(int): How long in-flight records may wait in memory, in milliseconds.
+      history_ttl(int): How long recovery counts and dead-worker tombstones are kept, in milliseconds.
+      lock_cleaners(list[callable]): Called with each running orphan before it is delivered
+        again, to release locks the tracker does not own (see :meth:`add_lock_cleaner`).
+
+    Raises:
+      ConfigurationError: When a setting is invalid; the message names it.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: redis.Redis | None = None,
+        url: str | None = None,
+        namespace: str = DEFAULT_NAMESPACE,
+        heartbeat_interval: int = DEFAULT_HEARTBEAT_INTERVAL,
+        heartbeat_timeout: int = DEFAULT_HEARTBEAT_TIMEOUT,
+        sweep_interval: int = DEFAULT_SWEEP_INTERVAL,
+        max_recoveries: int = DEFAULT_MAX_RECOVERIES,
+        flush_interval: int = DEFAULT_FLUSH_INTERVAL,
+        history_ttl: int = DEFAULT_HISTORY_TTL,
+        lock_cleaners: Sequence[LockCleaner] = (),
+    ) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self.settings = TrackerSettings(
+            namespace=namespace,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
+            sweep_interval=sweep_interval,
+            max_recoveries=max_recoveries,
+            flush_interval=flush_interval,
+            history_ttl=history_ttl,
+        )
+        if client is not None and url is not None:
+            raise ConfigurationError("url", "give either client or url, not both")
+        if client is not None and not isinstance(client, redis.Redis):
+            raise ConfigurationError("client", "must be a redis.Redis client, got %r" % (client,))
+        if url is not None:
+            client = client_from_url(url)
+        for cleaner in lock_cleaners:
+            if not callable(cleaner):
+                raise ConfigurationError("lock_cleaners", "%r is not callable" % (cleaner,))
+
+        self.cleaners = LockCleaners(lock_cleaners)
+        self._client = client
+        self._store: TrackerStore | None = None
+        self._broker: Broker | None = None
+        self._session: WorkerSession | None = None
+        self._session_lock = threading.Lock()
+        self._local = threading.local()
+
+    @property
+    def actor_options(self) -> set[str]:
+        return {"track", "max_recoveries"}
+
+    # Public API ------------------------------------------------------------------
+
+    @property
+    def store(self) -> TrackerStore:
+        """The tracker's Redis operations (for the CLI and tests).
+
+        Raises:
+          TrackerError: Before the middleware is added to a broker and used.
+        """
+        if self._store is None:
+            raise TrackerError("The tracker is not bound to a broker yet; add it with broker.add_middleware().")
+        return self._store
+
+    @property
+    def worker_id(self) -> str | None:
+        """This process's worker id while a Worker runs, else None."""
+        session = self._session
+        return session.worker_id if session else None
+
+    def add_lock_cleaner(self, cleaner: LockCleaner) -> None:
+        """Register a function called with each running orphan before it is delivered again.
+
+        Use it to release locks the tracker does not own, such as a
+        ``ConcurrentRateLimiter`` mutex whose key derives from the message.
+        A cleaner that raises is logged at warning level; the orphan is delivered anyway.
+        """
+        if not callable(cleaner):
+            raise ConfigurationError("lock_cleaners", "%r is not callable" % (cleaner,))
+        self.cleaners.add(cleaner)
+
+    def recover(self) -> RecoveryReport:
+        """Recover dead workers now, without waiting for the periodic sweep.
+
+        Returns:
+          RecoveryReport: The dead workers found and the orphans delivered again.
+
+        Raises:
+          TrackerError: Before the middleware is added to a broker.
+          redis.RedisError: When the tracker's or the broker's Redis fails; nothing is lost.
+        """
+        session = self._session
+        if session is not None:
+            return session.recovery.sweep()
+        if self._broker is None:
+            raise TrackerError("The tracker is not bound to a broker yet; add it with broker.add_middleware().")
+        return Recovery(self._broker, self._bind(self._broker), self.settings, self.cleaners).sweep()
+
+    # Hooks ----------------------------------------------------------------------
+
+    def _bind(self, broker: Broker) -> TrackerStore:
+        if self._store is None:
+            self._broker = broker
+            self._store = TrackerStore(self._client or resolve_client(broker), self.settings.namespace)
+        return self._store
+
+    def after_declare_actor(self, broker: Broker, actor: Any) -> None:
+        self._bind(broker)
+
+    def after_declare_queue(self, broker: Broker, queue_name: str) -> None:
+        self._bind(broker)
+        session = self._session
+        if session is not None:
+            session.queue_declared(queue_name)
+
+    def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
+        store = self._bind(broker)
+        with self._session_lock:
+            if self._session is None:
+                self._session = WorkerSession(broker, worker, store, self.settings, self.cleaners)
+                self._session.start()
+
+    def before_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
+        session = self._session
+        if session is not None:
+            session.stop_sweeping()
+
+    def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
+        with self._session_lock:
+            session, self._session = self._session, None
+        if session is not None:
+            session.stop()
+
+    def _tracks(self, broker: Broker, message: MessageProxy) -> bool:
+        track = message.options.get("track")
+        if track is None:
+            actor = broker.actors.get(message.actor_name)
+            track = actor.options.get("track", True) if actor is not None else True
+        return bool(track)
+
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        session = self._session
+        if session is None:
+            return
+        stale: Delivery | None = getattr(self._local, "delivery", None)
+        if stale is not None:
+            session.recorder.end(stale)
+        self._local.delivery = None
+        if self._tracks(broker, message):
+            recoveries = message.options.get(RECOVERIES_OPTION, 0)
+            self._local.delivery = session.recorder.begin(message, recoveries if isinstance(recoveries, int) else 0)
+
+    def _end(self, message: MessageProxy) -> None:
+        delivery: Delivery | None = getattr(self._local, "delivery", None)
+        if delivery is None or delivery.message is not message:
+            return
+        self._local.delivery = None
+        session = self._session
+        if session is not None:
+            session.recorder.end(delivery)
+
+    def after_ack(self, broker: Broker, message: MessageProxy) -> None:
+        self._end(message)
+
+    def after_nack(self, broker: Broker, message: MessageProxy) -> None:
+        self._end(message)
+
+
+#: A shorter name, after Dramatiq's own middleware (``Retries``, ``TimeLimit``).
+Tracker = TrackerMiddleware

@@ -1,0 +1,265 @@
+"""The in-flight registry of one worker process, and the thread that writes it.
+
+Worker threads never wait on Redis here: :meth:`InflightRecorder.begin`
+and :meth:`InflightRecorder.end` only touch in-memory dicts.  Every
+``flush_interval`` the recorder thread writes what changed in one script
+call; a message that started and ended in between is never written at all.
+
+The in-memory registry is the truth about this process.  Whenever the
+tracker's Redis may have lost it (an outage, a restart, an unknown worker
+id), the whole registry is written again through ``lua/register.lua``.
+This thread is the only writer of this worker's registration and records.
+
+A record therefore lags its message by up to ``flush_interval``.  Recovery
+does not depend on it where the broker keeps the truth (RedisBroker's acks
+sets, RabbitMQ's unacked deliveries); see docs/failure-model.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import redis
+
+from .records import InflightRecord, WorkerInfo, encode_payload
+from .threads import PeriodicThread
+
+if TYPE_CHECKING:
+    from dramatiq import MessageProxy
+
+    from .health import ConnectionHealth
+    from .settings import TrackerSettings
+    from .store import TrackerStore
+
+#: The message option the tracker sets on a message it delivers again:
+#: how many times it has been recovered from dead workers.
+RECOVERIES_OPTION = "tracker_recoveries"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclasses.dataclass(eq=False)
+class Delivery:
+    """One attempt at processing a message in this process."""
+
+    message: MessageProxy
+    token: str
+    worker_id: str
+    started_at: int
+    recoveries: int
+
+    @property
+    def message_id(self) -> str:
+        return str(self.message.message_id)
+
+    def record(self) -> InflightRecord:
+        """The record written to Redis for this attempt."""
+        try:
+            payload, encoding = encode_payload(self.message.encode())
+        except Exception:
+            # Recovery of brokers that keep the payload themselves does not need it.
+            payload, encoding = "", "utf-8"
+        return InflightRecord(
+            message_id=self.message_id,
+            actor_name=self.message.actor_name,
+            queue_name=self.message.queue_name,
+            redis_message_id=str(self.message.options.get("redis_message_id", "")),
+            worker_id=self.worker_id,
+            token=self.token,
+            started_at=self.started_at,
+            recoveries=self.recoveries,
+            payload=payload,
+            payload_encoding=encoding,
+        )
+
+
+class InflightRecorder(PeriodicThread):
+    """Records this process's in-flight messages and owns its registration.
+
+    Parameters:
+      store(TrackerStore)
+      settings(TrackerSettings)
+      health(ConnectionHealth)
+      info(WorkerInfo): The registration; its ``worker_id`` changes if the
+        worker is ever declared dead while alive (see :meth:`fence`).
+      new_worker_id(callable): Makes a fresh worker id.
+    """
+
+    def __init__(
+        self,
+        store: TrackerStore,
+        settings: TrackerSettings,
+        health: ConnectionHealth,
+        info: WorkerInfo,
+        new_worker_id: Callable[[], str],
+    ) -> None:
+        super().__init__("dramatiq-tracker-recorder", settings.flush_interval)
+        self.store = store
+        self.settings = settings
+        self.health = health
+        self.info = info
+        self._new_worker_id = new_worker_id
+        self._tokens = itertools.count(1)
+        self._lock = threading.Lock()
+        #: Every attempt running in this process under the current identity, by token.
+        self._active: dict[str, Delivery] = {}
+        #: Started attempts whose record is not written yet, by token.
+        self._unwritten: dict[str, Delivery] = {}
+        #: Ended attempts whose record was written and must be removed.
+        self._ended: list[Delivery] = []
+        #: Attempts that were recovered elsewhere while they kept running here.
+        self._zombies: dict[str, Delivery] = {}
+        self._resync_needed = True
+        self._last_attempt = 0.0
+
+    @property
+    def worker_id(self) -> str:
+        return self.info.worker_id
+
+    # Called from worker threads: memory only. ------------------------------------
+
+    def begin(self, message: MessageProxy, recoveries: int, *, written: bool = False) -> Delivery:
+        """Record that ``message`` starts processing.
+
+        Parameters:
+          written(bool): True when the caller already wrote the record itself.
+        """
+        delivery = Delivery(message, "%x" % next(self._tokens), self.info.worker_id, now_ms(), recoveries)
+        with self._lock:
+            self._active[delivery.token] = delivery
+            if not written:
+                self._unwritten[delivery.token] = delivery
+        return delivery
+
+    def end(self, delivery: Delivery) -> bool:
+        """Record that an attempt was acked, nacked or skipped.
+
+        Returns:
+          bool: False when the attempt was fenced off: it was recovered elsewhere
+          while it ran here (a zombie's late completion).
+        """
+        with self._lock:
+            if self._active.pop(delivery.token, None) is None:
+                return self._zombies.pop(delivery.token, None) is None
+            if self._unwritten.pop(delivery.token, None) is None:
+                self._ended.append(delivery)
+        return True
+
+    def active(self) -> list[Delivery]:
+        """A snapshot of the attempts running under the current identity."""
+        with self._lock:
+            return list(self._active.values())
+
+    @property
+    def needs_registration(self) -> bool:
+        return self._resync_needed
+
+    def update_queues(self, queues: tuple[str, ...]) -> None:
+        """Change the queues in the registration; it is written again at the next tick."""
+        self.info = dataclasses.replace(self.info, queues=queues)
+        self.request_resync()
+
+    def request_resync(self) -> None:
+        """Write the whole registration and registry again at the next tick."""
+        self._resync_needed = True
+        self.wake()
+
+    # The recorder thread. ----------------------------------------------------------
+
+    def tick(self) -> None:
+        # During an outage, try again about once a second, not every flush_interval.
+        if self.health.is_down and time.monotonic() - self._last_attempt < 1.0:
+            return
+        self._last_attempt = time.monotonic()
+        try:
+            if self._resync_needed:
+                self.register()
+            else:
+                self.flush()
+        except redis.RedisError as e:
+            self.health.failed("writing in-flight records", e)
+        else:
+            self.health.succeeded()
+
+    def register(self) -> str:
+        """Register this worker with every attempt in flight (``lua/register.lua``).
+
+        Raises:
+          redis.RedisError: When the tracker's Redis is unreachable; a later tick retries.
+        """
+        with self._lock:
+            deliveries = list(self._active.values())
+            self._unwritten.clear()
+            self._ended.clear()
+            self._resync_needed = False
+        try:
+            status = self.store.register(self.info, [d.record() for d in deliveries], self.settings.heartbeat_timeout)
+        except BaseException:
+            self._resync_needed = True
+            raise
+        if status == "fenced":
+            self.fence()
+            return self.register()
+        self.logger.debug("Registered worker %r with %d messages in flight.", self.worker_id, len(deliveries))
+        return status
+
+    def flush(self) -> None:
+        """Write what started and ended since the last flush (``lua/flush.lua``).
+
+        Raises:
+          redis.RedisError: When the tracker's Redis is unreachable; nothing is lost.
+        """
+        with self._lock:
+            if not self._unwritten and not self._ended:
+                return
+            started, self._unwritten = list(self._unwritten.values()), {}
+            ended, self._ended = self._ended, []
+        worker_id = self.worker_id
+        try:
+            written = self.store.flush(
+                worker_id,
+                [d.record() for d in started if d.worker_id == worker_id],
+                [(d.message_id, d.token) for d in ended if d.worker_id == worker_id],
+            )
+        except BaseException:
+            with self._lock:
+                for delivery in started:
+                    if delivery.token in self._active:
+                        self._unwritten.setdefault(delivery.token, delivery)
+                self._ended[:0] = ended
+            raise
+        if not written:
+            # Not registered (the tracker's Redis lost it) or declared dead: register() tells which.
+            self.request_resync()
+
+    def fence(self) -> None:
+        """This worker was declared dead while alive: continue under a new identity.
+
+        Its running attempts were recovered and delivered elsewhere, so it stops
+        claiming them; their completions here are reported as zombie completions.
+        """
+        old_id = self.info.worker_id
+        self.info = dataclasses.replace(self.info, worker_id=self._new_worker_id())
+        with self._lock:
+            fenced = [d for d in self._active.values() if d.worker_id == old_id]
+            for delivery in fenced:
+                del self._active[delivery.token]
+                self._unwritten.pop(delivery.token, None)
+                self._zombies[delivery.token] = delivery
+            self._ended = [d for d in self._ended if d.worker_id != old_id]
+            self._resync_needed = True
+        self.logger.error(
+            "This worker (%r) was declared dead while it was alive (a stall longer than heartbeat_timeout, "
+            "or a network partition); its %d running messages were recovered for delivery elsewhere. "
+            "It continues as worker %r.",
+            old_id,
+            len(fenced),
+            self.worker_id,
+        )

@@ -1,0 +1,100 @@
+"""Tracker settings, their defaults and their validation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .errors import ConfigurationError
+from .keys import validate_namespace
+
+#: The default namespace of the tracker's keys.
+DEFAULT_NAMESPACE = "dramatiq-tracker"
+
+#: How often a worker refreshes its heartbeat, in milliseconds.
+DEFAULT_HEARTBEAT_INTERVAL = 5_000
+
+#: How long a worker may go without a heartbeat before it is dead, in milliseconds.
+DEFAULT_HEARTBEAT_TIMEOUT = 15_000
+
+#: How often the periodic sweep for dead workers runs, cluster-wide, in milliseconds.
+DEFAULT_SWEEP_INTERVAL = 5_000
+
+#: How many times a message may be recovered from dead workers before it is quarantined.
+DEFAULT_MAX_RECOVERIES = 3
+
+#: How long in-flight records may wait in memory before they are written, in milliseconds.
+#: A message that starts and ends within this window costs no Redis call at all.
+DEFAULT_FLUSH_INTERVAL = 50
+
+#: How long per-message history (recovery counts) and dead-worker tombstones are kept, in milliseconds.
+DEFAULT_HISTORY_TTL = 7 * 86_400_000
+
+#: The smallest interval the tracker accepts, in milliseconds.
+MINIMUM_INTERVAL = 10
+
+
+def _require_int(setting: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(setting, "must be an integer number of milliseconds, got %r" % (value,))
+    if value < minimum:
+        raise ConfigurationError(setting, "must be at least %d, got %d" % (minimum, value))
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackerSettings:
+    """Validated tracker settings.  Every duration is in milliseconds.
+
+    Raises:
+      ConfigurationError: When a setting is invalid; the error names it.
+    """
+
+    namespace: str = DEFAULT_NAMESPACE
+    heartbeat_interval: int = DEFAULT_HEARTBEAT_INTERVAL
+    heartbeat_timeout: int = DEFAULT_HEARTBEAT_TIMEOUT
+    sweep_interval: int = DEFAULT_SWEEP_INTERVAL
+    max_recoveries: int = DEFAULT_MAX_RECOVERIES
+    flush_interval: int = DEFAULT_FLUSH_INTERVAL
+    history_ttl: int = DEFAULT_HISTORY_TTL
+
+    def __post_init__(self) -> None:
+        try:
+            validate_namespace(self.namespace)
+        except ValueError as e:
+            raise ConfigurationError("namespace", str(e)) from None
+
+        _require_int("heartbeat_interval", self.heartbeat_interval, MINIMUM_INTERVAL)
+        _require_int("heartbeat_timeout", self.heartbeat_timeout, MINIMUM_INTERVAL)
+        _require_int("sweep_interval", self.sweep_interval, MINIMUM_INTERVAL)
+        _require_int("max_recoveries", self.max_recoveries, 0)
+        _require_int("flush_interval", self.flush_interval, 1)
+        _require_int("history_ttl", self.history_ttl, 1)
+
+        # One late beat must not kill a worker: the timeout has to cover at least two intervals.
+        if self.heartbeat_timeout < 2 * self.heartbeat_interval:
+            raise ConfigurationError(
+                "heartbeat_timeout",
+                "must be at least twice heartbeat_interval (%d ms), got %d"
+                % (self.heartbeat_interval, self.heartbeat_timeout),
+            )
+        if self.flush_interval >= self.heartbeat_interval:
+            raise ConfigurationError(
+                "flush_interval",
+                "must be shorter than heartbeat_interval (%d ms), got %d"
+                % (self.heartbeat_interval, self.flush_interval),
+            )
+        if self.history_ttl < self.heartbeat_timeout:
+            raise ConfigurationError(
+                "history_ttl",
+                "must be at least heartbeat_timeout (%d ms), got %d" % (self.heartbeat_timeout, self.history_ttl),
+            )
+
+    @property
+    def takeover_after(self) -> int:
+        """How long a recovery interrupted midway waits before another sweeper finishes it, in ms."""
+        return max(10_000, 2 * self.sweep_interval)
+
+    @property
+    def recovery_bound(self) -> int:
+        """The longest an orphan waits before it is delivered again, in milliseconds."""
+        return self.heartbeat_timeout + self.sweep_interval

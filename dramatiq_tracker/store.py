@@ -1,0 +1,301 @@
+"""Every Redis operation of the tracker, one method each.
+
+Hooks, threads, the recovery loop, the CLI and the pytest plugin all go
+through :class:`TrackerStore`; none of them formats a key or sends a
+command of its own.  Methods raise :class:`redis.RedisError` as redis-py
+does; deciding what an outage means is the caller's business.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from .keys import Keys, RedisBrokerKeys
+from .records import InflightRecord, WorkerInfo
+from .scripts import Scripts
+
+if TYPE_CHECKING:
+    import redis
+
+
+def text(value: Any) -> str:
+    """Redis replies are bytes unless the client decodes them: make them str."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _flat(records: Iterable[InflightRecord]) -> list[str]:
+    args: list[str] = []
+    for record in records:
+        args += [record.message_id, record.token, record.to_json()]
+    return args
+
+
+@dataclasses.dataclass(frozen=True)
+class DeclaredDead:
+    """What :meth:`TrackerStore.declare_dead` found.
+
+    Parameters:
+      status(str): "dead", "alive" (heartbeat fresh) or "gone" (not registered).
+      registration(str): The raw registration JSON of a dead worker.
+      records(dict[str, str]): The raw in-flight records of a dead worker, by message id.
+    """
+
+    status: str
+    registration: str = ""
+    records: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class OrphanClaim:
+    """The outcome of claiming one orphan (see ``lua/claim_orphans.lua``)."""
+
+    running: bool
+    taken: bool
+    recoveries: int
+    claim_age: int
+
+
+class TrackerStore:
+    """The tracker's Redis operations for one namespace.
+
+    Parameters:
+      client(redis.Redis): The tracker's Redis client.
+      namespace(str): The tracker namespace.
+    """
+
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
+        self.client = client
+        self.keys = Keys(namespace)
+        self.scripts = Scripts(client)
+
+    # Worker lifecycle ------------------------------------------------------
+
+    def _worker_keys(self, info: WorkerInfo) -> list[str]:
+        keys = [self.keys.host(info.hostname)]
+        if info.broker_id:
+            keys.append(self.keys.broker(info.broker_id))
+        return keys
+
+    def register(self, info: WorkerInfo, records: Sequence[InflightRecord], heartbeat_timeout: int) -> str:
+        """Register ``info`` (or re-synchronise it) with everything it has in flight.
+
+        Returns:
+          str: "ok", or "fenced" when this worker id was declared dead.
+        """
+        wid = info.worker_id
+        k = self.keys
+        keys = [k.workers, k.deadlines, k.dead_workers, k.heartbeat(wid), k.inflight(wid), k.running]
+        args: list[Any] = [wid, info.to_json(), heartbeat_timeout, *_flat(records)]
+        return text(self.scripts["register"](keys=keys + self._worker_keys(info), args=args))
+
+    def heartbeat(self, worker_id: str, heartbeat_timeout: int) -> str:
+        """Refresh a worker's heartbeat.
+
+        Returns:
+          str: "ok", "fenced" (declared dead) or "unknown" (not registered).
+        """
+        k = self.keys
+        keys = [k.workers, k.deadlines, k.dead_workers, k.heartbeat(worker_id)]
+        return text(self.scripts["heartbeat"](keys=keys, args=[worker_id, heartbeat_timeout]))
+
+    def flush(self, worker_id: str, started: Sequence[InflightRecord], ended: Sequence[tuple[str, str]]) -> bool:
+        """Write a batch of started and ended messages of one worker.
+
+        Returns:
+          bool: False, with nothing written, when the worker is not registered or was declared dead.
+        """
+        k = self.keys
+        keys = [k.workers, k.dead_workers, k.inflight(worker_id), k.running]
+        args: list[Any] = [worker_id, len(started), *_flat(started)]
+        for message_id, token in ended:
+            args += [message_id, token]
+        return bool(self.scripts["flush"](keys=keys, args=args))
+
+    def deregister(self, info: WorkerInfo) -> int:
+        """Remove a stopped worker.
+
+        Returns:
+          int: How many messages were still in flight; the worker then stays, to be recovered.
+        """
+        wid = info.worker_id
+        k = self.keys
+        keys = [k.workers, k.deadlines, k.heartbeat(wid), k.inflight(wid), *self._worker_keys(info)]
+        return int(self.scripts["deregister"](keys=keys, args=[wid]))
+
+    # Reading ------------------------------------------------------------------
+
+    def server_time(self) -> int:
+        """The Redis server's clock, in ms since the epoch."""
+        seconds, microseconds = self.client.time()
+        return int(seconds) * 1000 + int(microseconds) // 1000
+
+    def due_workers(self, limit: int) -> list[str]:
+        """Ids of workers whose heartbeat deadline has passed, by the server's clock."""
+        now = self.server_time()
+        ids = self.client.zrangebyscore(self.keys.deadlines, "-inf", now, start=0, num=limit)
+        return [text(worker_id) for worker_id in ids]
+
+    def workers_on_host(self, hostname: str) -> dict[str, str]:
+        """Raw registrations of the workers registered from ``hostname``, by worker id."""
+        ids = [text(worker_id) for worker_id in self.client.smembers(self.keys.host(hostname))]
+        if not ids:
+            return {}
+        registrations = self.client.hmget(self.keys.workers, ids)
+        return {wid: text(raw) for wid, raw in zip(ids, registrations, strict=True) if raw is not None}
+
+    def registration(self, worker_id: str) -> str | None:
+        """A worker's raw registration, or None when it is not registered."""
+        raw = self.client.hget(self.keys.workers, worker_id)
+        return None if raw is None else text(raw)
+
+    def workers(self) -> dict[str, str]:
+        """Raw registrations of every registered worker, by worker id."""
+        return {text(wid): text(raw) for wid, raw in self.client.hgetall(self.keys.workers).items()}
+
+    def alive(self, worker_ids: Sequence[str]) -> list[bool]:
+        """Whether each worker's heartbeat is fresh."""
+        pipe = self.client.pipeline(transaction=False)
+        for worker_id in worker_ids:
+            pipe.exists(self.keys.heartbeat(worker_id))
+        return [bool(found) for found in pipe.execute()]
+
+    def inflight(self, worker_id: str) -> dict[str, str]:
+        """A worker's raw in-flight records, by message id."""
+        records = self.client.hgetall(self.keys.inflight(worker_id))
+        return {text(mid): text(raw) for mid, raw in records.items()}
+
+    def dead_workers(self) -> dict[str, int]:
+        """Tombstoned worker ids with the server time they were declared dead."""
+        found = cast("list[tuple[bytes, float]]", self.client.zrange(self.keys.dead_workers, 0, -1, withscores=True))
+        return {text(wid): int(score) for wid, score in found}
+
+    def message_history(self, message_id: str) -> dict[str, str]:
+        """What the tracker remembers of a message (recoveries, ...)."""
+        history = self.client.hgetall(self.keys.message(message_id))
+        return {text(field): text(value) for field, value in history.items()}
+
+    # Recovery -------------------------------------------------------------------
+
+    def declare_dead(self, worker_id: str, *, process_gone: bool, retry_after: int) -> DeclaredDead:
+        """Confirm a worker's death and fence it (``lua/declare_dead.lua``)."""
+        k = self.keys
+        keys = [k.workers, k.deadlines, k.dead_workers, k.heartbeat(worker_id), k.inflight(worker_id)]
+        reply = self.scripts["declare_dead"](keys=keys, args=[worker_id, int(process_gone), retry_after])
+        status = text(reply[0])
+        if status != "dead":
+            return DeclaredDead(status)
+        flat = [text(item) for item in reply[2:]]
+        return DeclaredDead(status, text(reply[1]), dict(zip(flat[::2], flat[1::2], strict=True)))
+
+    def claim_orphans(
+        self, worker_id: str, message_ids: Sequence[str], *, mode: str, history_ttl: int
+    ) -> list[OrphanClaim]:
+        """Claim a dead worker's orphans, counting each recovery once (``lua/claim_orphans.lua``).
+
+        Parameters:
+          mode(str): "requeue", "park" or "await"; see the script.
+        """
+        if not message_ids:
+            return []
+        k = self.keys
+        keys = [k.inflight(worker_id), k.running, k.outbox, *(k.message(mid) for mid in message_ids)]
+        args: list[Any] = [worker_id, history_ttl, mode, *message_ids]
+        reply = self.scripts["claim_orphans"](keys=keys, args=args)
+        return [OrphanClaim(bool(int(r)), bool(int(t)), int(count), int(age)) for r, t, count, age in reply]
+
+    def finish_recovery(self, worker_id: str, hostname: str, broker_id: str, history_ttl: int) -> bool:
+        """Forget a dead worker whose orphans were delivered again."""
+        k = self.keys
+        keys = [
+            k.workers,
+            k.deadlines,
+            k.dead_workers,
+            k.heartbeat(worker_id),
+            k.inflight(worker_id),
+            k.running,
+            k.host(hostname),
+        ]
+        if broker_id:
+            keys.append(k.broker(broker_id))
+        return bool(self.scripts["finish_recovery"](keys=keys, args=[worker_id, history_ttl]))
+
+    def broker_peers(self, broker_id: str) -> list[str]:
+        """Ids of the workers registered with a RedisBroker ``broker_id``."""
+        return [text(wid) for wid in self.client.smembers(self.keys.broker(broker_id))]
+
+    def outbox(self) -> dict[str, str]:
+        """Orphans claimed for re-enqueueing and not yet confirmed, by message id."""
+        return {text(mid): text(raw) for mid, raw in self.client.hgetall(self.keys.outbox).items()}
+
+    def repark(self, message_id: str, entry: str) -> str | None:
+        """Take over a stale outbox entry; returns the renewed entry, or None if someone else did."""
+        renewed = self.scripts["repark_outbox"](keys=[self.keys.outbox], args=[message_id, entry])
+        return text(renewed) if renewed else None
+
+    def unpark(self, message_id: str) -> None:
+        """Remove an orphan from the outbox once it has been re-enqueued."""
+        self.client.hdel(self.keys.outbox, message_id)
+
+    def acquire_lease(self, token: str, duration: int) -> bool:
+        """Take or renew the periodic sweeper's lease."""
+        return bool(self.scripts["acquire_lease"](keys=[self.keys.sweep_lease], args=[token, duration]))
+
+    def release_lease(self, token: str) -> bool:
+        """Give the sweeper's lease back if ``token`` holds it."""
+        return bool(self.scripts["release_lease"](keys=[self.keys.sweep_lease], args=[token]))
+
+
+class BrokerStore:
+    """The operations on a RedisBroker's own keys that recovery needs.
+
+    Parameters:
+      client(redis.Redis): The broker's Redis client.
+      namespace(str): The broker's namespace.
+    """
+
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
+        self.client = client
+        self.keys = RedisBrokerKeys(namespace)
+        self.scripts = Scripts(client)
+
+    def unacked(self, broker_id: str, queue_names: Sequence[str]) -> dict[str, list[str]]:
+        """The redis message ids a broker process fetched and did not ack, by queue."""
+        pipe = self.client.pipeline(transaction=False)
+        for queue_name in queue_names:
+            pipe.smembers(self.keys.acks(broker_id, queue_name))
+        found = pipe.execute()
+        return {q: sorted(text(rid) for rid in ids) for q, ids in zip(queue_names, found, strict=True) if ids}
+
+    def payloads(self, queue_name: str, redis_message_ids: Sequence[str]) -> list[bytes | None]:
+        """The stored payloads of messages on a queue (None where missing)."""
+        if not redis_message_ids:
+            return []
+        found = self.client.hmget(self.keys.messages(queue_name), list(redis_message_ids))
+        return [value.encode("utf-8") if isinstance(value, str) else value for value in found]
+
+    def requeue(self, broker_id: str, moves: Sequence[tuple[str, str, bytes | None]]) -> set[str]:
+        """Move orphans from a dead process's acks back to their queues (``lua/requeue_orphans.lua``).
+
+        Parameters:
+          broker_id(str): The dead process's broker id.
+          moves(list): (queue name, redis message id, replacement payload or None) per orphan.
+
+        Returns:
+          set[str]: The redis message ids this call moved.
+        """
+        if not moves:
+            return set()
+        queue_index: dict[str, int] = {}
+        keys: list[str] = []
+        args: list[Any] = []
+        for queue_name, redis_message_id, payload in moves:
+            if queue_name not in queue_index:
+                queue_index[queue_name] = len(queue_index) + 1
+                k = self.keys
+                keys += [k.acks(broker_id, queue_name), k.queue(queue_name), k.messages(queue_name)]
+            args += [queue_index[queue_name], redis_message_id, payload or b""]
+        return {text(rid) for rid in self.scripts["requeue_orphans"](keys=keys, args=args)}

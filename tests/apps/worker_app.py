@@ -1,0 +1,77 @@
+"""The Dramatiq app that the tests run in real ``dramatiq`` worker processes.
+
+Everything comes from environment variables that ``tests/support.py`` sets,
+so that every test has its own queues and namespaces on the shared servers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import dramatiq
+import redis
+from dramatiq.middleware import CurrentMessage
+
+from dramatiq_tracker import TrackerMiddleware
+
+KIND = os.environ["TEST_BROKER_KIND"]
+QUEUE = os.environ["TEST_QUEUE"]
+#: Where the actors report what they did, on the shared test Redis.
+REPORT_PREFIX = os.environ["TEST_REPORT_PREFIX"]
+report = redis.Redis.from_url(os.environ["TEST_REPORT_URL"])
+
+broker: dramatiq.Broker
+if KIND == "redis":
+    from dramatiq.brokers.redis import RedisBroker
+
+    broker = RedisBroker(url=os.environ["TEST_BROKER_URL"], namespace=os.environ["TEST_BROKER_NAMESPACE"])
+elif KIND == "rabbitmq":
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    broker = RabbitmqBroker(url=os.environ["TEST_BROKER_URL"])
+else:
+    raise RuntimeError("unknown TEST_BROKER_KIND %r" % KIND)
+
+broker.add_middleware(CurrentMessage())
+tracker = TrackerMiddleware(
+    url=os.environ["TEST_TRACKER_URL"],
+    namespace=os.environ["TEST_TRACKER_NAMESPACE"],
+    heartbeat_interval=int(os.environ.get("TEST_HEARTBEAT_INTERVAL", "200")),
+    heartbeat_timeout=int(os.environ.get("TEST_HEARTBEAT_TIMEOUT", "1000")),
+    sweep_interval=int(os.environ.get("TEST_SWEEP_INTERVAL", "500")),
+    flush_interval=int(os.environ.get("TEST_FLUSH_INTERVAL", "20")),
+)
+broker.add_middleware(tracker)
+dramatiq.set_broker(broker)
+
+#: How long ``slow`` sleeps in this process, in seconds.
+SLOW_SECONDS = float(os.environ.get("TEST_SLOW_SECONDS", "60"))
+
+
+def _report(event: str) -> None:
+    message = CurrentMessage.get_current_message()
+    assert message is not None
+    report.rpush("%s:%s" % (REPORT_PREFIX, event), "%s|%d|%f" % (message.message_id, os.getpid(), time.time()))
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def slow(index: int) -> None:
+    _report("started")
+    time.sleep(SLOW_SECONDS)
+    _report("done")
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def fast(index: int) -> None:
+    _report("started")
+    _report("done")
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def suicide(delay: float) -> None:
+    """Kill this worker process, as the OOM killer would, after ``delay`` seconds of work."""
+    _report("started")
+    time.sleep(delay)
+    os.kill(os.getpid(), signal.SIGKILL)

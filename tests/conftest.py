@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import pytest
+import redis
+from dramatiq.brokers.stub import StubBroker
+
+from dramatiq_tracker import TrackerMiddleware
+
+from .support import WorkerProcess, delete_matching, find_redis_url, unique
+
+#: Short timings, so that a dead worker is recovered within 1.5 s.
+FAST = {"heartbeat_interval": 200, "heartbeat_timeout": 1000, "sweep_interval": 500, "flush_interval": 20}
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url, embedded = find_redis_url()
+    yield url
+    if embedded is not None:
+        embedded.shutdown()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@dataclasses.dataclass
+class Namespaces:
+    tracker: str
+    broker: str
+    queue: str
+
+    @property
+    def report(self) -> str:
+        return "%s:test-report" % self.broker
+
+
+@pytest.fixture
+def namespaces(redis_client: redis.Redis) -> Iterator[Namespaces]:
+    """A tracker namespace, a broker namespace and a queue of the test's own; their keys are removed after."""
+    names = Namespaces(unique("tracker-test"), unique("dramatiq-test"), unique("q").replace("-", "_"))
+    yield names
+    delete_matching(redis_client, "{%s}:*" % names.tracker)
+    delete_matching(redis_client, "%s:*" % names.broker)
+
+
+def events(client: redis.Redis, names: Namespaces, event: str) -> list[tuple[str, int, float]]:
+    """What the test app's actors reported: (message id, pid, time) per event."""
+    found = []
+    for raw in client.lrange("%s:%s" % (names.report, event), 0, -1):
+        message_id, pid, at = raw.decode().split("|")
+        found.append((message_id, int(pid), float(at)))
+    return found
+
+
+@pytest.fixture
+def spawn_worker(
+    redis_url: str, namespaces: Namespaces, tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real ``dramatiq`` worker processes of tests/apps/worker_app.py; all are killed after the test."""
+    started: list[WorkerProcess] = []
+
+    def spawn(
+        *, kind: str = "redis", threads: int = 4, slow_seconds: float = 60, broker_url: str | None = None,
+        tracker_url: str | None = None, env: dict[str, str] | None = None,
+    ) -> WorkerProcess:  # fmt: skip
+        settings = {"TEST_%s" % key.upper(): str(value) for key, value in FAST.items()}
+        full_env = {
+            **settings,
+            "TEST_BROKER_KIND": kind,
+            "TEST_QUEUE": namespaces.queue,
+            "TEST_REPORT_PREFIX": namespaces.report,
+            "TEST_REPORT_URL": redis_url,
+            "TEST_BROKER_URL": broker_url or redis_url,
+            "TEST_BROKER_NAMESPACE": namespaces.broker,
+            "TEST_TRACKER_URL": tracker_url or redis_url,
+            "TEST_TRACKER_NAMESPACE": namespaces.tracker,
+            "TEST_SLOW_SECONDS": str(slow_seconds),
+            **(env or {}),
+        }
+        worker = WorkerProcess(full_env, threads=threads, log_path=tmp_path / ("worker-%d.log" % len(started)))
+        started.append(worker)
+        return worker
+
+    yield spawn
+    for worker in started:
+        worker.close()
+
+
+@pytest.fixture
+def stub_broker() -> Iterator[StubBroker]:
+    broker = StubBroker()
+    broker.emit_after("process_boot")
+    dramatiq.set_broker(broker)
+    yield broker
+    broker.flush_all()
+    broker.close()
+
+
+def make_tracker(redis_url: str, namespace: str, **settings: Any) -> TrackerMiddleware:
+    return TrackerMiddleware(url=redis_url, namespace=namespace, **{**FAST, **settings})
+
+
+@pytest.fixture(autouse=True)
+def _no_tracker_url_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests say which Redis the tracker uses; a developer's environment must not.
+    monkeypatch.delenv("DRAMATIQ_TRACKER_REDIS_URL", raising=False)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return "dramatiq-tracker tests: REDIS_URL=%s" % os.environ.get("REDIS_URL", "(auto)")

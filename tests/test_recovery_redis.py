@@ -1,0 +1,218 @@
+"""Orphan recovery on a real RedisBroker, with real ``dramatiq`` worker processes killed with SIGKILL."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+import redis
+from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker
+from dramatiq.message import Message
+
+from dramatiq_tracker.records import WorkerInfo
+from dramatiq_tracker.store import TrackerStore
+
+from .conftest import FAST, Namespaces, events
+from .support import WorkerProcess, kill, wait_for
+
+pytestmark = pytest.mark.slow
+
+#: The recovery bound of the test timings (heartbeat_timeout + sweep_interval), plus the 1 s slack, in seconds.
+BOUND = (FAST["heartbeat_timeout"] + FAST["sweep_interval"]) / 1000 + 1
+
+
+def send(broker: RedisBroker, queue: str, actor: str, count: int, *args: object) -> list[str]:
+    ids = []
+    for index in range(count):
+        message = Message(queue_name=queue, actor_name=actor, args=(index, *args), kwargs={}, options={})
+        ids.append(broker.enqueue(message).message_id)
+    return ids
+
+
+def registered(store: TrackerStore) -> list[WorkerInfo]:
+    return [WorkerInfo.from_json(raw) for raw in store.workers().values()]
+
+
+def wait_registered(store: TrackerStore, count: int) -> list[WorkerInfo]:
+    return wait_for(lambda: len(registered(store)) == count and registered(store), 20, message="%d workers" % count)
+
+
+def wait_new_worker(store: TrackerStore, *known: WorkerInfo) -> WorkerInfo:
+    """The next worker to register besides ``known`` ones."""
+    ids = {info.worker_id for info in known}
+    return wait_for(
+        lambda: next((w for w in registered(store) if w.worker_id not in ids), None), 20, message="a new worker"
+    )
+
+
+@pytest.fixture
+def producer(redis_url: str, namespaces: Namespaces) -> RedisBroker:
+    return RedisBroker(url=redis_url, namespace=namespaces.broker)
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, namespaces: Namespaces) -> TrackerStore:
+    return TrackerStore(redis_client, namespaces.tracker)
+
+
+def start_victim(
+    spawn_worker: Callable[..., WorkerProcess],
+    producer: RedisBroker,
+    store: TrackerStore,
+    client: redis.Redis,
+    names: Namespaces,
+    *,
+    threads: int,
+    messages: int,
+) -> tuple[WorkerInfo, list[str]]:
+    """A worker process running ``threads`` slow messages with the rest of ``messages`` prefetched."""
+    spawn_worker(threads=threads, slow_seconds=120)
+    (victim,) = wait_registered(store, 1)
+    ids = send(producer, names.queue, "slow", messages)
+    wait_for(lambda: len(events(client, names, "started")) == threads, 20, message="victim busy")
+    # Everything is fetched: running or prefetched, nothing left in the queue.
+    wait_for(lambda: client.llen("%s:%s" % (names.broker, names.queue)) == 0, 10, message="all fetched")
+    # Let the recorder write the running messages' records.
+    time.sleep(0.2)
+    return victim, ids
+
+
+def test_a_killed_workers_orphans_are_delivered_again_exactly_once_by_a_live_worker(
+    redis_url: str,
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    producer: RedisBroker,
+    store: TrackerStore,
+) -> None:
+    # Given a worker process running 10 slow messages with 10 more prefetched
+    victim, ids = start_victim(spawn_worker, producer, store, redis_client, namespaces, threads=10, messages=20)
+    assert len(store.inflight(victim.worker_id)) == 10
+    # And a second worker process that stays alive
+    survivor_process = spawn_worker(threads=20, slow_seconds=0.1)
+    survivor = wait_new_worker(store, victim)
+
+    # When the first one is SIGKILLed
+    killed_at = time.time()
+    kill(victim.pid)
+
+    # Then the survivor starts every one of the 20 again, each exactly once, within the bound
+    def started_on_survivor() -> list[tuple[str, int, float]]:
+        return [e for e in events(redis_client, namespaces, "started") if e[1] == survivor.pid]
+
+    wait_for(lambda: len(started_on_survivor()) >= 20, BOUND + 5, message="20 redeliveries")
+    restarts = started_on_survivor()
+    assert collections.Counter(mid for mid, _, _ in restarts) == collections.Counter(ids)
+    latest = max(at for _, _, at in restarts) - killed_at
+    assert latest <= BOUND, "the last orphan started %.2f s after the kill" % latest
+
+    # And once they are done, Dramatiq's own maintenance finds nothing left to requeue
+    wait_for(lambda: len(events(redis_client, namespaces, "done")) == 20, 20, message="20 done")
+    assert redis_client.exists("%s:__acks__.%s.%s" % (namespaces.broker, victim.broker_id, namespaces.queue)) == 0
+    survivor_process.terminate()
+    maintenance = RedisBroker(
+        url=redis_url, namespace=namespaces.broker, heartbeat_timeout=1, maintenance_chance=MAINTENANCE_SCALE
+    )
+    for queue in (namespaces.queue, namespaces.queue + ".DQ"):
+        maintenance.do_qsize(queue)
+    assert redis_client.llen("%s:%s" % (namespaces.broker, namespaces.queue)) == 0
+    assert len(events(redis_client, namespaces, "started")) == 30
+    # And the dead worker is forgotten, but for its tombstone
+    assert victim.worker_id not in store.workers()
+    assert victim.worker_id in store.dead_workers()
+    assert store.inflight(victim.worker_id) == {}
+
+
+def test_a_stalled_workers_orphans_are_recovered_when_its_heartbeat_expires(
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    producer: RedisBroker,
+    store: TrackerStore,
+) -> None:
+    # Given a worker running 3 slow messages, and a live one
+    victim, ids = start_victim(spawn_worker, producer, store, redis_client, namespaces, threads=3, messages=3)
+    spawn_worker(threads=4, slow_seconds=0.1)
+    survivor = wait_new_worker(store, victim)
+
+    # When the first one freezes, as a partitioned host or a frozen VM would: its process still exists
+    stopped_at = time.time()
+    os.kill(victim.pid, signal.SIGSTOP)
+    try:
+        # Then its heartbeat expires and its messages start again on the live worker within the bound
+        wait_for(
+            lambda: {e[0] for e in events(redis_client, namespaces, "started") if e[1] == survivor.pid} == set(ids),
+            BOUND + 5,
+            message="3 redeliveries",
+        )
+        restarted = [e for e in events(redis_client, namespaces, "started") if e[1] == survivor.pid]
+        assert len(restarted) == 3
+        assert max(at for _, _, at in restarted) - stopped_at <= BOUND
+        assert victim.worker_id in store.dead_workers()
+    finally:
+        kill(victim.pid)
+
+
+def test_a_restarted_worker_recovers_the_dead_processs_orphans_within_a_second_of_booting(
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    producer: RedisBroker,
+    store: TrackerStore,
+) -> None:
+    # Given a worker with a long heartbeat timeout, running 4 messages with 4 prefetched, SIGKILLed
+    slow_expiry = {"TEST_HEARTBEAT_INTERVAL": "10000", "TEST_HEARTBEAT_TIMEOUT": "60000", "TEST_SWEEP_INTERVAL": "30000"}
+    spawn_worker(threads=4, slow_seconds=120, env=slow_expiry)
+    (victim,) = wait_registered(store, 1)
+    ids = send(producer, namespaces.queue, "slow", 8)
+    wait_for(lambda: len(events(redis_client, namespaces, "started")) == 4, 20, message="victim busy")
+    time.sleep(0.2)
+    kill(victim.pid)
+    time.sleep(0.5)
+
+    # When a worker restarts on this host, long before the dead one's heartbeat expires
+    spawn_worker(threads=8, slow_seconds=0.1, env=slow_expiry)
+    survivor = wait_new_worker(store, victim)
+
+    # Then it delivers all 8 again within a second of booting
+    wait_for(
+        lambda: len([e for e in events(redis_client, namespaces, "started") if e[1] == survivor.pid]) >= 8,
+        10,
+        message="8 redeliveries",
+    )
+    restarted = [e for e in events(redis_client, namespaces, "started") if e[1] == survivor.pid]
+    assert sorted(mid for mid, _, _ in restarted) == sorted(ids)
+    booted = survivor.started_at / 1000
+    assert max(at for _, _, at in restarted) - booted <= 1.0
+
+
+def test_a_gracefully_stopped_worker_leaves_no_orphans_and_no_registration(
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    producer: RedisBroker,
+    store: TrackerStore,
+) -> None:
+    # Given a worker processing short messages, with more waiting
+    worker = spawn_worker(threads=2, slow_seconds=0.3)
+    (info,) = wait_registered(store, 1)
+    send(producer, namespaces.queue, "slow", 6)
+    wait_for(lambda: len(events(redis_client, namespaces, "started")) >= 2, 20, message="busy")
+
+    # When it is stopped with SIGTERM
+    assert worker.terminate() == 0
+
+    # Then it deregistered and left nothing that looks like an orphan
+    assert store.workers() == {}
+    assert store.inflight(info.worker_id) == {}
+    assert info.worker_id not in store.dead_workers()
+    assert redis_client.exists(store.keys.heartbeat(info.worker_id)) == 0
+    assert store.due_workers(10) == []
+    assert not list(redis_client.scan_iter(match="%s:__acks__.%s.*" % (namespaces.broker, info.broker_id)))
+    started = events(redis_client, namespaces, "started")
+    done = events(redis_client, namespaces, "done")
+    assert sorted(e[0] for e in started) == sorted(e[0] for e in done)
