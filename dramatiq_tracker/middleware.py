@@ -13,7 +13,7 @@ from dramatiq.middleware import Middleware
 from .connection import client_from_url, resolve_client
 from .errors import ConfigurationError, TrackerError
 from .orphans import LockCleaner, LockCleaners, RecoveryReport
-from .recorder import RECOVERIES_OPTION, Delivery
+from .recorder import Delivery
 from .recovery import Recovery
 from .session import WorkerSession
 from .settings import (
@@ -206,11 +206,10 @@ class TrackerMiddleware(Middleware):
             return
         stale: Delivery | None = getattr(self._local, "delivery", None)
         if stale is not None:
-            session.recorder.end(stale)
+            session.end(stale)
         self._local.delivery = None
         if self._tracks(broker, message):
-            recoveries = message.options.get(RECOVERIES_OPTION, 0)
-            self._local.delivery = session.recorder.begin(message, recoveries if isinstance(recoveries, int) else 0)
+            self._local.delivery = session.begin(message)
 
     def _end(self, message: MessageProxy) -> None:
         delivery: Delivery | None = getattr(self._local, "delivery", None)
@@ -219,7 +218,7 @@ class TrackerMiddleware(Middleware):
         self._local.delivery = None
         session = self._session
         if session is not None:
-            session.recorder.end(delivery)
+            session.end(delivery)
 
     def after_ack(self, broker: Broker, message: MessageProxy) -> None:
         self._end(message)

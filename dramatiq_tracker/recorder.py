@@ -138,6 +138,12 @@ class InflightRecorder(PeriodicThread):
                 self._unwritten[delivery.token] = delivery
         return delivery
 
+    def unwritten(self, delivery: Delivery) -> None:
+        """The caller could not write a record it meant to write itself: the recorder writes it."""
+        with self._lock:
+            if delivery.token in self._active:
+                self._unwritten[delivery.token] = delivery
+
     def end(self, delivery: Delivery) -> bool:
         """Record that an attempt was acked, nacked or skipped.
 

@@ -80,6 +80,11 @@ class WorkerInfo:
     tracker_version: str
     dramatiq_version: str
 
+    @classmethod
+    def unknown(cls, worker_id: str) -> WorkerInfo:
+        """Stands for a worker whose registration is gone."""
+        return cls(worker_id, "", 0, "", "", "", (), "", "", "", "", 0, 0, "", "")
+
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
         data["queues"] = list(self.queues)

@@ -25,18 +25,20 @@ from typing import TYPE_CHECKING
 
 import redis
 from dramatiq.logging import get_logger
+from dramatiq.message import Message
 
 from .brokers import BrokerFacts
 from .host import HostFacts
-from .orphans import BROKER_REDELIVERS, LockCleaners, RecoveredOrphan, RecoveryReport
+from .orphans import BROKER_REDELIVERS, LockCleaners, Orphan, RecoveredOrphan, RecoveryReport
 from .records import CorruptRecord, WorkerInfo
 from .redelivery import EnqueueRedelivery, redelivery_for
 from .threads import PeriodicThread
 
 if TYPE_CHECKING:
-    from dramatiq import Broker
+    from dramatiq import Broker, MessageProxy
 
     from .health import ConnectionHealth
+    from .recorder import Delivery, InflightRecorder
     from .settings import TrackerSettings
     from .store import TrackerStore
 
@@ -142,6 +144,60 @@ class Recovery:
         for item in recovered:
             self._log_recovered(item)
         return report
+
+    def begin_redelivered(self, recorder: InflightRecorder, message: MessageProxy) -> Delivery:
+        """Start a message its broker delivered again (RabbitMQ), settling its recovery first.
+
+        The record is written before the actor runs, so that a redelivered
+        message is never unaccounted for.  If a dead worker had it running, the
+        recovery is counted now and the lock cleaners run before it starts again.
+        """
+        delivery = recorder.begin(message, 0, written=True)
+        try:
+            start = self.store.begin_redelivered(delivery.record(), self.settings.history_ttl)
+            recovered_from = start.recovered_from if start else ""
+            if start is not None:
+                delivery.recoveries = start.recoveries
+                if not recovered_from and start.previous_owner:
+                    recovered_from = self._claim_from_gone_process(delivery, start.previous_owner)
+        except redis.RedisError as e:
+            recorder.health.failed("recording a redelivered message", e)
+            recorder.unwritten(delivery)
+            return delivery
+        if start is None:
+            recorder.unwritten(delivery)
+        if recovered_from:
+            raw = self.store.registration(recovered_from)
+            worker = (raw and self._parse(recovered_from, raw)) or WorkerInfo.unknown(recovered_from)
+            orphan = Orphan(
+                message_id=delivery.message_id,
+                actor_name=message.actor_name,
+                queue_name=message.queue_name,
+                message=Message(**message.asdict()),
+                worker=worker,
+                running=True,
+                started_at=None,
+                recoveries=delivery.recoveries,
+            )
+            self.redelivery.cleaners.clean(orphan)
+            self._log_recovered(RecoveredOrphan(orphan, BROKER_REDELIVERS, None))
+        return delivery
+
+    def _claim_from_gone_process(self, delivery: Delivery, previous_owner: str) -> str:
+        # The broker delivered it again before any sweep: if the previous attempt ran on this host
+        # in a process that is gone, that attempt is an orphan to count now.
+        worker_id = previous_owner.rpartition("|")[0]
+        raw = self.store.registration(worker_id)
+        info = raw and self._parse(worker_id, raw)
+        if not info or not self.host.process_is_gone(_facts(info)):
+            return ""
+        claims = self.store.claim_orphans(
+            worker_id, [delivery.message_id], mode="requeue", history_ttl=self.settings.history_ttl
+        )
+        if not claims or not claims[0].taken:
+            return ""
+        delivery.recoveries = claims[0].recoveries
+        return worker_id
 
     def _log_recovered(self, item: RecoveredOrphan) -> None:
         orphan = item.orphan

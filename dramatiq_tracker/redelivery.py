@@ -211,12 +211,21 @@ class RabbitmqRedelivery(Redelivery):
     def recover(self, worker: WorkerInfo, raw_records: Mapping[str, str]) -> tuple[list[RecoveredOrphan], bool]:
         records = self.parse_records(worker, raw_records)
         claims = self.claim(worker, list(records))
-        recovered = []
+        recovered, awaiting = [], 0
         for record, claim in zip(records.values(), claims, strict=True):
-            if not claim.taken:
-                continue
-            orphan = _orphan_from_record(worker, record, claim.recoveries, message=None)
-            recovered.append(RecoveredOrphan(orphan, BROKER_REDELIVERS, _age(record.started_at, None)))
+            if claim.awaiting:
+                awaiting += 1
+            elif claim.taken:
+                # RabbitMQ delivered it again before this sweep: it runs elsewhere already.
+                orphan = _orphan_from_record(worker, record, claim.recoveries, message=None)
+                recovered.append(RecoveredOrphan(orphan, BROKER_REDELIVERS, _age(record.started_at, None)))
+        if awaiting:
+            self.logger.info(
+                "Dead worker %r had %d messages running; RabbitMQ delivers them again when its connection "
+                "closes, and each recovery is counted then.",
+                worker.worker_id,
+                awaiting,
+            )
         return recovered, True
 
 
@@ -274,7 +283,7 @@ class EnqueueRedelivery(Redelivery):
                 continue
             if now - parked_at < grace or self.store.repark(message_id, entry) is None:
                 continue
-            worker = worker_lookup.get(record.worker_id) or _unknown_worker(record.worker_id)
+            worker = worker_lookup.get(record.worker_id) or WorkerInfo.unknown(record.worker_id)
             history = self.store.message_history(message_id)
             item = self.enqueue(worker, record, int(history.get("recoveries", "0") or 0))
             if item is not None:
@@ -300,26 +309,6 @@ def _orphan_from_record(
         started_at=record.started_at,
         recoveries=recoveries,
         redis_message_id=record.redis_message_id,
-    )
-
-
-def _unknown_worker(worker_id: str) -> WorkerInfo:
-    return WorkerInfo(
-        worker_id=worker_id,
-        hostname="",
-        pid=0,
-        process_started="",
-        boot_id="",
-        pid_namespace="",
-        queues=(),
-        broker_kind="",
-        broker_identity="",
-        broker_id="",
-        broker_namespace="",
-        worker_threads=0,
-        started_at=0,
-        tracker_version="",
-        dramatiq_version="",
     )
 
 

@@ -16,12 +16,12 @@ from .brokers import BrokerFacts, consumed_queues
 from .health import ConnectionHealth
 from .heartbeat import Heartbeat
 from .host import HostFacts
-from .recorder import InflightRecorder
+from .recorder import RECOVERIES_OPTION, Delivery, InflightRecorder
 from .records import WorkerInfo
 from .recovery import Recovery, Sweeper
 
 if TYPE_CHECKING:
-    from dramatiq import Broker, Worker
+    from dramatiq import Broker, MessageProxy, Worker
 
     from .orphans import LockCleaners
     from .settings import TrackerSettings
@@ -107,6 +107,23 @@ class WorkerSession:
             ", ".join(self.recorder.info.queues) or "none",
             self.recorder.info.broker_identity,
         )
+
+    def begin(self, message: MessageProxy) -> Delivery:
+        """Record that a message starts processing in this worker."""
+        if getattr(message, "redelivered", False) is True:
+            return self.recovery.begin_redelivered(self.recorder, message)
+        recoveries = message.options.get(RECOVERIES_OPTION, 0)
+        return self.recorder.begin(message, recoveries if isinstance(recoveries, int) else 0)
+
+    def end(self, delivery: Delivery) -> None:
+        """Record that an attempt was acked or nacked."""
+        if not self.recorder.end(delivery):
+            self.logger.warning(
+                "Message %r (actor %r) completed here after it was recovered for delivery elsewhere, "
+                "while this worker was presumed dead.",
+                delivery.message_id,
+                delivery.message.actor_name,
+            )
 
     def queue_declared(self, queue_name: str) -> None:
         """A queue was declared after boot: consume it in the registration too."""

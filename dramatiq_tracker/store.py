@@ -57,6 +57,22 @@ class OrphanClaim:
     taken: bool
     recoveries: int
     claim_age: int
+    awaiting: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class RedeliveredStart:
+    """The outcome of :meth:`TrackerStore.begin_redelivered`.
+
+    Parameters:
+      recoveries(int): How many times the message has been recovered.
+      recovered_from(str): The dead worker whose recovery this start counted, or "".
+      previous_owner(str): "worker id|token" of the attempt recorded running it before, or "".
+    """
+
+    recoveries: int
+    recovered_from: str
+    previous_owner: str
 
 
 class TrackerStore:
@@ -114,6 +130,22 @@ class TrackerStore:
         for message_id, token in ended:
             args += [message_id, token]
         return bool(self.scripts["flush"](keys=keys, args=args))
+
+    def begin_redelivered(self, record: InflightRecord, history_ttl: int) -> RedeliveredStart | None:
+        """Record a broker-redelivered message before it runs (``lua/begin_redelivered.lua``).
+
+        Returns:
+          RedeliveredStart: None when the worker is not registered or was declared dead.
+        """
+        k = self.keys
+        wid, mid = record.worker_id, record.message_id
+        keys = [k.workers, k.dead_workers, k.inflight(wid), k.running, k.message(mid)]
+        reply = self.scripts["begin_redelivered"](
+            keys=keys, args=[wid, record.token, mid, record.to_json(), history_ttl]
+        )
+        if text(reply[0]) != "ok":
+            return None
+        return RedeliveredStart(int(reply[1]), text(reply[2]), text(reply[3]))
 
     def deregister(self, info: WorkerInfo) -> int:
         """Remove a stopped worker.
@@ -205,7 +237,10 @@ class TrackerStore:
         keys = [k.inflight(worker_id), k.running, k.outbox, *(k.message(mid) for mid in message_ids)]
         args: list[Any] = [worker_id, history_ttl, mode, *message_ids]
         reply = self.scripts["claim_orphans"](keys=keys, args=args)
-        return [OrphanClaim(bool(int(r)), bool(int(t)), int(count), int(age)) for r, t, count, age in reply]
+        return [
+            OrphanClaim(bool(int(r)), bool(int(t)), int(count), int(age), bool(int(awaiting)))
+            for r, t, count, age, awaiting in reply
+        ]
 
     def finish_recovery(self, worker_id: str, hostname: str, broker_id: str, history_ttl: int) -> bool:
         """Forget a dead worker whose orphans were delivered again."""

@@ -64,9 +64,7 @@ def events(client: redis.Redis, names: Namespaces, event: str) -> list[tuple[str
 
 
 @pytest.fixture
-def spawn_worker(
-    redis_url: str, namespaces: Namespaces, tmp_path: Path
-) -> Iterator[Callable[..., WorkerProcess]]:
+def spawn_worker(redis_url: str, namespaces: Namespaces, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start real ``dramatiq`` worker processes of tests/apps/worker_app.py; all are killed after the test."""
     started: list[WorkerProcess] = []
 

@@ -6,7 +6,7 @@ import collections
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -50,8 +50,10 @@ def wait_new_worker(store: TrackerStore, *known: WorkerInfo) -> WorkerInfo:
 
 
 @pytest.fixture
-def producer(redis_url: str, namespaces: Namespaces) -> RedisBroker:
-    return RedisBroker(url=redis_url, namespace=namespaces.broker)
+def producer(redis_url: str, namespaces: Namespaces) -> Iterator[RedisBroker]:
+    broker = RedisBroker(url=redis_url, namespace=namespaces.broker)
+    yield broker
+    broker.close()
 
 
 @pytest.fixture
@@ -119,6 +121,7 @@ def test_a_killed_workers_orphans_are_delivered_again_exactly_once_by_a_live_wor
     )
     for queue in (namespaces.queue, namespaces.queue + ".DQ"):
         maintenance.do_qsize(queue)
+    maintenance.close()
     assert redis_client.llen("%s:%s" % (namespaces.broker, namespaces.queue)) == 0
     assert len(events(redis_client, namespaces, "started")) == 30
     # And the dead worker is forgotten, but for its tombstone
@@ -165,7 +168,11 @@ def test_a_restarted_worker_recovers_the_dead_processs_orphans_within_a_second_o
     store: TrackerStore,
 ) -> None:
     # Given a worker with a long heartbeat timeout, running 4 messages with 4 prefetched, SIGKILLed
-    slow_expiry = {"TEST_HEARTBEAT_INTERVAL": "10000", "TEST_HEARTBEAT_TIMEOUT": "60000", "TEST_SWEEP_INTERVAL": "30000"}
+    slow_expiry = {
+        "TEST_HEARTBEAT_INTERVAL": "10000",
+        "TEST_HEARTBEAT_TIMEOUT": "60000",
+        "TEST_SWEEP_INTERVAL": "30000",
+    }
     spawn_worker(threads=4, slow_seconds=120, env=slow_expiry)
     (victim,) = wait_registered(store, 1)
     ids = send(producer, namespaces.queue, "slow", 8)

@@ -25,10 +25,11 @@
 -- last counted), orphaned_at (when, server ms), awaiting_from (a dead
 -- worker whose orphan the broker has yet to redeliver).
 --
--- Returns, per orphan, {running (0/1), taken (0/1), recoveries, claim age}:
--- the claim age (ms) tells a caller that did not take a running orphan how
--- long ago another one did, so that it may finish the job of a sweeper
--- that stopped midway.
+-- Returns, per orphan, {running (0/1), taken (0/1), recoveries, claim age,
+-- awaiting (0/1)}: the claim age (ms) tells a caller that did not take a
+-- running orphan how long ago another one did, so that it may finish the
+-- job of a sweeper that stopped midway; awaiting is 1 when the recovery
+-- is left to be counted when the broker delivers the orphan again.
 
 local worker_id = ARGV[1]
 local ttl = tonumber(ARGV[2])
@@ -53,7 +54,7 @@ for i = 4, #ARGV do
     local message_id = ARGV[i]
     local history = KEYS[i]
     local record = redis.call("hget", KEYS[1], message_id)
-    local running, taken = 0, 0
+    local running, taken, awaiting = 0, 0, 0
     local recoveries = tonumber(redis.call("hget", history, "recoveries") or "0") or 0
 
     if record then
@@ -67,6 +68,7 @@ for i = 4, #ARGV do
         if mode == "await" and (ours or not owner) then
             redis.call("hset", history, "awaiting_from", worker_id)
             redis.call("pexpire", history, ttl)
+            awaiting = 1
         else
             -- Requeued or parked now, or already redelivered and running elsewhere.
             recoveries = count(history)
@@ -81,6 +83,6 @@ for i = 4, #ARGV do
     if running == 1 and taken == 0 then
         age = now - (tonumber(redis.call("hget", history, "orphaned_at") or now) or now)
     end
-    result[#result + 1] = {running, taken, recoveries, age}
+    result[#result + 1] = {running, taken, recoveries, age, awaiting}
 end
 return result

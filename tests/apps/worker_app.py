@@ -75,3 +75,10 @@ def suicide(delay: float) -> None:
     _report("started")
     time.sleep(delay)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def sleep(seconds: float) -> None:
+    _report("started")
+    time.sleep(seconds)
+    _report("done")

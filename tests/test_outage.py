@@ -1,0 +1,86 @@
+"""The tracker's Redis goes away during a run: messages keep flowing, nothing is lost."""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.message import Message
+
+from dramatiq_tracker.records import WorkerInfo
+from dramatiq_tracker.store import TrackerStore
+
+from .conftest import Namespaces, events
+from .support import RedisServer, WorkerProcess, wait_for
+
+pytestmark = pytest.mark.slow
+
+OUTAGE_WARNING = "Tracker Redis is unreachable"
+
+
+@pytest.fixture
+def tracker_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+def send_sleeps(broker: RedisBroker, queue: str, seconds: float, count: int) -> list[str]:
+    return [
+        broker.enqueue(Message(queue_name=queue, actor_name="sleep", args=(seconds,), kwargs={}, options={})).message_id
+        for _ in range(count)
+    ]
+
+
+def test_a_ten_second_outage_of_the_trackers_redis_loses_nothing_and_is_logged_once(
+    redis_url: str,
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    tracker_server: RedisServer,
+) -> None:
+    # Given a worker whose tracker uses its own Redis, while the broker uses another
+    worker = spawn_worker(threads=4, tracker_url=tracker_server.url)
+    producer = RedisBroker(url=redis_url, namespace=namespaces.broker)
+    tracker_client = redis.Redis(port=tracker_server.port)
+    store = TrackerStore(tracker_client, namespaces.tracker)
+    (info,) = wait_for(lambda: [WorkerInfo.from_json(r) for r in store.workers().values()], 20, message="registered")
+    ids = send_sleeps(producer, namespaces.queue, 0.2, 20)
+
+    # When the tracker's Redis stops for 10 seconds, with messages sent during the outage
+    time.sleep(0.5)
+    tracker_server.stop()
+    outage_started = time.monotonic()
+    ids += send_sleeps(producer, namespaces.queue, 0.2, 20)
+    time.sleep(7.5)
+    # (these four are still running when the tracker's Redis comes back)
+    long_running = send_sleeps(producer, namespaces.queue, 4, 4)
+    ids += long_running
+    time.sleep(max(0.0, 10 - (time.monotonic() - outage_started)))
+    tracker_server.start()
+
+    # Then the worker registers again, under the same id, and records what it has in flight
+    wait_for(lambda: info.worker_id in store.workers(), 5, message="registered again")
+    wait_for(lambda: set(store.inflight(info.worker_id)) == set(long_running), 5, message="in flight re-recorded")
+    # And no message was lost or run twice, and the worker never crashed
+    wait_for(lambda: len(events(redis_client, namespaces, "done")) >= len(ids), 30, message="all done")
+    time.sleep(0.3)
+    assert collections.Counter(mid for mid, _, _ in events(redis_client, namespaces, "done")) == collections.Counter(
+        ids
+    )
+    assert worker.process.poll() is None
+    wait_for(lambda: store.inflight(info.worker_id) == {}, 5, message="nothing left in flight")
+    # And the outage was logged once, as a warning
+    log = worker.output()
+    assert log.count(OUTAGE_WARNING) == 1, log
+    assert "[WARNING] " + OUTAGE_WARNING in log.replace("[dramatiq_tracker.health.ConnectionHealth] ", "")
+    assert "Tracker Redis is reachable again" in log
+    # And it still stops cleanly
+    assert worker.terminate() == 0
+    assert store.workers() == {}
+    tracker_client.close()
+    producer.close()

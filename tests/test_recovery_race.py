@@ -1,0 +1,104 @@
+"""Many sweepers racing over one dead worker deliver each orphan exactly once."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+import redis
+from dramatiq.brokers.redis import RedisBroker
+
+from dramatiq_tracker.orphans import LockCleaners, Orphan, RecoveryReport
+from dramatiq_tracker.recovery import Recovery
+from dramatiq_tracker.settings import TrackerSettings
+from dramatiq_tracker.store import TrackerStore
+
+from .conftest import FAST, Namespaces, events
+from .support import WorkerProcess, kill, wait_for
+from .test_recovery_redis import send, wait_registered
+
+pytestmark = pytest.mark.slow
+
+SWEEPERS = 5
+
+
+def test_five_sweepers_racing_over_one_dead_workers_100_orphans_deliver_each_exactly_once(
+    redis_url: str,
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+) -> None:
+    # Given a worker process that fetched 100 messages (50 running, 50 prefetched) and was SIGKILLed
+    store = TrackerStore(redis_client, namespaces.tracker)
+    producer = RedisBroker(url=redis_url, namespace=namespaces.broker)
+    spawn_worker(threads=50, slow_seconds=120)
+    (victim,) = wait_registered(store, 1)
+    ids = send(producer, namespaces.queue, "slow", 100)
+    producer.close()
+    wait_for(lambda: len(events(redis_client, namespaces, "started")) == 50, 30, message="50 running")
+    wait_for(lambda: redis_client.llen("%s:%s" % (namespaces.broker, namespaces.queue)) == 0, 10, message="fetched")
+    wait_for(lambda: len(store.inflight(victim.worker_id)) == 50, 5, message="50 records")
+    kill(victim.pid)
+    wait_for(lambda: _gone(victim.pid), 5, message="victim gone")
+
+    # When five sweepers, each with its own connections, recover it at the same moment
+    settings = TrackerSettings(namespace=namespaces.tracker, **FAST)
+    cleaned: list[Orphan] = []
+    barrier = threading.Barrier(SWEEPERS)
+    reports: list[RecoveryReport] = []
+
+    def sweep() -> None:
+        client = redis.Redis.from_url(redis_url)
+        broker = RedisBroker(client=client, namespace=namespaces.broker)
+        recovery = Recovery(broker, TrackerStore(client, namespaces.tracker), settings, LockCleaners([cleaned.append]))
+        barrier.wait()
+        try:
+            reports.append(recovery.recover_worker(victim.worker_id, process_gone=True))
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=sweep) for _ in range(SWEEPERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    # Then every orphan is back on its queue exactly once, and reported once
+    recovered = [item.orphan.message_id for report in reports for item in report.recovered]
+    assert collections.Counter(recovered) == collections.Counter(ids)
+    queued = redis_client.lrange("%s:%s" % (namespaces.broker, namespaces.queue), 0, -1)
+    assert len(queued) == 100 and len(set(queued)) == 100
+    assert redis_client.exists("%s:__acks__.%s.%s" % (namespaces.broker, victim.broker_id, namespaces.queue)) == 0
+    # And each running orphan went through the lock cleaners exactly once, counted as one recovery
+    assert len(cleaned) == 50 and len({o.message_id for o in cleaned}) == 50
+    assert all(o.running and o.recoveries == 1 for o in cleaned)
+    for message_id in {o.message_id for o in cleaned}:
+        assert store.message_history(message_id)["recoveries"] == "1"
+    # And the dead worker is forgotten
+    assert store.workers() == {}
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_the_sweep_lease_lets_one_worker_sweep_per_interval(redis_client: redis.Redis, namespaces: Namespaces) -> None:
+    store = TrackerStore(redis_client, namespaces.tracker)
+    # Given one sweeper holding the lease
+    assert store.acquire_lease("first", 500)
+    # Then another cannot take it, while the holder renews it
+    assert not store.acquire_lease("second", 500)
+    assert store.acquire_lease("first", 500)
+    # And only the holder can give it back
+    assert not store.release_lease("second")
+    assert store.release_lease("first")
+    assert store.acquire_lease("second", 100)
+    time.sleep(0.15)
+    assert store.acquire_lease("third", 100)

@@ -1,0 +1,229 @@
+"""Orphan recovery on StubBroker with embedded Workers: the stored payload is enqueued again.
+
+A StubBroker lives in memory, so a worker cannot be killed without losing its
+queues.  Death is simulated instead: the dead worker's tracker threads stop
+without deregistering (its heartbeat lapses) and its actor threads never
+finish, exactly what a SIGKILL leaves behind in Redis.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Iterator
+
+import dramatiq
+import pytest
+from dramatiq import Worker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import CurrentMessage
+
+from dramatiq_tracker import Orphan, TrackerMiddleware
+from dramatiq_tracker.records import InflightRecord
+
+from .conftest import FAST, Namespaces, make_tracker
+from .support import wait_for
+
+BOUND = (FAST["heartbeat_timeout"] + FAST["sweep_interval"]) / 1000 + 1
+
+
+class App:
+    """A StubBroker with a tracker and an actor that reports its starts."""
+
+    def __init__(self, redis_url: str, namespace: str, started: list[tuple[str, str, float]], name: str) -> None:
+        self.name = name
+        self.broker = StubBroker()
+        self.broker.add_middleware(CurrentMessage())
+        self.tracker = make_tracker(redis_url, namespace)
+        self.broker.add_middleware(self.tracker)
+        self.broker.emit_after("process_boot")
+        self.release = threading.Event()
+        self.cleaned: list[Orphan] = []
+        self.tracker.add_lock_cleaner(self.cleaned.append)
+
+        @dramatiq.actor(broker=self.broker, queue_name="work", max_retries=0)
+        def work(index: int) -> None:
+            message = CurrentMessage.get_current_message()
+            assert message is not None
+            started.append((message.message_id, name, time.time()))
+            self.release.wait(30)
+
+        self.work = work
+        self.worker = Worker(self.broker, worker_threads=3, worker_timeout=50)
+
+    def die(self) -> None:
+        """What SIGKILL does to the tracker: its threads stop, nothing is deregistered."""
+        session = self.tracker._session
+        assert session is not None
+        for thread in (session.sweeper, session.heartbeat, session.recorder):
+            thread.stop()
+        self.tracker._session = None
+
+
+@pytest.fixture
+def apps(redis_url: str, namespaces: Namespaces) -> Iterator[tuple[App, App, list[tuple[str, str, float]]]]:
+    started: list[tuple[str, str, float]] = []
+    first, second = (
+        App(redis_url, namespaces.tracker, started, "first"),
+        App(redis_url, namespaces.tracker, started, "second"),
+    )
+    yield first, second, started
+    for app in (first, second):
+        app.release.set()
+        app.worker.stop(5000)
+        app.broker.close()
+
+
+def test_a_dead_workers_running_messages_are_enqueued_again_exactly_once(
+    apps: tuple[App, App, list[tuple[str, str, float]]],
+) -> None:
+    first, second, started = apps
+    # Given a worker running 3 messages, their records written
+    first.worker.start()
+    ids = [first.work.send(index).message_id for index in range(3)]
+    wait_for(lambda: len(started) == 3, 10, message="first busy")
+    store = first.tracker.store
+    worker_id = first.tracker.worker_id
+    assert worker_id is not None
+    wait_for(lambda: len(store.inflight(worker_id)) == 3, 5, message="records written")
+    records = [InflightRecord.from_json(raw) for raw in store.inflight(worker_id).values()]
+    assert {r.message_id for r in records} == set(ids)
+    assert all(r.worker_id == worker_id and r.payload and r.token for r in records)
+
+    # And a second worker that stays alive
+    second.worker.start()
+    second.release.set()
+
+    # When the first one dies
+    died_at = time.time()
+    first.die()
+
+    # Then the second one runs every message again, exactly once, within the bound
+    wait_for(lambda: len([s for s in started if s[1] == "second"]) >= 3, BOUND + 5, message="3 redeliveries")
+    time.sleep(0.5)
+    again = [s for s in started if s[1] == "second"]
+    assert collections.Counter(mid for mid, _, _ in again) == collections.Counter(ids)
+    assert max(at for _, _, at in again) - died_at <= BOUND
+    # And each orphan went through the lock cleaners once, before it was delivered again
+    assert sorted(o.message_id for o in first.cleaned + second.cleaned) == sorted(ids)
+    assert all(o.running and o.worker_id == worker_id and o.recoveries == 1 for o in second.cleaned)
+    # And the redelivered messages say how many times they were recovered
+    assert store.outbox() == {}
+    assert worker_id in store.dead_workers() and worker_id not in store.workers()
+
+
+def test_messages_of_actors_that_opt_out_are_not_tracked(redis_url: str, namespaces: Namespaces) -> None:
+    # Given an actor with track=False next to a tracked one
+    broker = StubBroker()
+    tracker = make_tracker(redis_url, namespaces.tracker)
+    broker.add_middleware(tracker)
+    broker.emit_after("process_boot")
+    gate = threading.Event()
+    running = threading.Semaphore(0)
+
+    @dramatiq.actor(broker=broker, track=False)
+    def untracked() -> None:
+        running.release()
+        gate.wait(10)
+
+    @dramatiq.actor(broker=broker)
+    def tracked() -> None:
+        running.release()
+        gate.wait(10)
+
+    worker = Worker(broker, worker_threads=2, worker_timeout=50)
+    worker.start()
+    try:
+        untracked.send()
+        message = tracked.send()
+        assert running.acquire(timeout=5) and running.acquire(timeout=5)
+        worker_id = tracker.worker_id
+        assert worker_id is not None
+        # When both are running, Then only the tracked one is recorded
+        wait_for(lambda: tracker.store.inflight(worker_id), 5, message="a record")
+        time.sleep(0.1)
+        assert list(tracker.store.inflight(worker_id)) == [message.message_id]
+    finally:
+        gate.set()
+        worker.stop()
+        broker.close()
+
+
+def test_a_message_option_overrides_the_actor_option(redis_url: str, namespaces: Namespaces) -> None:
+    broker = StubBroker()
+    tracker = make_tracker(redis_url, namespaces.tracker)
+    broker.add_middleware(tracker)
+    broker.emit_after("process_boot")
+    gate = threading.Event()
+    running = threading.Semaphore(0)
+
+    @dramatiq.actor(broker=broker, track=False)
+    def untracked() -> None:
+        running.release()
+        gate.wait(10)
+
+    worker = Worker(broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    try:
+        message = untracked.send_with_options(track=True)
+        assert running.acquire(timeout=5)
+        worker_id = tracker.worker_id
+        assert worker_id is not None
+        wait_for(lambda: list(tracker.store.inflight(worker_id)) == [message.message_id], 5, message="recorded")
+    finally:
+        gate.set()
+        worker.stop()
+        broker.close()
+
+
+@pytest.mark.parametrize("skipper_first", [False, True], ids=["skipped-after-tracker", "skipped-before-tracker"])
+def test_records_are_removed_when_messages_are_acked_nacked_or_skipped(
+    redis_url: str, namespaces: Namespaces, skipper_first: bool
+) -> None:
+    # Given actors that succeed, fail (to the dead letters) and get skipped, by a middleware
+    # placed before the tracker (which then sees the skip but not the start) or after it
+    broker = StubBroker()
+    tracker: TrackerMiddleware = make_tracker(redis_url, namespaces.tracker)
+
+    class Skipper(dramatiq.Middleware):
+        def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+            if message.actor_name == "skipped":
+                raise dramatiq.middleware.SkipMessage()
+
+    for middleware in (Skipper(), tracker) if skipper_first else (tracker, Skipper()):
+        broker.add_middleware(middleware)
+    broker.emit_after("process_boot")
+
+    @dramatiq.actor(broker=broker, max_retries=0)
+    def succeeds() -> None:
+        time.sleep(0.1)
+
+    @dramatiq.actor(broker=broker, max_retries=0)
+    def fails() -> None:
+        time.sleep(0.1)
+        raise RuntimeError("expected")
+
+    @dramatiq.actor(broker=broker, max_retries=0)
+    def skipped() -> None:
+        raise AssertionError("never runs")
+
+    worker = Worker(broker, worker_threads=4, worker_timeout=50)
+    worker.start()
+    try:
+        worker_id = tracker.worker_id
+        assert worker_id is not None
+        for _ in range(5):
+            succeeds.send()
+            fails.send()
+            skipped.send()
+        broker.join(succeeds.queue_name, fail_fast=False)
+        worker.join()
+        # When the recorder has flushed, Then nothing is left in flight
+        time.sleep(0.2)
+        assert tracker.store.inflight(worker_id) == {}
+        assert tracker.store.client.hlen(tracker.store.keys.running) == 0
+        assert len(broker.dead_letters) == 5
+    finally:
+        worker.stop()
+        broker.close()
