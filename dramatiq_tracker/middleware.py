@@ -6,6 +6,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import dramatiq
 import redis
 from dramatiq.logging import get_logger
 from dramatiq.middleware import Middleware
@@ -104,6 +105,7 @@ class TrackerMiddleware(Middleware):
         self._store: TrackerStore | None = None
         self._broker: Broker | None = None
         self._session: WorkerSession | None = None
+        self._recovery_instance: Recovery | None = None
         self._session_lock = threading.Lock()
         self._local = threading.local()
 
@@ -120,9 +122,7 @@ class TrackerMiddleware(Middleware):
         Raises:
           TrackerError: Before the middleware is added to a broker and used.
         """
-        if self._store is None:
-            raise TrackerError("The tracker is not bound to a broker yet; add it with broker.add_middleware().")
-        return self._store
+        return self._store or self._bind(self._find_broker())
 
     @property
     def worker_id(self) -> str | None:
@@ -151,12 +151,21 @@ class TrackerMiddleware(Middleware):
           TrackerError: Before the middleware is added to a broker.
           redis.RedisError: When the tracker's or the broker's Redis fails; nothing is lost.
         """
-        session = self._session
-        if session is not None:
-            return session.recovery.sweep()
-        if self._broker is None:
-            raise TrackerError("The tracker is not bound to a broker yet; add it with broker.add_middleware().")
-        return Recovery(self._broker, self._bind(self._broker), self.settings, self.cleaners).sweep()
+        return self._recovery(self._find_broker()).sweep()
+
+    def _recovery(self, broker: Broker) -> Recovery:
+        if self._recovery_instance is None:
+            self._recovery_instance = Recovery(broker, self._bind(broker), self.settings, self.cleaners)
+        return self._recovery_instance
+
+    def _find_broker(self) -> Broker:
+        # Dramatiq tells a middleware its broker only through hooks; before any, the global broker may be ours.
+        if self._broker is not None:
+            return self._broker
+        broker = dramatiq.get_broker()
+        if self not in broker.middleware:
+            raise TrackerError("This tracker is not added to a broker yet; add it with broker.add_middleware().")
+        return broker
 
     # Hooks ----------------------------------------------------------------------
 
@@ -179,7 +188,7 @@ class TrackerMiddleware(Middleware):
         store = self._bind(broker)
         with self._session_lock:
             if self._session is None:
-                self._session = WorkerSession(broker, worker, store, self.settings, self.cleaners)
+                self._session = WorkerSession(broker, worker, store, self.settings, self._recovery(broker))
                 self._session.start()
 
     def before_worker_shutdown(self, broker: Broker, worker: Worker) -> None:

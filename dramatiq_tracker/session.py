@@ -23,7 +23,6 @@ from .recovery import Recovery, Sweeper
 if TYPE_CHECKING:
     from dramatiq import Broker, MessageProxy, Worker
 
-    from .orphans import LockCleaners
     from .settings import TrackerSettings
     from .store import TrackerStore
 
@@ -42,7 +41,7 @@ class WorkerSession:
       worker(Worker): The embedded or CLI Worker being started.
       store(TrackerStore)
       settings(TrackerSettings)
-      cleaners(LockCleaners)
+      recovery(Recovery): Recovers dead workers, periodically and at boot.
     """
 
     def __init__(
@@ -51,7 +50,7 @@ class WorkerSession:
         worker: Worker,
         store: TrackerStore,
         settings: TrackerSettings,
-        cleaners: LockCleaners,
+        recovery: Recovery,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
         self.store = store
@@ -79,7 +78,7 @@ class WorkerSession:
         )
         self.recorder = InflightRecorder(store, settings, self.health, info, lambda: new_worker_id(host))
         self.heartbeat = Heartbeat(store, settings, self.health, self.recorder)
-        self.recovery = Recovery(broker, store, settings, cleaners)
+        self.recovery = recovery
         self.sweeper = Sweeper(self.recovery, store, settings, self.health)
         self.health.on_reconnect.append(self.recorder.request_resync)
 

@@ -1,0 +1,175 @@
+"""Corrupt or foreign records in Redis are logged and skipped; no message is dropped."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import dramatiq
+import pytest
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.message import Message
+
+from dramatiq_tracker import TrackerMiddleware
+from dramatiq_tracker.brokers import BrokerFacts
+from dramatiq_tracker.host import HostFacts
+from dramatiq_tracker.records import InflightRecord, WorkerInfo, encode_payload
+
+from .conftest import Namespaces
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.fixture
+def broker(redis_url: str, namespaces: Namespaces) -> Iterator[RedisBroker]:
+    broker = RedisBroker(url=redis_url, namespace=namespaces.broker)
+    yield broker
+    broker.close()
+
+
+def fake_dead_worker(
+    broker: RedisBroker, tracker: TrackerMiddleware, queue: str, count: int
+) -> tuple[WorkerInfo, list[Message[object]]]:
+    """A worker of this host whose process is gone, with ``count`` messages fetched, as if SIGKILLed."""
+    dead = RedisBroker(client=broker.client, namespace=broker.namespace)
+    messages = [
+        broker.enqueue(Message(queue_name=queue, actor_name="work", args=(i,), kwargs={}, options={}))
+        for i in range(count)
+    ]
+    dead.do_fetch(queue, count)
+    here = HostFacts.current()
+    info = WorkerInfo(
+        worker_id="dead-worker",
+        hostname=here.hostname,
+        pid=dead_pid(),
+        process_started="1",
+        boot_id=here.boot_id,
+        pid_namespace=here.pid_namespace,
+        queues=(queue,),
+        broker_kind="redis",
+        broker_identity=BrokerFacts.of(broker).identity,
+        broker_id=dead.broker_id,
+        broker_namespace=broker.namespace,
+        worker_threads=1,
+        started_at=0,
+        tracker_version="0",
+        dramatiq_version="0",
+    )
+    records = []
+    for index, message in enumerate(messages[:2]):
+        payload, encoding = encode_payload(message.encode())
+        redis_id = message.options["redis_message_id"]
+        record = InflightRecord(
+            message.message_id, "work", queue, redis_id, info.worker_id, str(index), 0, 0, payload, encoding
+        )
+        records.append(record)
+    assert tracker.store.register(info, records, 60_000) == "ok"
+    return info, messages
+
+
+def test_an_unreadable_record_of_a_dead_worker_is_skipped_and_its_message_still_delivered(
+    broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, caplog: pytest.LogCaptureFixture
+) -> None:
+    tracker = TrackerMiddleware(client=redis_client, namespace=namespaces.tracker)
+    broker.add_middleware(tracker)
+    dramatiq.set_broker(broker)
+    queue = namespaces.queue
+    info, messages = fake_dead_worker(broker, tracker, queue, 4)
+    # Given one of its records was corrupted
+    redis_client.hset(tracker.store.keys.inflight(info.worker_id), messages[0].message_id, b"\x00garbage")
+
+    # When it is recovered
+    with caplog.at_level(logging.WARNING):
+        report = tracker.recover()
+
+    # Then every message is back on its queue, and the corrupt record was reported
+    assert sorted(report.message_ids) == sorted(m.message_id for m in messages)
+    assert redis_client.llen("%s:%s" % (namespaces.broker, queue)) == 4
+    assert any("unreadable in-flight record" in r.getMessage() for r in caplog.records)
+    assert info.worker_id not in tracker.store.workers()
+
+
+def test_an_undecodable_payload_is_moved_back_unchanged(
+    broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, caplog: pytest.LogCaptureFixture
+) -> None:
+    tracker = TrackerMiddleware(client=redis_client, namespace=namespaces.tracker)
+    broker.add_middleware(tracker)
+    dramatiq.set_broker(broker)
+    queue = namespaces.queue
+    _, messages = fake_dead_worker(broker, tracker, queue, 3)
+    # Given a foreign payload that the current encoder cannot decode
+    redis_id = messages[2].options["redis_message_id"]
+    redis_client.hset("%s:%s.msgs" % (namespaces.broker, queue), redis_id, b"\x80not-json")
+
+    with caplog.at_level(logging.WARNING):
+        tracker.recover()
+
+    queued = redis_client.lrange("%s:%s" % (namespaces.broker, queue), 0, -1)
+    assert len(queued) == 3 and redis_id.encode() in queued
+    assert redis_client.hget("%s:%s.msgs" % (namespaces.broker, queue), redis_id) == b"\x80not-json"
+    assert any("does not decode" in r.getMessage() for r in caplog.records)
+
+
+def test_an_unreadable_registration_is_reported_once_and_left_alone(
+    broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, caplog: pytest.LogCaptureFixture
+) -> None:
+    tracker = TrackerMiddleware(client=redis_client, namespace=namespaces.tracker)
+    broker.add_middleware(tracker)
+    dramatiq.set_broker(broker)
+    here = HostFacts.current()
+    keys = tracker.store.keys
+    redis_client.hset(keys.workers, "foreign", "{not json")
+    redis_client.sadd(keys.host(here.hostname), "foreign")
+    redis_client.zadd(keys.deadlines, {"foreign": 0})
+
+    with caplog.at_level(logging.WARNING):
+        tracker.recover()
+        tracker.recover()
+
+    assert [r.getMessage() for r in caplog.records].count(
+        "Skipping worker 'foreign': its registration is unreadable (not JSON: Expecting property name enclosed "
+        "in double quotes: line 1 column 2 (char 1))."
+    ) == 1
+    assert redis_client.hexists(keys.workers, "foreign")
+
+
+def test_registered_recoveries_mark_the_redelivered_payload(
+    broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces
+) -> None:
+    tracker = TrackerMiddleware(client=redis_client, namespace=namespaces.tracker)
+    broker.add_middleware(tracker)
+    dramatiq.set_broker(broker)
+    queue = namespaces.queue
+    _, messages = fake_dead_worker(broker, tracker, queue, 3)
+
+    tracker.recover()
+
+    # The two running orphans say they were recovered once; the prefetched one is untouched
+    for index, message in enumerate(messages):
+        raw = redis_client.hget("%s:%s.msgs" % (namespaces.broker, queue), message.options["redis_message_id"])
+        decoded = Message.decode(raw)
+        expected = 1 if index < 2 else None
+        assert decoded.options.get("tracker_recoveries") == expected
+        assert dataclasses.replace(decoded, options={}) == dataclasses.replace(message, options={})
+
+
+def test_the_global_recover_function_uses_the_brokers_tracker(
+    broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces
+) -> None:
+    tracker = TrackerMiddleware(client=redis_client, namespace=namespaces.tracker)
+    broker.add_middleware(tracker)
+    dramatiq.set_broker(broker)
+    fake_dead_worker(broker, tracker, namespaces.queue, 2)
+    from dramatiq_tracker import recover
+
+    assert len(recover(broker).recovered) == 2
+    dramatiq.set_broker(broker)
+    assert recover().recovered == []

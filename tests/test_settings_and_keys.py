@@ -1,0 +1,119 @@
+"""Pure logic: settings validation, the key layout, records, host facts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import redis
+from dramatiq.brokers.stub import StubBroker
+
+from dramatiq_tracker import ConfigurationError, Keys, TrackerMiddleware, namespaced_key
+from dramatiq_tracker.host import HostFacts
+from dramatiq_tracker.keys import RedisBrokerKeys
+from dramatiq_tracker.records import CorruptRecord, InflightRecord, WorkerInfo, decode_payload, encode_payload
+
+
+@pytest.mark.parametrize(
+    ("settings", "setting"),
+    [
+        ({"heartbeat_interval": 0}, "heartbeat_interval"),
+        ({"heartbeat_interval": "5000"}, "heartbeat_interval"),
+        ({"heartbeat_interval": 5000.0}, "heartbeat_interval"),
+        ({"heartbeat_interval": True}, "heartbeat_interval"),
+        ({"heartbeat_timeout": 6000}, "heartbeat_timeout"),
+        ({"sweep_interval": -1}, "sweep_interval"),
+        ({"max_recoveries": -1}, "max_recoveries"),
+        ({"flush_interval": 0}, "flush_interval"),
+        ({"flush_interval": 5000}, "flush_interval"),
+        ({"history_ttl": 1000}, "history_ttl"),
+        ({"namespace": ""}, "namespace"),
+        ({"namespace": "a{b}"}, "namespace"),
+        ({"namespace": "has space"}, "namespace"),
+        ({"url": "http://example.com"}, "url"),
+        ({"url": "redis://localhost", "client": redis.Redis()}, "url"),
+        ({"client": "redis://localhost"}, "client"),
+        ({"lock_cleaners": [42]}, "lock_cleaners"),
+    ],
+)
+def test_invalid_settings_fail_at_construction_naming_the_setting(settings: dict[str, object], setting: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        TrackerMiddleware(**settings)  # type: ignore[arg-type]
+    assert info.value.setting == setting
+    assert str(info.value).startswith(setting + ":")
+    assert isinstance(info.value, ValueError)
+
+
+def test_defaults_recover_within_twenty_seconds() -> None:
+    tracker = TrackerMiddleware()
+    assert tracker.settings.recovery_bound <= 20_000
+    assert tracker.settings.heartbeat_timeout >= 2 * tracker.settings.heartbeat_interval
+
+
+def test_the_key_layout_is_fixed() -> None:
+    keys = Keys("app")
+    assert namespaced_key("app", "workers") == "{app}:v1:workers"
+    assert keys.workers == "{app}:v1:workers"
+    assert keys.deadlines == "{app}:v1:deadlines"
+    assert keys.dead_workers == "{app}:v1:dead-workers"
+    assert keys.running == "{app}:v1:running"
+    assert keys.outbox == "{app}:v1:outbox"
+    assert keys.sweep_lease == "{app}:v1:sweep-lease"
+    assert keys.heartbeat("w1") == "{app}:v1:worker:w1:heartbeat"
+    assert keys.inflight("w1") == "{app}:v1:worker:w1:inflight"
+    assert keys.host("h") == "{app}:v1:host:h"
+    assert keys.broker("b") == "{app}:v1:broker:b"
+    assert keys.message("m") == "{app}:v1:message:m"
+    broker_keys = RedisBrokerKeys("dramatiq")
+    assert broker_keys.acks("b", "default") == "dramatiq:__acks__.b.default"
+    assert broker_keys.queue("default.DQ") == "dramatiq:default.DQ"
+    assert broker_keys.messages("default") == "dramatiq:default.msgs"
+
+
+def test_no_module_but_keys_formats_a_key() -> None:
+    package = os.path.join(os.path.dirname(__file__), "..", "dramatiq_tracker")
+    for name in os.listdir(package):
+        if name.endswith(".py") and name != "keys.py":
+            with open(os.path.join(package, name)) as f:
+                source = f.read()
+            assert ":v1:" not in source and "__acks__." not in source, name
+
+
+def test_binary_payloads_survive_a_record_round_trip() -> None:
+    for data in (b'{"a": 1}', bytes(range(256))):
+        assert decode_payload(*encode_payload(data)) == data
+
+
+def test_corrupt_records_are_reported_not_crashed_on() -> None:
+    for raw in (b"not json", b"[]", b'{"message_id": 1}', b"\xff\xfe"):
+        with pytest.raises(CorruptRecord):
+            InflightRecord.from_json(raw)
+        with pytest.raises(CorruptRecord):
+            WorkerInfo.from_json(raw)
+    record = InflightRecord("m", "a", "q", "", "w", "t", 0, 0, "garbage", "utf-8")
+    with pytest.raises(CorruptRecord):
+        record.message()
+    with pytest.raises(CorruptRecord):
+        decode_payload("x", "rot13")
+
+
+def test_a_process_that_exited_is_gone_and_a_live_one_is_not() -> None:
+    here = HostFacts.current()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert here.process_is_gone(HostFacts(here.hostname, child.pid, "1", here.boot_id, here.pid_namespace))
+    assert not here.process_is_gone(here)
+    # A reused pid: the same number, another start time
+    assert here.process_is_gone(HostFacts(here.hostname, here.pid, "0", here.boot_id, here.pid_namespace))
+    # Another host, boot or pid namespace cannot be judged from here
+    assert not here.process_is_gone(HostFacts("elsewhere", child.pid, "1", here.boot_id, here.pid_namespace))
+    assert not here.process_is_gone(HostFacts(here.hostname, child.pid, "1", "other-boot", here.pid_namespace))
+
+
+def test_the_middleware_declares_its_actor_options() -> None:
+    broker = StubBroker()
+    broker.add_middleware(TrackerMiddleware())
+    assert {"track", "max_recoveries"} <= broker.actor_options
+    broker.close()
