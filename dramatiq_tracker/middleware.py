@@ -94,6 +94,8 @@ class TrackerMiddleware(Middleware):
             raise ConfigurationError("url", "give either client or url, not both")
         if client is not None and not isinstance(client, redis.Redis):
             raise ConfigurationError("client", "must be a redis.Redis client, got %r" % (client,))
+        #: Whether the tracker made its client, and so closes it when its worker stops.
+        self._owns_client = client is None
         if url is not None:
             client = client_from_url(url)
         for cleaner in lock_cleaners:
@@ -172,7 +174,10 @@ class TrackerMiddleware(Middleware):
     def _bind(self, broker: Broker) -> TrackerStore:
         if self._store is None:
             self._broker = broker
-            self._store = TrackerStore(self._client or resolve_client(broker), self.settings.namespace)
+            if self._client is None:
+                self._client = resolve_client(broker)
+                self._owns_client = self._client is not getattr(broker, "client", None)
+            self._store = TrackerStore(self._client, self.settings.namespace)
         return self._store
 
     def after_declare_actor(self, broker: Broker, actor: Any) -> None:
@@ -201,6 +206,9 @@ class TrackerMiddleware(Middleware):
             session, self._session = self._session, None
         if session is not None:
             session.stop()
+        if self._owns_client and self._client is not None:
+            # It reconnects by itself should the tracker be used again.
+            self._client.close()
 
     def _tracks(self, broker: Broker, message: MessageProxy) -> bool:
         track = message.options.get("track")

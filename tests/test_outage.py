@@ -84,3 +84,57 @@ def test_a_ten_second_outage_of_the_trackers_redis_loses_nothing_and_is_logged_o
     assert store.workers() == {}
     tracker_client.close()
     producer.close()
+
+
+def test_a_worker_starts_and_works_while_the_trackers_redis_is_down_and_registers_when_it_is_back(
+    namespaces: Namespaces, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+
+    import dramatiq
+    from dramatiq import Worker
+    from dramatiq.brokers.stub import StubBroker
+
+    from .conftest import make_tracker
+
+    # Given a tracker whose Redis is not running yet
+    server = RedisServer()
+    broker = StubBroker()
+    tracker = make_tracker(server.url, namespaces.tracker)
+    broker.add_middleware(tracker)
+    broker.emit_after("process_boot")
+    done = threading.Semaphore(0)
+    gate = threading.Event()
+
+    @dramatiq.actor(broker=broker, max_retries=0)
+    def work(wait: bool) -> None:
+        if wait:
+            gate.wait(10)
+        done.release()
+
+    worker = Worker(broker, worker_threads=2, worker_timeout=50)
+    try:
+        # When a worker starts and processes messages
+        worker.start()
+        for _ in range(5):
+            work.send(False)
+        assert all(done.acquire(timeout=5) for _ in range(5))
+        work.send(True)
+        # Then it works, and registers with what it has in flight once Redis is up
+        server.start()
+        store = tracker.store
+        worker_id = tracker.worker_id
+        assert worker_id is not None
+        wait_for(lambda: worker_id in store.workers(), 5, message="registered")
+        wait_for(lambda: len(store.inflight(worker_id)) == 1, 5, message="in flight recorded")
+        gate.set()
+        assert done.acquire(timeout=5)
+        wait_for(lambda: store.inflight(worker_id) == {}, 5, message="done")
+        assert [r.getMessage() for r in caplog.records].count(
+            next(r.getMessage() for r in caplog.records if OUTAGE_WARNING in r.getMessage())
+        ) == 1
+    finally:
+        gate.set()
+        worker.stop()
+        broker.close()
+        server.close()
