@@ -4,12 +4,14 @@ dead worker's orphans again within seconds, exactly once."""
 from __future__ import annotations
 
 from ._version import __version__
-from .errors import ConfigurationError, TrackerError, TrackerNotConfigured
+from .errors import ConfigurationError, DuplicateMessage, TrackerError, TrackerNotConfigured, UniqueKeyError
 from .keys import Keys, namespaced_key
 from .middleware import Tracker, TrackerMiddleware
 from .orphans import LockCleaner, Orphan, RecoveredOrphan, RecoveryReport
 from .recorder import RECOVERIES_OPTION
+from .store import LockInfo
 from .tracking import find_tracker, recover
+from .unique import UNTIL_EXECUTED, UNTIL_EXECUTING, UNTIL_EXPIRED, WHILE_EXECUTING
 
 __all__ = [
     "__version__",
@@ -24,11 +26,19 @@ __all__ = [
     "RECOVERIES_OPTION",
     "find_tracker",
     "recover",
+    # Uniqueness
+    "LockInfo",
+    "UNTIL_EXECUTED",
+    "UNTIL_EXECUTING",
+    "UNTIL_EXPIRED",
+    "WHILE_EXECUTING",
     # Keys
     "Keys",
     "namespaced_key",
     # Errors
     "ConfigurationError",
+    "DuplicateMessage",
     "TrackerError",
     "TrackerNotConfigured",
+    "UniqueKeyError",
 ]

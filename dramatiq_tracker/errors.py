@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dramatiq.errors import DramatiqError
+from dramatiq.middleware import MiddlewareError
 
 
 class TrackerError(DramatiqError):
@@ -12,11 +13,13 @@ class TrackerError(DramatiqError):
         super().__init__(message)  # type: ignore[no-untyped-call]
 
 
-class ConfigurationError(TrackerError, ValueError):
-    """Raised when a setting of the tracker is invalid.
+class ConfigurationError(TrackerError, MiddlewareError, ValueError):
+    """Raised when a setting of the tracker, or a tracker option of an actor or
+    message, is invalid.  As a ``MiddlewareError`` it reaches the caller of
+    ``@dramatiq.actor`` or ``send()`` instead of being logged by Dramatiq.
 
     Parameters:
-      setting(str): The name of the offending setting.
+      setting(str): The name of the offending setting or option.
       message(str): What is wrong with it.
     """
 
@@ -27,3 +30,25 @@ class ConfigurationError(TrackerError, ValueError):
 
 class TrackerNotConfigured(TrackerError):
     """Raised when an API needs a TrackerMiddleware that the broker lacks."""
+
+
+class DuplicateMessage(TrackerError, MiddlewareError):
+    """Raised by ``send()`` when a unique actor's message duplicates one that holds its lock.
+
+    Parameters:
+      message_id(str): The refused message.
+      digest(str): The uniqueness digest both messages share.
+      owner(str): The message id that holds the lock.
+    """
+
+    def __init__(self, message_id: str, digest: str, owner: str) -> None:
+        super().__init__(
+            "Message %r duplicates message %r, which holds uniqueness lock %s." % (message_id, owner, digest)
+        )
+        self.message_id = message_id
+        self.digest = digest
+        self.owner = owner
+
+
+class UniqueKeyError(TrackerError, MiddlewareError):
+    """Raised by ``send()`` when a message's uniqueness key cannot be computed."""

@@ -20,6 +20,7 @@ class ConnectionHealth:
         self.logger = get_logger(__name__, type(self))
         self._lock = threading.Lock()
         self._down_since: float | None = None
+        self._last_try = 0.0
         self.outages = 0
         #: When the last outage ended (time.monotonic()), or None.
         self.reconnected_at: float | None = None
@@ -29,6 +30,18 @@ class ConnectionHealth:
     @property
     def is_down(self) -> bool:
         return self._down_since is not None
+
+    def should_try(self) -> bool:
+        """Whether a caller on a hot path should try Redis now: always when it is up,
+        about once a second during an outage (so that an outage costs no time per message)."""
+        if self._down_since is None:
+            return True
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last_try < 1.0:
+                return False
+            self._last_try = now
+        return True
 
     def failed(self, operation: str, error: BaseException) -> None:
         """Report a failed Redis operation."""
@@ -47,16 +60,21 @@ class ConnectionHealth:
         else:
             self.logger.debug("Tracker Redis still unreachable (%s failed: %s).", operation, error)
 
-    def succeeded(self) -> bool:
+    def succeeded(self, started: float) -> bool:
         """Report a successful Redis operation.
+
+        Parameters:
+          started(float): When the operation began (``time.monotonic()``).  A success
+            that began before the outage was noticed says nothing about its end.
 
         Returns:
           bool: True when this success ends an outage.
         """
         with self._lock:
-            since, self._down_since = self._down_since, None
-        if since is None:
-            return False
+            since = self._down_since
+            if since is None or started < since:
+                return False
+            self._down_since = None
         self.reconnected_at = time.monotonic()
         self.logger.info("Tracker Redis is reachable again after %d ms.", (self.reconnected_at - since) * 1000)
         for callback in self.on_reconnect:

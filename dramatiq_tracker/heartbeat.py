@@ -7,6 +7,7 @@ is judged by a TTL on the Redis server, so client clocks do not matter.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import redis
@@ -50,12 +51,13 @@ class Heartbeat(PeriodicThread):
         return self.interval / 1000
 
     def tick(self) -> None:
+        started = time.monotonic()
         try:
             status = self.store.heartbeat(self.recorder.worker_id, self.settings.heartbeat_timeout)
         except redis.RedisError as e:
             self.health.failed("heartbeat", e)
             return
-        self.health.succeeded()
+        self.health.succeeded(started)
         if status == "fenced":
             self.recorder.request_resync()
         elif status == "unknown":

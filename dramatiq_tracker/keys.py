@@ -17,6 +17,8 @@ Tracker keys (``$ns`` stands for ``{namespace}:v1``)::
   $ns:running                     HASH    message id -> "<worker id>|<attempt token>"
   $ns:message:<message id>        HASH    durable per-message history (recoveries, ...)
   $ns:outbox                      HASH    message id -> orphan being re-enqueued (JSON)
+  $ns:lock:<digest>               HASH    a uniqueness lock: owner message id, attempt, mode, worker, ...
+  $ns:locks                       ZSET    lock digest -> expiry (server ms, +inf without a TTL)
   $ns:sweep-lease                 STRING  owner token of the current periodic sweeper
 
 Dramatiq's own RedisBroker keys are documented in ``dramatiq/brokers/redis/dispatch.lua``;
@@ -90,6 +92,13 @@ class Keys:
     @property
     def outbox(self) -> str:
         return namespaced_key(self.namespace, "outbox")
+
+    @property
+    def locks(self) -> str:
+        return namespaced_key(self.namespace, "locks")
+
+    def lock(self, digest: str) -> str:
+        return namespaced_key(self.namespace, "lock", digest)
 
     @property
     def sweep_lease(self) -> str:

@@ -13,6 +13,7 @@ from dramatiq.middleware import Middleware
 
 from .connection import client_from_url, resolve_client
 from .errors import ConfigurationError, TrackerError
+from .health import ConnectionHealth
 from .orphans import LockCleaner, LockCleaners, RecoveryReport
 from .recorder import Delivery
 from .recovery import Recovery
@@ -27,10 +28,13 @@ from .settings import (
     DEFAULT_SWEEP_INTERVAL,
     TrackerSettings,
 )
-from .store import TrackerStore
+from .store import LockInfo, TrackerStore
+from .unique import DEFAULT_UNIQUE_DELAY, UniqueAttempt, Uniqueness, attempt_of, validate_defaults
+from .unique import OPTIONS as UNIQUE_OPTIONS
 
 if TYPE_CHECKING:
-    from dramatiq import Broker, MessageProxy, Worker
+    from dramatiq import Actor, Broker, MessageProxy, Worker
+    from dramatiq.message import Message
 
 
 class TrackerMiddleware(Middleware):
@@ -61,6 +65,13 @@ class TrackerMiddleware(Middleware):
       history_ttl(int): How long recovery counts and dead-worker tombstones are kept, in milliseconds.
       lock_cleaners(list[callable]): Called with each running orphan before it is delivered
         again, to release locks the tracker does not own (see :meth:`add_lock_cleaner`).
+      unique(bool|str): The default of the ``unique`` actor option: False, True
+        (``"until_executed"``) or a lock mode (see docs/uniqueness.md).
+      unique_ttl(int): The default backstop expiry of uniqueness locks, in milliseconds;
+        None for none.
+      unique_on_conflict(str): The default fate of duplicates: "raise" or "drop" when
+        sent, "skip", "delay" or "fail" when started (``while_executing``).
+      unique_delay(int): How long a delayed ``while_executing`` duplicate waits, in milliseconds.
 
     Raises:
       ConfigurationError: When a setting is invalid; the message names it.
@@ -79,6 +90,10 @@ class TrackerMiddleware(Middleware):
         flush_interval: int = DEFAULT_FLUSH_INTERVAL,
         history_ttl: int = DEFAULT_HISTORY_TTL,
         lock_cleaners: Sequence[LockCleaner] = (),
+        unique: bool | str = False,
+        unique_ttl: int | None = None,
+        unique_on_conflict: str | None = None,
+        unique_delay: int = DEFAULT_UNIQUE_DELAY,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
         self.settings = TrackerSettings(
@@ -102,7 +117,17 @@ class TrackerMiddleware(Middleware):
             if not callable(cleaner):
                 raise ConfigurationError("lock_cleaners", "%r is not callable" % (cleaner,))
 
+        unique_defaults = {
+            "unique": unique,
+            "unique_ttl": unique_ttl,
+            "unique_on_conflict": unique_on_conflict,
+            "unique_delay": unique_delay,
+        }
+        validate_defaults(unique_defaults)
+
         self.cleaners = LockCleaners(lock_cleaners)
+        self.health = ConnectionHealth()
+        self.uniqueness = Uniqueness(unique_defaults, lambda: self.store, self.health)
         self._client = client
         self._store: TrackerStore | None = None
         self._broker: Broker | None = None
@@ -113,7 +138,7 @@ class TrackerMiddleware(Middleware):
 
     @property
     def actor_options(self) -> set[str]:
-        return {"track", "max_recoveries"}
+        return {"track", "max_recoveries", *UNIQUE_OPTIONS}
 
     # Public API ------------------------------------------------------------------
 
@@ -142,6 +167,20 @@ class TrackerMiddleware(Middleware):
         if not callable(cleaner):
             raise ConfigurationError("lock_cleaners", "%r is not callable" % (cleaner,))
         self.cleaners.add(cleaner)
+
+    def locks(self) -> list[LockInfo]:
+        """Every uniqueness lock held: digest, owner message and attempt, mode, worker, age and TTL."""
+        return self.store.locks()
+
+    def delete_lock(self, digest: str) -> bool:
+        """Delete a uniqueness lock by its digest, whoever owns it (an operator's action).
+
+        Returns:
+          bool: False when there was no such lock.
+        """
+        deleted = self.store.delete_lock(digest)
+        self.logger.warning("Uniqueness lock %s %s by an operator.", digest, "deleted" if deleted else "not found")
+        return deleted
 
     def recover(self) -> RecoveryReport:
         """Recover dead workers now, without waiting for the periodic sweep.
@@ -193,7 +232,7 @@ class TrackerMiddleware(Middleware):
         store = self._bind(broker)
         with self._session_lock:
             if self._session is None:
-                self._session = WorkerSession(broker, worker, store, self.settings, self._recovery(broker))
+                self._session = WorkerSession(broker, worker, store, self.settings, self._recovery(broker), self.health)
                 self._session.start()
 
     def before_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
@@ -217,18 +256,45 @@ class TrackerMiddleware(Middleware):
             track = actor.options.get("track", True) if actor is not None else True
         return bool(track)
 
+    def before_declare_actor(self, broker: Broker, actor: Actor[Any, Any]) -> None:
+        self.uniqueness.validate_actor(actor.actor_name, actor.options)
+
+    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int) -> None:
+        self._bind(broker)
+        self.uniqueness.before_enqueue(broker, message, getattr(self._local, "unique", None))
+
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         session = self._session
-        if session is None:
-            return
-        stale: Delivery | None = getattr(self._local, "delivery", None)
-        if stale is not None:
-            session.end(stale)
-        self._local.delivery = None
-        if self._tracks(broker, message):
-            self._local.delivery = session.begin(message)
+        delivery: Delivery | None = getattr(self._local, "delivery", None)
+        if delivery is not None and session is not None:
+            session.end(delivery)
+        self._local.delivery = self._local.unique = delivery = None
+        if session is not None and self._tracks(broker, message):
+            self._local.delivery = delivery = session.begin(message)
+        attempt = delivery.recoveries if delivery is not None else attempt_of(message.options)
+        worker_id = session.worker_id if session is not None else ""
+        self._local.unique = self.uniqueness.before_process(broker, message, attempt, worker_id)
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any | None = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        state: UniqueAttempt | None = getattr(self._local, "unique", None)
+        if state is not None and state.message_id == message.message_id:
+            self.uniqueness.after_process(state)
+
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
+        self.after_process_message(broker, message)
 
     def _end(self, message: MessageProxy) -> None:
+        state: UniqueAttempt | None = getattr(self._local, "unique", None)
+        if state is not None and state.message_id == message.message_id:
+            self._local.unique = None
+            self.uniqueness.after_done(state)
         delivery: Delivery | None = getattr(self._local, "delivery", None)
         if delivery is None or delivery.message is not message:
             return

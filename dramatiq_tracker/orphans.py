@@ -50,11 +50,20 @@ class Orphan:
 
 @dataclasses.dataclass(frozen=True)
 class RecoveredOrphan:
-    """An orphan and what recovery did with it (:data:`REDELIVERED`, :data:`BROKER_REDELIVERS`)."""
+    """An orphan and what recovery did with it.
+
+    Parameters:
+      orphan(Orphan)
+      outcome(str): :data:`REDELIVERED` or :data:`BROKER_REDELIVERS`.
+      age(int|None): Milliseconds since it started (or was created, if it never started).
+      lock(str): What happened to its uniqueness lock: "deleted", "transferred" (to its new
+        attempt) or "" (none).
+    """
 
     orphan: Orphan
     outcome: str
     age: int | None
+    lock: str = ""
 
 
 @dataclasses.dataclass

@@ -183,7 +183,7 @@ class InflightRecorder(PeriodicThread):
         # During an outage, try again about once a second, not every flush_interval.
         if self.health.is_down and time.monotonic() - self._last_attempt < 1.0:
             return
-        self._last_attempt = time.monotonic()
+        self._last_attempt = started = time.monotonic()
         try:
             if self._resync_needed:
                 self.register()
@@ -192,7 +192,7 @@ class InflightRecorder(PeriodicThread):
         except redis.RedisError as e:
             self.health.failed("writing in-flight records", e)
         else:
-            self.health.succeeded()
+            self.health.succeeded(started)
 
     def register(self) -> str:
         """Register this worker with every attempt in flight (``lua/register.lua``).

@@ -31,7 +31,7 @@ from .brokers import BrokerFacts
 from .host import HostFacts
 from .orphans import BROKER_REDELIVERS, LockCleaners, Orphan, RecoveredOrphan, RecoveryReport
 from .records import CorruptRecord, WorkerInfo
-from .redelivery import EnqueueRedelivery, redelivery_for
+from .redelivery import EnqueueRedelivery, orphan_lock, redelivery_for
 from .threads import PeriodicThread
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from .health import ConnectionHealth
     from .recorder import Delivery, InflightRecorder
     from .settings import TrackerSettings
-    from .store import TrackerStore
+    from .store import OrphanClaim, TrackerStore
 
 #: How many expired workers one sweep looks at, at most.
 SWEEP_BATCH = 100
@@ -149,27 +149,33 @@ class Recovery:
         """Start a message its broker delivered again (RabbitMQ), settling its recovery first.
 
         The record is written before the actor runs, so that a redelivered
-        message is never unaccounted for.  If a dead worker had it running, the
-        recovery is counted now and the lock cleaners run before it starts again.
+        message is never unaccounted for.  If a dead worker had it running (a
+        sweeper left it awaiting this redelivery, or its process on this host is
+        gone), the recovery is counted now, the locks it owned pass to this
+        attempt, and the lock cleaners run, all before it starts again.
         """
         delivery = recorder.begin(message, 0, written=True)
+        claim: OrphanClaim | None = None
         try:
-            start = self.store.begin_redelivered(delivery.record(), self.settings.history_ttl)
-            recovered_from = start.recovered_from if start else ""
-            if start is not None:
-                delivery.recoveries = start.recoveries
-                if not recovered_from and start.previous_owner:
-                    recovered_from = self._claim_from_gone_process(delivery, start.previous_owner)
+            start = self.store.begin_redelivered(delivery.record())
+            if start is None:
+                recorder.unwritten(delivery)
+                return delivery
+            delivery.recoveries = start.recoveries
+            dead = start.awaiting_from or self._gone_owner(start.previous_owner)
+            if dead:
+                orphan = orphan_lock(delivery.message_id, Message(**message.asdict()))
+                claims = self.store.claim_orphans(dead, [orphan], mode="deliver", history_ttl=self.settings.history_ttl)
+                claim = claims[0] if claims and claims[0].taken else None
         except redis.RedisError as e:
             recorder.health.failed("recording a redelivered message", e)
             recorder.unwritten(delivery)
             return delivery
-        if start is None:
-            recorder.unwritten(delivery)
-        if recovered_from:
-            raw = self.store.registration(recovered_from)
-            worker = (raw and self._parse(recovered_from, raw)) or WorkerInfo.unknown(recovered_from)
-            orphan = Orphan(
+        if claim is not None:
+            delivery.recoveries = claim.recoveries
+            raw = self.store.registration(dead)
+            worker = (raw and self._parse(dead, raw)) or WorkerInfo.unknown(dead)
+            orphan_ = Orphan(
                 message_id=delivery.message_id,
                 actor_name=message.actor_name,
                 queue_name=message.queue_name,
@@ -179,25 +185,17 @@ class Recovery:
                 started_at=None,
                 recoveries=delivery.recoveries,
             )
-            self.redelivery.cleaners.clean(orphan)
-            self._log_recovered(RecoveredOrphan(orphan, BROKER_REDELIVERS, None))
+            self.redelivery.cleaners.clean(orphan_)
+            self._log_recovered(RecoveredOrphan(orphan_, BROKER_REDELIVERS, None, claim.lock))
         return delivery
 
-    def _claim_from_gone_process(self, delivery: Delivery, previous_owner: str) -> str:
+    def _gone_owner(self, previous_owner: str) -> str:
         # The broker delivered it again before any sweep: if the previous attempt ran on this host
-        # in a process that is gone, that attempt is an orphan to count now.
+        # in a process that is gone, that attempt is an orphan to recover now.
         worker_id = previous_owner.rpartition("|")[0]
-        raw = self.store.registration(worker_id)
+        raw = worker_id and self.store.registration(worker_id)
         info = raw and self._parse(worker_id, raw)
-        if not info or not self.host.process_is_gone(_facts(info)):
-            return ""
-        claims = self.store.claim_orphans(
-            worker_id, [delivery.message_id], mode="requeue", history_ttl=self.settings.history_ttl
-        )
-        if not claims or not claims[0].taken:
-            return ""
-        delivery.recoveries = claims[0].recoveries
-        return worker_id
+        return worker_id if info and self.host.process_is_gone(_facts(info)) else ""
 
     def _log_recovered(self, item: RecoveredOrphan) -> None:
         orphan = item.orphan
@@ -208,7 +206,7 @@ class Recovery:
         else:
             state = "started %d ms ago" % item.age
         self.logger.warning(
-            "Recovered message %r (actor %r, queue %r) from dead worker %r: %s; %s (recovery %d).",
+            "Recovered message %r (actor %r, queue %r) from dead worker %r: %s; %s (recovery %d)%s.",
             orphan.message_id,
             orphan.actor_name,
             orphan.queue_name,
@@ -216,6 +214,7 @@ class Recovery:
             state,
             "RabbitMQ delivers it again" if item.outcome == BROKER_REDELIVERS else "delivered again",
             orphan.recoveries,
+            _LOCK_OUTCOMES.get(item.lock, ""),
         )
 
     def _parse(self, worker_id: str, raw: str) -> WorkerInfo | None:
@@ -226,6 +225,12 @@ class Recovery:
                 self._reported.add(worker_id)
                 self.logger.warning("Skipping worker %r: its registration is unreadable (%s).", worker_id, e)
             return None
+
+
+_LOCK_OUTCOMES = {
+    "deleted": "; its uniqueness lock was released",
+    "transferred": "; its uniqueness lock passed to its new attempt",
+}
 
 
 def _facts(info: WorkerInfo) -> HostFacts:
@@ -252,6 +257,7 @@ class Sweeper(PeriodicThread):
         self._booted = False
 
     def tick(self) -> None:
+        started = time.monotonic()
         try:
             self.recovery.recover_local()
             if not self._booted or self._holds_lease():
@@ -262,7 +268,7 @@ class Sweeper(PeriodicThread):
         except redis.RedisError as e:
             self.health.failed("sweeping for dead workers", e)
         else:
-            self.health.succeeded()
+            self.health.succeeded(started)
 
     def _holds_lease(self) -> bool:
         # A bit shorter than the interval, so that the holder's next tick finds it free or renews it.

@@ -25,7 +25,8 @@ from .brokers import RABBITMQ, REDIS, as_redis_broker, consumer_queues
 from .orphans import BROKER_REDELIVERS, REDELIVERED, LockCleaners, Orphan, RecoveredOrphan
 from .recorder import RECOVERIES_OPTION, now_ms
 from .records import CorruptRecord, InflightRecord, WorkerInfo
-from .store import BrokerStore
+from .store import BrokerStore, OrphanClaim, OrphanLock
+from .unique import lock_of
 
 if TYPE_CHECKING:
     from dramatiq import Broker
@@ -89,10 +90,15 @@ class Redelivery:
             records[message_id] = record
         return records
 
-    def claim(self, worker: WorkerInfo, message_ids: Sequence[str]) -> list[Any]:
+    def claim(self, worker: WorkerInfo, orphans: Sequence[OrphanLock]) -> list[OrphanClaim]:
+        """Claim orphans, releasing the uniqueness locks they own (``lua/claim_orphans.lua``)."""
         return self.store.claim_orphans(
-            worker.worker_id, message_ids, mode=self.claim_mode, history_ttl=self.settings.history_ttl
+            worker.worker_id, orphans, mode=self.claim_mode, history_ttl=self.settings.history_ttl
         )
+
+    def claim_records(self, worker: WorkerInfo, records: Mapping[str, InflightRecord]) -> list[OrphanClaim]:
+        """Claim orphans known by their records."""
+        return self.claim(worker, [orphan_lock(record.message_id, _message_of(record)) for record in records.values()])
 
 
 def _age(started_at: int | None, message: Message[Any] | None) -> int | None:
@@ -127,7 +133,7 @@ class RedisRedelivery(Redelivery):
                 "its messages are left to it.",
                 worker.worker_id,
             )
-            self.claim(worker, list(records))
+            self.claim_records(worker, records)
             return [], True
 
         unacked = self.broker_store.unacked(worker.broker_id, consumer_queues(worker.queues))
@@ -144,8 +150,11 @@ class RedisRedelivery(Redelivery):
             message.message_id if message else (record.message_id if record else "")
             for _, _, message, record in orphans
         ]
-        known = [mid for mid in message_ids if mid]
-        claims = dict(zip(known, self.claim(worker, known), strict=True))
+        locks = {}
+        for (_, _, message, record), message_id in zip(orphans, message_ids, strict=True):
+            if message_id:
+                locks[message_id] = orphan_lock(message_id, message or (_message_of(record) if record else None))
+        claims = dict(zip(locks, self.claim(worker, list(locks.values())), strict=True))
 
         moves: list[tuple[str, str, bytes | None]] = []
         described: dict[str, Orphan] = {}
@@ -181,7 +190,7 @@ class RedisRedelivery(Redelivery):
 
         moved = self.broker_store.requeue(worker.broker_id, moves)
         recovered = [
-            RecoveredOrphan(orphan, REDELIVERED, _age(orphan.started_at, orphan.message))
+            RecoveredOrphan(orphan, REDELIVERED, _age(orphan.started_at, orphan.message), _lock(claims, orphan))
             for redis_id, orphan in described.items()
             if redis_id in moved
         ]
@@ -210,7 +219,7 @@ class RabbitmqRedelivery(Redelivery):
 
     def recover(self, worker: WorkerInfo, raw_records: Mapping[str, str]) -> tuple[list[RecoveredOrphan], bool]:
         records = self.parse_records(worker, raw_records)
-        claims = self.claim(worker, list(records))
+        claims = self.claim_records(worker, records)
         recovered, awaiting = [], 0
         for record, claim in zip(records.values(), claims, strict=True):
             if claim.awaiting:
@@ -236,17 +245,19 @@ class EnqueueRedelivery(Redelivery):
 
     def recover(self, worker: WorkerInfo, raw_records: Mapping[str, str]) -> tuple[list[RecoveredOrphan], bool]:
         records = self.parse_records(worker, raw_records)
-        claims = self.claim(worker, list(records))
+        claims = self.claim_records(worker, records)
         recovered = []
         for record, claim in zip(records.values(), claims, strict=True):
             if claim.taken:
-                item = self.enqueue(worker, record, claim.recoveries)
+                item = self.enqueue(worker, record, claim.recoveries, claim.lock)
                 if item is not None:
                     recovered.append(item)
         # Orphans another sweeper took wait in the outbox; that sweeper or retry_outbox() ends them.
         return recovered, True
 
-    def enqueue(self, worker: WorkerInfo, record: InflightRecord, recoveries: int) -> RecoveredOrphan | None:
+    def enqueue(
+        self, worker: WorkerInfo, record: InflightRecord, recoveries: int, lock: str = ""
+    ) -> RecoveredOrphan | None:
         """Enqueue one parked orphan again, then take it out of the outbox."""
         try:
             message = record.message()
@@ -267,7 +278,7 @@ class EnqueueRedelivery(Redelivery):
         redelivered.options.pop("eta", None)
         self.broker.enqueue(redelivered)
         self.store.unpark(record.message_id)
-        return RecoveredOrphan(orphan, REDELIVERED, _age(record.started_at, message))
+        return RecoveredOrphan(orphan, REDELIVERED, _age(record.started_at, message), lock)
 
     def retry_outbox(self, worker_lookup: Mapping[str, WorkerInfo], grace: int) -> list[RecoveredOrphan]:
         """Re-enqueue orphans left in the outbox by a sweeper that stopped midway."""
@@ -291,14 +302,28 @@ class EnqueueRedelivery(Redelivery):
         return recovered
 
 
+def _message_of(record: InflightRecord) -> Message[Any] | None:
+    try:
+        return record.message()
+    except CorruptRecord:
+        return None
+
+
+def orphan_lock(message_id: str, message: Message[Any] | None) -> OrphanLock:
+    """An orphan to claim with the uniqueness lock its message says it may own."""
+    return OrphanLock(message_id, *lock_of(message.options)) if message is not None else OrphanLock(message_id)
+
+
+def _lock(claims: Mapping[str, OrphanClaim], orphan: Orphan) -> str:
+    claim = claims.get(orphan.message_id)
+    return claim.lock if claim is not None else ""
+
+
 def _orphan_from_record(
     worker: WorkerInfo, record: InflightRecord, recoveries: int, *, message: Message[Any] | None
 ) -> Orphan:
     if message is None:
-        try:
-            message = record.message()
-        except CorruptRecord:
-            message = None
+        message = _message_of(record)
     return Orphan(
         message_id=record.message_id,
         actor_name=record.actor_name,

@@ -42,6 +42,7 @@ class WorkerSession:
       store(TrackerStore)
       settings(TrackerSettings)
       recovery(Recovery): Recovers dead workers, periodically and at boot.
+      health(ConnectionHealth): Shared by everything that talks to the tracker's Redis.
     """
 
     def __init__(
@@ -51,12 +52,13 @@ class WorkerSession:
         store: TrackerStore,
         settings: TrackerSettings,
         recovery: Recovery,
+        health: ConnectionHealth,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
         self.store = store
         self.broker = broker
         self.whitelist = set(worker.consumer_whitelist) if worker.consumer_whitelist else None
-        self.health = ConnectionHealth()
+        self.health = health
         host = HostFacts.current()
         facts = BrokerFacts.of(broker)
         info = WorkerInfo(

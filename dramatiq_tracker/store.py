@@ -27,6 +27,28 @@ def text(value: Any) -> str:
     return str(value)
 
 
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+def _lock_info(digest: str, fields: dict[Any, Any], ttl: int) -> LockInfo:
+    lock = {text(name): text(value) for name, value in fields.items()}
+    return LockInfo(
+        digest=digest,
+        message_id=lock.get("message_id", ""),
+        attempt=_int(lock.get("attempt")),
+        mode=lock.get("mode", ""),
+        actor_name=lock.get("actor", ""),
+        queue_name=lock.get("queue", ""),
+        worker_id=lock.get("worker", ""),
+        acquired_at=_int(lock.get("acquired_at")),
+        ttl=int(ttl) if int(ttl) >= 0 else None,
+    )
+
+
 def _flat(records: Iterable[InflightRecord]) -> list[str]:
     args: list[str] = []
     for record in records:
@@ -51,13 +73,59 @@ class DeclaredDead:
 
 @dataclasses.dataclass(frozen=True)
 class OrphanClaim:
-    """The outcome of claiming one orphan (see ``lua/claim_orphans.lua``)."""
+    """The outcome of claiming one orphan (see ``lua/claim_orphans.lua``).
+
+    Parameters:
+      running(bool): It was being processed, not only prefetched.
+      taken(bool): This call took its record: it must deliver it again.
+      recoveries(int): Its recovery count; the attempt number of its next delivery.
+      claim_age(int): For a running orphan another caller took, how long ago, in ms.
+      awaiting(bool): Its recovery is counted when the broker redelivers it.
+      lock(str): What happened to its uniqueness lock: "deleted", "transferred" or "".
+    """
 
     running: bool
     taken: bool
     recoveries: int
     claim_age: int
     awaiting: bool
+    lock: str
+
+
+@dataclasses.dataclass(frozen=True)
+class OrphanLock:
+    """An orphan to claim, with the uniqueness lock it may own ("" when none)."""
+
+    message_id: str
+    digest: str = ""
+    mode: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class LockInfo:
+    """A uniqueness lock, as operators see it.
+
+    Parameters:
+      digest(str)
+      message_id(str): The message that owns it.
+      attempt(int): The owning attempt (the message's recovery count then).
+      mode(str): The lock mode.
+      actor_name(str)
+      queue_name(str)
+      worker_id(str): The worker running the owner, or "" while it is queued.
+      acquired_at(int): Server time, in ms since the epoch.
+      ttl(int|None): Milliseconds until it expires; None when it never does.
+    """
+
+    digest: str
+    message_id: str
+    attempt: int
+    mode: str
+    actor_name: str
+    queue_name: str
+    worker_id: str
+    acquired_at: int
+    ttl: int | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,13 +133,14 @@ class RedeliveredStart:
     """The outcome of :meth:`TrackerStore.begin_redelivered`.
 
     Parameters:
-      recoveries(int): How many times the message has been recovered.
-      recovered_from(str): The dead worker whose recovery this start counted, or "".
+      recoveries(int): How many times the message has been recovered so far.
+      awaiting_from(str): The dead worker a sweeper found running it, whose recovery
+        is still to be counted, or "".
       previous_owner(str): "worker id|token" of the attempt recorded running it before, or "".
     """
 
     recoveries: int
-    recovered_from: str
+    awaiting_from: str
     previous_owner: str
 
 
@@ -131,7 +200,7 @@ class TrackerStore:
             args += [message_id, token]
         return bool(self.scripts["flush"](keys=keys, args=args))
 
-    def begin_redelivered(self, record: InflightRecord, history_ttl: int) -> RedeliveredStart | None:
+    def begin_redelivered(self, record: InflightRecord) -> RedeliveredStart | None:
         """Record a broker-redelivered message before it runs (``lua/begin_redelivered.lua``).
 
         Returns:
@@ -140,9 +209,7 @@ class TrackerStore:
         k = self.keys
         wid, mid = record.worker_id, record.message_id
         keys = [k.workers, k.dead_workers, k.inflight(wid), k.running, k.message(mid)]
-        reply = self.scripts["begin_redelivered"](
-            keys=keys, args=[wid, record.token, mid, record.to_json(), history_ttl]
-        )
+        reply = self.scripts["begin_redelivered"](keys=keys, args=[wid, record.token, mid, record.to_json()])
         if text(reply[0]) != "ok":
             return None
         return RedeliveredStart(int(reply[1]), text(reply[2]), text(reply[3]))
@@ -224,22 +291,28 @@ class TrackerStore:
         return DeclaredDead(status, text(reply[1]), dict(zip(flat[::2], flat[1::2], strict=True)))
 
     def claim_orphans(
-        self, worker_id: str, message_ids: Sequence[str], *, mode: str, history_ttl: int
+        self, worker_id: str, orphans: Sequence[OrphanLock], *, mode: str, history_ttl: int
     ) -> list[OrphanClaim]:
-        """Claim a dead worker's orphans, counting each recovery once (``lua/claim_orphans.lua``).
+        """Claim a dead worker's orphans, counting each recovery once and releasing
+        the uniqueness locks they own, atomically (``lua/claim_orphans.lua``).
 
         Parameters:
-          mode(str): "requeue", "park" or "await"; see the script.
+          mode(str): "deliver", "park" or "await"; see the script.
         """
-        if not message_ids:
+        if not orphans:
             return []
         k = self.keys
-        keys = [k.inflight(worker_id), k.running, k.outbox, *(k.message(mid) for mid in message_ids)]
-        args: list[Any] = [worker_id, history_ttl, mode, *message_ids]
+        keys = [k.inflight(worker_id), k.running, k.outbox]
+        args: list[Any] = [worker_id, history_ttl, mode]
+        for orphan in orphans:
+            keys.append(k.message(orphan.message_id))
+            if orphan.digest:
+                keys += [k.lock(orphan.digest), k.locks]
+            args += [orphan.message_id, orphan.digest, orphan.mode if orphan.digest else ""]
         reply = self.scripts["claim_orphans"](keys=keys, args=args)
         return [
-            OrphanClaim(bool(int(r)), bool(int(t)), int(count), int(age), bool(int(awaiting)))
-            for r, t, count, age, awaiting in reply
+            OrphanClaim(bool(int(r)), bool(int(t)), int(count), int(age), bool(int(awaiting)), text(lock))
+            for r, t, count, age, awaiting, lock in reply
         ]
 
     def finish_recovery(self, worker_id: str, hostname: str, broker_id: str, history_ttl: int) -> bool:
@@ -257,6 +330,62 @@ class TrackerStore:
         if broker_id:
             keys.append(k.broker(broker_id))
         return bool(self.scripts["finish_recovery"](keys=keys, args=[worker_id, history_ttl]))
+
+    # Uniqueness locks ---------------------------------------------------------------
+
+    def acquire_lock(
+        self,
+        digest: str,
+        message_id: str,
+        attempt: int,
+        mode: str,
+        actor_name: str,
+        queue_name: str,
+        worker_id: str,
+        ttl: int | None,
+    ) -> tuple[str, str, str]:
+        """Take a uniqueness lock (``lua/acquire_lock.lua``).
+
+        Returns:
+          tuple: ("acquired" | "owned" | "conflict", owner message id, owner worker id).
+        """
+        k = self.keys
+        args: list[Any] = [digest, message_id, attempt, mode, actor_name, queue_name, worker_id, ttl or 0]
+        reply = [text(item) for item in self.scripts["acquire_lock"](keys=[k.lock(digest), k.locks], args=args)]
+        return reply[0], (reply[1] if len(reply) > 1 else ""), (reply[2] if len(reply) > 2 else "")
+
+    def release_lock(self, digest: str, message_id: str, attempt: int) -> bool:
+        """Delete a uniqueness lock if this attempt of this message owns it (``lua/release_lock.lua``)."""
+        k = self.keys
+        return bool(self.scripts["release_lock"](keys=[k.lock(digest), k.locks], args=[digest, message_id, attempt]))
+
+    def delete_lock(self, digest: str) -> bool:
+        """Delete a uniqueness lock whoever owns it (an operator's action)."""
+        k = self.keys
+        return bool(self.scripts["delete_lock"](keys=[k.lock(digest), k.locks], args=[digest]))
+
+    def locks(self) -> list[LockInfo]:
+        """Every uniqueness lock held, oldest first."""
+        digests = [text(d) for d in self.client.zrange(self.keys.locks, 0, -1)]
+        pipe = self.client.pipeline(transaction=False)
+        for digest in digests:
+            pipe.hgetall(self.keys.lock(digest))
+            pipe.pttl(self.keys.lock(digest))
+        replies = pipe.execute()
+        found = [
+            _lock_info(digest, fields, ttl)
+            for digest, fields, ttl in zip(digests, replies[::2], replies[1::2], strict=True)
+            if fields
+        ]
+        return sorted(found, key=lambda lock: lock.acquired_at)
+
+    def lock(self, digest: str) -> LockInfo | None:
+        """One uniqueness lock, or None."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.keys.lock(digest))
+        pipe.pttl(self.keys.lock(digest))
+        fields, ttl = pipe.execute()
+        return _lock_info(digest, fields, ttl) if fields else None
 
     def broker_peers(self, broker_id: str) -> list[str]:
         """Ids of the workers registered with a RedisBroker ``broker_id``."""

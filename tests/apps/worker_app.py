@@ -82,3 +82,19 @@ def sleep(seconds: float) -> None:
     _report("started")
     time.sleep(seconds)
     _report("done")
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0, unique=True)
+def unique_slow(index: int) -> None:
+    """until_executed: one message per index queued or running at a time."""
+    _report("started")
+    time.sleep(SLOW_SECONDS)
+    _report("done")
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0, unique="while_executing")
+def unique_running(index: int) -> None:
+    """while_executing: one message per index running at a time."""
+    _report("started")
+    time.sleep(SLOW_SECONDS)
+    _report("done")
