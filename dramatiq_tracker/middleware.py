@@ -135,6 +135,7 @@ class TrackerMiddleware(Middleware):
         self._recovery_instance: Recovery | None = None
         self._session_lock = threading.Lock()
         self._local = threading.local()
+        self._actor_tracks: dict[str, bool] = {}
 
     @property
     def actor_options(self) -> set[str]:
@@ -249,12 +250,16 @@ class TrackerMiddleware(Middleware):
             # It reconnects by itself should the tracker be used again.
             self._client.close()
 
-    def _tracks(self, broker: Broker, message: MessageProxy) -> bool:
-        track = message.options.get("track")
-        if track is None:
-            actor = broker.actors.get(message.actor_name)
-            track = actor.options.get("track", True) if actor is not None else True
-        return bool(track)
+    def _tracks(self, broker: Broker, actor_name: str, options: dict[str, Any]) -> bool:
+        # The hot path: a message option rarely overrides the actor's, so look the actor's up once.
+        track = options.get("track")
+        if track is not None:
+            return bool(track)
+        tracks = self._actor_tracks.get(actor_name)
+        if tracks is None:
+            actor = broker.actors.get(actor_name)
+            tracks = self._actor_tracks[actor_name] = bool(actor.options.get("track", True) if actor else True)
+        return tracks
 
     def before_declare_actor(self, broker: Broker, actor: Actor[Any, Any]) -> None:
         self.uniqueness.validate_actor(actor.actor_name, actor.options)
@@ -264,16 +269,18 @@ class TrackerMiddleware(Middleware):
         self.uniqueness.before_enqueue(broker, message, getattr(self._local, "unique", None))
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
-        session = self._session
-        delivery: Delivery | None = getattr(self._local, "delivery", None)
+        local, session = self._local, self._session
+        delivery: Delivery | None = getattr(local, "delivery", None)
         if delivery is not None and session is not None:
             session.end(delivery)
-        self._local.delivery = self._local.unique = delivery = None
-        if session is not None and self._tracks(broker, message):
-            self._local.delivery = delivery = session.begin(message)
-        attempt = delivery.recoveries if delivery is not None else attempt_of(message.options)
-        worker_id = session.worker_id if session is not None else ""
-        self._local.unique = self.uniqueness.before_process(broker, message, attempt, worker_id)
+        local.delivery = local.unique = delivery = None
+        options, actor_name = message.options, message.actor_name
+        if session is not None and self._tracks(broker, actor_name, options):
+            local.delivery = delivery = session.begin(message, options)
+        if self.uniqueness.applies(broker, actor_name, options):
+            attempt = delivery.recoveries if delivery is not None else attempt_of(options)
+            worker_id = session.worker_id if session is not None else ""
+            local.unique = self.uniqueness.before_process(broker, message, attempt, worker_id)
 
     def after_process_message(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 import redis
@@ -109,11 +109,13 @@ class WorkerSession:
             self.recorder.info.broker_identity,
         )
 
-    def begin(self, message: MessageProxy) -> Delivery:
+    def begin(self, message: MessageProxy, options: dict[str, Any]) -> Delivery:
         """Record that a message starts processing in this worker."""
-        if getattr(message, "redelivered", False) is True:
+        # RabbitMQ's message proxy sets its redelivered flag as an attribute; reading it from
+        # vars() spares every other proxy a failed lookup through MessageProxy.__getattr__.
+        if vars(message).get("redelivered") is True:
             return self.recovery.begin_redelivered(self.recorder, message)
-        recoveries = message.options.get(RECOVERIES_OPTION, 0)
+        recoveries = options.get(RECOVERIES_OPTION, 0)
         return self.recorder.begin(message, recoveries if isinstance(recoveries, int) else 0)
 
     def end(self, delivery: Delivery) -> None:

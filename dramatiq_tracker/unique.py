@@ -66,6 +66,9 @@ DUPLICATE_OPTION = "unique_duplicate_of"
 #: The actor options of uniqueness.
 OPTIONS = frozenset({"unique", "unique_key", "unique_ttl", "unique_on_conflict", "unique_delay"})
 
+#: Message options that make a message unique whatever its actor says.
+_MARKS = OPTIONS | {DIGEST_OPTION, MODE_OPTION, DUPLICATE_OPTION}
+
 
 @dataclasses.dataclass(frozen=True)
 class UniquePolicy:
@@ -238,15 +241,24 @@ class Uniqueness:
         """
         self._actor_policies[actor_name] = resolve_policy(options, self.defaults)
 
+    def _actor_policy(self, broker: Broker, actor_name: str) -> UniquePolicy | None:
+        try:
+            return self._actor_policies[actor_name]
+        except KeyError:
+            actor = broker.actors.get(actor_name)
+            policy = self._actor_policies[actor_name] = resolve_policy(actor.options if actor else {}, self.defaults)
+            return policy
+
     def policy(self, broker: Broker, message: Message[Any] | MessageProxy) -> UniquePolicy | None:
         """The policy of a message: its own options, then its actor's, then the middleware's."""
-        if not OPTIONS.intersection(message.options):
-            if message.actor_name in self._actor_policies:
-                return self._actor_policies[message.actor_name]
-            actor = broker.actors.get(message.actor_name)
-            return resolve_policy(actor.options if actor else {}, self.defaults)
+        if OPTIONS.isdisjoint(message.options):
+            return self._actor_policy(broker, message.actor_name)
         actor = broker.actors.get(message.actor_name)
         return resolve_policy(message.options, actor.options if actor else {}, self.defaults)
+
+    def applies(self, broker: Broker, actor_name: str, options: Mapping[str, Any]) -> bool:
+        """Whether a message being processed may involve a lock: the hot path of every message."""
+        return self._actor_policy(broker, actor_name) is not None or not _MARKS.isdisjoint(options)
 
     # Sending -----------------------------------------------------------------------
 
