@@ -3,14 +3,16 @@
 Worker threads never wait on Redis here: :meth:`InflightRecorder.begin`
 and :meth:`InflightRecorder.end` only touch in-memory dicts.  Every
 ``flush_interval`` the recorder thread writes what changed in one script
-call; a message that started and ended in between is never written at all.
+call.  A message is written once it has been running for a whole flush
+interval, so one that ends sooner is never written at all, and a busy worker
+of short messages costs no Redis call and no encoding.
 
 The in-memory registry is the truth about this process.  Whenever the
 tracker's Redis may have lost it (an outage, a restart, an unknown worker
 id), the whole registry is written again through ``lua/register.lua``.
 This thread is the only writer of this worker's registration and records.
 
-A record therefore lags its message by up to ``flush_interval``.  Recovery
+A record therefore lags its message by one to two ``flush_interval``.  Recovery
 does not depend on it where the broker keeps the truth (RedisBroker's acks
 sets, RabbitMQ's unacked deliveries); see docs/failure-model.md.
 """
@@ -54,6 +56,8 @@ class Delivery:
     worker_id: str
     started_at: int
     recoveries: int
+    #: The recorder's flush count when it began; it is written once a whole flush interval passed.
+    generation: int = 0
 
     @property
     def message_id(self) -> str:
@@ -118,6 +122,8 @@ class InflightRecorder(PeriodicThread):
         self._zombies: dict[str, Delivery] = {}
         self._resync_needed = True
         self._last_attempt = 0.0
+        #: How many flushes have begun.
+        self._generation = 0
 
     @property
     def worker_id(self) -> str:
@@ -131,7 +137,9 @@ class InflightRecorder(PeriodicThread):
         Parameters:
           written(bool): True when the caller already wrote the record itself.
         """
-        delivery = Delivery(message, "%x" % next(self._tokens), self.info.worker_id, now_ms(), recoveries)
+        delivery = Delivery(
+            message, "%x" % next(self._tokens), self.info.worker_id, now_ms(), recoveries, self._generation
+        )
         with self._lock:
             self._active[delivery.token] = delivery
             if not written:
@@ -223,10 +231,17 @@ class InflightRecorder(PeriodicThread):
           redis.RedisError: When the tracker's Redis is unreachable; nothing is lost.
         """
         with self._lock:
+            self._generation += 1
             if not self._unwritten and not self._ended:
                 return
-            started, self._unwritten = list(self._unwritten.values()), {}
+            # Only what began before the previous flush: it has run for a whole interval.
+            settled = self._generation - 2
+            started = [d for d in self._unwritten.values() if d.generation <= settled]
+            for delivery in started:
+                del self._unwritten[delivery.token]
             ended, self._ended = self._ended, []
+            if not started and not ended:
+                return
         worker_id = self.worker_id
         try:
             written = self.store.flush(
