@@ -294,13 +294,16 @@ def test_while_executing_never_runs_two_duplicates_at_once(app: App, on_conflict
     assert app.locks() == []
 
 
-def test_concurrent_senders_racing_for_one_digest_exactly_one_wins(redis_url: str, namespaces: Namespaces) -> None:
+@pytest.mark.parametrize("mode", ["until_executing", "until_executed", "until_expired"])
+def test_concurrent_senders_racing_for_one_digest_exactly_one_wins(
+    redis_url: str, namespaces: Namespaces, mode: str
+) -> None:
     # Given eight producers, each with its own broker, tracker and Redis connections
     apps = [App(redis_url, namespaces.tracker) for _ in range(8)]
     actors = []
     for each in apps:
 
-        @each.actor(unique=True)
+        @each.actor(unique=mode, unique_ttl=60_000)
         def work(x: int) -> None:
             pass
 
