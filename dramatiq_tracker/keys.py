@@ -20,6 +20,7 @@ Tracker keys (``$ns`` stands for ``{namespace}:v1``)::
   $ns:lock:<digest>               HASH    a uniqueness lock: owner message id, attempt, mode, worker, ...
   $ns:locks                       ZSET    lock digest -> expiry (server ms, +inf without a TTL)
   $ns:sweep-lease                 STRING  owner token of the current periodic sweeper
+  $ns:events                      STREAM  what the tracker did and why (capped)
 
 Dramatiq's own RedisBroker keys are documented in ``dramatiq/brokers/redis/dispatch.lua``;
 :class:`RedisBrokerKeys` spells them for the scripts that move orphans back.
@@ -28,6 +29,8 @@ Dramatiq's own RedisBroker keys are documented in ``dramatiq/brokers/redis/dispa
 from __future__ import annotations
 
 import dataclasses
+
+from dramatiq.common import q_name
 
 #: The version of the key layout, part of every key.
 SCHEMA_VERSION = "v1"
@@ -94,6 +97,10 @@ class Keys:
         return namespaced_key(self.namespace, "outbox")
 
     @property
+    def events(self) -> str:
+        return namespaced_key(self.namespace, "events")
+
+    @property
     def locks(self) -> str:
         return namespaced_key(self.namespace, "locks")
 
@@ -141,6 +148,14 @@ class RedisBrokerKeys:
     def messages(self, queue_name: str) -> str:
         """The hash of message id -> payload of a queue."""
         return "%s:%s.msgs" % (self.namespace, queue_name)
+
+    def dead_letters(self, queue_name: str) -> str:
+        """The dead-letter set of a queue; a delay queue's messages die in its canonical queue's."""
+        return "%s:%s.XQ" % (self.namespace, q_name(queue_name))
+
+    def dead_letter_messages(self, queue_name: str) -> str:
+        """The payloads of a queue's dead letters."""
+        return "%s:%s.XQ.msgs" % (self.namespace, q_name(queue_name))
 
     @property
     def heartbeats(self) -> str:

@@ -9,16 +9,22 @@ from typing import TYPE_CHECKING, Any
 import dramatiq
 import redis
 from dramatiq.logging import get_logger
-from dramatiq.middleware import Middleware
+from dramatiq.middleware import Middleware, SkipMessage
 
+from .abort import AbortBridge
 from .connection import client_from_url, resolve_client
-from .errors import ConfigurationError, TrackerError
+from .errors import ConfigurationError, TrackerError, TrackerNotConfigured
+from .events import EventCallback, Events, TrackerEvent
 from .health import ConnectionHealth
-from .orphans import LockCleaner, LockCleaners, RecoveryReport
-from .recorder import Delivery
+from .orphans import LockCleaner, LockCleaners, OrphanHandling, RecoveryReport
+from .quarantine import OPTIONS as QUARANTINE_OPTIONS
+from .quarantine import Quarantine
+from .quarantine import validate_options as validate_quarantine_options
+from .recorder import FAIL, Delivery
 from .recovery import Recovery
 from .session import WorkerSession
 from .settings import (
+    DEFAULT_EVENTS_MAXLEN,
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_HEARTBEAT_TIMEOUT,
@@ -72,6 +78,9 @@ class TrackerMiddleware(Middleware):
       unique_on_conflict(str): The default fate of duplicates: "raise" or "drop" when
         sent, "skip", "delay" or "fail" when started (``while_executing``).
       unique_delay(int): How long a delayed ``while_executing`` duplicate waits, in milliseconds.
+      on_event(callable|list): Called with each :class:`~dramatiq_tracker.events.TrackerEvent`
+        this process emits (see :meth:`subscribe`).
+      events_maxlen(int): The approximate length the Redis stream of events is capped at.
 
     Raises:
       ConfigurationError: When a setting is invalid; the message names it.
@@ -94,6 +103,8 @@ class TrackerMiddleware(Middleware):
         unique_ttl: int | None = None,
         unique_on_conflict: str | None = None,
         unique_delay: int = DEFAULT_UNIQUE_DELAY,
+        on_event: EventCallback | Sequence[EventCallback] = (),
+        events_maxlen: int = DEFAULT_EVENTS_MAXLEN,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
         self.settings = TrackerSettings(
@@ -124,22 +135,33 @@ class TrackerMiddleware(Middleware):
             "unique_delay": unique_delay,
         }
         validate_defaults(unique_defaults)
+        if isinstance(events_maxlen, bool) or not isinstance(events_maxlen, int) or events_maxlen < 1:
+            raise ConfigurationError("events_maxlen", "must be a positive integer, got %r" % (events_maxlen,))
+        callbacks = [on_event] if callable(on_event) else list(on_event)
+        for callback in callbacks:
+            if not callable(callback):
+                raise ConfigurationError("on_event", "%r is not callable" % (callback,))
 
         self.cleaners = LockCleaners(lock_cleaners)
         self.health = ConnectionHealth()
         self.uniqueness = Uniqueness(unique_defaults, lambda: self.store, self.health)
+        self.events = Events(lambda: self.store, self.health, events_maxlen, lambda: self.worker_id)
+        for callback in callbacks:
+            self.events.subscribe(callback)
         self._client = client
         self._store: TrackerStore | None = None
         self._broker: Broker | None = None
         self._session: WorkerSession | None = None
         self._recovery_instance: Recovery | None = None
+        self._quarantine: Quarantine | None = None
+        self._abort_bridge: AbortBridge | None = None
         self._session_lock = threading.Lock()
         self._local = threading.local()
         self._actor_tracks: dict[str, bool] = {}
 
     @property
     def actor_options(self) -> set[str]:
-        return {"track", "max_recoveries", *UNIQUE_OPTIONS}
+        return {"track", *QUARANTINE_OPTIONS, *UNIQUE_OPTIONS}
 
     # Public API ------------------------------------------------------------------
 
@@ -183,6 +205,34 @@ class TrackerMiddleware(Middleware):
         self.logger.warning("Uniqueness lock %s %s by an operator.", digest, "deleted" if deleted else "not found")
         return deleted
 
+    def subscribe(self, callback: EventCallback) -> None:
+        """Call ``callback`` with every event this process emits: recoveries, quarantines,
+        released locks, zombies, suppressed duplicates.  It runs in the emitting thread
+        (a worker thread or the sweeper): keep it short, hand slow work off."""
+        if not callable(callback):
+            raise ConfigurationError("on_event", "%r is not callable" % (callback,))
+        self.events.subscribe(callback)
+
+    def recent_events(self, count: int = 100) -> list[TrackerEvent]:
+        """The newest events of the whole cluster, newest first, from the Redis stream."""
+        return [TrackerEvent.from_fields(fields) for _, fields in self.store.events(count)]
+
+    def abort(self, message_id: str, *, mode: str = "abort", abort_timeout: int = 0) -> None:
+        """Cancel (``mode="cancel"``: only if it has not started) or abort (``mode="abort"``: stop it
+        if it runs) a message with dramatiq-abort, and remember the request for ``history_ttl``,
+        so that the message is not delivered again after a crash, however late.
+
+        Raises:
+          TrackerNotConfigured: When the broker has no dramatiq-abort ``Abortable`` middleware.
+          ConfigurationError: When ``mode`` is not "cancel" or "abort".
+        """
+        if mode not in ("cancel", "abort"):
+            raise ConfigurationError("mode", "must be 'cancel' or 'abort', got %r" % (mode,))
+        aborts = self._aborts(self._find_broker())
+        if not aborts.available:
+            raise TrackerNotConfigured("Aborting a message needs dramatiq-abort's Abortable middleware on the broker.")
+        aborts.abort(message_id, mode, abort_timeout)
+
     def recover(self) -> RecoveryReport:
         """Recover dead workers now, without waiting for the periodic sweep.
 
@@ -197,8 +247,23 @@ class TrackerMiddleware(Middleware):
 
     def _recovery(self, broker: Broker) -> Recovery:
         if self._recovery_instance is None:
-            self._recovery_instance = Recovery(broker, self._bind(broker), self.settings, self.cleaners)
+            handling = OrphanHandling(self.cleaners, self.events, self._quarantine_of(broker), self._aborts(broker))
+            self._recovery_instance = Recovery(broker, self._bind(broker), self.settings, handling)
         return self._recovery_instance
+
+    def _quarantine_of(self, broker: Broker) -> Quarantine:
+        if self._quarantine is None:
+            self._quarantine = Quarantine(broker, self.settings.max_recoveries)
+        return self._quarantine
+
+    def _aborts(self, broker: Broker) -> AbortBridge:
+        # Looked for again until found: Abortable may be added to the broker after the tracker.
+        if self._abort_bridge is None or not self._abort_bridge.available:
+            self._abort_bridge = AbortBridge(broker, self._remember_abort)
+        return self._abort_bridge
+
+    def _remember_abort(self, message_id: str, mode: str) -> None:
+        self.store.remember_abort(message_id, mode, self.settings.history_ttl)
 
     def _find_broker(self) -> Broker:
         # Dramatiq tells a middleware its broker only through hooks; before any, the global broker may be ours.
@@ -231,6 +296,7 @@ class TrackerMiddleware(Middleware):
 
     def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
         store = self._bind(broker)
+        self._aborts(broker)
         with self._session_lock:
             if self._session is None:
                 self._session = WorkerSession(broker, worker, store, self.settings, self._recovery(broker), self.health)
@@ -262,10 +328,13 @@ class TrackerMiddleware(Middleware):
         return tracks
 
     def before_declare_actor(self, broker: Broker, actor: Actor[Any, Any]) -> None:
+        validate_quarantine_options(actor.options)
         self.uniqueness.validate_actor(actor.actor_name, actor.options)
 
     def before_enqueue(self, broker: Broker, message: Message[Any], delay: int) -> None:
         self._bind(broker)
+        if not QUARANTINE_OPTIONS.isdisjoint(message.options):
+            validate_quarantine_options(message.options)
         self.uniqueness.before_enqueue(broker, message, getattr(self._local, "unique", None))
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
@@ -276,7 +345,13 @@ class TrackerMiddleware(Middleware):
         local.delivery = local.unique = delivery = None
         options, actor_name = message.options, message.actor_name
         if session is not None and self._tracks(broker, actor_name, options):
-            local.delivery = delivery = session.begin(message, options)
+            max_recoveries = self._quarantine_of(broker).max_recoveries(actor_name, options)
+            local.delivery = delivery = session.begin(message, options, max_recoveries)
+            if delivery.verdict is not None:
+                # Decided before it runs: a duplicate, a quarantined or a cancelled message.
+                if delivery.verdict == FAIL:
+                    message.fail()
+                raise SkipMessage()
         if self.uniqueness.applies(broker, actor_name, options):
             attempt = delivery.recoveries if delivery is not None else attempt_of(options)
             worker_id = session.worker_id if session is not None else ""

@@ -1,20 +1,35 @@
-"""Orphans, what happened to them, and the lock-cleaning step before redelivery."""
+"""Orphans, what happened to them, and what is done around their redelivery:
+lock cleaning before, events and the quarantine callback after."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dramatiq.logging import get_logger
 from dramatiq.message import Message
 
+from .events import ABORT_HONOURED, LOCK_CLEANER_FAILED, LOCK_RELEASED, RECOVERED
+from .events import QUARANTINED as QUARANTINED_EVENT
 from .records import WorkerInfo
+from .unique import lock_of
 
-#: Outcomes of a recovered orphan.
+if TYPE_CHECKING:
+    from .abort import AbortBridge
+    from .events import Events
+    from .quarantine import Quarantine
+
+#: Outcomes of a recovered orphan: delivered again.
 REDELIVERED = "redelivered"
 #: RabbitMQ delivers the orphan again by itself when the dead connection closes.
 BROKER_REDELIVERS = "broker-redelivers"
+#: Recovered more than max_recoveries times: dead-lettered instead.
+QUARANTINED = "quarantined"
+#: A cancel or abort of it was pending: not delivered again.
+DROPPED = "dropped"
+
+#: The outcome of each decision of ``lua/claim_orphans.lua``.
+OUTCOMES = {"deliver": REDELIVERED, "quarantine": QUARANTINED, "drop": DROPPED}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +69,7 @@ class RecoveredOrphan:
 
     Parameters:
       orphan(Orphan)
-      outcome(str): :data:`REDELIVERED` or :data:`BROKER_REDELIVERS`.
+      outcome(str): :data:`REDELIVERED`, :data:`BROKER_REDELIVERS`, :data:`QUARANTINED` or :data:`DROPPED`.
       age(int|None): Milliseconds since it started (or was created, if it never started).
       lock(str): What happened to its uniqueness lock: "deleted", "transferred" (to its new
         attempt) or "" (none).
@@ -90,12 +105,12 @@ LockCleaner = Callable[[Orphan], None]
 class LockCleaners:
     """Run every registered lock cleaner on an orphan, each isolated from the others.
 
-    A cleaner that raises is logged at warning level; the other cleaners
-    still run and the orphan is still delivered again.
+    A cleaner that raises is reported at warning level (a ``lock-cleaner-failed``
+    event); the other cleaners still run and the orphan is still delivered again.
     """
 
     def __init__(self, cleaners: Sequence[LockCleaner] = ()) -> None:
-        self.logger = get_logger(__name__, type(self))
+        self.events: Events | None = None
         self._cleaners = list(cleaners)
 
     def add(self, cleaner: LockCleaner) -> None:
@@ -109,13 +124,116 @@ class LockCleaners:
             try:
                 cleaner(orphan)
             except Exception as e:
-                self.logger.warning(
-                    "Lock cleaner %r failed for message %r (actor %r) orphaned by worker %r: %s. "
-                    "The message is delivered again anyway.",
-                    getattr(cleaner, "__qualname__", cleaner),
+                name = getattr(cleaner, "__qualname__", repr(cleaner))
+                if self.events is None:
+                    continue
+                self.events.emit(
+                    LOCK_CLEANER_FAILED,
+                    "Lock cleaner %r failed for message %r (actor %r) orphaned by worker %r: %s: %s. "
+                    "The message is delivered anyway.",
+                    name,
                     orphan.message_id,
                     orphan.actor_name,
                     orphan.worker_id,
+                    type(e).__name__,
                     e,
-                    exc_info=True,
+                    **_fields(orphan),
+                    details={"cleaner": name, "error": "%s: %s" % (type(e).__name__, e)},
                 )
+
+
+def _fields(orphan: Orphan) -> dict[str, Any]:
+    return {
+        "message_id": orphan.message_id,
+        "actor_name": orphan.actor_name,
+        "queue_name": orphan.queue_name,
+        "worker_id": orphan.worker_id,
+        "recoveries": orphan.recoveries,
+    }
+
+
+_LOCK_TEXT = {
+    "deleted": "released",
+    "transferred": "passed to its next attempt",
+}
+
+
+class OrphanHandling:
+    """What is done around the redelivery of orphans, whatever the broker.
+
+    Parameters:
+      cleaners(LockCleaners): Run on each running orphan before it is settled.
+      events(Events): Where recoveries, quarantines and released locks are reported.
+      quarantine(Quarantine): Sends quarantined messages to their ``on_recovery_exhausted`` actor.
+      aborts(AbortBridge): dramatiq-abort, if the broker has it.
+    """
+
+    def __init__(self, cleaners: LockCleaners, events: Events, quarantine: Quarantine, aborts: AbortBridge) -> None:
+        self.cleaners = cleaners
+        self.events = events
+        self.quarantine = quarantine
+        self.aborts = aborts
+        cleaners.events = events
+
+    def settled(self, item: RecoveredOrphan) -> None:
+        """Report what recovery did with an orphan; send a quarantined one to its callback actor."""
+        orphan = item.orphan
+        fields = _fields(orphan)
+        if not orphan.running:
+            state = "prefetched, not started"
+        elif item.age is None:
+            state = "running"
+        else:
+            state = "started %d ms ago" % item.age
+        where = "%r (actor %r, queue %r) from dead worker %r: %s" % (
+            orphan.message_id,
+            orphan.actor_name,
+            orphan.queue_name,
+            orphan.worker_id,
+            state,
+        )
+        details = {"state": state, "outcome": item.outcome}
+        if item.outcome == QUARANTINED:
+            limit = self.quarantine.max_recoveries(orphan.actor_name, orphan.message.options if orphan.message else {})
+            self.events.emit(
+                QUARANTINED_EVENT,
+                "Quarantined message %s; recovered %d times, more than max_recoveries=%d: dead-lettered instead of "
+                "delivered again.",
+                where,
+                orphan.recoveries,
+                limit,
+                **fields,
+                details={**details, "max_recoveries": str(limit)},
+            )
+            if orphan.message is not None:
+                self.quarantine.notify(orphan.message, orphan.recoveries, orphan.worker_id)
+        elif item.outcome == DROPPED:
+            self.events.emit(
+                ABORT_HONOURED,
+                "Did not deliver message %s again: it was cancelled or aborted.",
+                where,
+                **fields,
+                details=details,
+            )
+        else:
+            self.events.emit(
+                RECOVERED,
+                "Recovered message %s; %s (recovery %d).",
+                where,
+                "RabbitMQ delivers it again" if item.outcome == BROKER_REDELIVERS else "delivered again",
+                orphan.recoveries,
+                **fields,
+                details=details,
+            )
+        if item.lock:
+            digest, _ = lock_of(orphan.message.options) if orphan.message else ("", "")
+            self.events.emit(
+                LOCK_RELEASED,
+                "Uniqueness lock %s of message %r (orphaned by worker %r) %s.",
+                digest or "?",
+                orphan.message_id,
+                orphan.worker_id,
+                _LOCK_TEXT.get(item.lock, item.lock),
+                **fields,
+                details={"digest": digest, "lock": item.lock},
+            )

@@ -42,6 +42,12 @@ if TYPE_CHECKING:
 #: how many times it has been recovered from dead workers.
 RECOVERIES_OPTION = "tracker_recoveries"
 
+#: The option of a duplicate delivery the tracker put off: the attempt ("worker id|token") it waits for.
+DEFERRED_OPTION = "tracker_deferred_behind"
+
+#: Verdicts on a delivery decided before it runs: skip it (ack it unrun), or fail it (dead-letter it).
+SKIP, FAIL = "skip", "fail"
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)
@@ -58,6 +64,10 @@ class Delivery:
     recoveries: int
     #: The recorder's flush count when it began; it is written once a whole flush interval passed.
     generation: int = 0
+    #: Decided before it runs: None to run it, :data:`SKIP` or :data:`FAIL`.
+    verdict: str | None = None
+    #: Recovered elsewhere while this process was presumed dead: it runs on as a zombie.
+    zombie: bool = False
 
     @property
     def message_id(self) -> str:
@@ -94,6 +104,8 @@ class InflightRecorder(PeriodicThread):
       info(WorkerInfo): The registration; its ``worker_id`` changes if the
         worker is ever declared dead while alive (see :meth:`fence`).
       new_worker_id(callable): Makes a fresh worker id.
+      on_fenced(callable): Called from the recorder thread with the old worker id and
+        the zombie attempts, when the worker learns it was declared dead.
     """
 
     def __init__(
@@ -103,6 +115,7 @@ class InflightRecorder(PeriodicThread):
         health: ConnectionHealth,
         info: WorkerInfo,
         new_worker_id: Callable[[], str],
+        on_fenced: Callable[[str, list[Delivery]], None] = lambda old_id, zombies: None,
     ) -> None:
         super().__init__("dramatiq-tracker-recorder", settings.flush_interval)
         self.store = store
@@ -110,6 +123,7 @@ class InflightRecorder(PeriodicThread):
         self.health = health
         self.info = info
         self._new_worker_id = new_worker_id
+        self._on_fenced = on_fenced
         self._tokens = itertools.count(1)
         self._lock = threading.Lock()
         #: Every attempt running in this process under the current identity, by token.
@@ -118,8 +132,6 @@ class InflightRecorder(PeriodicThread):
         self._unwritten: dict[str, Delivery] = {}
         #: Ended attempts whose record was written and must be removed.
         self._ended: list[Delivery] = []
-        #: Attempts that were recovered elsewhere while they kept running here.
-        self._zombies: dict[str, Delivery] = {}
         self._resync_needed = True
         self._last_attempt = 0.0
         #: How many flushes have begun.
@@ -161,10 +173,10 @@ class InflightRecorder(PeriodicThread):
         """
         with self._lock:
             if self._active.pop(delivery.token, None) is None:
-                return self._zombies.pop(delivery.token, None) is None
+                return True
             if self._unwritten.pop(delivery.token, None) is None:
                 self._ended.append(delivery)
-        return True
+        return not delivery.zombie
 
     def active(self) -> list[Delivery]:
         """A snapshot of the attempts running under the current identity."""
@@ -213,8 +225,10 @@ class InflightRecorder(PeriodicThread):
             self._unwritten.clear()
             self._ended.clear()
             self._resync_needed = False
+        records = [d.record() for d in deliveries if not d.zombie]
+        zombies = [(d.message_id, d.token) for d in deliveries if d.zombie]
         try:
-            status = self.store.register(self.info, [d.record() for d in deliveries], self.settings.heartbeat_timeout)
+            status = self.store.register(self.info, records, self.settings.heartbeat_timeout, zombies)
         except BaseException:
             self._resync_needed = True
             raise
@@ -236,7 +250,7 @@ class InflightRecorder(PeriodicThread):
                 return
             # Only what began before the previous flush: it has run for a whole interval.
             settled = self._generation - 2
-            started = [d for d in self._unwritten.values() if d.generation <= settled]
+            started = [d for d in self._unwritten.values() if d.generation <= settled and not d.zombie]
             for delivery in started:
                 del self._unwritten[delivery.token]
             ended, self._ended = self._ended, []
@@ -264,23 +278,18 @@ class InflightRecorder(PeriodicThread):
         """This worker was declared dead while alive: continue under a new identity.
 
         Its running attempts were recovered and delivered elsewhere, so it stops
-        claiming them; their completions here are reported as zombie completions.
+        claiming them: they keep no record (they are nobody's orphans any more), only
+        a place in the running index, so that a redelivery waits for them instead of
+        running beside them; their completions are zombie completions.
         """
         old_id = self.info.worker_id
         self.info = dataclasses.replace(self.info, worker_id=self._new_worker_id())
         with self._lock:
-            fenced = [d for d in self._active.values() if d.worker_id == old_id]
-            for delivery in fenced:
-                del self._active[delivery.token]
+            zombies = [d for d in self._active.values() if d.worker_id == old_id]
+            for delivery in zombies:
+                delivery.zombie = True
+                delivery.worker_id = self.info.worker_id
                 self._unwritten.pop(delivery.token, None)
-                self._zombies[delivery.token] = delivery
             self._ended = [d for d in self._ended if d.worker_id != old_id]
             self._resync_needed = True
-        self.logger.error(
-            "This worker (%r) was declared dead while it was alive (a stall longer than heartbeat_timeout, "
-            "or a network partition); its %d running messages were recovered for delivery elsewhere. "
-            "It continues as worker %r.",
-            old_id,
-            len(fenced),
-            self.worker_id,
-        )
+        self._on_fenced(old_id, zombies)

@@ -19,20 +19,35 @@ lease with an owner token picks it), and on demand (:meth:`Recovery.sweep`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 from dramatiq.logging import get_logger
 from dramatiq.message import Message
 
 from .brokers import BrokerFacts
+from .events import ABORT_HONOURED, DUPLICATE_DEFERRED, DUPLICATE_DROPPED, WORKER_DEAD
 from .host import HostFacts
-from .orphans import BROKER_REDELIVERS, LockCleaners, Orphan, RecoveredOrphan, RecoveryReport
+from .orphans import (
+    BROKER_REDELIVERS,
+    DROPPED,
+    OUTCOMES,
+    QUARANTINED,
+    REDELIVERED,
+    Orphan,
+    OrphanHandling,
+    RecoveredOrphan,
+    RecoveryReport,
+)
+from .quarantine import QUARANTINE_OPTION
+from .recorder import DEFERRED_OPTION, FAIL, SKIP
 from .records import CorruptRecord, WorkerInfo
-from .redelivery import EnqueueRedelivery, orphan_lock, redelivery_for
+from .redelivery import EnqueueRedelivery, redelivery_for
 from .threads import PeriodicThread
+from .unique import attempt_of
 
 if TYPE_CHECKING:
     from dramatiq import Broker, MessageProxy
@@ -40,28 +55,31 @@ if TYPE_CHECKING:
     from .health import ConnectionHealth
     from .recorder import Delivery, InflightRecorder
     from .settings import TrackerSettings
-    from .store import OrphanClaim, TrackerStore
+    from .store import AtRiskStart, TrackerStore
 
 #: How many expired workers one sweep looks at, at most.
 SWEEP_BATCH = 100
 
 
 class Recovery:
-    """Find dead workers whose broker matches ours and deliver their orphans again.
+    """Find dead workers whose broker matches ours and settle their orphans.
 
     Parameters:
       broker(Broker): The broker orphans are delivered to.
       store(TrackerStore)
       settings(TrackerSettings)
-      cleaners(LockCleaners): Run on each running orphan before it is delivered again.
+      handling(OrphanHandling): Lock cleaners, events, quarantine and dramatiq-abort.
     """
 
-    def __init__(self, broker: Broker, store: TrackerStore, settings: TrackerSettings, cleaners: LockCleaners):
+    def __init__(self, broker: Broker, store: TrackerStore, settings: TrackerSettings, handling: OrphanHandling):
         self.logger = get_logger(__name__, type(self))
+        self.broker = broker
         self.store = store
         self.settings = settings
+        self.handling = handling
+        self.events = handling.events
         self.facts = BrokerFacts.of(broker)
-        self.redelivery = redelivery_for(self.facts.kind, broker, store, settings, cleaners)
+        self.redelivery = redelivery_for(self.facts.kind, broker, store, settings, handling)
         self.host = HostFacts.current()
         self._reported: set[str] = set()
 
@@ -92,7 +110,9 @@ class Recovery:
         """Finish re-enqueueing orphans that a stopped sweeper left in the outbox."""
         report = RecoveryReport()
         if isinstance(self.redelivery, EnqueueRedelivery):
-            report.recovered += self.redelivery.retry_outbox({}, self.settings.takeover_after)
+            report.recovered += self.redelivery.retry_outbox(self.settings.takeover_after)
+            for item in report.recovered:
+                self.handling.settled(item)
         return report
 
     def recover_worker(self, worker_id: str, *, process_gone: bool = False) -> RecoveryReport:
@@ -131,90 +151,159 @@ class Recovery:
             self.store.finish_recovery(worker_id, info.hostname, info.broker_id, self.settings.history_ttl)
         report.dead_workers.append(worker_id)
         report.recovered += recovered
-        self.logger.info(
-            "Worker %r (host %r, pid %d) is dead (%s); %d of its messages recovered in %d ms%s.",
+        reason = "process gone" if process_gone else "heartbeat expired"
+        self.events.emit(
+            WORKER_DEAD,
+            "Worker %r (host %r, pid %d) is dead (%s); %d of its messages settled in %d ms%s.",
             worker_id,
             info.hostname,
             info.pid,
-            "process gone" if process_gone else "heartbeat expired",
+            reason,
             len(recovered),
             (time.monotonic() - started) * 1000,
             "" if complete else "; another sweeper is finishing the rest",
+            worker_id=worker_id,
+            details={"reason": reason, "hostname": info.hostname, "pid": str(info.pid)},
         )
         for item in recovered:
-            self._log_recovered(item)
+            self.handling.settled(item)
         return report
 
-    def begin_redelivered(self, recorder: InflightRecorder, message: MessageProxy) -> Delivery:
-        """Start a message its broker delivered again (RabbitMQ), settling its recovery first.
+    # Starts that must be recorded before they run ------------------------------------------
 
-        The record is written before the actor runs, so that a redelivered
-        message is never unaccounted for.  If a dead worker had it running (a
-        sweeper left it awaiting this redelivery, or its process on this host is
-        gone), the recovery is counted now, the locks it owned pass to this
-        attempt, and the lock cleaners run, all before it starts again.
+    def begin_at_risk(self, recorder: InflightRecorder, message: MessageProxy, max_recoveries: int) -> Delivery:
+        """Start a message whose start must not be missed, recording it before it runs.
+
+        Those are messages delivered again (RabbitMQ's redelivered flag, the tracker's
+        own marks), duplicates that were put off, and messages of at-most-once actors.
+        What is known about the message decides its fate (``Delivery.verdict``):
+
+        - a previous attempt still running on a live worker: this one is put off
+          (enqueued again later), never run beside it (a duplicate delivery);
+        - a put-off duplicate whose awaited attempt completed: dropped;
+        - the orphan of a dead worker (a sweeper left it awaiting this redelivery,
+          or its process on this host is gone): the recovery is counted now and
+          decided: run (its locks pass to this attempt, lock cleaners run first),
+          quarantined (dead-lettered), or dropped (cancelled or aborted);
+        - a quarantine mark: dead-lettered without running.
         """
-        delivery = recorder.begin(message, 0, written=True)
-        claim: OrphanClaim | None = None
+        options = message.options
+        delivery = recorder.begin(message, attempt_of(options), written=True)
+        if options.get(QUARANTINE_OPTION):
+            delivery.verdict = FAIL
+            return delivery
         try:
-            start = self.store.begin_redelivered(delivery.record())
+            start = self.store.begin_at_risk(delivery.record())
             if start is None:
                 recorder.unwritten(delivery)
                 return delivery
-            delivery.recoveries = start.recoveries
-            dead = start.awaiting_from or self._gone_owner(start.previous_owner)
-            if dead:
-                orphan = orphan_lock(delivery.message_id, Message(**message.asdict()))
-                claims = self.store.claim_orphans(dead, [orphan], mode="deliver", history_ttl=self.settings.history_ttl)
-                claim = claims[0] if claims and claims[0].taken else None
+            delivery.recoveries = max(delivery.recoveries, start.recoveries)
+            self._decide(delivery, start, max_recoveries)
         except redis.RedisError as e:
-            recorder.health.failed("recording a redelivered message", e)
+            recorder.health.failed("recording a message before it runs", e)
             recorder.unwritten(delivery)
-            return delivery
-        if claim is not None:
-            delivery.recoveries = claim.recoveries
-            raw = self.store.registration(dead)
-            worker = (raw and self._parse(dead, raw)) or WorkerInfo.unknown(dead)
-            orphan_ = Orphan(
-                message_id=delivery.message_id,
-                actor_name=message.actor_name,
-                queue_name=message.queue_name,
-                message=Message(**message.asdict()),
-                worker=worker,
-                running=True,
-                started_at=None,
-                recoveries=delivery.recoveries,
-            )
-            self.redelivery.cleaners.clean(orphan_)
-            self._log_recovered(RecoveredOrphan(orphan_, BROKER_REDELIVERS, None, claim.lock))
         return delivery
 
-    def _gone_owner(self, previous_owner: str) -> str:
-        # The broker delivered it again before any sweep: if the previous attempt ran on this host
-        # in a process that is gone, that attempt is an orphan to recover now.
-        worker_id = previous_owner.rpartition("|")[0]
-        raw = worker_id and self.store.registration(worker_id)
-        info = raw and self._parse(worker_id, raw)
-        return worker_id if info and self.host.process_is_gone(_facts(info)) else ""
+    def _decide(self, delivery: Delivery, start: AtRiskStart, max_recoveries: int) -> None:
+        message, history = delivery.message, start.history
+        behind = message.options.get(DEFERRED_OPTION)
+        if behind and history.get("completed_by") == behind:
+            delivery.verdict = SKIP
+            self.events.emit(
+                DUPLICATE_DROPPED,
+                "Dropped duplicate delivery of message %r (actor %r): the attempt it waited for (%s) completed.",
+                delivery.message_id,
+                message.actor_name,
+                behind,
+                **_message_fields(delivery),
+                details={"completed_by": str(behind)},
+            )
+            return
 
-    def _log_recovered(self, item: RecoveredOrphan) -> None:
-        orphan = item.orphan
-        if not orphan.running:
-            state = "prefetched, not started"
-        elif item.age is None:
-            state = "running"
-        else:
-            state = "started %d ms ago" % item.age
-        self.logger.warning(
-            "Recovered message %r (actor %r, queue %r) from dead worker %r: %s; %s (recovery %d)%s.",
-            orphan.message_id,
-            orphan.actor_name,
-            orphan.queue_name,
-            orphan.worker_id,
-            state,
-            "RabbitMQ delivers it again" if item.outcome == BROKER_REDELIVERS else "delivered again",
-            orphan.recoveries,
-            _LOCK_OUTCOMES.get(item.lock, ""),
+        dead = history.get("awaiting_from", "")
+        previous = start.previous_owner
+        if previous:
+            previous_worker = previous.rpartition("|")[0]
+            if self._alive(previous_worker):
+                self._defer(delivery, previous)
+                return
+            dead = dead or previous_worker
+        if dead:
+            self._claim_at_start(delivery, dead, max_recoveries)
+        elif history.get("abort"):
+            delivery.verdict = SKIP
+            self.events.emit(
+                ABORT_HONOURED,
+                "Did not run message %r (actor %r) delivered again: it was %sed.",
+                delivery.message_id,
+                message.actor_name,
+                history["abort"].rstrip("e"),
+                **_message_fields(delivery),
+            )
+        if previous and delivery.verdict is None:
+            # The previous attempt is dead: this one takes its place in the running index.
+            self.store.take_running(delivery.message_id, previous, "%s|%s" % (delivery.worker_id, delivery.token))
+
+    def _alive(self, worker_id: str) -> bool:
+        raw = self.store.registration(worker_id)
+        info = raw and self._parse(worker_id, raw)
+        if info and self.host.process_is_gone(_facts(info)):
+            return False
+        return bool(info) and self.store.alive([worker_id])[0]
+
+    def _defer(self, delivery: Delivery, previous: str) -> None:
+        # Not run beside the attempt that is still running, and not lost if that one then dies:
+        # enqueued again later, marked so that its start is checked again then.
+        message = delivery.message
+        self.store.mark_deferred(delivery.message_id, previous, self.settings.history_ttl)
+        copy = Message(**message.asdict()).copy(options={DEFERRED_OPTION: previous})
+        self.broker.enqueue(copy, delay=self.settings.heartbeat_timeout)
+        delivery.verdict = SKIP
+        self.events.emit(
+            DUPLICATE_DEFERRED,
+            "Message %r (actor %r) was delivered again while attempt %s still runs it on a live worker; "
+            "this delivery is put off by %d ms instead of running beside it.",
+            delivery.message_id,
+            message.actor_name,
+            previous,
+            self.settings.heartbeat_timeout,
+            **_message_fields(delivery),
+            details={"running": previous},
+        )
+
+    def _claim_at_start(self, delivery: Delivery, dead: str, max_recoveries: int) -> None:
+        message: Message[Any] = Message(**delivery.message.asdict())
+        aborted = self.handling.aborts.pending([delivery.message_id]) if self.handling.aborts.available else set()
+        orphan_lock = self.redelivery.orphan_lock(delivery.message_id, message, message.actor_name, aborted)
+        (claim,) = self.store.claim_orphans(
+            dead,
+            [dataclasses.replace(orphan_lock, max_recoveries=max_recoveries)],
+            mode="deliver",
+            history_ttl=self.settings.history_ttl,
+        )
+        if not claim.taken:
+            return
+        delivery.recoveries = claim.recoveries
+        raw = self.store.registration(dead)
+        worker = (raw and self._parse(dead, raw)) or WorkerInfo.unknown(dead)
+        orphan = Orphan(
+            message_id=delivery.message_id,
+            actor_name=message.actor_name,
+            queue_name=message.queue_name,
+            message=message,
+            worker=worker,
+            running=True,
+            started_at=None,
+            recoveries=claim.recoveries,
+        )
+        self.handling.cleaners.clean(orphan)
+        outcome = OUTCOMES[claim.outcome or "deliver"]
+        if outcome == QUARANTINED:
+            delivery.verdict = FAIL
+        elif outcome == DROPPED:
+            delivery.verdict = SKIP
+        self.handling.settled(
+            RecoveredOrphan(orphan, BROKER_REDELIVERS if outcome == REDELIVERED else outcome, None, claim.lock)
         )
 
     def _parse(self, worker_id: str, raw: str) -> WorkerInfo | None:
@@ -227,10 +316,13 @@ class Recovery:
             return None
 
 
-_LOCK_OUTCOMES = {
-    "deleted": "; its uniqueness lock was released",
-    "transferred": "; its uniqueness lock passed to its new attempt",
-}
+def _message_fields(delivery: Delivery) -> dict[str, Any]:
+    return {
+        "message_id": delivery.message_id,
+        "actor_name": delivery.message.actor_name,
+        "queue_name": delivery.message.queue_name,
+        "recoveries": delivery.recoveries,
+    }
 
 
 def _facts(info: WorkerInfo) -> HostFacts:

@@ -1,14 +1,20 @@
-"""Delivering a dead worker's orphans again, the way each broker needs it.
+"""Settling a dead worker's orphans, the way each broker needs it.
 
 - RedisBroker: the orphans are still in Redis, in the dead process's
-  ``__acks__`` sets (running, prefetched and delayed ones alike).  They are
-  moved back under their own redis message id, each by exactly one caller,
-  so that Dramatiq's own maintenance later finds nothing left.
+  ``__acks__`` sets (running, prefetched and delayed ones alike).  Each is
+  moved back under its own redis message id (or dead-lettered, or dropped)
+  by exactly one caller, so that Dramatiq's own maintenance later finds
+  nothing left.
 - RabbitmqBroker: the server redelivers unacked messages when the dead
-  connection closes.  Re-publishing would duplicate them, so the tracker
-  only settles its books; the recovery is counted when the redelivery starts.
+  connection closes.  Re-publishing would duplicate them, so the tracker only
+  settles its books; the recovery is counted, and quarantine decided, when the
+  redelivery starts (:meth:`~dramatiq_tracker.recovery.Recovery.begin_at_risk`).
 - Any other broker (StubBroker included): the stored payload is enqueued
   again.  The record waits in an outbox until the enqueue is confirmed.
+
+Each orphan's fate is decided once, atomically with its claim
+(``lua/claim_orphans.lua``): delivered again, quarantined (recovered more
+than ``max_recoveries`` times), or dropped (cancelled or aborted).
 """
 
 from __future__ import annotations
@@ -22,10 +28,11 @@ from dramatiq.logging import get_logger
 from dramatiq.message import Message
 
 from .brokers import RABBITMQ, REDIS, as_redis_broker, consumer_queues
-from .orphans import BROKER_REDELIVERS, REDELIVERED, LockCleaners, Orphan, RecoveredOrphan
+from .orphans import BROKER_REDELIVERS, OUTCOMES, Orphan, OrphanHandling, RecoveredOrphan
+from .quarantine import QUARANTINE_OPTION
 from .recorder import RECOVERIES_OPTION, now_ms
 from .records import CorruptRecord, InflightRecord, WorkerInfo
-from .store import BrokerStore, OrphanClaim, OrphanLock
+from .store import BrokerStore, OrphanClaim, OrphanLock, OrphanMove
 from .unique import lock_of
 
 if TYPE_CHECKING:
@@ -34,10 +41,21 @@ if TYPE_CHECKING:
     from .settings import TrackerSettings
     from .store import TrackerStore
 
+#: What RedisBroker recovery does with an orphan, by outcome.
+_REDIS_ACTIONS = {"deliver": "requeue", "quarantine": "deadletter", "drop": "drop"}
+
 
 def mark_recovered(message: Message[Any], recoveries: int) -> Message[Any]:
     """A copy of ``message`` that says how many times it was recovered."""
     return message.copy(options={RECOVERIES_OPTION: recoveries})
+
+
+def message_of(record: InflightRecord) -> Message[Any] | None:
+    """The message a record stores, or None when it cannot be decoded."""
+    try:
+        return record.message()
+    except CorruptRecord:
+        return None
 
 
 class Redelivery:
@@ -47,24 +65,24 @@ class Redelivery:
       broker(Broker): The sweeping worker's broker, compatible with the dead worker's.
       store(TrackerStore)
       settings(TrackerSettings)
-      cleaners(LockCleaners): Run on each running orphan before it is delivered again.
+      handling(OrphanHandling): Lock cleaners, events, quarantine and dramatiq-abort.
     """
 
     #: How ``lua/claim_orphans.lua`` should claim this broker's orphans.
     claim_mode = "park"
 
-    def __init__(self, broker: Broker, store: TrackerStore, settings: TrackerSettings, cleaners: LockCleaners):
+    def __init__(self, broker: Broker, store: TrackerStore, settings: TrackerSettings, handling: OrphanHandling):
         self.logger = get_logger(__name__, type(self))
         self.broker = broker
         self.store = store
         self.settings = settings
-        self.cleaners = cleaners
+        self.handling = handling
 
     def recover(self, worker: WorkerInfo, raw_records: Mapping[str, str]) -> tuple[list[RecoveredOrphan], bool]:
-        """Deliver a dead worker's orphans again.
+        """Settle a dead worker's orphans.
 
         Returns:
-          tuple: What this call delivered again, and whether the worker is done with:
+          tuple: What this call settled, and whether the worker is done with:
           False when another sweeper is still busy with some of its orphans.
 
         Raises:
@@ -78,7 +96,7 @@ class Redelivery:
         records = {}
         for message_id, raw in raw_records.items():
             try:
-                record = InflightRecord.from_json(raw)
+                records[message_id] = InflightRecord.from_json(raw)
             except CorruptRecord as e:
                 self.logger.warning(
                     "Skipping unreadable in-flight record of message %r on dead worker %r: %s.",
@@ -86,19 +104,30 @@ class Redelivery:
                     worker.worker_id,
                     e,
                 )
-                continue
-            records[message_id] = record
         return records
 
+    def orphan_lock(
+        self, message_id: str, message: Message[Any] | None, actor_name: str, aborted: set[str]
+    ) -> OrphanLock:
+        """What ``lua/claim_orphans.lua`` needs to decide an orphan's fate."""
+        options = message.options if message is not None else {}
+        digest, mode = lock_of(options)
+        limit = self.handling.quarantine.max_recoveries(actor_name, options)
+        return OrphanLock(message_id, digest, mode, limit, message_id in aborted)
+
     def claim(self, worker: WorkerInfo, orphans: Sequence[OrphanLock]) -> list[OrphanClaim]:
-        """Claim orphans, releasing the uniqueness locks they own (``lua/claim_orphans.lua``)."""
+        """Claim orphans, deciding their fate and releasing the locks they own."""
         return self.store.claim_orphans(
             worker.worker_id, orphans, mode=self.claim_mode, history_ttl=self.settings.history_ttl
         )
 
     def claim_records(self, worker: WorkerInfo, records: Mapping[str, InflightRecord]) -> list[OrphanClaim]:
         """Claim orphans known by their records."""
-        return self.claim(worker, [orphan_lock(record.message_id, _message_of(record)) for record in records.values()])
+        aborted = self.handling.aborts.pending(records) if self.handling.aborts.available else set()
+        return self.claim(
+            worker,
+            [self.orphan_lock(r.message_id, message_of(r), r.actor_name, aborted) for r in records.values()],
+        )
 
 
 def _age(started_at: int | None, message: Message[Any] | None) -> int | None:
@@ -109,13 +138,34 @@ def _age(started_at: int | None, message: Message[Any] | None) -> int | None:
     return None
 
 
+def _orphan(
+    worker: WorkerInfo,
+    message_id: str,
+    queue_name: str,
+    message: Message[Any] | None,
+    record: InflightRecord | None,
+    claim: OrphanClaim | None,
+) -> Orphan:
+    return Orphan(
+        message_id=message_id,
+        actor_name=message.actor_name if message else (record.actor_name if record else ""),
+        queue_name=queue_name,
+        message=message,
+        worker=worker,
+        running=bool(claim and claim.running),
+        started_at=record.started_at if record else None,
+        recoveries=claim.recoveries if claim else 0,
+        redis_message_id=message.options.get("redis_message_id", "") if message else "",
+    )
+
+
 class RedisRedelivery(Redelivery):
-    """Move a dead RedisBroker process's un-acked messages back (``lua/requeue_orphans.lua``)."""
+    """Settle a dead RedisBroker process's un-acked messages (``lua/requeue_orphans.lua``)."""
 
-    claim_mode = "requeue"
+    claim_mode = "deliver"
 
-    def __init__(self, broker: Broker, store: TrackerStore, settings: TrackerSettings, cleaners: LockCleaners):
-        super().__init__(broker, store, settings, cleaners)
+    def __init__(self, broker: Broker, store: TrackerStore, settings: TrackerSettings, handling: OrphanHandling):
+        super().__init__(broker, store, settings, handling)
         redis_broker = as_redis_broker(broker)
         self.broker_store = BrokerStore(redis_broker.client, redis_broker.namespace)
 
@@ -138,63 +188,58 @@ class RedisRedelivery(Redelivery):
 
         unacked = self.broker_store.unacked(worker.broker_id, consumer_queues(worker.queues))
         by_redis_id = {record.redis_message_id: record for record in records.values() if record.redis_message_id}
-
-        orphans: list[tuple[str, str, Message[Any] | None, InflightRecord | None]] = []
+        found: list[tuple[str, str, Message[Any] | None, InflightRecord | None]] = []
         for queue_name, redis_ids in unacked.items():
             for redis_id, payload in zip(redis_ids, self.broker_store.payloads(queue_name, redis_ids), strict=True):
+                record = by_redis_id.get(redis_id)
                 message = self._decode(worker, queue_name, redis_id, payload)
-                orphans.append((queue_name, redis_id, message, by_redis_id.get(redis_id)))
+                found.append((queue_name, redis_id, message, record))
 
-        # Orphans that cannot be decoded are still moved back, unchanged; they count as not running.
-        message_ids = [
-            message.message_id if message else (record.message_id if record else "")
-            for _, _, message, record in orphans
-        ]
-        locks = {}
-        for (_, _, message, record), message_id in zip(orphans, message_ids, strict=True):
-            if message_id:
-                locks[message_id] = orphan_lock(message_id, message or (_message_of(record) if record else None))
+        # An orphan that cannot be decoded is still moved back, unchanged; it counts as not running.
+        def message_id(message: Message[Any] | None, record: InflightRecord | None) -> str:
+            return message.message_id if message else (record.message_id if record else "")
+
+        aborted = self.handling.aborts.pending(
+            {message_id(m, r) for _, _, m, r in found} - {""}
+        ) if self.handling.aborts.available else set()  # fmt: skip
+        locks: dict[str, OrphanLock] = {}
+        for _, _, message, record in found:
+            mid = message_id(message, record)
+            if mid:
+                actor_name = message.actor_name if message else (record.actor_name if record else "")
+                locks[mid] = self.orphan_lock(
+                    mid, message or (message_of(record) if record else None), actor_name, aborted
+                )
         claims = dict(zip(locks, self.claim(worker, list(locks.values())), strict=True))
 
-        moves: list[tuple[str, str, bytes | None]] = []
-        described: dict[str, Orphan] = {}
+        moves: list[OrphanMove] = []
+        settled: dict[str, RecoveredOrphan] = {}
         complete = True
-        for (queue_name, redis_id, message, record), message_id in zip(orphans, message_ids, strict=True):
-            claim = claims.get(message_id)
-            running = bool(claim and claim.running)
-            orphan = Orphan(
-                message_id=message_id,
-                actor_name=message.actor_name if message else (record.actor_name if record else ""),
-                queue_name=queue_name,
-                message=message,
-                worker=worker,
-                running=running,
-                started_at=record.started_at if record else None,
-                recoveries=claim.recoveries if claim else 0,
-                redis_message_id=redis_id,
-            )
-            replacement = None
-            if running and claim is not None:
-                # Only the sweeper that took a running orphan cleans its locks and moves it, so that
+        for queue_name, redis_id, message, record in found:
+            mid = message_id(message, record)
+            claim = claims.get(mid)
+            orphan = _orphan(worker, mid, queue_name, message, record, claim)
+            outcome = claim.outcome if claim and claim.outcome else "deliver"
+            if orphan.running and claim is not None:
+                # Only the sweeper that took a running orphan cleans its locks and settles it, so that
                 # a cleaner never runs after the orphan started again elsewhere; unless that sweeper
                 # stopped midway long ago.
                 if not claim.taken and claim.claim_age < self.settings.takeover_after:
                     complete = False
                     continue
                 if claim.taken:
-                    self.cleaners.clean(orphan)
-                if message is not None:
-                    replacement = mark_recovered(message, claim.recoveries).encode()
-            moves.append((queue_name, redis_id, replacement))
-            described[redis_id] = orphan
+                    self.handling.cleaners.clean(orphan)
+            # Every orphan of a queue (not of a delay queue, whose messages never started) is marked,
+            # so that its next start is recorded before it runs: a crash at once is then counted.
+            payload = None
+            if message is not None and queue_name == q_name(queue_name):
+                payload = mark_recovered(message, orphan.recoveries).encode()
+            moves.append(OrphanMove(queue_name, redis_id, _REDIS_ACTIONS[outcome], payload))
+            lock = claim.lock if claim else ""
+            settled[redis_id] = RecoveredOrphan(orphan, OUTCOMES[outcome], _age(orphan.started_at, message), lock)
 
-        moved = self.broker_store.requeue(worker.broker_id, moves)
-        recovered = [
-            RecoveredOrphan(orphan, REDELIVERED, _age(orphan.started_at, orphan.message), _lock(claims, orphan))
-            for redis_id, orphan in described.items()
-            if redis_id in moved
-        ]
-        return recovered, complete
+        done = self.broker_store.settle(worker.broker_id, moves)
+        return [item for redis_id, item in settled.items() if redis_id in done], complete
 
     def _decode(self, worker: WorkerInfo, queue_name: str, redis_id: str, payload: bytes | None) -> Message[Any] | None:
         if payload is None:
@@ -226,7 +271,7 @@ class RabbitmqRedelivery(Redelivery):
                 awaiting += 1
             elif claim.taken:
                 # RabbitMQ delivered it again before this sweep: it runs elsewhere already.
-                orphan = _orphan_from_record(worker, record, claim.recoveries, message=None)
+                orphan = _orphan(worker, record.message_id, record.queue_name, message_of(record), record, claim)
                 recovered.append(RecoveredOrphan(orphan, BROKER_REDELIVERS, _age(record.started_at, None)))
         if awaiting:
             self.logger.info(
@@ -249,38 +294,39 @@ class EnqueueRedelivery(Redelivery):
         recovered = []
         for record, claim in zip(records.values(), claims, strict=True):
             if claim.taken:
-                item = self.enqueue(worker, record, claim.recoveries, claim.lock)
+                item = self.enqueue(worker, record, claim)
                 if item is not None:
                     recovered.append(item)
         # Orphans another sweeper took wait in the outbox; that sweeper or retry_outbox() ends them.
         return recovered, True
 
-    def enqueue(
-        self, worker: WorkerInfo, record: InflightRecord, recoveries: int, lock: str = ""
-    ) -> RecoveredOrphan | None:
-        """Enqueue one parked orphan again, then take it out of the outbox."""
-        try:
-            message = record.message()
-        except CorruptRecord as e:
+    def enqueue(self, worker: WorkerInfo, record: InflightRecord, claim: OrphanClaim) -> RecoveredOrphan | None:
+        """Enqueue one parked orphan again (or drop it), then take it out of the outbox."""
+        message = message_of(record)
+        if message is None:
             self.logger.error(
-                "Cannot deliver message %r (actor %r) orphaned by worker %r again: %s. "
+                "Cannot deliver message %r (actor %r) orphaned by worker %r again: its payload does not decode. "
                 "Its record stays in the outbox for an operator.",
                 record.message_id,
                 record.actor_name,
                 worker.worker_id,
-                e,
             )
             return None
-        orphan = _orphan_from_record(worker, record, recoveries, message=message)
-        self.cleaners.clean(orphan)
-        # Deliver to the canonical queue now, even if it was consumed from a delay queue.
-        redelivered = mark_recovered(message, recoveries).copy(queue_name=q_name(message.queue_name))
-        redelivered.options.pop("eta", None)
-        self.broker.enqueue(redelivered)
+        orphan = _orphan(worker, record.message_id, record.queue_name, message, record, claim)
+        self.handling.cleaners.clean(orphan)
+        outcome = claim.outcome or "deliver"
+        if outcome != "drop":
+            # To the canonical queue now, even if it was consumed from a delay queue.  A quarantined
+            # message goes with a mark: the worker that receives it dead-letters it without running it.
+            redelivered = mark_recovered(message, claim.recoveries).copy(queue_name=q_name(message.queue_name))
+            redelivered.options.pop("eta", None)
+            if outcome == "quarantine":
+                redelivered.options[QUARANTINE_OPTION] = True
+            self.broker.enqueue(redelivered)
         self.store.unpark(record.message_id)
-        return RecoveredOrphan(orphan, REDELIVERED, _age(record.started_at, message), lock)
+        return RecoveredOrphan(orphan, OUTCOMES[outcome], _age(record.started_at, message), claim.lock)
 
-    def retry_outbox(self, worker_lookup: Mapping[str, WorkerInfo], grace: int) -> list[RecoveredOrphan]:
+    def retry_outbox(self, grace: int) -> list[RecoveredOrphan]:
         """Re-enqueue orphans left in the outbox by a sweeper that stopped midway."""
         recovered = []
         now = self.store.server_time()
@@ -294,55 +340,22 @@ class EnqueueRedelivery(Redelivery):
                 continue
             if now - parked_at < grace or self.store.repark(message_id, entry) is None:
                 continue
-            worker = worker_lookup.get(record.worker_id) or WorkerInfo.unknown(record.worker_id)
             history = self.store.message_history(message_id)
-            item = self.enqueue(worker, record, int(history.get("recoveries", "0") or 0))
+            claim = OrphanClaim(
+                True, True, int(history.get("recoveries", "0") or 0), 0, False, "", history.get("outcome", "")
+            )
+            item = self.enqueue(WorkerInfo.unknown(record.worker_id), record, claim)
             if item is not None:
                 recovered.append(item)
         return recovered
 
 
-def _message_of(record: InflightRecord) -> Message[Any] | None:
-    try:
-        return record.message()
-    except CorruptRecord:
-        return None
-
-
-def orphan_lock(message_id: str, message: Message[Any] | None) -> OrphanLock:
-    """An orphan to claim with the uniqueness lock its message says it may own."""
-    return OrphanLock(message_id, *lock_of(message.options)) if message is not None else OrphanLock(message_id)
-
-
-def _lock(claims: Mapping[str, OrphanClaim], orphan: Orphan) -> str:
-    claim = claims.get(orphan.message_id)
-    return claim.lock if claim is not None else ""
-
-
-def _orphan_from_record(
-    worker: WorkerInfo, record: InflightRecord, recoveries: int, *, message: Message[Any] | None
-) -> Orphan:
-    if message is None:
-        message = _message_of(record)
-    return Orphan(
-        message_id=record.message_id,
-        actor_name=record.actor_name,
-        queue_name=record.queue_name,
-        message=message,
-        worker=worker,
-        running=True,
-        started_at=record.started_at,
-        recoveries=recoveries,
-        redis_message_id=record.redis_message_id,
-    )
-
-
 def redelivery_for(
-    kind: str, broker: Broker, store: TrackerStore, settings: TrackerSettings, cleaners: LockCleaners
+    kind: str, broker: Broker, store: TrackerStore, settings: TrackerSettings, handling: OrphanHandling
 ) -> Redelivery:
     """The redelivery strategy for a broker kind (see :mod:`dramatiq_tracker.brokers`)."""
     if kind == REDIS:
-        return RedisRedelivery(broker, store, settings, cleaners)
+        return RedisRedelivery(broker, store, settings, handling)
     if kind == RABBITMQ:
-        return RabbitmqRedelivery(broker, store, settings, cleaners)
-    return EnqueueRedelivery(broker, store, settings, cleaners)
+        return RabbitmqRedelivery(broker, store, settings, handling)
+    return EnqueueRedelivery(broker, store, settings, handling)

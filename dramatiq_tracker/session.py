@@ -13,12 +13,18 @@ from dramatiq.logging import get_logger
 
 from ._version import __version__
 from .brokers import BrokerFacts, consumed_queues
+from .events import ZOMBIE_ABORTED, ZOMBIE_COMPLETION, ZOMBIE_DETECTED
 from .health import ConnectionHealth
 from .heartbeat import Heartbeat
 from .host import HostFacts
-from .recorder import RECOVERIES_OPTION, Delivery, InflightRecorder
+from .quarantine import QUARANTINE_OPTION
+from .recorder import DEFERRED_OPTION, RECOVERIES_OPTION, Delivery, InflightRecorder
 from .records import WorkerInfo
 from .recovery import Recovery, Sweeper
+from .unique import attempt_of
+
+#: Options of messages whose start is recorded before they run.
+_AT_RISK_OPTIONS = frozenset({RECOVERIES_OPTION, DEFERRED_OPTION, QUARANTINE_OPTION})
 
 if TYPE_CHECKING:
     from dramatiq import Broker, MessageProxy, Worker
@@ -78,7 +84,11 @@ class WorkerSession:
             tracker_version=__version__,
             dramatiq_version=dramatiq.__version__,
         )
-        self.recorder = InflightRecorder(store, settings, self.health, info, lambda: new_worker_id(host))
+        self.events = recovery.events
+        self.aborts = recovery.handling.aborts
+        self.recorder = InflightRecorder(
+            store, settings, self.health, info, lambda: new_worker_id(host), on_fenced=self.fenced
+        )
         self.heartbeat = Heartbeat(store, settings, self.health, self.recorder)
         self.recovery = recovery
         self.sweeper = Sweeper(self.recovery, store, settings, self.health)
@@ -109,23 +119,58 @@ class WorkerSession:
             self.recorder.info.broker_identity,
         )
 
-    def begin(self, message: MessageProxy, options: dict[str, Any]) -> Delivery:
-        """Record that a message starts processing in this worker."""
+    def begin(self, message: MessageProxy, options: dict[str, Any], max_recoveries: int) -> Delivery:
+        """Record that a message starts processing in this worker.
+
+        Most messages are recorded in the background (the per-message path never waits on
+        Redis).  Those whose start must not be missed are recorded before they run:
+        messages delivered again, put-off duplicates, and at-most-once messages
+        (``max_recoveries=0``); see :meth:`Recovery.begin_at_risk`.
+        """
         # RabbitMQ's message proxy sets its redelivered flag as an attribute; reading it from
         # vars() spares every other proxy a failed lookup through MessageProxy.__getattr__.
-        if vars(message).get("redelivered") is True:
-            return self.recovery.begin_redelivered(self.recorder, message)
-        recoveries = options.get(RECOVERIES_OPTION, 0)
-        return self.recorder.begin(message, recoveries if isinstance(recoveries, int) else 0)
+        if max_recoveries == 0 or vars(message).get("redelivered") is True or not _AT_RISK_OPTIONS.isdisjoint(options):
+            return self.recovery.begin_at_risk(self.recorder, message, max_recoveries)
+        return self.recorder.begin(message, attempt_of(options))
 
     def end(self, delivery: Delivery) -> None:
         """Record that an attempt was acked or nacked."""
         if not self.recorder.end(delivery):
-            self.logger.warning(
-                "Message %r (actor %r) completed here after it was recovered for delivery elsewhere, "
+            self.events.emit(
+                ZOMBIE_COMPLETION,
+                "Message %r (actor %r) completed on this worker after it was recovered for delivery elsewhere, "
                 "while this worker was presumed dead.",
                 delivery.message_id,
                 delivery.message.actor_name,
+                message_id=delivery.message_id,
+                actor_name=delivery.message.actor_name,
+                queue_name=delivery.message.queue_name,
+                worker_id=delivery.worker_id,
+                recoveries=delivery.recoveries,
+            )
+
+    def fenced(self, old_worker_id: str, zombies: list[Delivery]) -> None:
+        """This worker learned it was declared dead: report it, and abort its zombie copies if it can."""
+        self.events.emit(
+            ZOMBIE_DETECTED,
+            "This worker (%r) was declared dead while it was alive (a stall longer than heartbeat_timeout, "
+            "or a partition from the tracker's Redis); its %d running messages were recovered for delivery "
+            "elsewhere and no longer belong to it. It continues as worker %r.",
+            old_worker_id,
+            len(zombies),
+            self.worker_id,
+            worker_id=old_worker_id,
+            details={"new_worker_id": self.worker_id, "zombies": " ".join(d.message_id for d in zombies)},
+        )
+        if not zombies or not self.aborts.available:
+            return
+        for message_id in self.aborts.abort_locally(d.message for d in zombies):
+            self.events.emit(
+                ZOMBIE_ABORTED,
+                "Aborting the zombie copy of message %r on this worker: it was recovered for delivery elsewhere.",
+                message_id,
+                message_id=message_id,
+                worker_id=old_worker_id,
             )
 
     def queue_declared(self, queue_name: str) -> None:

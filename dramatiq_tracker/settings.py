@@ -29,6 +29,9 @@ DEFAULT_FLUSH_INTERVAL = 50
 #: How long per-message history (recovery counts) and dead-worker tombstones are kept, in milliseconds.
 DEFAULT_HISTORY_TTL = 7 * 86_400_000
 
+#: The approximate length of the Redis stream of tracker events.
+DEFAULT_EVENTS_MAXLEN = 10_000
+
 #: The smallest interval the tracker accepts, in milliseconds.
 MINIMUM_INTERVAL = 10
 

@@ -9,6 +9,7 @@ does; deciding what an outage means is the caller's business.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -82,6 +83,8 @@ class OrphanClaim:
       claim_age(int): For a running orphan another caller took, how long ago, in ms.
       awaiting(bool): Its recovery is counted when the broker redelivers it.
       lock(str): What happened to its uniqueness lock: "deleted", "transferred" or "".
+      outcome(str): "deliver", "quarantine" (dead-letter it), "drop" (it was cancelled or
+        aborted), or "" while awaiting.
     """
 
     running: bool
@@ -90,15 +93,19 @@ class OrphanClaim:
     claim_age: int
     awaiting: bool
     lock: str
+    outcome: str
 
 
 @dataclasses.dataclass(frozen=True)
 class OrphanLock:
-    """An orphan to claim, with the uniqueness lock it may own ("" when none)."""
+    """An orphan to claim: its uniqueness lock ("" when none), how many recoveries it
+    may have, and whether dramatiq-abort holds a cancel or abort request for it."""
 
     message_id: str
     digest: str = ""
     mode: str = ""
+    max_recoveries: int = 2**31
+    aborted: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,19 +136,20 @@ class LockInfo:
 
 
 @dataclasses.dataclass(frozen=True)
-class RedeliveredStart:
-    """The outcome of :meth:`TrackerStore.begin_redelivered`.
+class AtRiskStart:
+    """What :meth:`TrackerStore.begin_at_risk` found.
 
     Parameters:
-      recoveries(int): How many times the message has been recovered so far.
-      awaiting_from(str): The dead worker a sweeper found running it, whose recovery
-        is still to be counted, or "".
-      previous_owner(str): "worker id|token" of the attempt recorded running it before, or "".
+      previous_owner(str): "worker id|token" of another attempt recorded running the message, or "".
+      history(dict[str, str]): The message's history (recoveries, awaiting_from, abort, ...).
     """
 
-    recoveries: int
-    awaiting_from: str
     previous_owner: str
+    history: dict[str, str]
+
+    @property
+    def recoveries(self) -> int:
+        return _int(self.history.get("recoveries"))
 
 
 class TrackerStore:
@@ -165,8 +173,18 @@ class TrackerStore:
             keys.append(self.keys.broker(info.broker_id))
         return keys
 
-    def register(self, info: WorkerInfo, records: Sequence[InflightRecord], heartbeat_timeout: int) -> str:
+    def register(
+        self,
+        info: WorkerInfo,
+        records: Sequence[InflightRecord],
+        heartbeat_timeout: int,
+        zombies: Sequence[tuple[str, str]] = (),
+    ) -> str:
         """Register ``info`` (or re-synchronise it) with everything it has in flight.
+
+        Parameters:
+          zombies(list): (message id, token) of attempts still running here that were
+            recovered while this process was presumed dead.
 
         Returns:
           str: "ok", or "fenced" when this worker id was declared dead.
@@ -174,7 +192,10 @@ class TrackerStore:
         wid = info.worker_id
         k = self.keys
         keys = [k.workers, k.deadlines, k.dead_workers, k.heartbeat(wid), k.inflight(wid), k.running]
-        args: list[Any] = [wid, info.to_json(), heartbeat_timeout, *_flat(records)]
+        args: list[Any] = [wid, info.to_json(), heartbeat_timeout, len(zombies)]
+        for message_id, token in zombies:
+            args += [message_id, token]
+        args += _flat(records)
         return text(self.scripts["register"](keys=keys + self._worker_keys(info), args=args))
 
     def heartbeat(self, worker_id: str, heartbeat_timeout: int) -> str:
@@ -197,22 +218,47 @@ class TrackerStore:
         keys = [k.workers, k.dead_workers, k.inflight(worker_id), k.running]
         args: list[Any] = [worker_id, len(started), *_flat(started)]
         for message_id, token in ended:
+            keys.append(k.message(message_id))
             args += [message_id, token]
         return bool(self.scripts["flush"](keys=keys, args=args))
 
-    def begin_redelivered(self, record: InflightRecord) -> RedeliveredStart | None:
-        """Record a broker-redelivered message before it runs (``lua/begin_redelivered.lua``).
+    def begin_at_risk(self, record: InflightRecord) -> AtRiskStart | None:
+        """Record a message before it runs and read its history (``lua/begin_at_risk.lua``).
 
         Returns:
-          RedeliveredStart: None when the worker is not registered or was declared dead.
+          AtRiskStart: None when the worker is not registered or was declared dead.
         """
         k = self.keys
         wid, mid = record.worker_id, record.message_id
         keys = [k.workers, k.dead_workers, k.inflight(wid), k.running, k.message(mid)]
-        reply = self.scripts["begin_redelivered"](keys=keys, args=[wid, record.token, mid, record.to_json()])
-        if text(reply[0]) != "ok":
+        reply = [
+            text(item)
+            for item in self.scripts["begin_at_risk"](keys=keys, args=[wid, record.token, mid, record.to_json()])
+        ]
+        if reply[0] != "ok":
             return None
-        return RedeliveredStart(int(reply[1]), text(reply[2]), text(reply[3]))
+        return AtRiskStart(reply[1], dict(zip(reply[2::2], reply[3::2], strict=True)))
+
+    def take_running(self, message_id: str, dead_owner: str, owner: str) -> bool:
+        """Put an attempt in a dead attempt's place in the running index (``lua/take_running.lua``)."""
+        return bool(self.scripts["take_running"](keys=[self.keys.running], args=[message_id, dead_owner, owner]))
+
+    def mark_deferred(self, message_id: str, owner: str, history_ttl: int) -> None:
+        """Note that a duplicate of a message was put off behind the attempt ``owner`` ("worker id|token")."""
+        key = self.keys.message(message_id)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(key, "deferred_behind", owner)
+        pipe.hdel(key, "completed_by")
+        pipe.pexpire(key, history_ttl)
+        pipe.execute()
+
+    def remember_abort(self, message_id: str, mode: str, history_ttl: int) -> None:
+        """Persist that a message was cancelled or aborted, longer than dramatiq-abort's own TTL."""
+        key = self.keys.message(message_id)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(key, "abort", mode)
+        pipe.pexpire(key, history_ttl)
+        pipe.execute()
 
     def deregister(self, info: WorkerInfo) -> int:
         """Remove a stopped worker.
@@ -308,11 +354,12 @@ class TrackerStore:
             keys.append(k.message(orphan.message_id))
             if orphan.digest:
                 keys += [k.lock(orphan.digest), k.locks]
-            args += [orphan.message_id, orphan.digest, orphan.mode if orphan.digest else ""]
+            mode_ = orphan.mode if orphan.digest else ""
+            args += [orphan.message_id, orphan.digest, mode_, orphan.max_recoveries, int(orphan.aborted)]
         reply = self.scripts["claim_orphans"](keys=keys, args=args)
         return [
-            OrphanClaim(bool(int(r)), bool(int(t)), int(count), int(age), bool(int(awaiting)), text(lock))
-            for r, t, count, age, awaiting, lock in reply
+            OrphanClaim(bool(int(r)), bool(int(t)), int(n), int(age), bool(int(awaiting)), text(lock), text(outcome))
+            for r, t, n, age, awaiting, lock, outcome in reply
         ]
 
     def finish_recovery(self, worker_id: str, hostname: str, broker_id: str, history_ttl: int) -> bool:
@@ -387,6 +434,17 @@ class TrackerStore:
         fields, ttl = pipe.execute()
         return _lock_info(digest, fields, ttl) if fields else None
 
+    # Events -------------------------------------------------------------------------
+
+    def append_event(self, fields: dict[str, str], maxlen: int) -> str:
+        """Append an event to the capped stream; returns its id."""
+        return text(self.client.xadd(self.keys.events, fields, maxlen=maxlen, approximate=True))  # type: ignore[arg-type]
+
+    def events(self, count: int, *, before: str = "+") -> list[tuple[str, dict[str, str]]]:
+        """The newest ``count`` events (ids and fields), newest first."""
+        entries = self.client.xrevrange(self.keys.events, max=before, min="-", count=count) or []
+        return [(text(entry_id), {text(k): text(v) for k, v in (fields or {}).items()}) for entry_id, fields in entries]
+
     def broker_peers(self, broker_id: str) -> list[str]:
         """Ids of the workers registered with a RedisBroker ``broker_id``."""
         return [text(wid) for wid in self.client.smembers(self.keys.broker(broker_id))]
@@ -441,25 +499,44 @@ class BrokerStore:
         found = self.client.hmget(self.keys.messages(queue_name), list(redis_message_ids))
         return [value.encode("utf-8") if isinstance(value, str) else value for value in found]
 
-    def requeue(self, broker_id: str, moves: Sequence[tuple[str, str, bytes | None]]) -> set[str]:
-        """Move orphans from a dead process's acks back to their queues (``lua/requeue_orphans.lua``).
-
-        Parameters:
-          broker_id(str): The dead process's broker id.
-          moves(list): (queue name, redis message id, replacement payload or None) per orphan.
+    def settle(self, broker_id: str, moves: Sequence[OrphanMove]) -> set[str]:
+        """Requeue, dead-letter or drop orphans from a dead process's acks (``lua/requeue_orphans.lua``).
 
         Returns:
-          set[str]: The redis message ids this call moved.
+          set[str]: The redis message ids this call settled.
         """
         if not moves:
             return set()
         queue_index: dict[str, int] = {}
         keys: list[str] = []
-        args: list[Any] = []
-        for queue_name, redis_message_id, payload in moves:
-            if queue_name not in queue_index:
-                queue_index[queue_name] = len(queue_index) + 1
-                k = self.keys
-                keys += [k.acks(broker_id, queue_name), k.queue(queue_name), k.messages(queue_name)]
-            args += [queue_index[queue_name], redis_message_id, payload or b""]
+        args: list[Any] = [int(time.time() * 1000)]
+        k = self.keys
+        for move in moves:
+            if move.queue_name not in queue_index:
+                queue_index[move.queue_name] = len(queue_index) + 1
+                keys += [
+                    k.acks(broker_id, move.queue_name),
+                    k.queue(move.queue_name),
+                    k.messages(move.queue_name),
+                    k.dead_letters(move.queue_name),
+                    k.dead_letter_messages(move.queue_name),
+                ]
+            args += [queue_index[move.queue_name], move.redis_message_id, move.action, move.payload or b""]
         return {text(rid) for rid in self.scripts["requeue_orphans"](keys=keys, args=args)}
+
+
+@dataclasses.dataclass(frozen=True)
+class OrphanMove:
+    """What to do with one orphan in a dead RedisBroker process's acks.
+
+    Parameters:
+      queue_name(str)
+      redis_message_id(str)
+      action(str): "requeue", "deadletter" or "drop".
+      payload(bytes|None): A replacement payload, or None to keep the stored one.
+    """
+
+    queue_name: str
+    redis_message_id: str
+    action: str
+    payload: bytes | None = None

@@ -11,9 +11,7 @@ import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from dramatiq_tracker.orphans import LockCleaners, Orphan, RecoveryReport
-from dramatiq_tracker.recovery import Recovery
-from dramatiq_tracker.settings import TrackerSettings
+from dramatiq_tracker import Orphan, RecoveryReport, TrackerMiddleware
 from dramatiq_tracker.store import TrackerStore
 
 from .conftest import FAST, Namespaces, events
@@ -44,8 +42,7 @@ def test_five_sweepers_racing_over_one_dead_workers_100_orphans_deliver_each_exa
     kill(victim.pid)
     wait_for(lambda: _gone(victim.pid), 5, message="victim gone")
 
-    # When five sweepers, each with its own connections, recover it at the same moment
-    settings = TrackerSettings(namespace=namespaces.tracker, **FAST)
+    # When five sweepers, each with its own broker, tracker and connections, recover at the same moment
     cleaned: list[Orphan] = []
     barrier = threading.Barrier(SWEEPERS)
     reports: list[RecoveryReport] = []
@@ -53,10 +50,13 @@ def test_five_sweepers_racing_over_one_dead_workers_100_orphans_deliver_each_exa
     def sweep() -> None:
         client = redis.Redis.from_url(redis_url)
         broker = RedisBroker(client=client, namespace=namespaces.broker)
-        recovery = Recovery(broker, TrackerStore(client, namespaces.tracker), settings, LockCleaners([cleaned.append]))
+        tracker = TrackerMiddleware(client=client, namespace=namespaces.tracker, **FAST)
+        broker.add_middleware(tracker)
+        tracker.add_lock_cleaner(cleaned.append)
+        broker.declare_queue(namespaces.queue)
         barrier.wait()
         try:
-            reports.append(recovery.recover_worker(victim.worker_id, process_gone=True))
+            reports.append(tracker.recover())
         finally:
             client.close()
 

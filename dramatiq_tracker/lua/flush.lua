@@ -4,6 +4,7 @@
 -- KEYS[2] dead_workers  ZSET    worker id -> when it was declared dead
 -- KEYS[3] inflight      HASH    this worker's message id -> in-flight record
 -- KEYS[4] running       HASH    message id -> "worker id|token", all workers
+-- KEYS[5..] per ended message, in ARGV order: its history HASH
 --
 -- ARGV[1] worker id
 -- ARGV[2] number of started messages, S
@@ -12,6 +13,9 @@
 --
 -- An ended message is forgotten only if the record still belongs to the
 -- same attempt (token), so a late completion never erases a newer attempt.
+-- When a duplicate delivery was put off behind this attempt (history field
+-- deferred_behind), its completion is noted (completed_by), so that the
+-- duplicate is dropped instead of run again.
 --
 -- Returns 1, or 0 without writing anything when the worker is not
 -- registered or was declared dead.
@@ -30,9 +34,14 @@ for i = 3, first_end - 1, 3 do
     redis.call("hset", KEYS[4], ARGV[i], prefix .. ARGV[i + 1])
 end
 
+local history = 5
 for i = first_end, #ARGV, 2 do
     local message_id, token = ARGV[i], ARGV[i + 1]
     local owner = prefix .. token
+    if redis.call("hget", KEYS[history], "deferred_behind") == owner then
+        redis.call("hset", KEYS[history], "completed_by", owner)
+    end
+    history = history + 1
     if redis.call("hget", KEYS[4], message_id) == owner then
         redis.call("hdel", KEYS[4], message_id)
     end

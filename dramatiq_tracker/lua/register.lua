@@ -13,7 +13,15 @@
 -- ARGV[1] worker id
 -- ARGV[2] registration (JSON)
 -- ARGV[3] heartbeat_timeout (ms)
--- ARGV[4..] the in-flight records, as triples: message id, token, record (JSON)
+-- ARGV[4] the number Z of zombie attempts
+-- ARGV[5 .. 5+2Z-1] zombie attempts, as pairs: message id, token
+-- ARGV[5+2Z ..] the in-flight records, as triples: message id, token, record (JSON)
+--
+-- Zombie attempts are copies this process still runs of messages that were
+-- recovered from it while it was presumed dead.  They get no record (they
+-- are nobody's orphans) but a place in the running index, unless another
+-- attempt holds it, so that a redelivery of the message waits for them
+-- instead of running beside them.
 --
 -- Returns "fenced" and writes nothing when this worker id was declared
 -- dead (its messages were recovered; it must take a new id), else "ok".
@@ -48,7 +56,11 @@ for _, message_id in ipairs(old) do
 end
 redis.call("del", KEYS[5])
 
-for i = 4, #ARGV, 3 do
+local first_record = 5 + 2 * tonumber(ARGV[4])
+for i = 5, first_record - 1, 2 do
+    redis.call("hsetnx", KEYS[6], ARGV[i], prefix .. ARGV[i + 1])
+end
+for i = first_record, #ARGV, 3 do
     redis.call("hset", KEYS[5], ARGV[i], ARGV[i + 2])
     redis.call("hset", KEYS[6], ARGV[i], prefix .. ARGV[i + 1])
 end
