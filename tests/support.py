@@ -180,3 +180,31 @@ def kill(pid: int) -> None:
     """SIGKILL a process, as the OOM killer does."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def close_rabbitmq_connections(pid: int) -> int:
+    """Close a process's RabbitMQ connections from the server, as a consumer_timeout or a
+    network blip would: the server requeues their unacked messages while the process runs on.
+
+    Returns:
+      int: How many connections were closed.
+    """
+    sockets = subprocess.run(["ss", "-tnpH", "state", "established"], capture_output=True, text=True, check=True)
+    ports = set()
+    for line in sockets.stdout.splitlines():
+        fields = line.split()
+        if "pid=%d," % pid in line and len(fields) >= 4 and fields[3].endswith(":5672"):
+            ports.add(fields[2].rpartition(":")[2])
+    listed = subprocess.run(
+        ["rabbitmqctl", "list_connections", "-q", "--no-table-headers", "peer_port", "pid"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    closed = 0
+    for line in listed.stdout.splitlines():
+        port, _, connection = line.strip().partition("\t")
+        if port in ports:
+            subprocess.run(["rabbitmqctl", "close_connection", connection, "test"], capture_output=True, check=True)
+            closed += 1
+    return closed

@@ -227,3 +227,35 @@ def test_records_are_removed_when_messages_are_acked_nacked_or_skipped(
     finally:
         worker.stop()
         broker.close()
+
+
+def test_an_at_most_once_message_of_a_dead_worker_is_dead_lettered_not_run_again(
+    redis_url: str, namespaces: Namespaces
+) -> None:
+    started: list[tuple[str, str, float]] = []
+    first = App(redis_url, namespaces.tracker, started, "first")
+    second = App(redis_url, namespaces.tracker, started, "second")
+    try:
+        # Given a worker running an at-most-once message (max_recoveries=0)
+        first.worker.start()
+        message = first.work.send_with_options(args=(0,), max_recoveries=0)
+        wait_for(lambda: len(started) == 1, 10, message="running")
+        worker_id = first.tracker.worker_id
+        assert worker_id is not None
+        # (its start was recorded before it ran, not in the background)
+        assert message.message_id in first.tracker.store.inflight(worker_id)
+        second.worker.start()
+        second.release.set()
+
+        # When the worker dies
+        first.die()
+
+        # Then the message is dead-lettered by the live worker instead of run again
+        wait_for(lambda: len(second.broker.dead_letters) == 1, BOUND + 5, message="dead-lettered")
+        assert second.broker.dead_letters[0].message_id == message.message_id
+        assert [s[1] for s in started] == ["first"]
+    finally:
+        for app in (first, second):
+            app.release.set()
+            app.worker.stop(5000)
+            app.broker.close()

@@ -23,13 +23,13 @@ from .support import wait_for
 class App:
     """A StubBroker with a tracker whose locks live in the test Redis, and an embedded Worker."""
 
-    def __init__(self, redis_url: str, namespace: str, **tracker_options: Any) -> None:
+    def __init__(self, redis_url: str, namespace: str, threads: int = 4, **tracker_options: Any) -> None:
         self.broker = StubBroker()
         self.broker.add_middleware(CurrentMessage())
         self.tracker: TrackerMiddleware = make_tracker(redis_url, namespace, **tracker_options)
         self.broker.add_middleware(self.tracker)
         self.broker.emit_after("process_boot")
-        self.worker = Worker(self.broker, worker_threads=4, worker_timeout=20)
+        self.worker = Worker(self.broker, worker_threads=threads, worker_timeout=20)
         self.started: list[str] = []
         self.running = 0
         self.most_running = 0
@@ -231,7 +231,9 @@ def test_until_executed_dropping_duplicates_never_runs_them(app: App, caplog: py
     assert app.locks() == []
 
 
-def test_until_executing_allows_a_duplicate_once_the_first_starts(app: App) -> None:
+def test_until_executing_allows_a_duplicate_once_the_first_starts(redis_url: str, namespaces: Namespaces) -> None:
+    # One worker thread: while the first runs, the second stays queued, holding the lock.
+    app = App(redis_url, namespaces.tracker, threads=1)
     gate = threading.Event()
 
     @app.actor(unique="until_executing")
@@ -250,6 +252,7 @@ def test_until_executing_allows_a_duplicate_once_the_first_starts(app: App) -> N
     app.drain()
     assert app.started == [first.message_id, second.message_id]
     assert app.locks() == []
+    app.close()
 
 
 def test_until_expired_holds_until_its_ttl(app: App) -> None:

@@ -19,20 +19,24 @@
 -- registered or was declared dead; else {"ok", the previous "worker
 -- id|token" recorded running this message or "", then the history's
 -- fields and values}.  A previous attempt that is still recorded keeps its
--- place in the running index: the caller decides whether it is a dead
--- worker's orphan to claim, or a live duplicate to wait for.
+-- place in the running index, and, when it runs in this same worker, its
+-- record: the caller decides whether it is a dead worker's orphan to claim,
+-- or a live duplicate to wait for.
 
 local worker_id, message_id = ARGV[1], ARGV[3]
 if redis.call("zscore", KEYS[2], worker_id) or redis.call("hexists", KEYS[1], worker_id) == 0 then
     return {"unregistered"}
 end
 
-local owner = worker_id .. "|" .. ARGV[2]
+local prefix = worker_id .. "|"
+local owner = prefix .. ARGV[2]
 local previous = redis.call("hget", KEYS[4], message_id) or ""
-redis.call("hset", KEYS[3], message_id, ARGV[4])
 if previous == "" or previous == owner then
     previous = ""
     redis.call("hset", KEYS[4], message_id, owner)
+end
+if string.sub(previous, 1, #prefix) ~= prefix then
+    redis.call("hset", KEYS[3], message_id, ARGV[4])
 end
 
 local result = {"ok", previous}

@@ -35,6 +35,20 @@ else:
     raise RuntimeError("unknown TEST_BROKER_KIND %r" % KIND)
 
 broker.add_middleware(CurrentMessage())
+
+#: With TEST_ABORTABLE=1, dramatiq-abort's middleware, its events in the report Redis.
+ABORTABLE = os.environ.get("TEST_ABORTABLE") == "1"
+if ABORTABLE:
+    from dramatiq_abort import Abortable
+    from dramatiq_abort.backends import RedisBackend
+
+    broker.add_middleware(
+        Abortable(
+            backend=RedisBackend(client=report, namespace=os.environ["TEST_ABORT_NAMESPACE"]),
+            abort_ttl=int(os.environ.get("TEST_ABORT_TTL", "90000")),
+        )
+    )
+
 tracker = TrackerMiddleware(
     url=os.environ["TEST_TRACKER_URL"],
     namespace=os.environ["TEST_TRACKER_NAMESPACE"],
@@ -42,6 +56,7 @@ tracker = TrackerMiddleware(
     heartbeat_timeout=int(os.environ.get("TEST_HEARTBEAT_TIMEOUT", "1000")),
     sweep_interval=int(os.environ.get("TEST_SWEEP_INTERVAL", "500")),
     flush_interval=int(os.environ.get("TEST_FLUSH_INTERVAL", "20")),
+    max_recoveries=int(os.environ.get("TEST_MAX_RECOVERIES", "3")),
 )
 broker.add_middleware(tracker)
 dramatiq.set_broker(broker)
@@ -69,12 +84,20 @@ def fast(index: int) -> None:
     _report("done")
 
 
-@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+@dramatiq.actor(queue_name=QUEUE, max_retries=0, on_recovery_exhausted="exhausted")
 def suicide(delay: float) -> None:
     """Kill this worker process, as the OOM killer would, after ``delay`` seconds of work."""
     _report("started")
     time.sleep(delay)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def exhausted(message: dict, info: dict) -> None:  # type: ignore[type-arg]
+    """The on_recovery_exhausted callback: reports the quarantined message's id."""
+    report.rpush(
+        "%s:exhausted" % REPORT_PREFIX, "%s|%d|%d" % (message["message_id"], info["recoveries"], info["max_recoveries"])
+    )
 
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=0)
@@ -98,3 +121,19 @@ def unique_running(index: int) -> None:
     _report("started")
     time.sleep(SLOW_SECONDS)
     _report("done")
+
+
+if ABORTABLE:
+    from dramatiq_abort import Abort
+
+    @dramatiq.actor(queue_name=QUEUE, max_retries=0, abortable=True, throws=(Abort,))
+    def abortable_sleep(seconds: float) -> None:
+        _report("started")
+        try:
+            # Short sleeps: an abort lands between two of them.
+            for _ in range(int(seconds * 20)):
+                time.sleep(0.05)
+        except Abort:
+            _report("aborted")
+            raise
+        _report("done")

@@ -1,0 +1,179 @@
+"""dramatiq-abort integration and zombie fencing, with real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.message import Message
+
+from dramatiq_tracker import TrackerMiddleware
+from dramatiq_tracker.events import TrackerEvent
+from dramatiq_tracker.store import TrackerStore
+
+from .conftest import FAST, Namespaces, events
+from .support import WorkerProcess, kill, wait_for
+from .test_recovery_redis import BOUND, wait_new_worker, wait_registered
+
+dramatiq_abort = pytest.importorskip("dramatiq_abort")
+pytestmark = [pytest.mark.slow, pytest.mark.abort]
+
+#: Long timings: recovery only comes from a worker booting on this host (the pid check).
+SLOW_EXPIRY = {"TEST_HEARTBEAT_INTERVAL": "10000", "TEST_HEARTBEAT_TIMEOUT": "60000", "TEST_SWEEP_INTERVAL": "30000"}
+
+
+def abort_env(names: Namespaces, ttl: int = 90_000) -> dict[str, str]:
+    return {"TEST_ABORTABLE": "1", "TEST_ABORT_NAMESPACE": "%s:aborts:" % names.broker, "TEST_ABORT_TTL": str(ttl)}
+
+
+class Producer:
+    """An application process: a broker with dramatiq-abort and (optionally) the tracker."""
+
+    def __init__(self, redis_url: str, names: Namespaces, *, ttl: int, tracked: bool) -> None:
+        from dramatiq_abort import Abortable
+        from dramatiq_abort.backends import RedisBackend
+
+        self.broker = RedisBroker(url=redis_url, namespace=names.broker)
+        self.abortable = Abortable(
+            backend=RedisBackend(client=self.broker.client, namespace="%s:aborts:" % names.broker), abort_ttl=ttl
+        )
+        self.broker.add_middleware(self.abortable)
+        self.tracker = TrackerMiddleware(url=redis_url, namespace=names.tracker, **FAST) if tracked else None
+        if self.tracker is not None:
+            self.broker.add_middleware(self.tracker)
+        self.broker.declare_queue(names.queue)
+        self.queue = names.queue
+
+    def send(self, actor_name: str, *args: object) -> str:
+        message = Message(queue_name=self.queue, actor_name=actor_name, args=args, kwargs={}, options={})
+        return self.broker.enqueue(message).message_id
+
+    def close(self) -> None:
+        self.broker.close()
+
+
+def kinds(store: TrackerStore, message_id: str = "") -> list[str]:
+    found = [TrackerEvent.from_fields(fields) for _, fields in store.events(1000)]
+    return [e.kind for e in reversed(found) if not message_id or e.message_id == message_id]
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, namespaces: Namespaces) -> TrackerStore:
+    return TrackerStore(redis_client, namespaces.tracker)
+
+
+@pytest.fixture
+def producers(redis_url: str, namespaces: Namespaces) -> Iterator[Callable[..., Producer]]:
+    made: list[Producer] = []
+
+    def make(*, ttl: int = 90_000, tracked: bool = True) -> Producer:
+        made.append(Producer(redis_url, namespaces, ttl=ttl, tracked=tracked))
+        return made[-1]
+
+    yield make
+    for producer in made:
+        producer.close()
+
+
+@pytest.mark.parametrize("mode", ["cancel", "abort"])
+def test_a_cancelled_message_whose_worker_dies_is_not_run_again_even_after_the_abort_ttl(
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    store: TrackerStore,
+    producers: Callable[..., Producer],
+    mode: str,
+) -> None:
+    # Given a worker running a long message, and a cancel or abort request of it that lives 500 ms
+    ttl = 500
+    spawn_worker(threads=1, env={**abort_env(namespaces, ttl), **SLOW_EXPIRY})
+    (victim,) = wait_registered(store, 1)
+    producer = producers(ttl=ttl)
+    message_id = producer.send("slow", 0)
+    wait_for(lambda: len(events(redis_client, namespaces, "started")) == 1, 20, message="running")
+    assert producer.tracker is not None
+    producer.tracker.abort(message_id, mode=mode)
+    # (an abort interrupts a running message at once; a cancel leaves it running)
+    time.sleep(0.3)
+
+    # When its worker is SIGKILLed, and it is recovered after dramatiq-abort forgot the request
+    kill(victim.pid)
+    time.sleep(ttl / 1000 + 0.5)
+    assert not redis_client.exists("%s:aborts:cancel:%s" % (namespaces.broker, message_id))
+    spawn_worker(threads=1, slow_seconds=0.1, env={**abort_env(namespaces, ttl), **SLOW_EXPIRY})
+    wait_new_worker(store, victim)
+
+    # Then it is dropped instead of delivered again
+    wait_for(lambda: "abort-honoured" in kinds(store, message_id), 10, message="abort honoured")
+    time.sleep(0.5)
+    assert len([e for e in events(redis_client, namespaces, "started") if e[0] == message_id]) == 1
+    assert redis_client.llen("%s:%s" % (namespaces.broker, namespaces.queue)) == 0
+    assert redis_client.hlen("%s:%s.msgs" % (namespaces.broker, namespaces.queue)) == 0
+    assert store.message_history(message_id)["abort"] == mode
+
+
+def test_a_cancel_sent_by_a_process_without_the_tracker_is_honoured_within_its_ttl(
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    store: TrackerStore,
+    producers: Callable[..., Producer],
+) -> None:
+    # Given a worker running a long message, cancelled by plain dramatiq-abort from an untracked process
+    spawn_worker(threads=1, env={**abort_env(namespaces), **SLOW_EXPIRY})
+    (victim,) = wait_registered(store, 1)
+    producer = producers(tracked=False)
+    message_id = producer.send("slow", 0)
+    wait_for(lambda: len(events(redis_client, namespaces, "started")) == 1, 20, message="running")
+    dramatiq_abort.abort(message_id, middleware=producer.abortable, mode=dramatiq_abort.middleware.AbortMode.CANCEL)
+
+    # When its worker is SIGKILLed and another boots
+    kill(victim.pid)
+    spawn_worker(threads=1, slow_seconds=0.1, env={**abort_env(namespaces), **SLOW_EXPIRY})
+
+    # Then the recovery sees the pending cancel without consuming it, and drops the message
+    wait_for(lambda: "abort-honoured" in kinds(store, message_id), 10, message="abort honoured")
+    assert redis_client.llen("%s:aborts:cancel:%s" % (namespaces.broker, message_id)) == 1
+    time.sleep(0.5)
+    assert len([e for e in events(redis_client, namespaces, "started") if e[0] == message_id]) == 1
+
+
+def test_a_zombies_abortable_copy_is_aborted_when_it_learns_it_was_declared_dead(
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    store: TrackerStore,
+    producers: Callable[..., Producer],
+) -> None:
+    # Given a worker running an abortable message, and a live worker
+    zombie = spawn_worker(threads=1, env=abort_env(namespaces))
+    (victim,) = wait_registered(store, 1)
+    producer = producers()
+    message_id = producer.send("abortable_sleep", 4)
+    wait_for(lambda: len(events(redis_client, namespaces, "started")) == 1, 20, message="running")
+    wait_for(lambda: len(store.inflight(victim.worker_id)) == 1, 5, message="recorded")
+    spawn_worker(threads=1, env=abort_env(namespaces))
+    survivor = wait_new_worker(store, victim)
+
+    # When it freezes past its heartbeat timeout, its message starts again elsewhere, and it resumes
+    os.kill(victim.pid, signal.SIGSTOP)
+    try:
+        wait_for(
+            lambda: any(e[1] == survivor.pid for e in events(redis_client, namespaces, "started")),
+            BOUND + 5,
+            message="the successor started",
+        )
+    finally:
+        os.kill(victim.pid, signal.SIGCONT)
+
+    # Then the zombie learns it, aborts its own copy, and the successor runs to completion
+    wait_for(lambda: any(e[1] == victim.pid for e in events(redis_client, namespaces, "aborted")), 10, message="abort")
+    wait_for(lambda: any(e[1] == survivor.pid for e in events(redis_client, namespaces, "done")), 15, message="done")
+    assert not [e for e in events(redis_client, namespaces, "done") if e[1] == victim.pid]
+    assert "zombie-detected" in kinds(store) and "zombie-aborted" in kinds(store, message_id)
+    assert "declared dead while it was alive" in zombie.output()

@@ -1,0 +1,103 @@
+"""A redelivery of a message still running on a live worker is not run beside it, and not lost."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+
+import pytest
+import redis
+from dramatiq.message import Message
+
+from dramatiq_tracker.events import TrackerEvent
+from dramatiq_tracker.store import TrackerStore
+
+from .conftest import Namespaces, events
+from .support import WorkerProcess, close_rabbitmq_connections, kill, wait_for
+from .test_recovery_rabbitmq import RABBITMQ_URL, rabbitmq  # noqa: F401 - the fixture
+from .test_recovery_redis import wait_new_worker, wait_registered
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.rabbitmq,
+    pytest.mark.skipif(not shutil.which("rabbitmqctl"), reason="needs rabbitmqctl to close a connection"),
+]
+
+
+def kinds(store: TrackerStore, message_id: str) -> list[str]:
+    found = [TrackerEvent.from_fields(fields) for _, fields in store.events(1000)]
+    return [e.kind for e in reversed(found) if e.message_id == message_id]
+
+
+def start_long_message(
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    broker: object,
+    store: TrackerStore,
+    seconds: float,
+) -> tuple[str, int, str]:
+    spawn_worker(kind="rabbitmq", threads=2, broker_url=RABBITMQ_URL)
+    (worker,) = wait_registered(store, 1)
+    message = Message(queue_name=namespaces.queue, actor_name="sleep", args=(seconds,), kwargs={}, options={})
+    message_id = broker.enqueue(message).message_id  # type: ignore[attr-defined]
+    wait_for(lambda: len(events(redis_client, namespaces, "started")) == 1, 20, message="running")
+    wait_for(lambda: message_id in store.inflight(worker.worker_id), 5, message="recorded")
+    return message_id, worker.pid, worker.worker_id
+
+
+def test_a_rabbitmq_redelivery_of_a_running_message_waits_for_it_instead_of_running_beside_it(
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    rabbitmq: object,  # noqa: F811
+) -> None:
+    store = TrackerStore(redis_client, namespaces.tracker)
+    # Given a worker running a 4 s message
+    message_id, pid, _ = start_long_message(redis_client, namespaces, spawn_worker, rabbitmq, store, 4)
+
+    # When its connection is closed under it (as RabbitMQ's consumer_timeout does): the server redelivers
+    assert close_rabbitmq_connections(pid) >= 1
+
+    # Then the redelivery is put off, not run beside the running copy
+    wait_for(lambda: "duplicate-deferred" in kinds(store, message_id), 10, message="deferred")
+    # And once the running copy completes, the put-off delivery is dropped: the message ran once
+    wait_for(lambda: "duplicate-dropped" in kinds(store, message_id), 15, message="dropped")
+    assert [e[0] for e in events(redis_client, namespaces, "started")] == [message_id]
+    assert [e[0] for e in events(redis_client, namespaces, "done")] == [message_id]
+
+
+def test_a_put_off_redelivery_is_not_lost_if_the_running_copy_then_dies(
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    rabbitmq: object,  # noqa: F811
+) -> None:
+    store = TrackerStore(redis_client, namespaces.tracker)
+    # Given a running message whose redelivery was put off behind it
+    message_id, pid, worker_id = start_long_message(redis_client, namespaces, spawn_worker, rabbitmq, store, 60)
+    assert close_rabbitmq_connections(pid) >= 1
+    wait_for(lambda: "duplicate-deferred" in kinds(store, message_id), 10, message="deferred")
+    spawn_worker(kind="rabbitmq", threads=2, broker_url=RABBITMQ_URL, slow_seconds=0.1)
+    survivor = wait_new_worker(store, *[w for w in _registered(store) if w.worker_id == worker_id])
+
+    # When the worker running it dies
+    kill(pid)
+
+    # Then the put-off delivery runs it again, as the dead worker's orphan
+    wait_for(
+        lambda: any(e[1] == survivor.pid for e in events(redis_client, namespaces, "started")),
+        15,
+        message="recovered run",
+    )
+    assert "recovered" in kinds(store, message_id)
+    time.sleep(1)
+    starts = [e for e in events(redis_client, namespaces, "started") if e[0] == message_id]
+    assert [e[1] for e in starts] == [pid, survivor.pid]
+
+
+def _registered(store: TrackerStore) -> list:  # type: ignore[type-arg]
+    from dramatiq_tracker.records import WorkerInfo
+
+    return [WorkerInfo.from_json(raw) for raw in store.workers().values()]
