@@ -205,14 +205,17 @@ class InflightRecorder(PeriodicThread):
             return
         self._last_attempt = started = time.monotonic()
         try:
+            wrote = True
             if self._resync_needed:
                 self.register()
             else:
-                self.flush()
+                wrote = self.flush()
         except redis.RedisError as e:
             self.health.failed("writing in-flight records", e)
         else:
-            self.health.succeeded(started)
+            # A tick with nothing to write says nothing about the tracker's Redis.
+            if wrote:
+                self.health.succeeded(started)
 
     def register(self) -> str:
         """Register this worker with every attempt in flight (``lua/register.lua``).
@@ -238,8 +241,14 @@ class InflightRecorder(PeriodicThread):
         self.logger.debug("Registered worker %r with %d messages in flight.", self.worker_id, len(deliveries))
         return status
 
-    def flush(self) -> None:
+    def flush(self, *, everything: bool = False) -> bool:
         """Write what started and ended since the last flush (``lua/flush.lua``).
+
+        Parameters:
+          everything(bool): Also write what began less than a flush interval ago (at shutdown).
+
+        Returns:
+          bool: Whether there was anything to write.
 
         Raises:
           redis.RedisError: When the tracker's Redis is unreachable; nothing is lost.
@@ -247,15 +256,15 @@ class InflightRecorder(PeriodicThread):
         with self._lock:
             self._generation += 1
             if not self._unwritten and not self._ended:
-                return
+                return False
             # Only what began before the previous flush: it has run for a whole interval.
-            settled = self._generation - 2
+            settled = self._generation if everything else self._generation - 2
             started = [d for d in self._unwritten.values() if d.generation <= settled and not d.zombie]
             for delivery in started:
                 del self._unwritten[delivery.token]
             ended, self._ended = self._ended, []
             if not started and not ended:
-                return
+                return False
         worker_id = self.worker_id
         try:
             written = self.store.flush(
@@ -273,6 +282,7 @@ class InflightRecorder(PeriodicThread):
         if not written:
             # Not registered (the tracker's Redis lost it) or declared dead: register() tells which.
             self.request_resync()
+        return True
 
     def fence(self) -> None:
         """This worker was declared dead while alive: continue under a new identity.

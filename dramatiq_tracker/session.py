@@ -195,7 +195,7 @@ class WorkerSession:
         try:
             if self.recorder.needs_registration:
                 self.recorder.register()
-            self.recorder.flush()
+            self.recorder.flush(everything=True)
             left = self.store.deregister(self.recorder.info)
         except redis.RedisError as e:
             self.logger.warning(
