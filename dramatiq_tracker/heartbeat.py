@@ -44,6 +44,13 @@ class Heartbeat(PeriodicThread):
         self.settings = settings
         self.health = health
         self.recorder = recorder
+        #: When the last heartbeat went through (time.monotonic()).
+        self.last_beat = time.monotonic()
+
+    @property
+    def fresh(self) -> bool:
+        """Whether this worker's heartbeat went through within the last two intervals."""
+        return time.monotonic() - self.last_beat < 2 * self.interval / 1000
 
     def next_interval(self) -> float:
         if self.health.is_down:
@@ -58,6 +65,8 @@ class Heartbeat(PeriodicThread):
             self.health.failed("heartbeat", e)
             return
         self.health.succeeded(started)
+        if status == "ok":
+            self.last_beat = time.monotonic()
         if status == "fenced":
             self.recorder.request_resync()
         elif status == "unknown":

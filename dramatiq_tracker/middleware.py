@@ -249,6 +249,7 @@ class TrackerMiddleware(Middleware):
         if self._recovery_instance is None:
             handling = OrphanHandling(self.cleaners, self.events, self._quarantine_of(broker), self._aborts(broker))
             self._recovery_instance = Recovery(broker, self._bind(broker), self.settings, handling)
+            self._recovery_instance.own_worker_id = lambda: self.worker_id
         return self._recovery_instance
 
     def _quarantine_of(self, broker: Broker) -> Quarantine:

@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -82,6 +83,8 @@ class Recovery:
         self.redelivery = redelivery_for(self.facts.kind, broker, store, settings, handling)
         self.host = HostFacts.current()
         self._reported: set[str] = set()
+        #: This process's worker id while it runs one: a worker never recovers itself.
+        self.own_worker_id: Callable[[], str | None] = lambda: None
 
     def sweep(self) -> RecoveryReport:
         """Recover every dead worker we can see: local ones at once, others when their heartbeat expired."""
@@ -126,6 +129,9 @@ class Recovery:
           redis.RedisError: When the tracker's or the broker's Redis fails; nothing is lost.
         """
         report = RecoveryReport()
+        if worker_id == self.own_worker_id():
+            # Our own heartbeat is late: we are the one in trouble, not a corpse to recover.
+            return report
         raw = self.store.registration(worker_id)
         info = None if raw is None else self._parse(worker_id, raw)
         if info is None:
@@ -339,12 +345,20 @@ class Sweeper(PeriodicThread):
     live workers have had two heartbeat intervals to renew theirs.
     """
 
-    def __init__(self, recovery: Recovery, store: TrackerStore, settings: TrackerSettings, health: ConnectionHealth):
+    def __init__(
+        self,
+        recovery: Recovery,
+        store: TrackerStore,
+        settings: TrackerSettings,
+        health: ConnectionHealth,
+        heartbeat_fresh: Callable[[], bool] = lambda: True,
+    ):
         super().__init__("dramatiq-tracker-sweeper", settings.sweep_interval)
         self.recovery = recovery
         self.store = store
         self.settings = settings
         self.health = health
+        self.heartbeat_fresh = heartbeat_fresh
         self.token = uuid.uuid4().hex
         self._booted = False
 
@@ -352,7 +366,11 @@ class Sweeper(PeriodicThread):
         started = time.monotonic()
         try:
             self.recovery.recover_local()
-            if not self._booted or self._holds_lease():
+            if not self.heartbeat_fresh():
+                # A worker whose own heartbeat is late may be the one declared dead: it leaves
+                # judging others to healthy workers.
+                self.store.release_lease(self.token)
+            elif not self._booted or self._holds_lease():
                 if self.health.settled_for(2 * self.settings.heartbeat_interval / 1000):
                     self.recovery.recover_expired()
                 self.recovery.retry_outbox()

@@ -91,7 +91,7 @@ class WorkerSession:
         )
         self.heartbeat = Heartbeat(store, settings, self.health, self.recorder)
         self.recovery = recovery
-        self.sweeper = Sweeper(self.recovery, store, settings, self.health)
+        self.sweeper = Sweeper(self.recovery, store, settings, self.health, lambda: self.heartbeat.fresh)
         self.health.on_reconnect.append(self.recorder.request_resync)
 
     @property

@@ -137,3 +137,48 @@ if ABORTABLE:
             _report("aborted")
             raise
         _report("done")
+
+
+def _pause_heartbeat(seconds: float) -> None:
+    """Stall this process's tracker heartbeat thread for ``seconds``, as a partition would, while
+    everything else keeps running (a test hook: it reaches into the tracker's session)."""
+    session = tracker._session
+    assert session is not None
+    heartbeat = session.heartbeat
+    original = heartbeat.tick
+    resume_at = time.monotonic() + seconds
+
+    def stalled_tick() -> None:
+        time.sleep(max(0.0, resume_at - time.monotonic()))
+        heartbeat.tick = original  # type: ignore[method-assign]
+        original()
+
+    heartbeat.tick = stalled_tick  # type: ignore[method-assign]
+
+
+def _partitioned(seconds: float, pause: float) -> None:
+    _report("started")
+    # Only the first attempt stalls its worker's heartbeat; the recovered copy runs normally.
+    message = CurrentMessage.get_current_message()
+    if message is not None and "tracker_recoveries" not in message.options:
+        _pause_heartbeat(pause)
+    for _ in range(int(seconds * 20)):
+        time.sleep(0.05)
+    _report("done")
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0, unique=True)
+def partitioned(seconds: float, pause: float) -> None:
+    """Run ``seconds`` while this worker's heartbeat stalls for ``pause`` seconds."""
+    _partitioned(seconds, pause)
+
+
+if ABORTABLE:
+
+    @dramatiq.actor(queue_name=QUEUE, max_retries=0, unique=True, abortable=True, throws=(Abort,))
+    def abortable_partitioned(seconds: float, pause: float) -> None:
+        try:
+            _partitioned(seconds, pause)
+        except Abort:
+            _report("aborted")
+            raise
