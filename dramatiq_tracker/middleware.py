@@ -1,28 +1,20 @@
-"""TrackerMiddleware: the hooks.  Every Redis operation is delegated."""
+"""TrackerMiddleware: its settings, its public API, and its hooks, all delegated to the runtime."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import dramatiq
 import redis
 from dramatiq.logging import get_logger
-from dramatiq.middleware import Middleware, SkipMessage
+from dramatiq.middleware import Middleware
 
-from .abort import AbortBridge
-from .connection import client_from_url, resolve_client
-from .errors import ConfigurationError, TrackerError, TrackerNotConfigured
-from .events import EventCallback, Events, TrackerEvent
-from .health import ConnectionHealth
-from .orphans import LockCleaner, LockCleaners, OrphanHandling, RecoveryReport
+from .connection import client_from_url
+from .errors import ConfigurationError
+from .events import EventCallback, TrackerEvent
+from .orphans import LockCleaner, LockCleaners, RecoveryReport
 from .quarantine import OPTIONS as QUARANTINE_OPTIONS
-from .quarantine import Quarantine
-from .quarantine import validate_options as validate_quarantine_options
-from .recorder import FAIL, Delivery
-from .recovery import Recovery
-from .session import WorkerSession
+from .runtime import TrackerRuntime
 from .settings import (
     DEFAULT_EVENTS_MAXLEN,
     DEFAULT_FLUSH_INTERVAL,
@@ -35,7 +27,7 @@ from .settings import (
     TrackerSettings,
 )
 from .store import LockInfo, TrackerStore
-from .unique import DEFAULT_UNIQUE_DELAY, UniqueAttempt, Uniqueness, attempt_of, validate_defaults
+from .unique import DEFAULT_UNIQUE_DELAY, validate_defaults
 from .unique import OPTIONS as UNIQUE_OPTIONS
 
 if TYPE_CHECKING:
@@ -120,8 +112,8 @@ class TrackerMiddleware(Middleware):
             raise ConfigurationError("url", "give either client or url, not both")
         if client is not None and not isinstance(client, redis.Redis):
             raise ConfigurationError("client", "must be a redis.Redis client, got %r" % (client,))
-        #: Whether the tracker made its client, and so closes it when its worker stops.
-        self._owns_client = client is None
+        # The tracker closes the client it makes when its worker stops.
+        owns_client = client is None
         if url is not None:
             client = client_from_url(url)
         for cleaner in lock_cleaners:
@@ -143,21 +135,12 @@ class TrackerMiddleware(Middleware):
                 raise ConfigurationError("on_event", "%r is not callable" % (callback,))
 
         self.cleaners = LockCleaners(lock_cleaners)
-        self.health = ConnectionHealth()
-        self.uniqueness = Uniqueness(unique_defaults, lambda: self.store, self.health)
-        self.events = Events(lambda: self.store, self.health, events_maxlen, lambda: self.worker_id)
+        self.runtime = TrackerRuntime(
+            self, self.settings, client, owns_client, self.cleaners, unique_defaults, events_maxlen
+        )
+        self.events = self.runtime.events
         for callback in callbacks:
             self.events.subscribe(callback)
-        self._client = client
-        self._store: TrackerStore | None = None
-        self._broker: Broker | None = None
-        self._session: WorkerSession | None = None
-        self._recovery_instance: Recovery | None = None
-        self._quarantine: Quarantine | None = None
-        self._abort_bridge: AbortBridge | None = None
-        self._session_lock = threading.Lock()
-        self._local = threading.local()
-        self._actor_tracks: dict[str, bool] = {}
 
     @property
     def actor_options(self) -> set[str]:
@@ -170,15 +153,14 @@ class TrackerMiddleware(Middleware):
         """The tracker's Redis operations (for the CLI and tests).
 
         Raises:
-          TrackerError: Before the middleware is added to a broker and used.
+          TrackerError: Before the middleware is added to a broker.
         """
-        return self._store or self._bind(self._find_broker())
+        return self.runtime.store
 
     @property
     def worker_id(self) -> str | None:
         """This process's worker id while a Worker runs, else None."""
-        session = self._session
-        return session.worker_id if session else None
+        return self.runtime.worker_id
 
     def add_lock_cleaner(self, cleaner: LockCleaner) -> None:
         """Register a function called with each running orphan before it is delivered again.
@@ -228,10 +210,7 @@ class TrackerMiddleware(Middleware):
         """
         if mode not in ("cancel", "abort"):
             raise ConfigurationError("mode", "must be 'cancel' or 'abort', got %r" % (mode,))
-        aborts = self._aborts(self._find_broker())
-        if not aborts.available:
-            raise TrackerNotConfigured("Aborting a message needs dramatiq-abort's Abortable middleware on the broker.")
-        aborts.abort(message_id, mode, abort_timeout)
+        self.runtime.abort(message_id, mode, abort_timeout)
 
     def recover(self) -> RecoveryReport:
         """Recover dead workers now, without waiting for the periodic sweep.
@@ -243,120 +222,33 @@ class TrackerMiddleware(Middleware):
           TrackerError: Before the middleware is added to a broker.
           redis.RedisError: When the tracker's or the broker's Redis fails; nothing is lost.
         """
-        return self._recovery(self._find_broker()).sweep()
-
-    def _recovery(self, broker: Broker) -> Recovery:
-        if self._recovery_instance is None:
-            handling = OrphanHandling(self.cleaners, self.events, self._quarantine_of(broker), self._aborts(broker))
-            self._recovery_instance = Recovery(broker, self._bind(broker), self.settings, handling)
-            self._recovery_instance.own_worker_id = lambda: self.worker_id
-        return self._recovery_instance
-
-    def _quarantine_of(self, broker: Broker) -> Quarantine:
-        if self._quarantine is None:
-            self._quarantine = Quarantine(broker, self.settings.max_recoveries)
-        return self._quarantine
-
-    def _aborts(self, broker: Broker) -> AbortBridge:
-        # Looked for again until found: Abortable may be added to the broker after the tracker.
-        if self._abort_bridge is None or not self._abort_bridge.available:
-            self._abort_bridge = AbortBridge(broker, self._remember_abort)
-        return self._abort_bridge
-
-    def _remember_abort(self, message_id: str, mode: str) -> None:
-        self.store.remember_abort(message_id, mode, self.settings.history_ttl)
-
-    def _find_broker(self) -> Broker:
-        # Dramatiq tells a middleware its broker only through hooks; before any, the global broker may be ours.
-        if self._broker is not None:
-            return self._broker
-        broker = dramatiq.get_broker()
-        if self not in broker.middleware:
-            raise TrackerError("This tracker is not added to a broker yet; add it with broker.add_middleware().")
-        return broker
+        return self.runtime.recovery().sweep()
 
     # Hooks ----------------------------------------------------------------------
 
-    def _bind(self, broker: Broker) -> TrackerStore:
-        if self._store is None:
-            self._broker = broker
-            if self._client is None:
-                self._client = resolve_client(broker)
-                self._owns_client = self._client is not getattr(broker, "client", None)
-            self._store = TrackerStore(self._client, self.settings.namespace)
-        return self._store
+    def before_declare_actor(self, broker: Broker, actor: Actor[Any, Any]) -> None:
+        self.runtime.validate_actor(actor.actor_name, actor.options)
 
-    def after_declare_actor(self, broker: Broker, actor: Any) -> None:
-        self._bind(broker)
+    def after_declare_actor(self, broker: Broker, actor: Actor[Any, Any]) -> None:
+        self.runtime.bind(broker)
 
     def after_declare_queue(self, broker: Broker, queue_name: str) -> None:
-        self._bind(broker)
-        session = self._session
-        if session is not None:
-            session.queue_declared(queue_name)
+        self.runtime.queue_declared(broker, queue_name)
 
     def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
-        store = self._bind(broker)
-        self._aborts(broker)
-        with self._session_lock:
-            if self._session is None:
-                self._session = WorkerSession(broker, worker, store, self.settings, self._recovery(broker), self.health)
-                self._session.start()
+        self.runtime.start_session(broker, worker)
 
     def before_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
-        session = self._session
-        if session is not None:
-            session.stop_sweeping()
+        self.runtime.stop_sweeping()
 
     def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
-        with self._session_lock:
-            session, self._session = self._session, None
-        if session is not None:
-            session.stop()
-        if self._owns_client and self._client is not None:
-            # It reconnects by itself should the tracker be used again.
-            self._client.close()
-
-    def _tracks(self, broker: Broker, actor_name: str, options: dict[str, Any]) -> bool:
-        # The hot path: a message option rarely overrides the actor's, so look the actor's up once.
-        track = options.get("track")
-        if track is not None:
-            return bool(track)
-        tracks = self._actor_tracks.get(actor_name)
-        if tracks is None:
-            actor = broker.actors.get(actor_name)
-            tracks = self._actor_tracks[actor_name] = bool(actor.options.get("track", True) if actor else True)
-        return tracks
-
-    def before_declare_actor(self, broker: Broker, actor: Actor[Any, Any]) -> None:
-        validate_quarantine_options(actor.options)
-        self.uniqueness.validate_actor(actor.actor_name, actor.options)
+        self.runtime.stop_session()
 
     def before_enqueue(self, broker: Broker, message: Message[Any], delay: int) -> None:
-        self._bind(broker)
-        if not QUARANTINE_OPTIONS.isdisjoint(message.options):
-            validate_quarantine_options(message.options)
-        self.uniqueness.before_enqueue(broker, message, getattr(self._local, "unique", None))
+        self.runtime.before_enqueue(broker, message)
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
-        local, session = self._local, self._session
-        delivery: Delivery | None = getattr(local, "delivery", None)
-        if delivery is not None and session is not None:
-            session.end(delivery)
-        local.delivery = local.unique = delivery = None
-        options, actor_name = message.options, message.actor_name
-        if session is not None and self._tracks(broker, actor_name, options):
-            max_recoveries = self._quarantine_of(broker).max_recoveries(actor_name, options)
-            local.delivery = delivery = session.begin(message, options, max_recoveries)
-            if delivery.verdict is not None:
-                # Decided before it runs: a duplicate, a quarantined or a cancelled message.
-                if delivery.verdict == FAIL:
-                    message.fail()
-                raise SkipMessage()
-        if self.uniqueness.applies(broker, actor_name, options):
-            attempt = delivery.recoveries if delivery is not None else attempt_of(options)
-            worker_id = session.worker_id if session is not None else ""
-            local.unique = self.uniqueness.before_process(broker, message, attempt, worker_id)
+        self.runtime.before_process(broker, message)
 
     def after_process_message(
         self,
@@ -366,31 +258,16 @@ class TrackerMiddleware(Middleware):
         result: Any | None = None,
         exception: BaseException | None = None,
     ) -> None:
-        state: UniqueAttempt | None = getattr(self._local, "unique", None)
-        if state is not None and state.message_id == message.message_id:
-            self.uniqueness.after_process(state)
+        self.runtime.after_process(message)
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
-        self.after_process_message(broker, message)
-
-    def _end(self, message: MessageProxy) -> None:
-        state: UniqueAttempt | None = getattr(self._local, "unique", None)
-        if state is not None and state.message_id == message.message_id:
-            self._local.unique = None
-            self.uniqueness.after_done(state)
-        delivery: Delivery | None = getattr(self._local, "delivery", None)
-        if delivery is None or delivery.message is not message:
-            return
-        self._local.delivery = None
-        session = self._session
-        if session is not None:
-            session.end(delivery)
+        self.runtime.after_process(message)
 
     def after_ack(self, broker: Broker, message: MessageProxy) -> None:
-        self._end(message)
+        self.runtime.end(message)
 
     def after_nack(self, broker: Broker, message: MessageProxy) -> None:
-        self._end(message)
+        self.runtime.end(message)
 
 
 #: A shorter name, after Dramatiq's own middleware (``Retries``, ``TimeLimit``).

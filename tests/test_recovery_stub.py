@@ -54,11 +54,11 @@ class App:
 
     def die(self) -> None:
         """What SIGKILL does to the tracker: its threads stop, nothing is deregistered."""
-        session = self.tracker._session
+        session = self.tracker.runtime._session
         assert session is not None
         for thread in (session.sweeper, session.heartbeat, session.recorder):
             thread.stop()
-        self.tracker._session = None
+        self.tracker.runtime._session = None
 
 
 @pytest.fixture

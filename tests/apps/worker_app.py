@@ -142,7 +142,7 @@ if ABORTABLE:
 def _pause_heartbeat(seconds: float) -> None:
     """Stall this process's tracker heartbeat thread for ``seconds``, as a partition would, while
     everything else keeps running (a test hook: it reaches into the tracker's session)."""
-    session = tracker._session
+    session = tracker.runtime._session
     assert session is not None
     heartbeat = session.heartbeat
     original = heartbeat.tick
