@@ -122,3 +122,31 @@ def test_the_global_recover_function_uses_the_brokers_tracker(
     assert len(recover(broker).recovered) == 2
     dramatiq.set_broker(broker)
     assert recover().recovered == []
+
+
+def test_a_dead_workers_delayed_messages_go_back_to_their_delay_queue_unchanged(
+    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces
+) -> None:
+    broker = redis_broker
+    tracker = TrackerMiddleware(client=redis_client, namespace=namespaces.tracker)
+    broker.add_middleware(tracker)
+    dramatiq.set_broker(broker)
+    queue = namespaces.queue
+    # Given a dead worker that held a delayed message (fetched from the delay queue, waiting for its eta)
+    info, _ = fake_dead_worker(broker, tracker, queue, 1, running=0)
+    delayed = broker.enqueue(
+        Message(queue_name=queue, actor_name="work", args=(9,), kwargs={}, options={}), delay=60_000
+    )
+    dead = RedisBroker(client=broker.client, namespace=broker.namespace)
+    dead.broker_id = info.broker_id
+    dead.do_fetch(queue + ".DQ", 1)
+    assert redis_client.scard("%s:__acks__.%s.%s.DQ" % (namespaces.broker, info.broker_id, queue)) == 1
+
+    # When it is recovered
+    report = tracker.recover()
+
+    # Then the delayed message is back on the delay queue, unchanged, and the other one on its queue
+    assert delayed.message_id in report.message_ids and len(report.message_ids) == 2
+    (redis_id,) = redis_client.lrange("%s:%s.DQ" % (namespaces.broker, queue), 0, -1)
+    payload = redis_client.hget("%s:%s.DQ.msgs" % (namespaces.broker, queue), redis_id)
+    assert Message.decode(payload) == delayed
