@@ -212,6 +212,13 @@ class TrackerMiddleware(Middleware):
             raise ConfigurationError("mode", "must be 'cancel' or 'abort', got %r" % (mode,))
         self.runtime.abort(message_id, mode, abort_timeout)
 
+    def close(self) -> None:
+        """Close the tracker's Redis connections, if the tracker made its client.
+
+        Workers do it when they stop; producers may call it when they are done.
+        """
+        self.runtime.close()
+
     def recover(self) -> RecoveryReport:
         """Recover dead workers now, without waiting for the periodic sweep.
 

@@ -181,8 +181,11 @@ class TrackerRuntime:
             session, self._session = self._session, None
         if session is not None:
             session.stop()
+        self.close()
+
+    def close(self) -> None:
+        """Close the tracker's Redis client if the tracker made it; it reconnects if used again."""
         if self._owns_client and self._client is not None:
-            # It reconnects by itself should the tracker be used again.
             self._client.close()
 
     # Around each message ----------------------------------------------------------------

@@ -105,6 +105,15 @@ def redis_broker(redis_url: str, namespaces: Namespaces) -> Iterator[RedisBroker
 
 
 @pytest.fixture
+def tracker(redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces) -> TrackerMiddleware:
+    """A tracker on ``redis_broker`` (made the global broker), its keys in the test's namespace."""
+    tracker = TrackerMiddleware(client=redis_client, namespace=namespaces.tracker)
+    redis_broker.add_middleware(tracker)
+    dramatiq.set_broker(redis_broker)
+    return tracker
+
+
+@pytest.fixture
 def stub_broker() -> Iterator[StubBroker]:
     broker = StubBroker()
     broker.emit_after("process_boot")

@@ -43,7 +43,9 @@ class Producer:
             backend=RedisBackend(client=self.broker.client, namespace="%s:aborts:" % names.broker), abort_ttl=ttl
         )
         self.broker.add_middleware(self.abortable)
-        self.tracker = TrackerMiddleware(url=redis_url, namespace=names.tracker, **FAST) if tracked else None
+        self.tracker = (
+            TrackerMiddleware(client=self.broker.client, namespace=names.tracker, **FAST) if tracked else None
+        )
         if self.tracker is not None:
             self.broker.add_middleware(self.tracker)
         self.broker.declare_queue(names.queue)

@@ -19,12 +19,13 @@ from .fakes import fake_dead_worker
 
 
 def test_an_unreadable_record_of_a_dead_worker_is_skipped_and_its_message_still_delivered(
-    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, caplog: pytest.LogCaptureFixture
+    redis_broker: RedisBroker,
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    caplog: pytest.LogCaptureFixture,
+    tracker: TrackerMiddleware,
 ) -> None:
     broker = redis_broker
-    tracker = TrackerMiddleware(client=redis_client, namespace=namespaces.tracker)
-    broker.add_middleware(tracker)
-    dramatiq.set_broker(broker)
     queue = namespaces.queue
     info, messages = fake_dead_worker(broker, tracker, queue, 4)
     # Given one of its records was corrupted
@@ -42,12 +43,13 @@ def test_an_unreadable_record_of_a_dead_worker_is_skipped_and_its_message_still_
 
 
 def test_an_undecodable_payload_is_moved_back_unchanged(
-    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, caplog: pytest.LogCaptureFixture
+    redis_broker: RedisBroker,
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    caplog: pytest.LogCaptureFixture,
+    tracker: TrackerMiddleware,
 ) -> None:
     broker = redis_broker
-    tracker = TrackerMiddleware(client=redis_client, namespace=namespaces.tracker)
-    broker.add_middleware(tracker)
-    dramatiq.set_broker(broker)
     queue = namespaces.queue
     _, messages = fake_dead_worker(broker, tracker, queue, 3)
     # Given a foreign payload that the current encoder cannot decode
@@ -64,12 +66,12 @@ def test_an_undecodable_payload_is_moved_back_unchanged(
 
 
 def test_an_unreadable_registration_is_reported_once_and_left_alone(
-    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, caplog: pytest.LogCaptureFixture
+    redis_broker: RedisBroker,
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    caplog: pytest.LogCaptureFixture,
+    tracker: TrackerMiddleware,
 ) -> None:
-    broker = redis_broker
-    tracker = TrackerMiddleware(client=redis_client, namespace=namespaces.tracker)
-    broker.add_middleware(tracker)
-    dramatiq.set_broker(broker)
     here = HostFacts.current()
     keys = tracker.store.keys
     redis_client.hset(keys.workers, "foreign", "{not json")
@@ -88,12 +90,9 @@ def test_an_unreadable_registration_is_reported_once_and_left_alone(
 
 
 def test_registered_recoveries_mark_the_redelivered_payload(
-    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces
+    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, tracker: TrackerMiddleware
 ) -> None:
     broker = redis_broker
-    tracker = TrackerMiddleware(client=redis_client, namespace=namespaces.tracker)
-    broker.add_middleware(tracker)
-    dramatiq.set_broker(broker)
     queue = namespaces.queue
     _, messages = fake_dead_worker(broker, tracker, queue, 3)
 
@@ -110,12 +109,9 @@ def test_registered_recoveries_mark_the_redelivered_payload(
 
 
 def test_the_global_recover_function_uses_the_brokers_tracker(
-    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces
+    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, tracker: TrackerMiddleware
 ) -> None:
     broker = redis_broker
-    tracker = TrackerMiddleware(client=redis_client, namespace=namespaces.tracker)
-    broker.add_middleware(tracker)
-    dramatiq.set_broker(broker)
     fake_dead_worker(broker, tracker, namespaces.queue, 2)
     from dramatiq_tracker import recover
 
@@ -125,12 +121,9 @@ def test_the_global_recover_function_uses_the_brokers_tracker(
 
 
 def test_a_dead_workers_delayed_messages_go_back_to_their_delay_queue_unchanged(
-    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces
+    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, tracker: TrackerMiddleware
 ) -> None:
     broker = redis_broker
-    tracker = TrackerMiddleware(client=redis_client, namespace=namespaces.tracker)
-    broker.add_middleware(tracker)
-    dramatiq.set_broker(broker)
     queue = namespaces.queue
     # Given a dead worker that held a delayed message (fetched from the delay queue, waiting for its eta)
     info, _ = fake_dead_worker(broker, tracker, queue, 1, running=0)

@@ -68,13 +68,10 @@ def test_invalid_event_settings_fail_at_construction() -> None:
 
 
 def test_aborting_without_dramatiq_abort_says_what_is_missing(
-    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces
+    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, tracker: TrackerMiddleware
 ) -> None:
     from dramatiq_tracker import TrackerNotConfigured
 
-    tracker = TrackerMiddleware(client=redis_client, namespace=namespaces.tracker)
-    redis_broker.add_middleware(tracker)
-    dramatiq.set_broker(redis_broker)
     with pytest.raises(TrackerNotConfigured, match="Abortable"):
         tracker.abort("some-message")
     with pytest.raises(ConfigurationError) as info:

@@ -73,6 +73,7 @@ def apps(redis_url: str, namespaces: Namespaces) -> Iterator[tuple[App, App, lis
         app.release.set()
         app.worker.stop(5000)
         app.broker.close()
+        app.tracker.close()
 
 
 def test_a_dead_workers_running_messages_are_enqueued_again_exactly_once(
@@ -259,3 +260,4 @@ def test_an_at_most_once_message_of_a_dead_worker_is_dead_lettered_not_run_again
             app.release.set()
             app.worker.stop(5000)
             app.broker.close()
+            app.tracker.close()

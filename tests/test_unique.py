@@ -67,6 +67,7 @@ class App:
     def close(self) -> None:
         self.worker.stop(5000)
         self.broker.close()
+        self.tracker.close()
 
 
 @pytest.fixture

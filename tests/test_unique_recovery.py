@@ -166,7 +166,7 @@ def test_without_unique_actors_no_lock_key_is_ever_touched(
 def unique_producer(redis_url: str, names: Namespaces) -> tuple[RedisBroker, dict[str, dramatiq.Actor[..., None]]]:
     """A producer with the worker app's unique actors (tests/apps/worker_app.py), so that send() locks."""
     broker = RedisBroker(url=redis_url, namespace=names.broker)
-    broker.add_middleware(TrackerMiddleware(url=redis_url, namespace=names.tracker))
+    broker.add_middleware(TrackerMiddleware(client=broker.client, namespace=names.tracker))
     actors = {
         "unique_slow": dramatiq.actor(lambda index: None, broker=broker, actor_name="unique_slow",
                                       queue_name=names.queue, unique=True),

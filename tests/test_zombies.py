@@ -54,7 +54,7 @@ def test_a_worker_whose_heartbeat_stalls_is_fenced_and_its_late_completion_chang
     zombie = spawn_worker(threads=1, env={**env, "dramatiq_queue_prefetch": "1"})
     (victim,) = wait_registered(store, 1)
     producer = RedisBroker(url=redis_url, namespace=namespaces.broker)
-    producer.add_middleware(TrackerMiddleware(url=redis_url, namespace=namespaces.tracker, **FAST))
+    producer.add_middleware(TrackerMiddleware(client=producer.client, namespace=namespaces.tracker, **FAST))
     actor = dramatiq.actor(
         lambda seconds, pause: None, broker=producer, actor_name=actor_name, queue_name=namespaces.queue, unique=True
     )
