@@ -14,7 +14,7 @@ from dramatiq.brokers.stub import StubBroker
 
 from dramatiq_tracker import TrackerMiddleware
 
-from .support import WorkerProcess, delete_matching, find_redis_url, unique
+from .support import WorkerProcess, close_redis_broker, delete_matching, find_redis_url, unique
 
 #: Short timings, so that a dead worker is recovered within 1.5 s.
 FAST = {"heartbeat_interval": 200, "heartbeat_timeout": 1000, "sweep_interval": 500, "flush_interval": 20}
@@ -101,7 +101,7 @@ def redis_broker(redis_url: str, namespaces: Namespaces) -> Iterator[RedisBroker
     """A RedisBroker on the test's own broker namespace."""
     broker = RedisBroker(url=redis_url, namespace=namespaces.broker)
     yield broker
-    broker.close()
+    close_redis_broker(broker)
 
 
 @pytest.fixture

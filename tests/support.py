@@ -208,3 +208,11 @@ def close_rabbitmq_connections(pid: int) -> int:
             subprocess.run(["rabbitmqctl", "close_connection", connection, "test"], capture_output=True, check=True)
             closed += 1
     return closed
+
+
+def close_redis_broker(broker: Any) -> None:
+    """RedisBroker.close() leaves its client open, and a client given its pool (as RedisBroker
+    makes it from a URL) leaves the pool open when closed: close all three."""
+    broker.close()
+    broker.client.close()
+    broker.client.connection_pool.disconnect()

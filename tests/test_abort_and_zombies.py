@@ -17,7 +17,7 @@ from dramatiq_tracker.events import TrackerEvent
 from dramatiq_tracker.store import TrackerStore
 
 from .conftest import FAST, Namespaces, events
-from .support import WorkerProcess, kill, wait_for
+from .support import WorkerProcess, close_redis_broker, kill, wait_for
 from .test_recovery_redis import BOUND, wait_new_worker, wait_registered
 
 dramatiq_abort = pytest.importorskip("dramatiq_abort")
@@ -56,7 +56,7 @@ class Producer:
         return self.broker.enqueue(message).message_id
 
     def close(self) -> None:
-        self.broker.close()
+        close_redis_broker(self.broker)
 
 
 def kinds(store: TrackerStore, message_id: str = "") -> list[str]:

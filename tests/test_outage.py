@@ -15,7 +15,7 @@ from dramatiq_tracker.records import WorkerInfo
 from dramatiq_tracker.store import TrackerStore
 
 from .conftest import Namespaces, events
-from .support import RedisServer, WorkerProcess, wait_for
+from .support import RedisServer, WorkerProcess, close_redis_broker, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +83,7 @@ def test_a_ten_second_outage_of_the_trackers_redis_loses_nothing_and_is_logged_o
     assert worker.terminate() == 0
     assert store.workers() == {}
     tracker_client.close()
-    producer.close()
+    close_redis_broker(producer)
 
 
 def test_a_worker_starts_and_works_while_the_trackers_redis_is_down_and_registers_when_it_is_back(

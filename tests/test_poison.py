@@ -14,7 +14,7 @@ from dramatiq_tracker.events import TrackerEvent
 from dramatiq_tracker.store import TrackerStore
 
 from .conftest import Namespaces, events
-from .support import WorkerProcess, wait_for
+from .support import WorkerProcess, close_redis_broker, wait_for
 from .test_recovery_rabbitmq import RABBITMQ_URL, rabbitmq  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.slow
@@ -87,7 +87,7 @@ def test_a_message_that_kills_its_worker_runs_max_recoveries_plus_one_times_then
     # And the stream tells the story
     assert story(store, message_id) == ["recovered", "recovered", "quarantined"]
     assert store.message_history(message_id)["recoveries"] == "3"
-    producer.close()
+    close_redis_broker(producer)
 
 
 def test_an_at_most_once_actor_is_never_run_again_after_a_crash(
@@ -111,7 +111,7 @@ def test_an_at_most_once_actor_is_never_run_again_after_a_crash(
 
     # Then it ran once: its start was recorded before it ran, so the crash was seen
     assert len([e for e in events(redis_client, namespaces, "started") if e[0] == message_id]) == 1
-    producer.close()
+    close_redis_broker(producer)
 
 
 @pytest.mark.rabbitmq

@@ -15,7 +15,7 @@ from dramatiq_tracker import Orphan, RecoveryReport, TrackerMiddleware
 from dramatiq_tracker.store import TrackerStore
 
 from .conftest import FAST, Namespaces, events
-from .support import WorkerProcess, kill, wait_for
+from .support import WorkerProcess, close_redis_broker, kill, wait_for
 from .test_recovery_redis import send, wait_registered
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ def test_five_sweepers_racing_over_one_dead_workers_100_orphans_deliver_each_exa
     spawn_worker(threads=50, slow_seconds=120)
     (victim,) = wait_registered(store, 1)
     ids = send(producer, namespaces.queue, "slow", 100)
-    producer.close()
+    close_redis_broker(producer)
     wait_for(lambda: len(events(redis_client, namespaces, "started")) == 50, 30, message="50 running")
     wait_for(lambda: redis_client.llen("%s:%s" % (namespaces.broker, namespaces.queue)) == 0, 10, message="fetched")
     wait_for(lambda: len(store.inflight(victim.worker_id)) == 50, 5, message="50 records")

@@ -17,7 +17,7 @@ from dramatiq_tracker.records import WorkerInfo
 from dramatiq_tracker.store import TrackerStore
 
 from .conftest import FAST, Namespaces, events
-from .support import WorkerProcess, kill, wait_for
+from .support import WorkerProcess, close_redis_broker, kill, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,7 @@ def wait_new_worker(store: TrackerStore, *known: WorkerInfo) -> WorkerInfo:
 def producer(redis_url: str, namespaces: Namespaces) -> Iterator[RedisBroker]:
     broker = RedisBroker(url=redis_url, namespace=namespaces.broker)
     yield broker
-    broker.close()
+    close_redis_broker(broker)
 
 
 @pytest.fixture
@@ -121,7 +121,7 @@ def test_a_killed_workers_orphans_are_delivered_again_exactly_once_by_a_live_wor
     )
     for queue in (namespaces.queue, namespaces.queue + ".DQ"):
         maintenance.do_qsize(queue)
-    maintenance.close()
+    close_redis_broker(maintenance)
     assert redis_client.llen("%s:%s" % (namespaces.broker, namespaces.queue)) == 0
     assert len(events(redis_client, namespaces, "started")) == 30
     # And the dead worker is forgotten, but for its tombstone

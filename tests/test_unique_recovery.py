@@ -21,7 +21,7 @@ from dramatiq_tracker.unique import compute_digest
 
 from .conftest import Namespaces, events
 from .fakes import fake_dead_worker
-from .support import WorkerProcess, kill, wait_for
+from .support import WorkerProcess, close_redis_broker, kill, wait_for
 from .test_recovery_redis import BOUND, wait_new_worker, wait_registered
 
 
@@ -210,7 +210,7 @@ def test_a_killed_worker_s_unique_messages_come_back_at_once_and_leave_no_lock(
     # And afterwards no lock key is left
     assert store.locks() == []
     assert lock_keys(redis_client, namespaces.tracker) == []
-    producer.close()
+    close_redis_broker(producer)
 
 
 @pytest.mark.slow
@@ -261,4 +261,4 @@ def test_a_zombies_late_completion_does_not_release_its_successors_lock(
         lambda: any(e[1] == survivor.pid for e in events(redis_client, namespaces, "done")), 10, message="successor"
     )
     wait_for(lambda: store.locks() == [], 5, message="lock released")
-    producer.close()
+    close_redis_broker(producer)

@@ -16,7 +16,7 @@ from dramatiq_tracker.events import TrackerEvent
 from dramatiq_tracker.store import TrackerStore
 
 from .conftest import FAST, Namespaces, events
-from .support import WorkerProcess, wait_for
+from .support import WorkerProcess, close_redis_broker, wait_for
 from .test_recovery_redis import BOUND, wait_new_worker, wait_registered
 
 pytestmark = pytest.mark.slow
@@ -91,4 +91,4 @@ def test_a_worker_whose_heartbeat_stalls_is_fenced_and_its_late_completion_chang
     wait_for(lambda: store.locks() == [], 5, message="lock released")
     assert store.message_history(message.message_id)["recoveries"] == "1"
     assert kinds(store, message.message_id).count("recovered") == 1
-    producer.close()
+    close_redis_broker(producer)
