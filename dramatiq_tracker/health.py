@@ -21,7 +21,6 @@ class ConnectionHealth:
         self._lock = threading.Lock()
         self._down_since: float | None = None
         self._last_try = 0.0
-        self.outages = 0
         #: When the last outage ended (time.monotonic()), or None.
         self.reconnected_at: float | None = None
         #: Called, without arguments, when an outage ends.
@@ -49,7 +48,6 @@ class ConnectionHealth:
             first = self._down_since is None
             if first:
                 self._down_since = time.monotonic()
-                self.outages += 1
         if first:
             self.logger.warning(
                 "Tracker Redis is unreachable (%s failed: %s). Messages keep being processed; "

@@ -156,7 +156,3 @@ class RedisBrokerKeys:
     def dead_letter_messages(self, queue_name: str) -> str:
         """The payloads of a queue's dead letters."""
         return "%s:%s.XQ.msgs" % (self.namespace, q_name(queue_name))
-
-    @property
-    def heartbeats(self) -> str:
-        return "%s:__heartbeats__" % self.namespace

@@ -178,11 +178,6 @@ class InflightRecorder(PeriodicThread):
                 self._ended.append(delivery)
         return not delivery.zombie
 
-    def active(self) -> list[Delivery]:
-        """A snapshot of the attempts running under the current identity."""
-        with self._lock:
-            return list(self._active.values())
-
     @property
     def needs_registration(self) -> bool:
         return self._resync_needed

@@ -45,10 +45,6 @@ class PeriodicThread(threading.Thread):
         """Run the next tick now."""
         self._woken.set()
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping.is_set()
-
     def stop(self, timeout: float | None = 5.0) -> None:
         """Stop the loop and wait for the current tick to end."""
         self._stopping.set()
