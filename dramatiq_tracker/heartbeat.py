@@ -49,8 +49,9 @@ class Heartbeat(PeriodicThread):
 
     @property
     def fresh(self) -> bool:
-        """Whether this worker's heartbeat went through within the last two intervals."""
-        return time.monotonic() - self.last_beat < 2 * self.interval / 1000
+        """Whether this worker's heartbeat went through within ``heartbeat_timeout``: if not, it
+        may have been declared dead.  (A stricter bound would trip on ordinary scheduling delays.)"""
+        return time.monotonic() - self.last_beat < self.settings.heartbeat_timeout / 1000
 
     def next_interval(self) -> float:
         if self.health.is_down:
