@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from ._version import __version__
 from .errors import ConfigurationError, DuplicateMessage, TrackerError, TrackerNotConfigured, UniqueKeyError
+from .events import TrackerEvent
 from .keys import Keys, namespaced_key
-from .middleware import Tracker, TrackerMiddleware
-from .orphans import LockCleaner, Orphan, RecoveredOrphan, RecoveryReport
-from .recorder import RECOVERIES_OPTION
+from .middleware import Tracker, TrackerMiddleware, find_tracker, recover
+from .options import ATTEMPT_OPTION, RECOVERIES_OPTION
+from .orphans import LockCleaner, Orphan, RecoveryReport
 from .store import LockInfo
-from .tracking import find_tracker, recover
 from .unique import UNTIL_EXECUTED, UNTIL_EXECUTING, UNTIL_EXPIRED, WHILE_EXECUTING
 
 __all__ = [
@@ -21,11 +21,13 @@ __all__ = [
     # Recovery
     "LockCleaner",
     "Orphan",
-    "RecoveredOrphan",
     "RecoveryReport",
+    "ATTEMPT_OPTION",
     "RECOVERIES_OPTION",
     "find_tracker",
     "recover",
+    # Events
+    "TrackerEvent",
     # Uniqueness
     "LockInfo",
     "UNTIL_EXECUTED",

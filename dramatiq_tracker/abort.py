@@ -48,9 +48,19 @@ class AbortBridge:
     def __init__(self, broker: Broker, remember: Callable[[str, str], None]) -> None:
         self.logger = get_logger(__name__, type(self))
         self.broker = broker
-        self.abortable: Any = find_abortable(broker)
-        if self.abortable is not None:
-            self._remember_requests(remember)
+        self._remember = remember
+        self._abortable: Any = None
+
+    @property
+    def abortable(self) -> Any:
+        """dramatiq-abort's Abortable on the broker, or None; looked for again until found, as it may
+        be added after the tracker."""
+        if self._abortable is None:
+            found = find_abortable(self.broker)
+            if found is not None:
+                self._abortable = found
+                self._remember_requests(self._remember)
+        return self._abortable
 
     @property
     def available(self) -> bool:
@@ -85,10 +95,12 @@ class AbortBridge:
 
     def pending(self, message_ids: Iterable[str]) -> set[str]:
         """The message ids with a cancel or abort request in dramatiq-abort's backend (EXISTS only)."""
+        ids = list(message_ids)
+        if not ids or self.abortable is None:
+            return set()
         backend = getattr(self.abortable, "backend", None)
         client, namespace = getattr(backend, "client", None), getattr(backend, "namespace", None)
-        ids = list(message_ids)
-        if client is None or namespace is None or not ids:
+        if client is None or namespace is None:
             return set()
         pipe = client.pipeline(transaction=False)
         for message_id in ids:
@@ -113,7 +125,7 @@ class AbortBridge:
         """
         abortable = self.abortable
         manager = getattr(abortable, "manager", None)
-        if manager is None:
+        if abortable is None or manager is None:
             return []
         aborted = []
         for message in messages:

@@ -8,6 +8,8 @@ itself; any other broker gets the stored payload enqueued again.
 from __future__ import annotations
 
 import dataclasses
+import os
+import socket
 from typing import TYPE_CHECKING, Any, cast
 
 from dramatiq.common import dq_name
@@ -59,34 +61,63 @@ def describe_redis_client(client: redis.Redis) -> str:
     return "redis://%s:%s/%s" % (kwargs.get("host", "localhost"), kwargs.get("port", 6379), database)
 
 
+def describe_rabbitmq_parameters(parameters: Any) -> str:
+    """``host:port/vhost`` of a RabbitmqBroker's (first) connection parameters."""
+    first = parameters[0] if isinstance(parameters, (list, tuple)) and parameters else parameters
+    host = getattr(first, "host", "localhost")
+    port = getattr(first, "port", 5672)
+    vhost = getattr(first, "virtual_host", "/")
+    return "%s:%s/%s" % (host, port, vhost)
+
+
+def _process_local(kind: str, broker: Broker) -> str:
+    return "%s:%s:%d:%x" % (kind, socket.gethostname(), os.getpid(), id(broker))
+
+
 @dataclasses.dataclass(frozen=True)
 class BrokerFacts:
     """How a broker is identified in a worker registration.
 
     Parameters:
       kind(str): See :func:`broker_kind`.
-      identity(str): Two workers whose identities match share their queues, so
-        one may deliver the other's orphans again.
+      identity(str): Names one broker deployment: two workers whose identities match share
+        their queues, so one may deliver the other's orphans again.
       broker_id(str): RedisBroker's per-process ``broker_id``; "" elsewhere.
       namespace(str): RedisBroker's namespace; "" elsewhere.
+      derived(bool): False when the identity was given (the ``broker_identity`` setting).
     """
 
     kind: str
     identity: str
     broker_id: str = ""
     namespace: str = ""
+    derived: bool = True
 
     @classmethod
-    def of(cls, broker: Broker) -> BrokerFacts:
+    def of(cls, broker: Broker, identity: str | None = None) -> BrokerFacts:
+        """The facts of ``broker``; ``identity`` (the ``broker_identity`` setting) overrides the derived one.
+
+        Derived identities: a RedisBroker's server, database and namespace; a RabbitmqBroker's
+        first host, port and virtual host; for a StubBroker, and any other broker whose
+        deployment the tracker cannot see, this very broker object in this process, so that
+        no other process ever takes its orphans (set ``broker_identity`` to share them).
+        """
         kind = broker_kind(broker)
+        broker_id = namespace = ""
         if kind == REDIS:
             redis_broker = as_redis_broker(broker)
             namespace = redis_broker.namespace
-            identity = "redis:%s#%s" % (describe_redis_client(redis_broker.client), namespace)
-            return cls(kind, identity, redis_broker.broker_id, namespace)
-        if kind == OTHER:
-            return cls(kind, "other:%s" % _qualified_name(type(broker)))
-        return cls(kind, kind)
+            broker_id = redis_broker.broker_id
+            derived = "redis:%s#%s" % (describe_redis_client(redis_broker.client), namespace)
+        elif kind == RABBITMQ:
+            derived = "rabbitmq:%s" % describe_rabbitmq_parameters(getattr(broker, "parameters", None))
+        elif kind == STUB:
+            derived = _process_local("stub", broker)
+        else:
+            derived = _process_local("other:" + _qualified_name(type(broker)), broker)
+        if identity:
+            return cls(kind, identity, broker_id, namespace, derived=False)
+        return cls(kind, derived, broker_id, namespace)
 
 
 def consumed_queues(broker: Broker, whitelist: set[str] | None) -> tuple[str, ...]:

@@ -1,11 +1,22 @@
-"""Which Redis the tracker talks to."""
+"""Which Redis the tracker talks to.
+
+The tracker's Redis may be a single server (``redis://``, ``rediss://`` with
+TLS, ``unix://``), a Redis Cluster (``redis+cluster://host:port`` or a
+``redis.cluster.RedisCluster`` client), or a Sentinel-managed master
+(``redis+sentinel://host:port,host:port/service_name`` or a client from
+``redis.sentinel.Sentinel(...).master_for(...)``).  Every key of a namespace
+shares one hash tag, so all of the tracker's scripts run on a Cluster.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+import urllib.parse
+from typing import TYPE_CHECKING, Any
 
 import redis
+import redis.cluster
+import redis.sentinel
 
 from .brokers import REDIS, as_redis_broker, broker_kind
 from .errors import ConfigurationError
@@ -22,15 +33,57 @@ DEFAULT_URL = "redis://localhost:6379/0"
 #: Socket timeouts of the clients the tracker makes, in seconds: a lost Redis must not hang its threads.
 SOCKET_TIMEOUT = 5.0
 
+_TIMEOUTS = {"socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": SOCKET_TIMEOUT}
+
+
+def is_redis_client(client: Any) -> bool:
+    """Whether ``client`` is a client the tracker can use: ``redis.Redis`` or ``redis.cluster.RedisCluster``."""
+    return isinstance(client, (redis.Redis, redis.cluster.RedisCluster))
+
+
+def _hosts(netloc: str) -> tuple[str, list[tuple[str, int]]]:
+    credentials, _, hosts = netloc.rpartition("@")
+    found = []
+    for host in hosts.split(","):
+        name, _, port = host.strip().rpartition(":")
+        if not name:
+            name, port = port, "26379"
+        found.append((name.strip("[]"), int(port)))
+    return credentials, found
+
 
 def client_from_url(url: str, *, setting: str = "url") -> redis.Redis:
     """A client for ``url`` with the tracker's timeouts.
 
     Raises:
-      ConfigurationError: When the URL is not a Redis URL.
+      ConfigurationError: When the URL is not a Redis URL the tracker understands.
     """
     try:
-        return redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT)
+        parsed = urllib.parse.urlsplit(url)
+        scheme = parsed.scheme.lower()
+        if scheme in ("redis+cluster", "rediss+cluster"):
+            plain = urllib.parse.urlunsplit((scheme.partition("+")[0], *parsed[1:]))
+            return redis.cluster.RedisCluster.from_url(plain, **_TIMEOUTS)  # type: ignore[return-value]
+        if scheme in ("redis+sentinel", "rediss+sentinel"):
+            credentials, hosts = _hosts(parsed.netloc)
+            path = [part for part in parsed.path.split("/") if part]
+            if not hosts or not path:
+                raise ValueError("expected redis+sentinel://host:port[,host:port]/service_name[/db]")
+            service, db = path[0], int(path[1]) if len(path) > 1 else 0
+            username, _, password = credentials.partition(":")
+            options: dict[str, Any] = {**_TIMEOUTS, "db": db, "ssl": scheme.startswith("rediss")}
+            if password or username:
+                options.update(username=urllib.parse.unquote(username) or None, password=urllib.parse.unquote(password))
+            query = dict(urllib.parse.parse_qsl(parsed.query))
+            sentinel_options = {**_TIMEOUTS}
+            if "sentinel_password" in query:
+                sentinel_options["password"] = query["sentinel_password"]  # type: ignore[assignment]
+            sentinel = redis.sentinel.Sentinel(hosts, sentinel_kwargs=sentinel_options, **options)  # type: ignore[no-untyped-call]
+            master: redis.Redis = sentinel.master_for(service)  # type: ignore[no-untyped-call]
+            return master
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("unknown scheme %r (redis, rediss, unix, redis+cluster, redis+sentinel)" % scheme)
+        return redis.Redis.from_url(url, **_TIMEOUTS)
     except ValueError as e:
         raise ConfigurationError(setting, "not a Redis URL (%s): %r" % (e, url)) from None
 

@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -46,10 +46,37 @@ DUPLICATE_DEFERRED = "duplicate-deferred"
 DUPLICATE_DROPPED = "duplicate-dropped"
 #: An orphan with a pending cancel or abort request was not delivered again.
 ABORT_HONOURED = "abort-honoured"
+#: A copy a worker fetched before it was declared dead was not run: its message was delivered again elsewhere.
+STALE_SKIPPED = "stale-copy-skipped"
+#: A put-off duplicate was dead-lettered: the copy it waited for failed (its nack may not have reached the broker).
+DUPLICATE_DEAD_LETTERED = "duplicate-dead-lettered"
+#: A put-off duplicate could not be enqueued again: it was dead-lettered rather than run beside its twin.
+DEFERRAL_FAILED = "deferral-failed"
+#: A dead worker the tracker's Redis had forgotten was found from its broker's records.
+WORKER_ADOPTED = "worker-adopted"
+
+#: Every event kind, for the exporter and the docs.
+KINDS = (
+    RECOVERED,
+    WORKER_DEAD,
+    QUARANTINED,
+    LOCK_RELEASED,
+    LOCK_CLEANER_FAILED,
+    ZOMBIE_DETECTED,
+    ZOMBIE_COMPLETION,
+    ZOMBIE_ABORTED,
+    DUPLICATE_DEFERRED,
+    DUPLICATE_DROPPED,
+    ABORT_HONOURED,
+    STALE_SKIPPED,
+    DUPLICATE_DEAD_LETTERED,
+    DEFERRAL_FAILED,
+    WORKER_ADOPTED,
+)
 
 _LEVELS = {
     RECOVERED: logging.WARNING,
-    WORKER_DEAD: logging.INFO,
+    WORKER_DEAD: logging.WARNING,
     QUARANTINED: logging.WARNING,
     LOCK_RELEASED: logging.INFO,
     LOCK_CLEANER_FAILED: logging.WARNING,
@@ -59,6 +86,10 @@ _LEVELS = {
     DUPLICATE_DEFERRED: logging.WARNING,
     DUPLICATE_DROPPED: logging.INFO,
     ABORT_HONOURED: logging.WARNING,
+    STALE_SKIPPED: logging.WARNING,
+    DUPLICATE_DEAD_LETTERED: logging.WARNING,
+    DEFERRAL_FAILED: logging.ERROR,
+    WORKER_ADOPTED: logging.WARNING,
 }
 
 #: Who reports events from this process, when it is not a tracked worker (a producer, a CLI).
@@ -141,35 +172,53 @@ class TrackerEvent:
 EventCallback = Callable[[TrackerEvent], None]
 
 
-class Events:
-    """Emit tracker events: log, stream, callbacks.
+@dataclasses.dataclass(frozen=True)
+class EventSpec:
+    """An event to emit: its kind, its text (already formatted), and its other fields.
 
     Parameters:
-      store(callable): Returns the tracker's store.
-      health(ConnectionHealth)
-      maxlen(int): The approximate length the stream is capped at.
-      reporter(callable): Returns who reports (this worker's id).
+      kind(str)
+      text(str)
+      fields(dict): Other :class:`TrackerEvent` fields (``message_id``, ``worker_id``, ...).
+      details(dict[str, str])
     """
 
-    def __init__(
-        self,
-        store: Callable[[], TrackerStore],
-        health: ConnectionHealth,
-        maxlen: int,
-        reporter: Callable[[], str | None],
-    ) -> None:
-        self.logger = get_logger(__name__, type(self))
-        self._store = store
-        self.health = health
-        self.maxlen = maxlen
-        self._reporter = reporter
-        self._callbacks: list[EventCallback] = []
+    kind: str
+    text: str
+    fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    details: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+class EventCallbacks:
+    """The application's event callbacks; they may be subscribed before the tracker is bound to a broker."""
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()
+        self.callbacks: tuple[EventCallback, ...] = ()
 
     def subscribe(self, callback: EventCallback) -> None:
-        """Call ``callback`` with every event this process emits."""
         with self._lock:
-            self._callbacks = [*self._callbacks, callback]
+            self.callbacks = (*self.callbacks, callback)
+
+
+class Events:
+    """Emit tracker events: log, stream (with the counters), callbacks.
+
+    Parameters:
+      store(TrackerStore)
+      health(ConnectionHealth)
+      maxlen(int): The approximate length the stream is capped at.
+      callbacks(EventCallbacks)
+    """
+
+    def __init__(self, store: TrackerStore, health: ConnectionHealth, maxlen: int, callbacks: EventCallbacks) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self.store = store
+        self.health = health
+        self.maxlen = maxlen
+        self.callbacks = callbacks
+        #: Who reports this process's events: its worker id while it runs one, else host:pid.
+        self.reporter = _PROCESS
 
     def emit(self, kind: str, text: str, *args: Any, **fields: Any) -> TrackerEvent:
         """Log an event, append it to the stream and pass it to the callbacks.
@@ -179,25 +228,42 @@ class Events:
           text(str): A %-format, formatted with ``args`` once, for the log and the stream alike.
           **fields: The other :class:`TrackerEvent` fields.
         """
-        event = TrackerEvent(
-            kind=kind,
-            text=text % args if args else text,
-            reporter=self._reporter() or _PROCESS,
-            at=int(time.time() * 1000),
-            **fields,
-        )
-        self.logger.log(event.level, "%s", event.text)
+        details = fields.pop("details", {})
+        (event,) = self.emit_many([EventSpec(kind, text % args if args else text, fields, details)])
+        return event
+
+    def emit_many(self, specs: Sequence[EventSpec], *, log_level: int | None = None) -> list[TrackerEvent]:
+        """Emit events in one round trip to the stream.
+
+        Parameters:
+          log_level(int): Log each at this level instead of its own (a caller that logs a summary).
+        """
+        at = int(time.time() * 1000)
+        events = [
+            TrackerEvent(
+                kind=spec.kind, text=spec.text, reporter=self.reporter, at=at, details=spec.details, **spec.fields
+            )
+            for spec in specs
+        ]
+        if not events:
+            return events
+        for event in events:
+            self.logger.log(event.level if log_level is None else log_level, "%s", event.text)
         if self.health.should_try():
+            counts: dict[str, int] = {}
+            for event in events:
+                counts[event.kind] = counts.get(event.kind, 0) + 1
             started = time.monotonic()
             try:
-                self._store().append_event(event.to_fields(), self.maxlen)
+                self.store.append_events([event.to_fields() for event in events], counts, self.maxlen)
             except redis.RedisError as e:
-                self.health.failed("appending a tracker event", e)
+                self.health.failed("appending tracker events", e)
             else:
                 self.health.succeeded(started)
-        for callback in self._callbacks:
-            try:
-                callback(event)
-            except Exception:
-                self.logger.exception("Event callback %r failed on %s event.", callback, kind)
-        return event
+        for callback in self.callbacks.callbacks:
+            for event in events:
+                try:
+                    callback(event)
+                except Exception:
+                    self.logger.exception("Event callback %r failed on %s event.", callback, event.kind)
+        return events

@@ -70,10 +70,18 @@ class HostFacts:
             pid_namespace=_pid_namespace(),
         )
 
+    @property
+    def knows_processes(self) -> bool:
+        """Whether these facts can tell a process apart from another with the same pid: only where
+        ``/proc`` gives a boot id, a pid namespace and process start times (Linux)."""
+        return bool(self.boot_id and self.pid_namespace and self.process_started)
+
     def shares_pid_space_with(self, other: HostFacts) -> bool:
         """True when a pid of ``other`` names the same process here."""
         return (
-            self.hostname == other.hostname
+            self.knows_processes
+            and other.knows_processes
+            and self.hostname == other.hostname
             and self.boot_id == other.boot_id
             and self.pid_namespace == other.pid_namespace
         )
@@ -81,12 +89,14 @@ class HostFacts:
     def process_is_gone(self, other: HostFacts) -> bool:
         """True when ``other``'s process certainly no longer exists.
 
-        Only meaningful for processes that share our pid space; False when unsure.
+        Only meaningful for processes that share our pid space; False when unsure, and always
+        False where ``/proc`` is missing (other platforms): death is then judged by the heartbeat
+        only, and no signal is ever sent (``os.kill`` terminates processes on Windows).
         """
-        if not self.shares_pid_space_with(other) or other.pid <= 0:
+        if not self.shares_pid_space_with(other) or other.pid <= 0 or os.name != "posix":
             return False
         if other.pid == self.pid:
-            return other.process_started != self.process_started and bool(other.process_started)
+            return other.process_started != self.process_started
         try:
             os.kill(other.pid, 0)
         except ProcessLookupError:
@@ -97,4 +107,4 @@ class HostFacts:
             return True
         # The pid exists; it is still our process only if it started at the same time.
         started = process_start_time(other.pid)
-        return bool(started and other.process_started and started != other.process_started)
+        return bool(started) and started != other.process_started

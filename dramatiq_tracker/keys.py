@@ -5,35 +5,44 @@ make ``namespace`` a Redis Cluster hash tag, so all of a namespace's
 keys live in one slot and every Lua script can touch all of them; ``v1``
 is the schema version, bumped if the layout ever changes.
 
-Tracker keys (``$ns`` stands for ``{namespace}:v1``)::
+Tracker keys (``$ns`` stands for ``{namespace}:v1``; ``<bid>`` is the short
+digest of a broker identity, see :func:`identity_digest`)::
 
   $ns:workers                     HASH    worker id -> registration (JSON)
-  $ns:deadlines                   ZSET    worker id -> heartbeat deadline (server ms)
+  $ns:identities                  HASH    <bid> -> broker identity (the text it digests)
+  $ns:deadlines:<bid>             ZSET    worker id -> heartbeat deadline (server ms), per broker identity
   $ns:dead-workers                ZSET    worker id -> when it was declared dead (server ms)
   $ns:worker:<id>:heartbeat       STRING  present while the worker is alive (PX heartbeat_timeout)
-  $ns:worker:<id>:inflight        HASH    message id -> in-flight record (JSON)
+  $ns:worker:<id>:inflight        HASH    message id -> in-flight record (JSON); field "__seq__": write count
+  $ns:worker:<id>:revoked         HASH    message id -> the attempt that superseded its copies on this worker
   $ns:host:<hostname>             SET     worker ids registered from that host
   $ns:broker:<broker_id>          SET     worker ids sharing one RedisBroker ``broker_id``
-  $ns:running                     HASH    message id -> "<worker id>|<attempt token>"
-  $ns:message:<message id>        HASH    durable per-message history (recoveries, ...)
-  $ns:outbox                      HASH    message id -> orphan being re-enqueued (JSON)
+  $ns:running                     HASH    message id -> "<worker id>|<token>|<retries>" of the attempt running it
+  $ns:message:<message id>        HASH    durable per-message history (recoveries, attempt, ...)
+  $ns:outbox:<bid>                HASH    message id -> orphan being re-enqueued (JSON)
   $ns:lock:<digest>               HASH    a uniqueness lock: owner message id, attempt, mode, worker, ...
   $ns:locks                       ZSET    lock digest -> expiry (server ms, +inf without a TTL)
-  $ns:sweep-lease                 STRING  owner token of the current periodic sweeper
+  $ns:sweep-lease:<bid>           STRING  owner token of the periodic sweeper of one broker identity
   $ns:events                      STREAM  what the tracker did and why (capped)
+  $ns:counters                    HASH    event kind -> how many times it happened, and sweep statistics
 
 Dramatiq's own RedisBroker keys are documented in ``dramatiq/brokers/redis/dispatch.lua``;
-:class:`RedisBrokerKeys` spells them for the scripts that move orphans back.
+:class:`RedisBrokerKeys` spells them for the scripts that move orphans back, plus the one key
+the tracker keeps beside them so that recovery survives the loss of the tracker's own Redis.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 from dramatiq.common import q_name
 
 #: The version of the key layout, part of every key.
 SCHEMA_VERSION = "v1"
+
+#: The field of a worker's in-flight hash that counts its writes (see ``lua/flush.lua``).
+SEQUENCE_FIELD = "__seq__"
 
 _FORBIDDEN_NAMESPACE_CHARACTERS = frozenset("{}")
 
@@ -62,6 +71,11 @@ def namespaced_key(namespace: str, *parts: str) -> str:
     return "{%s}:%s:%s" % (namespace, SCHEMA_VERSION, ":".join(parts))
 
 
+def identity_digest(identity: str) -> str:
+    """The short, key-safe digest of a broker identity (12 hex digits of its SHA-1)."""
+    return hashlib.sha1(identity.encode("utf-8")).hexdigest()[:12]
+
+
 @dataclasses.dataclass(frozen=True)
 class Keys:
     """The tracker's keys for one namespace."""
@@ -81,8 +95,12 @@ class Keys:
         return namespaced_key(self.namespace, "workers")
 
     @property
-    def deadlines(self) -> str:
-        return namespaced_key(self.namespace, "deadlines")
+    def identities(self) -> str:
+        return namespaced_key(self.namespace, "identities")
+
+    def deadlines(self, identity: str) -> str:
+        """The heartbeat deadlines of the workers of one broker identity (given by its digest)."""
+        return namespaced_key(self.namespace, "deadlines", identity)
 
     @property
     def dead_workers(self) -> str:
@@ -92,13 +110,17 @@ class Keys:
     def running(self) -> str:
         return namespaced_key(self.namespace, "running")
 
-    @property
-    def outbox(self) -> str:
-        return namespaced_key(self.namespace, "outbox")
+    def outbox(self, identity: str) -> str:
+        """Orphans being re-enqueued onto the brokers of one identity (given by its digest)."""
+        return namespaced_key(self.namespace, "outbox", identity)
 
     @property
     def events(self) -> str:
         return namespaced_key(self.namespace, "events")
+
+    @property
+    def counters(self) -> str:
+        return namespaced_key(self.namespace, "counters")
 
     @property
     def locks(self) -> str:
@@ -107,15 +129,18 @@ class Keys:
     def lock(self, digest: str) -> str:
         return namespaced_key(self.namespace, "lock", digest)
 
-    @property
-    def sweep_lease(self) -> str:
-        return namespaced_key(self.namespace, "sweep-lease")
+    def sweep_lease(self, identity: str) -> str:
+        """The lease of the periodic sweeper of one broker identity (given by its digest)."""
+        return namespaced_key(self.namespace, "sweep-lease", identity)
 
     def heartbeat(self, worker_id: str) -> str:
         return namespaced_key(self.namespace, "worker", worker_id, "heartbeat")
 
     def inflight(self, worker_id: str) -> str:
         return namespaced_key(self.namespace, "worker", worker_id, "inflight")
+
+    def revoked(self, worker_id: str) -> str:
+        return namespaced_key(self.namespace, "worker", worker_id, "revoked")
 
     def host(self, hostname: str) -> str:
         return namespaced_key(self.namespace, "host", hostname)
@@ -156,3 +181,18 @@ class RedisBrokerKeys:
     def dead_letter_messages(self, queue_name: str) -> str:
         """The payloads of a queue's dead letters."""
         return "%s:%s.XQ.msgs" % (self.namespace, q_name(queue_name))
+
+    @property
+    def heartbeats(self) -> str:
+        """Dramatiq's ZSET of broker ids scored by their last command (client ms)."""
+        return "%s:__heartbeats__" % self.namespace
+
+    def tracked_processes(self, tracker_namespace: str) -> str:
+        """The tracker's own HASH beside Dramatiq's keys: broker id -> registration (JSON) of each
+        tracked worker process, so that a dead one is found even if the tracker's Redis lost it."""
+        return "%s:__tracker__.%s" % (self.namespace, tracker_namespace)
+
+    @property
+    def deployment(self) -> str:
+        """A random id drawn once per broker Redis: every process that reads it shares the broker."""
+        return "%s:__tracker__.deployment" % self.namespace

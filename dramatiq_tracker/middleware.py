@@ -5,15 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import dramatiq
 import redis
 from dramatiq.logging import get_logger
 from dramatiq.middleware import Middleware
 
-from .connection import client_from_url
-from .errors import ConfigurationError
-from .events import EventCallback, TrackerEvent
-from .orphans import LockCleaner, LockCleaners, RecoveryReport
-from .quarantine import OPTIONS as QUARANTINE_OPTIONS
+from .connection import client_from_url, is_redis_client
+from .errors import ConfigurationError, TrackerNotConfigured
+from .events import EventCallback, EventCallbacks, TrackerEvent
+from .options import ACTOR_OPTIONS
+from .orphans import LockCleaner, RecoveryReport
 from .runtime import TrackerRuntime
 from .settings import (
     DEFAULT_EVENTS_MAXLEN,
@@ -23,12 +24,12 @@ from .settings import (
     DEFAULT_HISTORY_TTL,
     DEFAULT_MAX_RECOVERIES,
     DEFAULT_NAMESPACE,
+    DEFAULT_PREVIEW_LENGTH,
     DEFAULT_SWEEP_INTERVAL,
     TrackerSettings,
 )
 from .store import LockInfo, TrackerStore
-from .unique import DEFAULT_UNIQUE_DELAY, validate_defaults
-from .unique import OPTIONS as UNIQUE_OPTIONS
+from .unique import DEFAULT_UNIQUE_DELAY
 
 if TYPE_CHECKING:
     from dramatiq import Actor, Broker, MessageProxy, Worker
@@ -97,6 +98,8 @@ class TrackerMiddleware(Middleware):
         unique_delay: int = DEFAULT_UNIQUE_DELAY,
         on_event: EventCallback | Sequence[EventCallback] = (),
         events_maxlen: int = DEFAULT_EVENTS_MAXLEN,
+        preview_length: int = DEFAULT_PREVIEW_LENGTH,
+        broker_identity: str | None = None,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
         self.settings = TrackerSettings(
@@ -107,44 +110,38 @@ class TrackerMiddleware(Middleware):
             max_recoveries=max_recoveries,
             flush_interval=flush_interval,
             history_ttl=history_ttl,
+            events_maxlen=events_maxlen,
+            preview_length=preview_length,
+            unique_defaults={
+                "unique": unique,
+                "unique_ttl": unique_ttl,
+                "unique_on_conflict": unique_on_conflict,
+                "unique_delay": unique_delay,
+            },
+            broker_identity=broker_identity,
         )
         if client is not None and url is not None:
             raise ConfigurationError("url", "give either client or url, not both")
-        if client is not None and not isinstance(client, redis.Redis):
-            raise ConfigurationError("client", "must be a redis.Redis client, got %r" % (client,))
+        if client is not None and not is_redis_client(client):
+            raise ConfigurationError(
+                "client", "must be a redis.Redis or redis.cluster.RedisCluster client, got %r" % (client,)
+            )
         # The tracker closes the client it makes when its worker stops.
         owns_client = client is None
         if url is not None:
             client = client_from_url(url)
+        #: The lock cleaners, called with each running orphan before it is delivered again.
+        self.lock_cleaners: list[LockCleaner] = []
         for cleaner in lock_cleaners:
-            if not callable(cleaner):
-                raise ConfigurationError("lock_cleaners", "%r is not callable" % (cleaner,))
-
-        unique_defaults = {
-            "unique": unique,
-            "unique_ttl": unique_ttl,
-            "unique_on_conflict": unique_on_conflict,
-            "unique_delay": unique_delay,
-        }
-        validate_defaults(unique_defaults)
-        if isinstance(events_maxlen, bool) or not isinstance(events_maxlen, int) or events_maxlen < 1:
-            raise ConfigurationError("events_maxlen", "must be a positive integer, got %r" % (events_maxlen,))
-        callbacks = [on_event] if callable(on_event) else list(on_event)
-        for callback in callbacks:
-            if not callable(callback):
-                raise ConfigurationError("on_event", "%r is not callable" % (callback,))
-
-        self.cleaners = LockCleaners(lock_cleaners)
-        self.runtime = TrackerRuntime(
-            self, self.settings, client, owns_client, self.cleaners, unique_defaults, events_maxlen
-        )
-        self.events = self.runtime.events
-        for callback in callbacks:
-            self.events.subscribe(callback)
+            self.add_lock_cleaner(cleaner)
+        self.callbacks = EventCallbacks()
+        for callback in [on_event] if callable(on_event) else list(on_event):
+            self.subscribe(callback)
+        self.runtime = TrackerRuntime(self, self.settings, client, owns_client, self.lock_cleaners, self.callbacks)
 
     @property
     def actor_options(self) -> set[str]:
-        return {"track", *QUARANTINE_OPTIONS, *UNIQUE_OPTIONS}
+        return set(ACTOR_OPTIONS)
 
     # Public API ------------------------------------------------------------------
 
@@ -160,7 +157,7 @@ class TrackerMiddleware(Middleware):
     @property
     def worker_id(self) -> str | None:
         """This process's worker id while a Worker runs, else None."""
-        return self.runtime.worker_id
+        return self.runtime.current_worker_id()
 
     def add_lock_cleaner(self, cleaner: LockCleaner) -> None:
         """Register a function called with each running orphan before it is delivered again.
@@ -171,7 +168,7 @@ class TrackerMiddleware(Middleware):
         """
         if not callable(cleaner):
             raise ConfigurationError("lock_cleaners", "%r is not callable" % (cleaner,))
-        self.cleaners.add(cleaner)
+        self.lock_cleaners.append(cleaner)
 
     def locks(self) -> list[LockInfo]:
         """Every uniqueness lock held: digest, owner message and attempt, mode, worker, age and TTL."""
@@ -193,7 +190,7 @@ class TrackerMiddleware(Middleware):
         (a worker thread or the sweeper): keep it short, hand slow work off."""
         if not callable(callback):
             raise ConfigurationError("on_event", "%r is not callable" % (callback,))
-        self.events.subscribe(callback)
+        self.callbacks.subscribe(callback)
 
     def recent_events(self, count: int = 100) -> list[TrackerEvent]:
         """The newest events of the whole cluster, newest first, from the Redis stream."""
@@ -229,30 +226,30 @@ class TrackerMiddleware(Middleware):
           TrackerError: Before the middleware is added to a broker.
           redis.RedisError: When the tracker's or the broker's Redis fails; nothing is lost.
         """
-        return self.runtime.recovery().sweep()
+        return self.runtime.parts.recovery.sweep()
 
     # Hooks ----------------------------------------------------------------------
 
     def before_declare_actor(self, broker: Broker, actor: Actor[Any, Any]) -> None:
-        self.runtime.validate_actor(actor.actor_name, actor.options)
+        self.runtime.declare_actor(actor.actor_name, actor.options)
 
     def after_declare_actor(self, broker: Broker, actor: Actor[Any, Any]) -> None:
         self.runtime.bind(broker)
 
     def after_declare_queue(self, broker: Broker, queue_name: str) -> None:
-        self.runtime.queue_declared(broker, queue_name)
+        self.runtime.queue_declared(broker)
 
     def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
         self.runtime.start_session(broker, worker)
 
     def before_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
-        self.runtime.stop_sweeping()
+        self.runtime.stop_sweeping(worker)
 
     def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
-        self.runtime.stop_session()
+        self.runtime.stop_session(worker)
 
     def before_enqueue(self, broker: Broker, message: Message[Any], delay: int) -> None:
-        self.runtime.before_enqueue(broker, message)
+        self.runtime.before_enqueue(broker, message, delay)
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         self.runtime.before_process(broker, message)
@@ -271,11 +268,37 @@ class TrackerMiddleware(Middleware):
         self.runtime.after_process(message)
 
     def after_ack(self, broker: Broker, message: MessageProxy) -> None:
-        self.runtime.end(message)
+        self.runtime.end(message, "ack")
 
     def after_nack(self, broker: Broker, message: MessageProxy) -> None:
-        self.runtime.end(message)
+        self.runtime.end(message, "nack")
 
 
 #: A shorter name, after Dramatiq's own middleware (``Retries``, ``TimeLimit``).
 Tracker = TrackerMiddleware
+
+
+def find_tracker(broker: Broker | None = None) -> TrackerMiddleware:
+    """The TrackerMiddleware of ``broker`` (default: the global broker).
+
+    Raises:
+      TrackerNotConfigured: When the broker has none.
+    """
+    broker = broker or dramatiq.get_broker()
+    for middleware in broker.middleware:
+        if isinstance(middleware, TrackerMiddleware):
+            return middleware
+    raise TrackerNotConfigured("Broker %r has no TrackerMiddleware; add it with broker.add_middleware()." % broker)
+
+
+def recover(broker: Broker | None = None) -> RecoveryReport:
+    """Recover dead workers now: deliver their orphans again.
+
+    Parameters:
+      broker(Broker): The broker whose tracker sweeps (default: the global broker).
+
+    Raises:
+      TrackerNotConfigured: When the broker has no TrackerMiddleware.
+      redis.RedisError: When Redis fails; nothing is lost, a later sweep finishes.
+    """
+    return find_tracker(broker).recover()

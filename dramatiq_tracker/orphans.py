@@ -1,5 +1,5 @@
-"""Orphans, what happened to them, and what is done around their redelivery:
-lock cleaning before, events and the quarantine callback after."""
+"""Orphans, what recovery did with them, and what is done around their
+redelivery: lock cleaning before, events and the quarantine callback after."""
 
 from __future__ import annotations
 
@@ -7,34 +7,35 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from dramatiq.logging import get_logger
 from dramatiq.message import Message
 
-from .events import ABORT_HONOURED, LOCK_CLEANER_FAILED, LOCK_RELEASED, RECOVERED
-from .events import QUARANTINED as QUARANTINED_EVENT
+from .events import ABORT_HONOURED, LOCK_CLEANER_FAILED, LOCK_RELEASED, QUARANTINED, RECOVERED, EventSpec
 from .records import WorkerInfo
-from .unique import lock_of
 
 if TYPE_CHECKING:
-    from .abort import AbortBridge
     from .events import Events
     from .quarantine import Quarantine
+    from .store import LockOutcome
 
 #: Outcomes of a recovered orphan: delivered again.
 REDELIVERED = "redelivered"
 #: RabbitMQ delivers the orphan again by itself when the dead connection closes.
 BROKER_REDELIVERS = "broker-redelivers"
 #: Recovered more than max_recoveries times: dead-lettered instead.
-QUARANTINED = "quarantined"
+QUARANTINED_OUTCOME = "quarantined"
 #: A cancel or abort of it was pending: not delivered again.
 DROPPED = "dropped"
 
 #: The outcome of each decision of ``lua/claim_orphans.lua``.
-OUTCOMES = {"deliver": REDELIVERED, "quarantine": QUARANTINED, "drop": DROPPED}
+OUTCOMES = {"deliver": REDELIVERED, "quarantine": QUARANTINED_OUTCOME, "drop": DROPPED}
 
 
 @dataclasses.dataclass(frozen=True)
 class Orphan:
-    """A message a dead worker had fetched and not acked.
+    """A message a dead worker had fetched and not acked, and what recovery decided for it.
+
+    Lock cleaners receive it before it is delivered again; reports list it after.
 
     Parameters:
       message_id(str)
@@ -42,9 +43,17 @@ class Orphan:
       queue_name(str): The queue it was fetched from.
       message(Message|None): The decoded message; None when its payload is unreadable.
       worker(WorkerInfo): The dead worker.
-      running(bool): True when it was being processed; False when it was only prefetched.
-      started_at(int|None): When its processing began (ms since the epoch), if it was running and recorded.
+      running(bool): True when it was being processed; False when it was only fetched
+        (prefetched, delayed, or started too recently to be recorded).
+      started_at(int|None): When its processing began (ms since the epoch), if it was recorded.
       recoveries(int): How many times it has been recovered from dead workers, this time included.
+      attempt(int): The attempt of its next delivery.
+      max_recoveries(int): Its poison limit.
+      outcome(str): :data:`REDELIVERED`, :data:`BROKER_REDELIVERS`, :data:`QUARANTINED_OUTCOME` or
+        :data:`DROPPED`.
+      lock(str): What happened to its uniqueness lock: "deleted", "transferred" (to its new
+        attempt) or "" (none).
+      on_exhausted(str): "actor|queue" of its ``on_recovery_exhausted`` actor, or "".
       redis_message_id(str): RedisBroker's id of the copy; "" on other brokers.
     """
 
@@ -56,29 +65,24 @@ class Orphan:
     running: bool
     started_at: int | None
     recoveries: int
+    attempt: int = 0
+    max_recoveries: int = 0
+    outcome: str = REDELIVERED
+    lock: LockOutcome = ""
+    on_exhausted: str = ""
     redis_message_id: str = ""
 
     @property
     def worker_id(self) -> str:
         return self.worker.worker_id
 
-
-@dataclasses.dataclass(frozen=True)
-class RecoveredOrphan:
-    """An orphan and what recovery did with it.
-
-    Parameters:
-      orphan(Orphan)
-      outcome(str): :data:`REDELIVERED`, :data:`BROKER_REDELIVERS`, :data:`QUARANTINED` or :data:`DROPPED`.
-      age(int|None): Milliseconds since it started (or was created, if it never started).
-      lock(str): What happened to its uniqueness lock: "deleted", "transferred" (to its new
-        attempt) or "" (none).
-    """
-
-    orphan: Orphan
-    outcome: str
-    age: int | None
-    lock: str = ""
+    def age(self, now_ms: int) -> int | None:
+        """Milliseconds since it started (or was created, if it was never recorded running)."""
+        if self.started_at is not None:
+            return max(0, now_ms - self.started_at)
+        if self.message is not None:
+            return max(0, now_ms - self.message.message_timestamp)
+        return None
 
 
 @dataclasses.dataclass
@@ -86,15 +90,18 @@ class RecoveryReport:
     """What a sweep or a recovery did."""
 
     dead_workers: list[str] = dataclasses.field(default_factory=list)
-    recovered: list[RecoveredOrphan] = dataclasses.field(default_factory=list)
+    recovered: list[Orphan] = dataclasses.field(default_factory=list)
+    #: True when the sweep stopped before its end (time budget); the next one goes on.
+    partial: bool = False
 
     def extend(self, other: RecoveryReport) -> None:
         self.dead_workers += other.dead_workers
         self.recovered += other.recovered
+        self.partial = self.partial or other.partial
 
     @property
     def message_ids(self) -> list[str]:
-        return [item.orphan.message_id for item in self.recovered]
+        return [orphan.message_id for orphan in self.recovered]
 
 
 #: A lock cleaner: called with each running orphan before it is delivered again,
@@ -102,31 +109,42 @@ class RecoveryReport:
 LockCleaner = Callable[[Orphan], None]
 
 
+def _fields(orphan: Orphan) -> dict[str, Any]:
+    return {
+        "message_id": orphan.message_id,
+        "actor_name": orphan.actor_name,
+        "queue_name": orphan.queue_name,
+        "worker_id": orphan.worker_id,
+        "recoveries": orphan.recoveries,
+    }
+
+
 class LockCleaners:
     """Run every registered lock cleaner on an orphan, each isolated from the others.
 
-    A cleaner that raises is reported at warning level (a ``lock-cleaner-failed``
-    event); the other cleaners still run and the orphan is still delivered again.
+    A cleaner that raises is always reported, at warning level (a ``lock-cleaner-failed``
+    event, and the log line that comes with it); the other cleaners still run and the orphan
+    is still delivered again.
+
+    Parameters:
+      events(Events): Where failures are reported.
+      cleaners(list[callable]): The middleware's list of cleaners.
     """
 
-    def __init__(self, cleaners: Sequence[LockCleaner] = ()) -> None:
-        self.events: Events | None = None
-        self._cleaners = list(cleaners)
-
-    def add(self, cleaner: LockCleaner) -> None:
-        self._cleaners.append(cleaner)
+    def __init__(self, events: Events, cleaners: list[LockCleaner]) -> None:
+        self.events = events
+        #: The middleware's own list: cleaners added later count too.
+        self._cleaners = cleaners
 
     def __len__(self) -> int:
         return len(self._cleaners)
 
     def clean(self, orphan: Orphan) -> None:
-        for cleaner in self._cleaners:
+        for cleaner in tuple(self._cleaners):
             try:
                 cleaner(orphan)
             except Exception as e:
                 name = getattr(cleaner, "__qualname__", repr(cleaner))
-                if self.events is None:
-                    continue
                 self.events.emit(
                     LOCK_CLEANER_FAILED,
                     "Lock cleaner %r failed for message %r (actor %r) orphaned by worker %r: %s: %s. "
@@ -142,49 +160,48 @@ class LockCleaners:
                 )
 
 
-def _fields(orphan: Orphan) -> dict[str, Any]:
-    return {
-        "message_id": orphan.message_id,
-        "actor_name": orphan.actor_name,
-        "queue_name": orphan.queue_name,
-        "worker_id": orphan.worker_id,
-        "recoveries": orphan.recoveries,
-    }
-
-
 _LOCK_TEXT = {
     "deleted": "released",
     "transferred": "passed to its next attempt",
 }
 
 
-class OrphanHandling:
-    """What is done around the redelivery of orphans, whatever the broker.
+class Settlement:
+    """Reports what recovery did with orphans, in batches, and sends quarantined ones to their callback.
 
     Parameters:
-      cleaners(LockCleaners): Run on each running orphan before it is settled.
-      events(Events): Where recoveries, quarantines and released locks are reported.
-      quarantine(Quarantine): Sends quarantined messages to their ``on_recovery_exhausted`` actor.
-      aborts(AbortBridge): dramatiq-abort, if the broker has it.
+      events(Events)
+      quarantine(Quarantine)
     """
 
-    def __init__(self, cleaners: LockCleaners, events: Events, quarantine: Quarantine, aborts: AbortBridge) -> None:
-        self.cleaners = cleaners
+    def __init__(self, events: Events, quarantine: Quarantine) -> None:
+        self.logger = get_logger(__name__, type(self))
         self.events = events
         self.quarantine = quarantine
-        self.aborts = aborts
-        cleaners.events = events
 
-    def settled(self, item: RecoveredOrphan) -> None:
-        """Report what recovery did with an orphan; send a quarantined one to its callback actor."""
-        orphan = item.orphan
+    def report(self, orphans: Sequence[Orphan], now_ms: int, *, log_level: int | None = None) -> None:
+        """One event per orphan (and per released lock), appended to the stream in one round trip.
+
+        Parameters:
+          log_level(int): Log each at this level rather than its own (a caller that logs a summary).
+        """
+        specs: list[EventSpec] = []
+        for orphan in orphans:
+            specs += self._describe(orphan, now_ms)
+        self.events.emit_many(specs, log_level=log_level)
+        for orphan in orphans:
+            if orphan.outcome == QUARANTINED_OUTCOME:
+                self.quarantine.notify(orphan)
+
+    def _describe(self, orphan: Orphan, now_ms: int) -> list[EventSpec]:
         fields = _fields(orphan)
+        age = orphan.age(now_ms)
         if not orphan.running:
-            state = "prefetched, not started"
-        elif item.age is None:
+            state = "fetched, not recorded running"
+        elif age is None or orphan.started_at is None:
             state = "running"
         else:
-            state = "started %d ms ago" % item.age
+            state = "started %d ms ago" % age
         where = "%r (actor %r, queue %r) from dead worker %r: %s" % (
             orphan.message_id,
             orphan.actor_name,
@@ -192,48 +209,38 @@ class OrphanHandling:
             orphan.worker_id,
             state,
         )
-        details = {"state": state, "outcome": item.outcome}
-        if item.outcome == QUARANTINED:
-            limit = self.quarantine.max_recoveries(orphan.actor_name, orphan.message.options if orphan.message else {})
-            self.events.emit(
-                QUARANTINED_EVENT,
-                "Quarantined message %s; recovered %d times, more than max_recoveries=%d: dead-lettered instead of "
-                "delivered again.",
-                where,
-                orphan.recoveries,
-                limit,
-                **fields,
-                details={**details, "max_recoveries": str(limit)},
+        details = {"state": state, "outcome": orphan.outcome, "attempt": str(orphan.attempt)}
+        if orphan.outcome == QUARANTINED_OUTCOME:
+            spec = EventSpec(
+                QUARANTINED,
+                "Quarantined message %s; recovered %d times, more than max_recoveries=%d: dead-lettered instead "
+                "of delivered again." % (where, orphan.recoveries, orphan.max_recoveries),
+                fields,
+                {**details, "max_recoveries": str(orphan.max_recoveries)},
             )
-            if orphan.message is not None:
-                self.quarantine.notify(orphan.message, orphan.recoveries, orphan.worker_id)
-        elif item.outcome == DROPPED:
-            self.events.emit(
+        elif orphan.outcome == DROPPED:
+            spec = EventSpec(
                 ABORT_HONOURED,
-                "Did not deliver message %s again: it was cancelled or aborted.",
-                where,
-                **fields,
-                details=details,
+                "Did not deliver message %s again: it was cancelled or aborted." % where,
+                fields,
+                details,
             )
         else:
-            self.events.emit(
-                RECOVERED,
-                "Recovered message %s; %s (recovery %d).",
-                where,
-                "RabbitMQ delivers it again" if item.outcome == BROKER_REDELIVERS else "delivered again",
-                orphan.recoveries,
-                **fields,
-                details=details,
+            how = "RabbitMQ delivers it again" if orphan.outcome == BROKER_REDELIVERS else "delivered again"
+            counted = "recovery %d" % orphan.recoveries if orphan.running else "not counted: it never ran"
+            spec = EventSpec(RECOVERED, "Recovered message %s; %s (%s)." % (where, how, counted), fields, details)
+        specs = [spec]
+        if orphan.lock:
+            digest = ""
+            if orphan.message is not None:
+                digest = str(orphan.message.options.get("unique_digest", ""))
+            specs.append(
+                EventSpec(
+                    LOCK_RELEASED,
+                    "Uniqueness lock %s of message %r (orphaned by worker %r) %s."
+                    % (digest or "?", orphan.message_id, orphan.worker_id, _LOCK_TEXT.get(orphan.lock, orphan.lock)),
+                    fields,
+                    {"digest": digest, "lock": orphan.lock},
+                )
             )
-        if item.lock:
-            digest, _ = lock_of(orphan.message.options) if orphan.message else ("", "")
-            self.events.emit(
-                LOCK_RELEASED,
-                "Uniqueness lock %s of message %r (orphaned by worker %r) %s.",
-                digest or "?",
-                orphan.message_id,
-                orphan.worker_id,
-                _LOCK_TEXT.get(item.lock, item.lock),
-                **fields,
-                details={"digest": digest, "lock": item.lock},
-            )
+        return specs

@@ -1,4 +1,4 @@
-"""Poison messages: how many recoveries a message may have, and what happens after.
+"""Poison messages: what happens to a message recovered more than ``max_recoveries`` times.
 
 A message that kills its worker comes back after every crash, bypassing
 Dramatiq's ``max_retries`` (dramatiq #213).  The tracker counts recoveries
@@ -7,86 +7,79 @@ times is dead-lettered through its broker's own dead-letter path instead of
 being delivered again, and the actor named by ``on_recovery_exhausted`` is
 sent ``(message.asdict(), {"recoveries": n, "max_recoveries": m, "worker_id": w})``,
 as Dramatiq's Retries does with ``on_retry_exhausted``.
+
+The limit and the callback travel with the message (its in-flight record), so
+the process that quarantines it need not import its actor.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dramatiq.logging import get_logger
-
-from .errors import ConfigurationError
+from dramatiq.message import Message
 
 if TYPE_CHECKING:
     from dramatiq import Broker
-    from dramatiq.message import Message
 
-#: The actor options of poison quarantine.
-OPTIONS = frozenset({"max_recoveries", "on_recovery_exhausted"})
-
-#: The option of a message the tracker enqueued again only to be dead-lettered (brokers without
-#: a dead-letter path the tracker can reach directly): the worker that receives it nacks it.
-QUARANTINE_OPTION = "tracker_quarantined"
-
-
-def validate_options(options: Mapping[str, Any]) -> None:
-    """Check an actor's or a message's quarantine options.
-
-    Raises:
-      ConfigurationError: Naming the invalid option.
-    """
-    limit = options.get("max_recoveries")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise ConfigurationError("max_recoveries", "must be a non-negative integer, got %r" % (limit,))
-    callback = options.get("on_recovery_exhausted")
-    if callback is not None and not isinstance(callback, str):
-        raise ConfigurationError("on_recovery_exhausted", "must be an actor name, got %r" % (callback,))
+    from .orphans import Orphan
+    from .policies import Policies
 
 
 class Quarantine:
-    """Resolves ``max_recoveries`` and ``on_recovery_exhausted``: message option,
-    then actor option, then the middleware's default.
+    """Sends quarantined messages to their ``on_recovery_exhausted`` actor.
 
     Parameters:
-      broker(Broker)
-      max_recoveries(int): The middleware's default.
+      broker(Broker): Where the callback message is enqueued.
+      policies(Policies): To find the callback of a message whose record did not name it.
     """
 
-    def __init__(self, broker: Broker, max_recoveries: int) -> None:
+    def __init__(self, broker: Broker, policies: Policies) -> None:
         self.logger = get_logger(__name__, type(self))
         self.broker = broker
-        self.default = max_recoveries
+        self.policies = policies
 
-    def _option(self, name: str, actor_name: str, options: Mapping[str, Any]) -> Any:
-        value = options.get(name)
-        if value is None:
-            actor = self.broker.actors.get(actor_name)
-            value = actor.options.get(name) if actor is not None else None
-        return value
+    def target(self, orphan: Orphan) -> tuple[str, str]:
+        """The (actor name, queue name) of an orphan's callback, or ("", "")."""
+        actor_name, _, queue_name = orphan.on_exhausted.partition("|")
+        if not actor_name and orphan.message is not None:
+            policy = self.policies.of_message(self.broker, orphan.actor_name, orphan.message.options)
+            actor_name = policy.on_exhausted
+        if actor_name and not queue_name:
+            queue_name = self.policies.callback_queue(self.broker, actor_name)
+        return actor_name, queue_name
 
-    def max_recoveries(self, actor_name: str, options: Mapping[str, Any]) -> int:
-        value = self._option("max_recoveries", actor_name, options)
-        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else self.default
-
-    def notify(self, message: Message[Any], recoveries: int, worker_id: str) -> None:
-        """Send the message to its ``on_recovery_exhausted`` actor, if it has one."""
-        target = self._option("on_recovery_exhausted", message.actor_name, message.options)
-        if not target:
+    def notify(self, orphan: Orphan) -> None:
+        """Send the quarantined message to its ``on_recovery_exhausted`` actor, if it has one."""
+        if orphan.message is None:
             return
         try:
-            actor = self.broker.get_actor(target)
-            actor.send(
-                message.asdict(),
-                {
-                    "recoveries": recoveries,
-                    "max_recoveries": self.max_recoveries(message.actor_name, message.options),
-                    "worker_id": worker_id,
-                },
+            actor_name, queue_name = self.target(orphan)
+            if not actor_name:
+                return
+            if not queue_name:
+                self.logger.warning(
+                    "The on_recovery_exhausted actor %r of quarantined message %r is not declared here and its "
+                    "queue is unknown; it is sent to queue 'default'.",
+                    actor_name,
+                    orphan.message_id,
+                )
+                queue_name = "default"
+            info = {
+                "recoveries": orphan.recoveries,
+                "max_recoveries": orphan.max_recoveries,
+                "worker_id": orphan.worker_id,
+            }
+            self.broker.enqueue(
+                Message(
+                    queue_name=queue_name,
+                    actor_name=actor_name,
+                    args=(orphan.message.asdict(), info),
+                    kwargs={},
+                    options={},
+                )
             )
         except Exception:
             self.logger.exception(
-                "Could not send quarantined message %r to its on_recovery_exhausted actor %r.",
-                message.message_id,
-                target,
+                "Could not send quarantined message %r to its on_recovery_exhausted actor.", orphan.message_id
             )

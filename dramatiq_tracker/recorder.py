@@ -1,111 +1,66 @@
-"""The in-flight registry of one worker process, and the thread that writes it.
+"""The tracker thread of one worker process: it writes the registry and heartbeats.
 
-Worker threads never wait on Redis here: :meth:`InflightRecorder.begin`
-and :meth:`InflightRecorder.end` only touch in-memory dicts.  Every
-``flush_interval`` the recorder thread writes what changed in one script
-call.  A message is written once it has been running for a whole flush
-interval, so one that ends sooner is never written at all, and a busy worker
-of short messages costs no Redis call and no encoding.
+Worker threads never wait on Redis: they only touch the in-memory registry
+(:mod:`dramatiq_tracker.registry`).  Every ``flush_interval`` this thread
+writes what changed in one script call; a message is written once it has
+been running for a whole flush interval, so one that ends sooner is never
+written at all.  Every ``heartbeat_interval`` it heartbeats (liveness is
+judged by a TTL on the Redis server, so client clocks do not matter).
 
-The in-memory registry is the truth about this process.  Whenever the
-tracker's Redis may have lost it (an outage, a restart, an unknown worker
-id), the whole registry is written again through ``lua/register.lua``.
-This thread is the only writer of this worker's registration and records.
+The heartbeat is also the anti-entropy check.  Each worker counts its writes,
+and Redis counts them beside its records; when the two differ, writes were
+lost (a failover to a replica that missed them, a restart, an eviction), and
+the worker writes its whole registry again.  The same happens when the
+worker is unknown (the tracker's Redis lost its state).  When the heartbeat
+says the worker was declared dead while alive, it continues under a new
+identity (see :meth:`Recorder.fence`).
 
-A record therefore lags its message by one to two ``flush_interval``.  Recovery
-does not depend on it where the broker keeps the truth (RedisBroker's acks
-sets, RabbitMQ's unacked deliveries); see docs/failure-model.md.
+A record therefore lags its message by one to two ``flush_interval``.
+Recovery does not depend on it where the broker keeps the truth (RedisBroker's
+acks sets, RabbitMQ's unacked deliveries); see docs/failure-model.md.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import redis
 
-from .records import InflightRecord, WorkerInfo, encode_payload
 from .threads import PeriodicThread
 
 if TYPE_CHECKING:
-    from dramatiq import MessageProxy
-
     from .health import ConnectionHealth
+    from .records import InflightRecord, WorkerInfo
+    from .registry import Delivery, InflightRegistry
     from .settings import TrackerSettings
-    from .store import TrackerStore
-
-#: The message option the tracker sets on a message it delivers again:
-#: how many times it has been recovered from dead workers.
-RECOVERIES_OPTION = "tracker_recoveries"
-
-#: The option of a duplicate delivery the tracker put off: the attempt ("worker id|token") it waits for.
-DEFERRED_OPTION = "tracker_deferred_behind"
-
-#: Verdicts on a delivery decided before it runs: skip it (ack it unrun), or fail it (dead-letter it).
-SKIP, FAIL = "skip", "fail"
+    from .store import TrackerStore, WriteStatus
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
+class RecorderHooks(Protocol):
+    """What the worker session does when the recorder learns something."""
+
+    def registered(self, info: WorkerInfo) -> None:
+        """The worker is registered (again) under ``info.worker_id``."""
+
+    def fenced(self, old_worker_id: str, zombies: list[Delivery]) -> None:
+        """The worker was declared dead while alive; it continues under a new id."""
 
 
-@dataclasses.dataclass(eq=False)
-class Delivery:
-    """One attempt at processing a message in this process."""
-
-    message: MessageProxy
-    token: str
-    worker_id: str
-    started_at: int
-    recoveries: int
-    #: The recorder's flush count when it began; it is written once a whole flush interval passed.
-    generation: int = 0
-    #: Decided before it runs: None to run it, :data:`SKIP` or :data:`FAIL`.
-    verdict: str | None = None
-    #: Recovered elsewhere while this process was presumed dead: it runs on as a zombie.
-    zombie: bool = False
-
-    @property
-    def message_id(self) -> str:
-        return str(self.message.message_id)
-
-    def record(self) -> InflightRecord:
-        """The record written to Redis for this attempt."""
-        try:
-            payload, encoding = encode_payload(self.message.encode())
-        except Exception:
-            # Recovery of brokers that keep the payload themselves does not need it.
-            payload, encoding = "", "utf-8"
-        return InflightRecord(
-            message_id=self.message_id,
-            actor_name=self.message.actor_name,
-            queue_name=self.message.queue_name,
-            redis_message_id=str(self.message.options.get("redis_message_id", "")),
-            worker_id=self.worker_id,
-            token=self.token,
-            started_at=self.started_at,
-            recoveries=self.recoveries,
-            payload=payload,
-            payload_encoding=encoding,
-        )
-
-
-class InflightRecorder(PeriodicThread):
-    """Records this process's in-flight messages and owns its registration.
+class Recorder(PeriodicThread):
+    """Writes a worker's registry, heartbeats, and re-registers it whenever Redis may have lost it.
 
     Parameters:
       store(TrackerStore)
       settings(TrackerSettings)
       health(ConnectionHealth)
-      info(WorkerInfo): The registration; its ``worker_id`` changes if the
-        worker is ever declared dead while alive (see :meth:`fence`).
+      registry(InflightRegistry): The worker's in-memory truth.
+      identity(str): The digest of the worker's broker identity.
+      describe(callable): Builds the record of an attempt.
       new_worker_id(callable): Makes a fresh worker id.
-      on_fenced(callable): Called from the recorder thread with the old worker id and
-        the zombie attempts, when the worker learns it was declared dead.
+      hooks(RecorderHooks)
     """
 
     def __init__(
@@ -113,98 +68,58 @@ class InflightRecorder(PeriodicThread):
         store: TrackerStore,
         settings: TrackerSettings,
         health: ConnectionHealth,
-        info: WorkerInfo,
+        registry: InflightRegistry,
+        identity: str,
+        describe: Callable[[Delivery], InflightRecord],
         new_worker_id: Callable[[], str],
-        on_fenced: Callable[[str, list[Delivery]], None] = lambda old_id, zombies: None,
+        hooks: RecorderHooks,
     ) -> None:
         super().__init__("dramatiq-tracker-recorder", settings.flush_interval)
         self.store = store
         self.settings = settings
         self.health = health
-        self.info = info
+        self.registry = registry
+        self.identity = identity
+        self.describe = describe
         self._new_worker_id = new_worker_id
-        self._on_fenced = on_fenced
-        self._tokens = itertools.count(1)
-        self._lock = threading.Lock()
-        #: Every attempt running in this process under the current identity, by token.
-        self._active: dict[str, Delivery] = {}
-        #: Started attempts whose record is not written yet, by token.
-        self._unwritten: dict[str, Delivery] = {}
-        #: Ended attempts whose record was written and must be removed.
-        self._ended: list[Delivery] = []
+        self.hooks = hooks
+        #: When the last heartbeat that went through was sent (seconds since the epoch).  The
+        #: per-message path compares it with the clock it reads anyway (see :meth:`ensure_alive`).
+        self.last_beat = 0.0
+        self._next_beat = 0.0
         self._resync_needed = True
         self._last_attempt = 0.0
-        #: How many flushes have begun.
-        self._generation = 0
-
-    @property
-    def worker_id(self) -> str:
-        return self.info.worker_id
-
-    # Called from worker threads: memory only. ------------------------------------
-
-    def begin(self, message: MessageProxy, recoveries: int, *, written: bool = False) -> Delivery:
-        """Record that ``message`` starts processing.
-
-        Parameters:
-          written(bool): True when the caller already wrote the record itself.
-        """
-        delivery = Delivery(
-            message, "%x" % next(self._tokens), self.info.worker_id, now_ms(), recoveries, self._generation
-        )
-        with self._lock:
-            self._active[delivery.token] = delivery
-            if not written:
-                self._unwritten[delivery.token] = delivery
-        return delivery
-
-    def unwritten(self, delivery: Delivery) -> None:
-        """The caller could not write a record it meant to write itself: the recorder writes it."""
-        with self._lock:
-            if delivery.token in self._active:
-                self._unwritten[delivery.token] = delivery
-
-    def end(self, delivery: Delivery) -> bool:
-        """Record that an attempt was acked, nacked or skipped.
-
-        Returns:
-          bool: False when the attempt was fenced off: it was recovered elsewhere
-          while it ran here (a zombie's late completion).
-        """
-        with self._lock:
-            if self._active.pop(delivery.token, None) is None:
-                return True
-            if self._unwritten.pop(delivery.token, None) is None:
-                self._ended.append(delivery)
-        return not delivery.zombie
+        # Serialises every write of this worker's state: this thread, and worker threads that
+        # check their worker is still alive before a message starts.
+        self._lock = threading.RLock()
 
     @property
     def needs_registration(self) -> bool:
         return self._resync_needed
-
-    def update_queues(self, queues: tuple[str, ...]) -> None:
-        """Change the queues in the registration; it is written again at the next tick."""
-        self.info = dataclasses.replace(self.info, queues=queues)
-        self.request_resync()
 
     def request_resync(self) -> None:
         """Write the whole registration and registry again at the next tick."""
         self._resync_needed = True
         self.wake()
 
-    # The recorder thread. ----------------------------------------------------------
+    # The thread. -----------------------------------------------------------------------
 
     def tick(self) -> None:
         # During an outage, try again about once a second, not every flush_interval.
-        if self.health.is_down and time.monotonic() - self._last_attempt < 1.0:
+        now = time.monotonic()
+        if self.health.is_down and now - self._last_attempt < 1.0:
             return
-        self._last_attempt = started = time.monotonic()
+        self._last_attempt = started = now
         try:
-            wrote = True
-            if self._resync_needed:
-                self.register()
-            else:
-                wrote = self.flush()
+            with self._lock:
+                wrote = True
+                if self._resync_needed:
+                    self.register()
+                else:
+                    wrote = self.flush()
+                    if time.monotonic() >= self._next_beat:
+                        self.beat()
+                        wrote = True
         except redis.RedisError as e:
             self.health.failed("writing in-flight records", e)
         else:
@@ -212,29 +127,34 @@ class InflightRecorder(PeriodicThread):
             if wrote:
                 self.health.succeeded(started)
 
-    def register(self) -> str:
+    def register(self) -> None:
         """Register this worker with every attempt in flight (``lua/register.lua``).
 
         Raises:
           redis.RedisError: When the tracker's Redis is unreachable; a later tick retries.
         """
         with self._lock:
-            deliveries = list(self._active.values())
-            self._unwritten.clear()
-            self._ended.clear()
-            self._resync_needed = False
-        records = [d.record() for d in deliveries if not d.zombie]
-        zombies = [(d.message_id, d.token) for d in deliveries if d.zombie]
-        try:
-            status = self.store.register(self.info, records, self.settings.heartbeat_timeout, zombies)
-        except BaseException:
             self._resync_needed = True
-            raise
-        if status == "fenced":
-            self.fence()
-            return self.register()
-        self.logger.debug("Registered worker %r with %d messages in flight.", self.worker_id, len(deliveries))
-        return status
+            deliveries, zombies = self.registry.take_all()
+            info = self.registry.info
+            records = [self.describe(d) for d in deliveries]
+            sent = time.time()
+            status = self.store.register(
+                info,
+                self.identity,
+                self.settings.heartbeat_timeout,
+                self.registry.entries(deliveries, records),
+                [(d.message_id, d.owner) for d in zombies],
+            )
+            if status == "fenced":
+                self.fence(info.worker_id)
+                return
+            self.registry.registered()
+            self._resync_needed = False
+            self.last_beat = sent
+            self._next_beat = time.monotonic() + self.settings.heartbeat_interval / 1000
+        self.logger.debug("Registered worker %r with %d messages in flight.", info.worker_id, len(deliveries))
+        self.hooks.registered(info)
 
     def flush(self, *, everything: bool = False) -> bool:
         """Write what started and ended since the last flush (``lua/flush.lua``).
@@ -249,52 +169,125 @@ class InflightRecorder(PeriodicThread):
           redis.RedisError: When the tracker's Redis is unreachable; nothing is lost.
         """
         with self._lock:
-            self._generation += 1
-            if not self._unwritten and not self._ended:
+            pending = self.registry.take_pending(everything=everything)
+            if not pending.started and not pending.ended:
                 return False
-            # Only what began before the previous flush: it has run for a whole interval.
-            settled = self._generation if everything else self._generation - 2
-            started = [d for d in self._unwritten.values() if d.generation <= settled and not d.zombie]
-            for delivery in started:
-                del self._unwritten[delivery.token]
-            ended, self._ended = self._ended, []
+            worker_id = self.registry.worker_id
+            started = [d for d in pending.started if d.worker_id == worker_id]
+            ended = [(d.message_id, d.token_text, c) for d, c in pending.ended if d.worker_id == worker_id]
             if not started and not ended:
                 return False
-        worker_id = self.worker_id
-        try:
-            written = self.store.flush(
-                worker_id,
-                [d.record() for d in started if d.worker_id == worker_id],
-                [(d.message_id, d.token) for d in ended if d.worker_id == worker_id],
+            records = [self.describe(d) for d in started]
+            try:
+                status = self.store.flush(
+                    worker_id, self.registry.expected_writes(), self.registry.entries(started, records), ended
+                )
+            except BaseException:
+                self.registry.restore(pending)
+                raise
+            if status == "ok":
+                self.registry.wrote()
+            self.logger.debug(
+                "Wrote %d starts and %d ends of worker %r: %s.", len(started), len(ended), worker_id, status
             )
-        except BaseException:
-            with self._lock:
-                for delivery in started:
-                    if delivery.token in self._active:
-                        self._unwritten.setdefault(delivery.token, delivery)
-                self._ended[:0] = ended
-            raise
-        if not written:
-            # Not registered (the tracker's Redis lost it) or declared dead: register() tells which.
-            self.request_resync()
-        return True
+            self._handle(worker_id, status)
+            return True
 
-    def fence(self) -> None:
-        """This worker was declared dead while alive: continue under a new identity.
+    def beat(self) -> WriteStatus:
+        """Heartbeat, and check that Redis holds what this worker wrote (``lua/heartbeat.lua``).
 
-        Its running attempts were recovered and delivered elsewhere, so it stops
-        claiming them: they keep no record (they are nobody's orphans any more), only
-        a place in the running index, so that a redelivery waits for them instead of
-        running beside them; their completions are zombie completions.
+        Raises:
+          redis.RedisError: When the tracker's Redis is unreachable.
         """
-        old_id = self.info.worker_id
-        self.info = dataclasses.replace(self.info, worker_id=self._new_worker_id())
         with self._lock:
-            zombies = [d for d in self._active.values() if d.worker_id == old_id]
-            for delivery in zombies:
-                delivery.zombie = True
-                delivery.worker_id = self.info.worker_id
-                self._unwritten.pop(delivery.token, None)
-            self._ended = [d for d in self._ended if d.worker_id != old_id]
-            self._resync_needed = True
-        self._on_fenced(old_id, zombies)
+            worker_id = self.registry.worker_id
+            sent = time.time()
+            self._next_beat = time.monotonic() + self.settings.heartbeat_interval / 1000
+            status = self.store.heartbeat(
+                worker_id, self.identity, self.settings.heartbeat_timeout, self.registry.expected_writes()
+            )
+            if status in ("ok", "diverged"):
+                self.last_beat = sent
+            self._handle(worker_id, status)
+            return status
+
+    def _handle(self, worker_id: str, status: WriteStatus) -> None:
+        if status == "ok":
+            return
+        if status == "fenced":
+            self.fence(worker_id)
+        elif status == "unknown":
+            self.logger.info("Worker %r is not registered in the tracker; registering it again.", worker_id)
+            self.request_resync()
+        else:
+            self.logger.info(
+                "The tracker's Redis does not hold what worker %r wrote (writes were lost: a failover, a "
+                "restart or an eviction); writing its registration and records again.",
+                worker_id,
+            )
+            self.request_resync()
+
+    def wrote(self, status: WriteStatus, worker_id: str) -> None:
+        """A write made outside this thread (a start recorded before it ran) came back with ``status``."""
+        if status == "ok":
+            return
+        with self._lock:
+            self._handle(worker_id, status)
+
+    # Worker threads. ---------------------------------------------------------------------
+
+    def ensure_alive(self) -> None:
+        """Make sure this worker was not declared dead, before a message starts.
+
+        Called when the last heartbeat that went through is older than ``stale_after``:
+        the worker may have been stalled (SIGSTOP, a GIL hold, a partition) long enough to
+        be declared dead, and every message it fetched before may have been delivered again
+        elsewhere.  The heartbeat is sent now, from the caller's thread; if it says the worker
+        was fenced, the fencing is done before the caller goes on.  During an outage of the
+        tracker's Redis nothing can be known: messages go on (see docs/failure-model.md).
+        """
+        if not self.health.should_try():
+            return
+        started = time.monotonic()
+        try:
+            with self._lock:
+                if time.time() - self.last_beat <= self.settings.stale_after / 1000:
+                    return
+                if self._resync_needed:
+                    self.register()
+                else:
+                    self.beat()
+        except redis.RedisError as e:
+            self.health.failed("checking that this worker is still alive", e)
+        else:
+            self.health.succeeded(started)
+
+    def fence(self, worker_id: str) -> None:
+        """Worker ``worker_id`` (this one) was declared dead while alive: continue under a new identity.
+
+        Its running attempts were recovered and delivered elsewhere, so it stops claiming
+        them: they keep no record (they are nobody's orphans any more), only a place in the
+        running index, so that a redelivery waits for them instead of running beside them;
+        their completions are zombie completions.  Every message it fetched under its old
+        identity is checked before it starts (see :class:`~dramatiq_tracker.admission.Admission`).
+        """
+        with self._lock:
+            if self.registry.worker_id != worker_id:
+                return
+            # Until the fencing is done, every start waits for it (see ensure_alive).
+            self.last_beat = 0.0
+            old_id, zombies = self.registry.fence(self._new_worker_id())
+            self.hooks.fenced(old_id, zombies)
+            self.register()
+
+    def stop_and_flush(self) -> None:
+        """Stop the thread, then write everything in flight (at shutdown).
+
+        Raises:
+          redis.RedisError: When the tracker's Redis is unreachable.
+        """
+        self.stop()
+        with self._lock:
+            if self._resync_needed:
+                self.register()
+            self.flush(everything=True)

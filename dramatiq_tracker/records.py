@@ -11,9 +11,19 @@ import base64
 import binascii
 import dataclasses
 import json
+import reprlib
+from collections.abc import Mapping
 from typing import Any
 
 from dramatiq.message import Message
+
+from .host import HostFacts
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = 30
+_REPR.maxother = 30
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
+_REPR.maxlevel = 2
 
 
 class CorruptRecord(ValueError):
@@ -80,6 +90,11 @@ class WorkerInfo:
     tracker_version: str
     dramatiq_version: str
 
+    @property
+    def host(self) -> HostFacts:
+        """What identifies its process on its host."""
+        return HostFacts(self.hostname, self.pid, self.process_started, self.boot_id, self.pid_namespace)
+
     @classmethod
     def unknown(cls, worker_id: str) -> WorkerInfo:
         """Stands for a worker whose registration is gone."""
@@ -117,60 +132,152 @@ class WorkerInfo:
 
 @dataclasses.dataclass(frozen=True)
 class InflightRecord:
-    """One message being processed by one worker.
+    """One message being processed by one worker, as written to Redis.
+
+    Short JSON keys keep a record small (see docs/redis-data-model.md): where the broker
+    keeps the message (RedisBroker, RabbitMQ), the record keeps metadata and a bounded
+    preview of the arguments, never the payload.
 
     Parameters:
-      message_id(str): Dramatiq's message id, stable across redeliveries.
+      message_id(str): Dramatiq's message id, stable across redeliveries (the record's hash field).
+      worker_id(str): The worker running it (the record's hash key).
       actor_name(str)
       queue_name(str): The queue the message was consumed from.
-      redis_message_id(str): RedisBroker's id of this copy; "" on other brokers.
-      worker_id(str): The worker running it.
-      token(str): This attempt's token; a later attempt of the same message has another.
-      started_at(int): When processing began, client clock, in ms since the epoch.
+      token(str): This attempt's token in its worker; "worker id|token" names the attempt.
+      started_at(int): When processing began, the worker's clock, in ms since the epoch.
+      attempt(int): The delivery attempt (raised each time recovery moves the message).
       recoveries(int): How many times the message had been recovered when this attempt began.
-      payload(str): The full encoded message, as text.
-      payload_encoding(str): "utf-8", or "base64" for binary encoders.
+      retries(int): Dramatiq's retry count of this attempt.
+      max_recoveries(int): The message's poison limit, resolved where its actor is known.
+      on_exhausted(str): "actor|queue" of its ``on_recovery_exhausted`` actor, or "".
+      lock(str): "digest|mode" of the uniqueness lock it holds or may hold, or "".
+      preview(str): Its arguments, rendered and truncated, for operators.
+      payload(str): The encoded message, only for brokers that do not keep it themselves.
+      payload_encoding(str): "utf-8" or "base64" when there is a payload.
     """
 
     message_id: str
+    worker_id: str
     actor_name: str
     queue_name: str
-    redis_message_id: str
-    worker_id: str
     token: str
     started_at: int
-    recoveries: int
-    payload: str
-    payload_encoding: str
+    attempt: int = 0
+    recoveries: int = 0
+    retries: int = 0
+    max_recoveries: int = 0
+    on_exhausted: str = ""
+    lock: str = ""
+    preview: str = ""
+    payload: str = ""
+    payload_encoding: str = ""
+
+    @property
+    def attempt_id(self) -> str:
+        """``"<worker id>|<token>"``: this attempt, as the running index and the history name it."""
+        return "%s|%s" % (self.worker_id, self.token)
 
     def to_json(self) -> str:
-        return dump(dataclasses.asdict(self))
+        data: dict[str, Any] = {
+            "a": self.actor_name,
+            "q": self.queue_name,
+            "t": self.token,
+            "s": self.started_at,
+            "x": self.max_recoveries,
+        }
+        for key, value in (("p", self.attempt), ("n", self.recoveries), ("r", self.retries)):
+            if value:
+                data[key] = value
+        for key, text in (("e", self.on_exhausted), ("l", self.lock), ("v", self.preview)):
+            if text:
+                data[key] = text
+        if self.payload:
+            data["m"] = self.payload
+            data["b"] = self.payload_encoding
+        return dump(data)
 
     @classmethod
-    def from_json(cls, raw: bytes | str) -> InflightRecord:
+    def from_json(cls, raw: bytes | str, *, message_id: str, worker_id: str) -> InflightRecord:
+        """Read a record back.
+
+        Raises:
+          CorruptRecord: When it is not a record this version understands.
+        """
         data = _load_object(raw)
+
+        def number(key: str, default: int | None = 0) -> int:
+            value = data.get(key, default)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise CorruptRecord("field %r is missing or not a non-negative integer" % key)
+            return value
+
+        def string(key: str, required: bool = False) -> str:
+            value = data.get(key)
+            if value is None and not required:
+                return ""
+            if not isinstance(value, str):
+                raise CorruptRecord("field %r is missing or not a string" % key)
+            return value
+
         return cls(
-            message_id=_field(data, "message_id", str),
-            actor_name=_field(data, "actor_name", str),
-            queue_name=_field(data, "queue_name", str),
-            redis_message_id=_field(data, "redis_message_id", str),
-            worker_id=_field(data, "worker_id", str),
-            token=_field(data, "token", str),
-            started_at=_field(data, "started_at", int),
-            recoveries=_field(data, "recoveries", int),
-            payload=_field(data, "payload", str),
-            payload_encoding=_field(data, "payload_encoding", str),
+            message_id=message_id,
+            worker_id=worker_id,
+            actor_name=string("a", True),
+            queue_name=string("q", True),
+            token=string("t", True),
+            started_at=number("s", None),
+            attempt=number("p"),
+            recoveries=number("n"),
+            retries=number("r"),
+            max_recoveries=number("x", None),
+            on_exhausted=string("e"),
+            lock=string("l"),
+            preview=string("v"),
+            payload=string("m"),
+            payload_encoding=string("b") or ("utf-8" if data.get("m") else ""),
         )
+
+    @property
+    def lock_digest_and_mode(self) -> tuple[str, str]:
+        """The digest and mode of the lock it names, or ("", "")."""
+        digest, _, mode = self.lock.partition("|")
+        return (digest, mode) if digest and mode else ("", "")
+
+    @property
+    def has_payload(self) -> bool:
+        return bool(self.payload)
 
     def message(self) -> Message[Any]:
         """Decode the stored message.
 
         Raises:
-          CorruptRecord: When the payload cannot be decoded with the current encoder.
+          CorruptRecord: When there is no payload, or it cannot be decoded with the current encoder.
         """
+        if not self.payload:
+            raise CorruptRecord("the record keeps no payload")
         try:
             return Message.decode(decode_payload(self.payload, self.payload_encoding))
         except CorruptRecord:
             raise
         except Exception as e:
             raise CorruptRecord("payload does not decode: %s" % e) from None
+
+
+def preview_of(args: tuple[Any, ...], kwargs: Mapping[str, Any], length: int) -> str:
+    """The arguments of a message, rendered for operators and cut to ``length`` characters.
+
+    Rendering never raises: an argument whose ``repr`` fails shows as its type name.
+    """
+    if length <= 0:
+        return ""
+    parts = [_safe_repr(arg, length) for arg in args]
+    parts += ["%s=%s" % (name, _safe_repr(value, length)) for name, value in kwargs.items()]
+    text = ", ".join(parts)
+    return text if len(text) <= length else text[: max(0, length - 1)] + "\u2026"
+
+
+def _safe_repr(value: Any, length: int) -> str:
+    try:
+        return _REPR.repr(value)[: length + 1]
+    except Exception:
+        return "<%s>" % type(value).__name__

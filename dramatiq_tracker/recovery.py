@@ -1,4 +1,4 @@
-"""Dead-worker detection and orphan recovery.
+"""Dead-worker detection and orphan recovery, for the workers of one broker identity.
 
 A worker is dead when its heartbeat key has expired on the tracker's Redis
 (the server's clock decides), or at once when it ran on this host and its
@@ -6,90 +6,104 @@ process is gone.  Recovery then goes, for each dead worker:
 
 1. ``declare_dead``: confirm the death and fence the worker, atomically;
 2. the broker's :class:`~dramatiq_tracker.redelivery.Redelivery` claims each
-   orphan atomically (``claim_orphans``), runs the lock cleaners and
-   delivers it again, exactly once however many sweepers race;
+   orphan atomically (:mod:`dramatiq_tracker.claims`), runs the lock
+   cleaners and delivers it again, exactly once however many sweepers race;
 3. ``finish_recovery``: forget the worker, keeping its tombstone.
 
 An interrupted recovery leaves the worker registered and due again after
-``takeover_after``, so the next sweep finishes it.  Recovery runs when a
-worker boots, every ``sweep_interval`` in one worker of the cluster (a
-lease with an owner token picks it), and on demand (:meth:`Recovery.sweep`).
+``takeover_after``, so the next sweep finishes it.  Only workers of the same
+broker identity are recovered (they share the queues); each identity has its
+own index of deadlines, so that workers of other apps sharing the namespace
+never delay ours.  On RedisBroker, dead processes the tracker's Redis forgot
+(it restarted empty, failed over, evicted) are found from the broker's own
+records and recovered the same way.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
+import logging
 import time
-import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import redis
 from dramatiq.logging import get_logger
-from dramatiq.message import Message
 
-from .brokers import BrokerFacts
-from .events import ABORT_HONOURED, DUPLICATE_DEFERRED, DUPLICATE_DROPPED, WORKER_DEAD
+from .events import WORKER_ADOPTED, WORKER_DEAD
 from .host import HostFacts
-from .orphans import (
-    BROKER_REDELIVERS,
-    DROPPED,
-    OUTCOMES,
-    QUARANTINED,
-    REDELIVERED,
-    Orphan,
-    OrphanHandling,
-    RecoveredOrphan,
-    RecoveryReport,
-)
-from .quarantine import QUARANTINE_OPTION
-from .recorder import DEFERRED_OPTION, FAIL, SKIP
+from .keys import identity_digest
+from .orphans import DROPPED, QUARANTINED_OUTCOME, RecoveryReport
 from .records import CorruptRecord, WorkerInfo
-from .redelivery import EnqueueRedelivery, redelivery_for
-from .threads import PeriodicThread
-from .unique import attempt_of
+from .redelivery import EnqueueRedelivery
 
 if TYPE_CHECKING:
-    from dramatiq import Broker, MessageProxy
+    from dramatiq import Broker
 
-    from .health import ConnectionHealth
-    from .recorder import Delivery, InflightRecorder
+    from .events import Events
+    from .orphans import Settlement
+    from .redelivery import Redelivery
     from .settings import TrackerSettings
-    from .store import AtRiskStart, TrackerStore
+    from .store import BrokerStore, TrackerStore
 
-#: How many expired workers one sweep looks at, at most.
-SWEEP_BATCH = 100
+#: How many expired workers one read of the deadlines index returns.
+SWEEP_PAGE = 100
 
 
 class Recovery:
-    """Find dead workers whose broker matches ours and settle their orphans.
+    """Find dead workers of one broker identity and settle their orphans.
 
     Parameters:
       broker(Broker): The broker orphans are delivered to.
       store(TrackerStore)
       settings(TrackerSettings)
-      handling(OrphanHandling): Lock cleaners, events, quarantine and dramatiq-abort.
+      identity(str): The broker identity (the text) of this process's broker.
+      redelivery(Redelivery): How this broker's orphans are delivered again.
+      settlement(Settlement): Reports what was done with them.
+      events(Events)
+      own_worker_id(callable): This process's worker id while it runs one: a worker never
+        recovers itself.
+      broker_store(BrokerStore|None): A RedisBroker's own keys, to find processes the tracker forgot.
     """
 
-    def __init__(self, broker: Broker, store: TrackerStore, settings: TrackerSettings, handling: OrphanHandling):
+    def __init__(
+        self,
+        broker: Broker,
+        store: TrackerStore,
+        settings: TrackerSettings,
+        identity: str,
+        redelivery: Redelivery,
+        settlement: Settlement,
+        events: Events,
+        own_worker_id: Callable[[], str | None],
+        broker_store: BrokerStore | None = None,
+    ) -> None:
         self.logger = get_logger(__name__, type(self))
         self.broker = broker
         self.store = store
         self.settings = settings
-        self.handling = handling
-        self.events = handling.events
-        self.facts = BrokerFacts.of(broker)
-        self.redelivery = redelivery_for(self.facts.kind, broker, store, settings, handling)
+        self.identity = identity
+        self.digest = identity_digest(identity)
+        self.redelivery = redelivery
+        self.settlement = settlement
+        self.events = events
+        self.own_worker_id = own_worker_id
+        #: A RedisBroker's own keys, where tracked processes are noted; None on other brokers.
+        self.broker_store = broker_store
         self.host = HostFacts.current()
         self._reported: set[str] = set()
-        #: This process's worker id while it runs one: a worker never recovers itself.
-        self.own_worker_id: Callable[[], str | None] = lambda: None
 
-    def sweep(self) -> RecoveryReport:
-        """Recover every dead worker we can see: local ones at once, others when their heartbeat expired."""
+    def sweep(self, *, budget: float | None = None) -> RecoveryReport:
+        """Recover every dead worker we can see: local ones at once, others when their heartbeat
+        expired, forgotten ones from their broker's records, and orphans left in the outbox.
+
+        Parameters:
+          budget(float): Seconds after which the sweep stops, leaving the rest to the next one.
+        """
+        deadline = None if budget is None else time.monotonic() + budget
         report = self.recover_local()
-        report.extend(self.recover_expired())
+        report.extend(self.recover_expired(deadline=deadline))
+        if not report.partial:
+            self.adopt_forgotten()
+            report.extend(self.recover_expired(deadline=deadline))
         report.extend(self.retry_outbox())
         return report
 
@@ -98,27 +112,31 @@ class Recovery:
         report = RecoveryReport()
         for worker_id, raw in self.store.workers_on_host(self.host.hostname).items():
             info = self._parse(worker_id, raw)
-            if info is not None and self.host.process_is_gone(_facts(info)):
+            if info is not None and info.broker_identity == self.identity and self.host.process_is_gone(info.host):
                 report.extend(self.recover_worker(worker_id, process_gone=True))
         return report
 
-    def recover_expired(self) -> RecoveryReport:
-        """Recover workers whose heartbeat has expired."""
-        report = RecoveryReport()
-        for worker_id in self.store.due_workers(SWEEP_BATCH):
-            report.extend(self.recover_worker(worker_id))
-        return report
+    def recover_expired(self, *, deadline: float | None = None) -> RecoveryReport:
+        """Recover workers of our broker identity whose heartbeat has expired, oldest first.
 
-    def retry_outbox(self) -> RecoveryReport:
-        """Finish re-enqueueing orphans that a stopped sweeper left in the outbox."""
+        Parameters:
+          deadline(float): A ``time.monotonic()`` after which it stops (``report.partial``).
+        """
         report = RecoveryReport()
-        if isinstance(self.redelivery, EnqueueRedelivery):
-            report.recovered += self.redelivery.retry_outbox(self.settings.takeover_after)
-            for item in report.recovered:
-                self.handling.settled(item)
-        return report
+        seen: set[str] = set()
+        while True:
+            now = self.store.server_time()
+            due = [wid for wid in self.store.due_workers(self.digest, SWEEP_PAGE, now=now) if wid not in seen]
+            if not due:
+                return report
+            for worker_id in due:
+                if deadline is not None and time.monotonic() > deadline:
+                    report.partial = True
+                    return report
+                seen.add(worker_id)
+                report.extend(self.recover_worker(worker_id, now=now))
 
-    def recover_worker(self, worker_id: str, *, process_gone: bool = False) -> RecoveryReport:
+    def recover_worker(self, worker_id: str, *, process_gone: bool = False, now: int | None = None) -> RecoveryReport:
         """Recover one worker if it is dead.
 
         Parameters:
@@ -133,184 +151,121 @@ class Recovery:
             # Our own heartbeat is late: we are the one in trouble, not a corpse to recover.
             return report
         raw = self.store.registration(worker_id)
-        info = None if raw is None else self._parse(worker_id, raw)
-        if info is None:
+        if raw is None:
+            # Not registered (any more): declaring it dead only removes it from the deadlines.
+            self.store.declare_dead(worker_id, self.digest, process_gone=False, retry_after=0)
             return report
-        if info.broker_identity != self.facts.identity:
+        info = self._parse(worker_id, raw)
+        if info is None:
+            # Unreadable: out of the way of the others, looked at again later.
+            self.store.postpone(self.digest, worker_id, (now or self.store.server_time()) + self.settings.history_ttl)
+            return report
+        if info.broker_identity != self.identity:
             self.logger.debug(
                 "Dead worker %r used broker %r, not ours (%r); leaving it to a worker of that broker.",
                 worker_id,
                 info.broker_identity,
-                self.facts.identity,
+                self.identity,
             )
             return report
 
         declared = self.store.declare_dead(
-            worker_id, process_gone=process_gone, retry_after=self.settings.takeover_after
+            worker_id, self.digest, process_gone=process_gone, retry_after=self.settings.takeover_after
         )
         if declared.status != "dead":
             return report
 
         started = time.monotonic()
-        recovered, complete = self.redelivery.recover(info, declared.records)
-        if complete:
-            self.store.finish_recovery(worker_id, info.hostname, info.broker_id, self.settings.history_ttl)
+        recovered = self.redelivery.recover(info, declared.records)
+        if recovered.complete:
+            self.store.finish_recovery(info, self.digest, self.settings.history_ttl)
+            if self.broker_store is not None and info.broker_id:
+                self.broker_store.forget_process(info.broker_id)
         report.dead_workers.append(worker_id)
-        report.recovered += recovered
+        report.recovered += recovered.orphans
+        # One line per orphan at debug; the worker-dead event says what happened to them all.
+        self.settlement.report(recovered.orphans, int(time.time() * 1000), log_level=logging.DEBUG)
+        outcomes = [orphan.outcome for orphan in recovered.orphans]
+        quarantined, dropped = outcomes.count(QUARANTINED_OUTCOME), outcomes.count(DROPPED)
         reason = "process gone" if process_gone else "heartbeat expired"
         self.events.emit(
             WORKER_DEAD,
-            "Worker %r (host %r, pid %d) is dead (%s); %d of its messages settled in %d ms%s.",
+            "Worker %r (host %r, pid %d) is dead (%s); %d of its messages settled in %d ms "
+            "(%d delivered again, %d quarantined, %d dropped)%s.",
             worker_id,
             info.hostname,
             info.pid,
             reason,
-            len(recovered),
+            len(outcomes),
             (time.monotonic() - started) * 1000,
-            "" if complete else "; another sweeper is finishing the rest",
+            len(outcomes) - quarantined - dropped,
+            quarantined,
+            dropped,
+            "" if recovered.complete else "; another sweeper is finishing the rest",
             worker_id=worker_id,
-            details={"reason": reason, "hostname": info.hostname, "pid": str(info.pid)},
+            details={
+                "reason": reason,
+                "hostname": info.hostname,
+                "pid": str(info.pid),
+                "settled": str(len(outcomes)),
+                "running": str(sum(1 for o in recovered.orphans if o.running)),
+            },
         )
-        for item in recovered:
-            self.handling.settled(item)
         return report
 
-    # Starts that must be recorded before they run ------------------------------------------
+    def adopt_forgotten(self) -> int:
+        """Find dead RedisBroker processes that the tracker's Redis forgot, from the broker's own records.
 
-    def begin_at_risk(self, recorder: InflightRecorder, message: MessageProxy, max_recoveries: int) -> Delivery:
-        """Start a message whose start must not be missed, recording it before it runs.
+        Each tracked process is noted beside its broker's keys when it registers.  One that is
+        noted there, is not registered in the tracker, and whose Dramatiq heartbeat is older than
+        ``heartbeat_timeout`` is registered again as due, and recovered by this sweep.
 
-        Those are messages delivered again (RabbitMQ's redelivered flag, the tracker's
-        own marks), duplicates that were put off, and messages of at-most-once actors.
-        What is known about the message decides its fate (``Delivery.verdict``):
-
-        - a previous attempt still running on a live worker: this one is put off
-          (enqueued again later), never run beside it (a duplicate delivery);
-        - a put-off duplicate whose awaited attempt completed: dropped;
-        - the orphan of a dead worker (a sweeper left it awaiting this redelivery,
-          or its process on this host is gone): the recovery is counted now and
-          decided: run (its locks pass to this attempt, lock cleaners run first),
-          quarantined (dead-lettered), or dropped (cancelled or aborted);
-        - a quarantine mark: dead-lettered without running.
+        Returns:
+          int: How many were adopted.
         """
-        options = message.options
-        delivery = recorder.begin(message, attempt_of(options), written=True)
-        if options.get(QUARANTINE_OPTION):
-            delivery.verdict = FAIL
-            return delivery
-        try:
-            start = self.store.begin_at_risk(delivery.record())
-            if start is None:
-                recorder.unwritten(delivery)
-                return delivery
-            delivery.recoveries = max(delivery.recoveries, start.recoveries)
-            self._decide(delivery, start, max_recoveries)
-        except redis.RedisError as e:
-            recorder.health.failed("recording a message before it runs", e)
-            recorder.unwritten(delivery)
-        return delivery
+        if self.broker_store is None:
+            return 0
+        noted = self.broker_store.tracked_processes()
+        if not noted:
+            return 0
+        broker_ids = list(noted)
+        last_seen = self.broker_store.last_seen(broker_ids)
+        now = self.broker_store.server_time()
+        adopted = 0
+        for broker_id, seen in zip(broker_ids, last_seen, strict=True):
+            if seen is not None and now - seen < self.settings.heartbeat_timeout:
+                continue
+            info = self._parse(broker_id, noted[broker_id])
+            if info is None or info.broker_identity != self.identity:
+                continue
+            if self.store.registration(info.worker_id) is not None:
+                continue
+            if self.store.adopt_worker(info, self.digest):
+                adopted += 1
+                self.events.emit(
+                    WORKER_ADOPTED,
+                    "Worker %r (host %r, pid %d) is unknown to the tracker's Redis (it lost its state) and "
+                    "silent on its broker for %s; it is recovered from the broker's records.",
+                    info.worker_id,
+                    info.hostname,
+                    info.pid,
+                    "ever" if seen is None else "%d ms" % (now - seen),
+                    worker_id=info.worker_id,
+                    details={"broker_id": broker_id},
+                )
+            else:
+                # Declared dead already and forgotten since: the note is stale.
+                self.broker_store.forget_process(broker_id)
+        return adopted
 
-    def _decide(self, delivery: Delivery, start: AtRiskStart, max_recoveries: int) -> None:
-        message, history = delivery.message, start.history
-        behind = message.options.get(DEFERRED_OPTION)
-        if behind and history.get("completed_by") == behind:
-            delivery.verdict = SKIP
-            self.events.emit(
-                DUPLICATE_DROPPED,
-                "Dropped duplicate delivery of message %r (actor %r): the attempt it waited for (%s) completed.",
-                delivery.message_id,
-                message.actor_name,
-                behind,
-                **_message_fields(delivery),
-                details={"completed_by": str(behind)},
-            )
-            return
-
-        dead = history.get("awaiting_from", "")
-        previous = start.previous_owner
-        if previous:
-            previous_worker = previous.rpartition("|")[0]
-            if self._alive(previous_worker):
-                self._defer(delivery, previous)
-                return
-            dead = dead or previous_worker
-        if dead:
-            self._claim_at_start(delivery, dead, max_recoveries)
-        elif history.get("abort"):
-            delivery.verdict = SKIP
-            self.events.emit(
-                ABORT_HONOURED,
-                "Did not run message %r (actor %r) delivered again: it was %sed.",
-                delivery.message_id,
-                message.actor_name,
-                history["abort"].rstrip("e"),
-                **_message_fields(delivery),
-            )
-        if previous and delivery.verdict is None:
-            # The previous attempt is dead: this one takes its place in the running index.
-            self.store.take_running(delivery.message_id, previous, "%s|%s" % (delivery.worker_id, delivery.token))
-
-    def _alive(self, worker_id: str) -> bool:
-        raw = self.store.registration(worker_id)
-        info = raw and self._parse(worker_id, raw)
-        if info and self.host.process_is_gone(_facts(info)):
-            return False
-        return bool(info) and self.store.alive([worker_id])[0]
-
-    def _defer(self, delivery: Delivery, previous: str) -> None:
-        # Not run beside the attempt that is still running, and not lost if that one then dies:
-        # enqueued again later, marked so that its start is checked again then.
-        message = delivery.message
-        self.store.mark_deferred(delivery.message_id, previous, self.settings.history_ttl)
-        copy = Message(**message.asdict()).copy(options={DEFERRED_OPTION: previous})
-        self.broker.enqueue(copy, delay=self.settings.heartbeat_timeout)
-        delivery.verdict = SKIP
-        self.events.emit(
-            DUPLICATE_DEFERRED,
-            "Message %r (actor %r) was delivered again while attempt %s still runs it on a live worker; "
-            "this delivery is put off by %d ms instead of running beside it.",
-            delivery.message_id,
-            message.actor_name,
-            previous,
-            self.settings.heartbeat_timeout,
-            **_message_fields(delivery),
-            details={"running": previous},
-        )
-
-    def _claim_at_start(self, delivery: Delivery, dead: str, max_recoveries: int) -> None:
-        message: Message[Any] = Message(**delivery.message.asdict())
-        aborted = self.handling.aborts.pending([delivery.message_id]) if self.handling.aborts.available else set()
-        orphan_lock = self.redelivery.orphan_lock(delivery.message_id, message, message.actor_name, aborted)
-        (claim,) = self.store.claim_orphans(
-            dead,
-            [dataclasses.replace(orphan_lock, max_recoveries=max_recoveries)],
-            mode="deliver",
-            history_ttl=self.settings.history_ttl,
-        )
-        if not claim.taken:
-            return
-        delivery.recoveries = claim.recoveries
-        raw = self.store.registration(dead)
-        worker = (raw and self._parse(dead, raw)) or WorkerInfo.unknown(dead)
-        orphan = Orphan(
-            message_id=delivery.message_id,
-            actor_name=message.actor_name,
-            queue_name=message.queue_name,
-            message=message,
-            worker=worker,
-            running=True,
-            started_at=None,
-            recoveries=claim.recoveries,
-        )
-        self.handling.cleaners.clean(orphan)
-        outcome = OUTCOMES[claim.outcome or "deliver"]
-        if outcome == QUARANTINED:
-            delivery.verdict = FAIL
-        elif outcome == DROPPED:
-            delivery.verdict = SKIP
-        self.handling.settled(
-            RecoveredOrphan(orphan, BROKER_REDELIVERS if outcome == REDELIVERED else outcome, None, claim.lock)
-        )
+    def retry_outbox(self) -> RecoveryReport:
+        """Finish re-enqueueing orphans that a stopped sweeper left in the outbox."""
+        report = RecoveryReport()
+        if isinstance(self.redelivery, EnqueueRedelivery):
+            report.recovered += self.redelivery.retry_outbox(self.settings.takeover_after)
+            if report.recovered:
+                self.settlement.report(report.recovered, int(time.time() * 1000))
+        return report
 
     def _parse(self, worker_id: str, raw: str) -> WorkerInfo | None:
         try:
@@ -320,71 +275,3 @@ class Recovery:
                 self._reported.add(worker_id)
                 self.logger.warning("Skipping worker %r: its registration is unreadable (%s).", worker_id, e)
             return None
-
-
-def _message_fields(delivery: Delivery) -> dict[str, Any]:
-    return {
-        "message_id": delivery.message_id,
-        "actor_name": delivery.message.actor_name,
-        "queue_name": delivery.message.queue_name,
-        "recoveries": delivery.recoveries,
-    }
-
-
-def _facts(info: WorkerInfo) -> HostFacts:
-    return HostFacts(info.hostname, info.pid, info.process_started, info.boot_id, info.pid_namespace)
-
-
-class Sweeper(PeriodicThread):
-    """The thread that runs recovery in a worker process.
-
-    Each tick recovers dead workers of this host whose process is gone, then,
-    if this worker holds the cluster-wide sweep lease, workers whose heartbeat
-    expired.  The first tick, at boot, does both without the lease.  Right after
-    an outage of the tracker's Redis, expired heartbeats are not trusted until
-    live workers have had two heartbeat intervals to renew theirs.
-    """
-
-    def __init__(
-        self,
-        recovery: Recovery,
-        store: TrackerStore,
-        settings: TrackerSettings,
-        health: ConnectionHealth,
-        heartbeat_fresh: Callable[[], bool] = lambda: True,
-    ):
-        super().__init__("dramatiq-tracker-sweeper", settings.sweep_interval)
-        self.recovery = recovery
-        self.store = store
-        self.settings = settings
-        self.health = health
-        self.heartbeat_fresh = heartbeat_fresh
-        self.token = uuid.uuid4().hex
-        self._booted = False
-
-    def tick(self) -> None:
-        started = time.monotonic()
-        try:
-            self.recovery.recover_local()
-            if not self.heartbeat_fresh():
-                # A worker whose own heartbeat is late may be the one declared dead: it leaves
-                # judging others to healthy workers.
-                self.store.release_lease(self.token)
-            elif not self._booted or self._holds_lease():
-                if self.health.settled_for(2 * self.settings.heartbeat_interval / 1000):
-                    self.recovery.recover_expired()
-                self.recovery.retry_outbox()
-            self._booted = True
-        except redis.RedisError as e:
-            self.health.failed("sweeping for dead workers", e)
-        else:
-            self.health.succeeded(started)
-
-    def _holds_lease(self) -> bool:
-        # A bit shorter than the interval, so that the holder's next tick finds it free or renews it.
-        return self.store.acquire_lease(self.token, max(1, self.settings.sweep_interval * 9 // 10))
-
-    def stop(self, timeout: float | None = 5.0) -> None:
-        super().stop(timeout)
-        with contextlib.suppress(redis.RedisError):
-            self.store.release_lease(self.token)

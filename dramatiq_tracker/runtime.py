@@ -1,54 +1,170 @@
-"""The tracker's machinery behind the middleware's hooks: which Redis and broker
-it is bound to, the worker session, and what happens around each message.
+"""The tracker's machinery behind the middleware's hooks.
 
-Dramatiq tells a middleware its broker only through hooks, so most parts are
-made lazily, on the first hook that brings the broker.
+Dramatiq tells a middleware its broker only through hooks, so the machinery
+is built, once and explicitly, by :func:`build` when the first hook brings
+the broker (:meth:`TrackerRuntime.bind`).  The per-message path lives here
+too: it resolves each actor's policy once, then per message does one clock
+read and one registry insert, and one removal at the end.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
 from dramatiq.middleware import SkipMessage
 
 from .abort import AbortBridge
+from .brokers import RABBITMQ, REDIS, BrokerFacts, as_redis_broker
+from .claims import Claims
 from .connection import resolve_client
 from .errors import TrackerError, TrackerNotConfigured
-from .events import Events
+from .events import EventCallbacks, Events
 from .health import ConnectionHealth
-from .orphans import LockCleaners, OrphanHandling
-from .quarantine import OPTIONS as QUARANTINE_OPTIONS
+from .keys import identity_digest
+from .options import ACTOR_OPTIONS, AT_RISK_MARKS, REVOKED_OPTION, SPECIAL_OPTIONS, UNIQUE_MARKS, attempt_of
+from .orphans import LockCleaner, LockCleaners, Settlement
+from .policies import Policies
 from .quarantine import Quarantine
-from .quarantine import validate_options as validate_quarantine_options
-from .recorder import FAIL, Delivery
 from .recovery import Recovery
+from .redelivery import redelivery_for
 from .session import WorkerSession
-from .store import TrackerStore
-from .unique import UniqueAttempt, Uniqueness, attempt_of
+from .store import BrokerStore, TrackerStore
+from .unique import QUIET_SKIP_ATTRIBUTE, Uniqueness, quiet_skip
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     import redis
     from dramatiq import Broker, MessageProxy, Middleware, Worker
     from dramatiq.message import Message
 
+    from .policies import ActorPolicy
+    from .registry import Delivery
     from .settings import TrackerSettings
+
+_time = time.time
+
+#: The attribute of a message proxy that holds its delivery, and that of an untracked unique one.
+_DELIVERY = "_tracker_delivery"
+_UNIQUE = "_tracker_unique"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackerParts:
+    """The tracker's machinery in one process, bound to its broker; built once by :func:`build`."""
+
+    broker: Broker
+    settings: TrackerSettings
+    facts: BrokerFacts
+    digest: str
+    store: TrackerStore
+    broker_store: BrokerStore | None
+    health: ConnectionHealth
+    events: Events
+    policies: Policies
+    uniqueness: Uniqueness
+    aborts: AbortBridge
+    quarantine: Quarantine
+    cleaners: LockCleaners
+    settlement: Settlement
+    claims: Claims
+    recovery: Recovery
+
+
+def build(
+    broker: Broker,
+    settings: TrackerSettings,
+    client: redis.Redis,
+    policies: Policies,
+    cleaners: list[LockCleaner],
+    callbacks: EventCallbacks,
+    own_worker_id: Any,
+) -> TrackerParts:
+    """Build the tracker's machinery for ``broker``, each part given what it depends on."""
+    facts = BrokerFacts.of(broker, settings.broker_identity)
+    digest = identity_digest(facts.identity)
+    store = TrackerStore(client, settings.namespace)
+    broker_store = None
+    if facts.kind == REDIS:
+        redis_broker = as_redis_broker(broker)
+        broker_store = BrokerStore(redis_broker.client, redis_broker.namespace, settings.namespace)
+    health = ConnectionHealth()
+    events = Events(store, health, settings.events_maxlen, callbacks)
+    aborts = AbortBridge(broker, _AbortMemory(store, settings.history_ttl).remember)
+    quarantine = Quarantine(broker, policies)
+    lock_cleaners = LockCleaners(events, cleaners)
+    settlement = Settlement(events, quarantine)
+    claims = Claims(broker, store, settings, digest, policies, aborts)
+    redelivery = redelivery_for(facts.kind, broker, store, settings, claims, lock_cleaners)
+    recovery = Recovery(
+        broker, store, settings, facts.identity, redelivery, settlement, events, own_worker_id, broker_store
+    )
+    return TrackerParts(
+        broker=broker,
+        settings=settings,
+        facts=facts,
+        digest=digest,
+        store=store,
+        broker_store=broker_store,
+        health=health,
+        events=events,
+        policies=policies,
+        uniqueness=Uniqueness(store, health),
+        aborts=aborts,
+        quarantine=quarantine,
+        cleaners=lock_cleaners,
+        settlement=settlement,
+        claims=claims,
+        recovery=recovery,
+    )
+
+
+class _AbortMemory:
+    """Persists cancel and abort requests longer than dramatiq-abort does."""
+
+    def __init__(self, store: TrackerStore, history_ttl: int) -> None:
+        self.store = store
+        self.history_ttl = history_ttl
+
+    def remember(self, message_id: str, mode: str) -> None:
+        self.store.note_history(message_id, self.history_ttl, {"abort": mode})
+
+
+class QuietSkips(logging.Filter):
+    """Leaves out Dramatiq's "Message ... was skipped." warning for messages the tracker skips on
+    purpose (put-off duplicates, stale copies, dropped duplicates): the tracker says why itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if record.msg == "Message %s was skipped." and isinstance(args, tuple) and args:
+            return not getattr(args[0], QUIET_SKIP_ATTRIBUTE, False)
+        return True
+
+
+_quiet_skips_installed = threading.Lock()
+
+
+def install_quiet_skips() -> None:
+    """Install :class:`QuietSkips` on Dramatiq's worker-thread logger, once per process."""
+    logger = logging.getLogger("dramatiq.worker.WorkerThread")
+    with _quiet_skips_installed:
+        if not any(isinstance(f, QuietSkips) for f in logger.filters):
+            logger.addFilter(QuietSkips())
 
 
 class TrackerRuntime:
     """Everything a TrackerMiddleware runs, in one process.
 
     Parameters:
-      middleware(Middleware): The middleware this runtime serves (to find its broker).
+      middleware(Middleware): The middleware this runtime serves (to find its broker before binding).
       settings(TrackerSettings)
       client(redis.Redis|None): The tracker's client, or None to resolve it from the broker.
       owns_client(bool): Whether the tracker made the client, and so closes it.
-      cleaners(LockCleaners)
-      unique_defaults(Mapping): The middleware's default uniqueness options.
-      events_maxlen(int)
+      cleaners(list): The middleware's lock cleaners (the list itself: later additions count).
+      callbacks(EventCallbacks): The application's event callbacks.
     """
 
     def __init__(
@@ -57,38 +173,41 @@ class TrackerRuntime:
         settings: TrackerSettings,
         client: redis.Redis | None,
         owns_client: bool,
-        cleaners: LockCleaners,
-        unique_defaults: Mapping[str, Any],
-        events_maxlen: int,
+        cleaners: list[LockCleaner],
+        callbacks: EventCallbacks,
     ) -> None:
         self.middleware = middleware
         self.settings = settings
-        self.cleaners = cleaners
-        self.health = ConnectionHealth()
-        self.uniqueness = Uniqueness(unique_defaults, lambda: self.store, self.health)
-        self.events = Events(lambda: self.store, self.health, events_maxlen, lambda: self.worker_id)
+        self.policies = Policies(settings)
+        self._cleaners = cleaners
+        self._callbacks = callbacks
         self._client = client
         self._owns_client = owns_client
-        self._store: TrackerStore | None = None
-        self._broker: Broker | None = None
+        self._bind_lock = threading.Lock()
+        self._parts: TrackerParts | None = None
         self._session: WorkerSession | None = None
         self._session_lock = threading.Lock()
-        self._recovery: Recovery | None = None
-        self._quarantine: Quarantine | None = None
-        self._aborts: AbortBridge | None = None
-        self._local = threading.local()
-        self._actor_tracks: dict[str, bool] = {}
+        # The per-message path reads these directly.
+        self._by_actor = self.policies._by_actor
+        self._stale_after = settings.stale_after / 1000
+        self._rabbit = False
+        #: The uniqueness state of the message this thread processes, for its retries sent meanwhile.
+        self._thread = threading.local()
 
     # Binding ---------------------------------------------------------------------------
 
     @property
-    def store(self) -> TrackerStore:
-        """The tracker's store.
+    def parts(self) -> TrackerParts:
+        """The tracker's machinery.
 
         Raises:
           TrackerError: Before the middleware is added to a broker.
         """
-        return self._store or self.bind(self.broker())
+        return self._parts or self.bind(self.broker())
+
+    @property
+    def store(self) -> TrackerStore:
+        return self.parts.store
 
     def broker(self) -> Broker:
         """The broker the middleware is added to.
@@ -96,46 +215,37 @@ class TrackerRuntime:
         Raises:
           TrackerError: Before it is added to one.
         """
+        if self._parts is not None:
+            return self._parts.broker
         # Before any hook, the global broker may be ours.
-        if self._broker is not None:
-            return self._broker
         broker = dramatiq.get_broker()
         if self.middleware not in broker.middleware:
             raise TrackerError("This tracker is not added to a broker yet; add it with broker.add_middleware().")
         return broker
 
-    def bind(self, broker: Broker) -> TrackerStore:
-        """Bind to the broker: pick the tracker's Redis (the broker's own client by default)."""
-        if self._store is None:
-            self._broker = broker
-            if self._client is None:
-                self._client = resolve_client(broker)
-                self._owns_client = self._client is not getattr(broker, "client", None)
-            self._store = TrackerStore(self._client, self.settings.namespace)
-        return self._store
-
-    def recovery(self) -> Recovery:
-        """The recovery of dead workers, shared by the session's sweeper and on-demand sweeps."""
-        if self._recovery is None:
-            broker = self.broker()
-            handling = OrphanHandling(self.cleaners, self.events, self.quarantine(), self.aborts())
-            self._recovery = Recovery(broker, self.bind(broker), self.settings, handling)
-            self._recovery.own_worker_id = lambda: self.worker_id
-        return self._recovery
-
-    def quarantine(self) -> Quarantine:
-        if self._quarantine is None:
-            self._quarantine = Quarantine(self.broker(), self.settings.max_recoveries)
-        return self._quarantine
-
-    def aborts(self) -> AbortBridge:
-        """The dramatiq-abort bridge; looked for again until found, as Abortable may be added late."""
-        if self._aborts is None or not self._aborts.available:
-            self._aborts = AbortBridge(self.broker(), self._remember_abort)
-        return self._aborts
-
-    def _remember_abort(self, message_id: str, mode: str) -> None:
-        self.store.remember_abort(message_id, mode, self.settings.history_ttl)
+    def bind(self, broker: Broker) -> TrackerParts:
+        """Bind to the broker: pick the tracker's Redis (the broker's own client by default) and
+        build the machinery, once."""
+        parts = self._parts
+        if parts is not None:
+            return parts
+        with self._bind_lock:
+            if self._parts is None:
+                if self._client is None:
+                    self._client = resolve_client(broker)
+                    self._owns_client = self._client is not getattr(broker, "client", None)
+                self._parts = build(
+                    broker,
+                    self.settings,
+                    self._client,
+                    self.policies,
+                    self._cleaners,
+                    self._callbacks,
+                    self.current_worker_id,
+                )
+                self._rabbit = self._parts.facts.kind == RABBITMQ
+                install_quiet_skips()
+            return self._parts
 
     def abort(self, message_id: str, mode: str, abort_timeout: int) -> None:
         """Cancel or abort a message through dramatiq-abort, remembering the request.
@@ -143,116 +253,156 @@ class TrackerRuntime:
         Raises:
           TrackerNotConfigured: When the broker has no dramatiq-abort ``Abortable`` middleware.
         """
-        aborts = self.aborts()
+        aborts = self.parts.aborts
         if not aborts.available:
             raise TrackerNotConfigured("Aborting a message needs dramatiq-abort's Abortable middleware on the broker.")
         aborts.abort(message_id, mode, abort_timeout)
-
-    # The worker session ---------------------------------------------------------------
-
-    @property
-    def worker_id(self) -> str | None:
-        session = self._session
-        return session.worker_id if session else None
-
-    def start_session(self, broker: Broker, worker: Worker) -> None:
-        """Register this worker process and start the tracker's threads."""
-        store = self.bind(broker)
-        self.aborts()
-        with self._session_lock:
-            if self._session is None:
-                self._session = WorkerSession(broker, worker, store, self.settings, self.recovery(), self.health)
-                self._session.start()
-
-    def queue_declared(self, broker: Broker, queue_name: str) -> None:
-        self.bind(broker)
-        session = self._session
-        if session is not None:
-            session.queue_declared(queue_name)
-
-    def stop_sweeping(self) -> None:
-        session = self._session
-        if session is not None:
-            session.stop_sweeping()
-
-    def stop_session(self) -> None:
-        """Deregister this worker process and stop the tracker's threads."""
-        with self._session_lock:
-            session, self._session = self._session, None
-        if session is not None:
-            session.stop()
-        self.close()
 
     def close(self) -> None:
         """Close the tracker's Redis client if the tracker made it; it reconnects if used again."""
         if self._owns_client and self._client is not None:
             self._client.close()
 
-    # Around each message ----------------------------------------------------------------
+    # The worker session ---------------------------------------------------------------
 
-    def validate_actor(self, actor_name: str, options: Mapping[str, Any]) -> None:
-        validate_quarantine_options(options)
-        self.uniqueness.validate_actor(actor_name, options)
+    def current_worker_id(self) -> str | None:
+        """This process's worker id while a Worker runs, else None."""
+        session = self._session
+        return session.worker_id if session is not None else None
 
-    def before_enqueue(self, broker: Broker, message: Message[Any]) -> None:
+    def start_session(self, broker: Broker, worker: Worker) -> None:
+        """Register this worker process (or add a Worker to it) and start the tracker's threads."""
+        parts = self.bind(broker)
+        with self._session_lock:
+            session = self._session
+            if session is None:
+                session = self._session = WorkerSession(parts)
+            if session.attach(worker):
+                session.start()
+
+    def queue_declared(self, broker: Broker) -> None:
         self.bind(broker)
-        if not QUARANTINE_OPTIONS.isdisjoint(message.options):
-            validate_quarantine_options(message.options)
-        self.uniqueness.before_enqueue(broker, message, getattr(self._local, "unique", None))
-
-    def _tracks(self, broker: Broker, actor_name: str, options: dict[str, Any]) -> bool:
-        # The hot path: a message option rarely overrides the actor's, so look the actor's up once.
-        track = options.get("track")
-        if track is not None:
-            return bool(track)
-        tracks = self._actor_tracks.get(actor_name)
-        if tracks is None:
-            actor = broker.actors.get(actor_name)
-            tracks = self._actor_tracks[actor_name] = bool(actor.options.get("track", True) if actor else True)
-        return tracks
-
-    def before_process(self, broker: Broker, message: MessageProxy) -> None:
-        """Record a message starting, and take or release its uniqueness lock.
-
-        Raises:
-          SkipMessage: For a message decided before it runs: a put-off duplicate, a
-            quarantined message (failed too), a cancelled one, a uniqueness conflict.
-        """
-        local, session = self._local, self._session
-        delivery: Delivery | None = getattr(local, "delivery", None)
-        if delivery is not None and session is not None:
-            session.end(delivery)
-        local.delivery = local.unique = delivery = None
-        options, actor_name = message.options, message.actor_name
-        if session is not None and self._tracks(broker, actor_name, options):
-            max_recoveries = self.quarantine().max_recoveries(actor_name, options)
-            local.delivery = delivery = session.begin(message, options, max_recoveries)
-            if delivery.verdict is not None:
-                if delivery.verdict == FAIL:
-                    message.fail()
-                raise SkipMessage()
-        if self.uniqueness.applies(broker, actor_name, options):
-            attempt = delivery.recoveries if delivery is not None else attempt_of(options)
-            worker_id = session.worker_id if session is not None else ""
-            local.unique = self.uniqueness.before_process(broker, message, attempt, worker_id)
-
-    def after_process(self, message: MessageProxy) -> None:
-        """The actor returned, raised or was skipped: release a ``while_executing`` lock."""
-        state: UniqueAttempt | None = getattr(self._local, "unique", None)
-        if state is not None and state.message_id == message.message_id:
-            self.uniqueness.after_process(state)
-
-    def end(self, message: MessageProxy) -> None:
-        """The message was acked or nacked: release its ``until_executed`` lock and its record."""
-        local = self._local
-        state: UniqueAttempt | None = getattr(local, "unique", None)
-        if state is not None and state.message_id == message.message_id:
-            local.unique = None
-            self.uniqueness.after_done(state)
-        delivery: Delivery | None = getattr(local, "delivery", None)
-        if delivery is None or delivery.message is not message:
-            return
-        local.delivery = None
         session = self._session
         if session is not None:
-            session.end(delivery)
+            session.queue_declared()
+
+    def stop_sweeping(self, worker: Worker) -> None:
+        session = self._session
+        if session is not None and session._workers == [worker]:
+            session.stop_sweeping()
+
+    def stop_session(self, worker: Worker) -> None:
+        """Remove a Worker; the last one deregisters this worker process and stops the tracker's threads."""
+        with self._session_lock:
+            session = self._session
+            if session is None or not session.detach(worker):
+                return
+            self._session = None
+        session.stop()
+        self.close()
+
+    # Around each message ----------------------------------------------------------------
+
+    def declare_actor(self, actor_name: str, options: dict[str, Any]) -> None:
+        self.policies.declare(actor_name, options)
+
+    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
+        """Stamp and lock a unique message when it is sent; mark a stale copy a fenced worker enqueues.
+
+        Raises:
+          DuplicateMessage: A unique message's lock is held by another message.
+          ConfigurationError: One of the message's tracker options is invalid.
+        """
+        policy = self._by_actor.get(message.actor_name)
+        if policy is not None and policy.unique is None and SPECIAL_OPTIONS.isdisjoint(message.options):
+            session = self._session
+            if session is None or (not session.revoked and _time() - session.recorder.last_beat <= self._stale_after):
+                return
+        self._before_enqueue(broker, message, policy)
+
+    def _before_enqueue(self, broker: Broker, message: Message[Any], policy: ActorPolicy | None) -> None:
+        parts = self._parts or self.bind(broker)
+        options = message.options
+        session = self._session
+        if session is not None:
+            recorder = session.recorder
+            if _time() - recorder.last_beat > self._stale_after:
+                recorder.ensure_alive()
+            if session.revoked and session.admission.is_stale(message.message_id, attempt_of(options)):
+                # A delayed copy this worker held before it was declared dead, moved to its queue
+                # now: it was delivered again elsewhere, so this copy is skipped wherever it starts.
+                options[REVOKED_OPTION] = True
+                return
+        if policy is None or not ACTOR_OPTIONS.isdisjoint(options):
+            policy = self.policies.of_message(broker, message.actor_name, options)
+        if policy.unique is not None:
+            parts.uniqueness.before_enqueue(broker, message, policy.unique, getattr(self._thread, "unique", None))
+
+    def before_process(self, broker: Broker, proxy: MessageProxy) -> None:
+        """Record a message starting, decide it if its start is at risk, take or release its lock.
+
+        Raises:
+          SkipMessage: For a message decided before it runs: a put-off duplicate, a stale copy,
+            a quarantined message (failed too), a cancelled one, a uniqueness conflict.
+        """
+        message = proxy._message
+        options = message.options
+        policy = self._by_actor.get(message.actor_name) or self.policies.of_actor(broker, message.actor_name)
+        special = not SPECIAL_OPTIONS.isdisjoint(options)
+        if special:
+            policy = self.policies.of_message(broker, message.actor_name, options)
+        session = self._session
+        delivery: Delivery | None = None
+        if session is not None and policy.track:
+            now = _time()
+            recorder = session.recorder
+            if now - recorder.last_beat > self._stale_after:
+                recorder.ensure_alive()
+            attempt = attempt_of(options) if special else 0
+            # Starts decided before they run: at most once, marked by the tracker, redelivered by
+            # RabbitMQ, or a copy this worker fetched before it was declared dead.
+            at_risk = policy.at_most_once or (special and not AT_RISK_MARKS.isdisjoint(options))
+            if not at_risk and session.revoked:
+                at_risk = session.admission.is_stale(message.message_id, attempt)
+            if not at_risk and self._rabbit:
+                at_risk = vars(proxy).get("redelivered") is True
+            delivery = session.registry.begin(proxy, policy, attempt, options.get("retries", 0), now, at_risk)
+            proxy._tracker_delivery = delivery  # type: ignore[attr-defined]
+            if at_risk:
+                verdict = session.admission.admit(delivery)
+                if verdict is not None:
+                    if verdict == "fail":
+                        proxy.fail()
+                    quiet_skip(proxy)
+                    raise SkipMessage()
+        if policy.unique is not None or (special and not UNIQUE_MARKS.isdisjoint(options)):
+            parts = self._parts or self.bind(broker)
+            attempt = delivery.attempt if delivery is not None else attempt_of(options)
+            worker_id = delivery.worker_id if delivery is not None else ""
+            state = parts.uniqueness.before_process(broker, proxy, policy.unique, attempt, worker_id)
+            if delivery is not None:
+                delivery.unique = state
+            elif state is not None:
+                proxy._tracker_unique = state  # type: ignore[attr-defined]
+            self._thread.unique = state
+
+    def after_process(self, proxy: MessageProxy) -> None:
+        """The actor returned, raised or was skipped: release a ``while_executing`` lock."""
+        found = vars(proxy)
+        delivery = found.get(_DELIVERY)
+        state = delivery.unique if delivery is not None else found.get(_UNIQUE)
+        if state is not None and state.holds:
+            self.parts.uniqueness.after_process(state)
+
+    def end(self, proxy: MessageProxy, completion: str) -> None:
+        """The message was acked or nacked: release its ``until_executed`` lock and its record."""
+        found = vars(proxy)
+        delivery = found.pop(_DELIVERY, None)
+        state = delivery.unique if delivery is not None else found.pop(_UNIQUE, None)
+        if state is not None:
+            self._thread.unique = None
+            self.parts.uniqueness.after_done(state)
+        if delivery is not None:
+            session = self._session
+            if session is not None:
+                session.end(delivery, completion)

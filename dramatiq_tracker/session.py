@@ -1,36 +1,39 @@
-"""Everything the tracker runs inside one worker process, wired together."""
+"""Everything the tracker runs inside one worker process, wired together.
+
+One session per process, however many embedded ``Worker`` objects run in it
+(they share the broker and its ``broker_id``): the registration consumes the
+union of their queues, and the last one to stop deregisters it.
+"""
 
 from __future__ import annotations
 
 import re
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import dramatiq
 import redis
 from dramatiq.logging import get_logger
 
 from ._version import __version__
-from .brokers import BrokerFacts, consumed_queues
+from .admission import Admission
+from .brokers import RABBITMQ, REDIS, consumed_queues
 from .events import ZOMBIE_ABORTED, ZOMBIE_COMPLETION, ZOMBIE_DETECTED
-from .health import ConnectionHealth
-from .heartbeat import Heartbeat
 from .host import HostFacts
-from .quarantine import QUARANTINE_OPTION
-from .recorder import DEFERRED_OPTION, RECOVERIES_OPTION, Delivery, InflightRecorder
-from .records import WorkerInfo
-from .recovery import Recovery, Sweeper
-from .unique import attempt_of
-
-#: Options of messages whose start is recorded before they run.
-_AT_RISK_OPTIONS = frozenset({RECOVERIES_OPTION, DEFERRED_OPTION, QUARANTINE_OPTION})
+from .options import recoveries_of
+from .recorder import Recorder
+from .records import InflightRecord, WorkerInfo
+from .registry import Delivery, InflightRegistry
+from .sweeper import Sweeper
 
 if TYPE_CHECKING:
-    from dramatiq import Broker, MessageProxy, Worker
+    from dramatiq import Broker, Worker
 
-    from .settings import TrackerSettings
-    from .store import TrackerStore
+    from .runtime import TrackerParts
+
+#: How often a fenced worker looks whether the recovery of its old identity is over, in seconds.
+_FENCE_POLL = 0.05
 
 
 def new_worker_id(host: HostFacts) -> str:
@@ -40,63 +43,128 @@ def new_worker_id(host: HostFacts) -> str:
 
 
 class WorkerSession:
-    """The registration, in-flight recorder, heartbeat and sweeper of one worker process.
+    """The registration, in-flight registry, recorder, sweeper and start decisions of one worker process.
 
     Parameters:
-      broker(Broker)
-      worker(Worker): The embedded or CLI Worker being started.
-      store(TrackerStore)
-      settings(TrackerSettings)
-      recovery(Recovery): Recovers dead workers, periodically and at boot.
-      health(ConnectionHealth): Shared by everything that talks to the tracker's Redis.
+      parts(TrackerParts): The tracker's machinery, bound to its broker.
     """
 
-    def __init__(
-        self,
-        broker: Broker,
-        worker: Worker,
-        store: TrackerStore,
-        settings: TrackerSettings,
-        recovery: Recovery,
-        health: ConnectionHealth,
-    ) -> None:
+    def __init__(self, parts: TrackerParts) -> None:
         self.logger = get_logger(__name__, type(self))
-        self.store = store
-        self.broker = broker
-        self.whitelist = set(worker.consumer_whitelist) if worker.consumer_whitelist else None
-        self.health = health
-        host = HostFacts.current()
-        facts = BrokerFacts.of(broker)
+        self.parts = parts
+        self.broker: Broker = parts.broker
+        self.settings = parts.settings
+        self.store = parts.store
+        self.host = HostFacts.current()
+        self._workers: list[Worker] = []
+        facts = parts.facts
         info = WorkerInfo(
-            worker_id=new_worker_id(host),
-            hostname=host.hostname,
-            pid=host.pid,
-            process_started=host.process_started,
-            boot_id=host.boot_id,
-            pid_namespace=host.pid_namespace,
-            queues=consumed_queues(broker, self.whitelist),
+            worker_id=new_worker_id(self.host),
+            hostname=self.host.hostname,
+            pid=self.host.pid,
+            process_started=self.host.process_started,
+            boot_id=self.host.boot_id,
+            pid_namespace=self.host.pid_namespace,
+            queues=(),
             broker_kind=facts.kind,
             broker_identity=facts.identity,
             broker_id=facts.broker_id,
             broker_namespace=facts.namespace,
-            worker_threads=worker.worker_threads,
+            worker_threads=0,
             started_at=int(time.time() * 1000),
             tracker_version=__version__,
             dramatiq_version=dramatiq.__version__,
         )
-        self.events = recovery.events
-        self.aborts = recovery.handling.aborts
-        self.recorder = InflightRecorder(
-            store, settings, self.health, info, lambda: new_worker_id(host), on_fenced=self.fenced
+        self.registry = InflightRegistry(info)
+        #: Messages recovered from this worker while it was presumed dead, with the attempt that
+        #: superseded the copies it fetched before (see :meth:`fenced`).
+        self.revoked: dict[str, int] = {}
+        self._keep_payload = facts.kind not in (REDIS, RABBITMQ)
+        self._callbacks: dict[str, str] = {}
+        self.recorder = Recorder(
+            parts.store,
+            parts.settings,
+            parts.health,
+            self.registry,
+            parts.digest,
+            self.describe,
+            self.new_worker_id,
+            self,
         )
-        self.heartbeat = Heartbeat(store, settings, self.health, self.recorder)
-        self.recovery = recovery
-        self.sweeper = Sweeper(self.recovery, store, settings, self.health, lambda: self.heartbeat.fresh)
-        self.health.on_reconnect.append(self.recorder.request_resync)
+        self.admission = Admission(
+            parts.broker,
+            parts.store,
+            parts.settings,
+            parts.health,
+            self.registry,
+            self.recorder,
+            self.describe,
+            self.revoked,
+            parts.claims,
+            parts.cleaners,
+            parts.settlement,
+            parts.events,
+        )
+        self.sweeper = Sweeper(parts.recovery, parts.store, parts.settings, parts.health, self.heartbeat_fresh)
+        parts.health.on_reconnect.append(self.recorder.request_resync)
 
     @property
     def worker_id(self) -> str:
-        return self.recorder.worker_id
+        return self.registry.worker_id
+
+    def new_worker_id(self) -> str:
+        return new_worker_id(self.host)
+
+    def heartbeat_fresh(self) -> bool:
+        """Whether this worker's heartbeat went through within ``heartbeat_timeout``: if not, it may
+        have been declared dead.  (A stricter bound would trip on ordinary scheduling delays.)"""
+        return time.time() - self.recorder.last_beat < self.settings.heartbeat_timeout / 1000
+
+    # Workers ---------------------------------------------------------------------------
+
+    def attach(self, worker: Worker) -> bool:
+        """Add an embedded or CLI Worker to this process's session.
+
+        Returns:
+          bool: True for the first one: the session must be started.
+        """
+        first = not self._workers
+        self._workers.append(worker)
+        self._update_registration()
+        return first
+
+    def detach(self, worker: Worker) -> bool:
+        """Remove a Worker that stops.
+
+        Returns:
+          bool: True when it was the last one: the session must be stopped.
+        """
+        if worker in self._workers:
+            self._workers.remove(worker)
+        if self._workers:
+            self._update_registration()
+        return not self._workers
+
+    def queue_declared(self) -> None:
+        """A queue was declared after boot: consume it in the registration too."""
+        self._update_registration()
+
+    def _update_registration(self) -> None:
+        queues: set[str] = set()
+        threads = 0
+        for worker in self._workers:
+            whitelist = set(worker.consumer_whitelist) if worker.consumer_whitelist else None
+            queues.update(consumed_queues(self.broker, whitelist))
+            threads += worker.worker_threads
+        info = self.registry.info
+        if tuple(sorted(queues)) != info.queues or threads != info.worker_threads:
+            self.registry.update_info(
+                WorkerInfo(**{**info.__dict__, "queues": tuple(sorted(queues)), "worker_threads": threads})
+            )
+            if self.recorder.is_alive():
+                self.recorder.request_resync()
+
+    # Lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Register the worker, then start the tracker's threads.
@@ -108,76 +176,16 @@ class WorkerSession:
         try:
             self.recorder.register()
         except redis.RedisError as e:
-            self.health.failed("registering worker %r" % self.worker_id, e)
+            self.parts.health.failed("registering worker %r" % self.worker_id, e)
         self.recorder.start()
-        self.heartbeat.start()
         self.sweeper.start()
+        info = self.registry.info
         self.logger.info(
             "Tracking worker %r (queues %s, broker %s).",
-            self.worker_id,
-            ", ".join(self.recorder.info.queues) or "none",
-            self.recorder.info.broker_identity,
+            info.worker_id,
+            ", ".join(info.queues) or "none",
+            info.broker_identity,
         )
-
-    def begin(self, message: MessageProxy, options: dict[str, Any], max_recoveries: int) -> Delivery:
-        """Record that a message starts processing in this worker.
-
-        Most messages are recorded in the background (the per-message path never waits on
-        Redis).  Those whose start must not be missed are recorded before they run:
-        messages delivered again, put-off duplicates, and at-most-once messages
-        (``max_recoveries=0``); see :meth:`Recovery.begin_at_risk`.
-        """
-        # RabbitMQ's message proxy sets its redelivered flag as an attribute; reading it from
-        # vars() spares every other proxy a failed lookup through MessageProxy.__getattr__.
-        if max_recoveries == 0 or vars(message).get("redelivered") is True or not _AT_RISK_OPTIONS.isdisjoint(options):
-            return self.recovery.begin_at_risk(self.recorder, message, max_recoveries)
-        return self.recorder.begin(message, attempt_of(options))
-
-    def end(self, delivery: Delivery) -> None:
-        """Record that an attempt was acked or nacked."""
-        if not self.recorder.end(delivery):
-            self.events.emit(
-                ZOMBIE_COMPLETION,
-                "Message %r (actor %r) completed on this worker after it was recovered for delivery elsewhere, "
-                "while this worker was presumed dead.",
-                delivery.message_id,
-                delivery.message.actor_name,
-                message_id=delivery.message_id,
-                actor_name=delivery.message.actor_name,
-                queue_name=delivery.message.queue_name,
-                worker_id=delivery.worker_id,
-                recoveries=delivery.recoveries,
-            )
-
-    def fenced(self, old_worker_id: str, zombies: list[Delivery]) -> None:
-        """This worker learned it was declared dead: report it, and abort its zombie copies if it can."""
-        self.events.emit(
-            ZOMBIE_DETECTED,
-            "This worker (%r) was declared dead while it was alive (a stall longer than heartbeat_timeout, "
-            "or a partition from the tracker's Redis); its %d running messages were recovered for delivery "
-            "elsewhere and no longer belong to it. It continues as worker %r.",
-            old_worker_id,
-            len(zombies),
-            self.worker_id,
-            worker_id=old_worker_id,
-            details={"new_worker_id": self.worker_id, "zombies": " ".join(d.message_id for d in zombies)},
-        )
-        if not zombies or not self.aborts.available:
-            return
-        for message_id in self.aborts.abort_locally(d.message for d in zombies):
-            self.events.emit(
-                ZOMBIE_ABORTED,
-                "Aborting the zombie copy of message %r on this worker: it was recovered for delivery elsewhere.",
-                message_id,
-                message_id=message_id,
-                worker_id=old_worker_id,
-            )
-
-    def queue_declared(self, queue_name: str) -> None:
-        """A queue was declared after boot: consume it in the registration too."""
-        queues = consumed_queues(self.broker, self.whitelist)
-        if queues != self.recorder.info.queues:
-            self.recorder.update_queues(queues)
 
     def stop_sweeping(self) -> None:
         """Stop recovering other workers: this one is shutting down."""
@@ -190,13 +198,12 @@ class WorkerSession:
         registered and are recovered by the next sweep.
         """
         self.sweeper.stop()
-        self.heartbeat.stop()
-        self.recorder.stop()
         try:
-            if self.recorder.needs_registration:
-                self.recorder.register()
-            self.recorder.flush(everything=True)
-            left = self.store.deregister(self.recorder.info)
+            self.recorder.stop_and_flush()
+            info = self.registry.info
+            left = self.store.deregister(info, self.parts.digest)
+            if not left and self.parts.broker_store is not None and info.broker_id:
+                self.parts.broker_store.forget_process(info.broker_id)
         except redis.RedisError as e:
             self.logger.warning(
                 "Could not deregister worker %r (%s); it will be recovered once its heartbeat expires.",
@@ -212,3 +219,92 @@ class WorkerSession:
             )
         else:
             self.logger.info("Worker %r deregistered.", self.worker_id)
+
+    # What is recorded -----------------------------------------------------------------------
+
+    def describe(self, delivery: Delivery) -> InflightRecord:
+        """The record of an attempt, with the policy that travels with it."""
+        policy = delivery.policy
+        on_exhausted = ""
+        if policy.on_exhausted:
+            on_exhausted = self._callbacks.get(policy.on_exhausted, "")
+            if not on_exhausted:
+                queue = self.parts.policies.callback_queue(self.broker, policy.on_exhausted)
+                on_exhausted = self._callbacks[policy.on_exhausted] = "%s|%s" % (policy.on_exhausted, queue)
+        delivery.recoveries = max(delivery.recoveries, recoveries_of(delivery.message.options))
+        return delivery.record(self.settings.preview_length, self._keep_payload, on_exhausted)
+
+    def end(self, delivery: Delivery, completion: str) -> None:
+        """Record that an attempt was acked or nacked; report a zombie's late completion."""
+        if self.registry.end(delivery, "nack" if completion == "nack" else "ack"):
+            return
+        message = delivery.message
+        self.parts.events.emit(
+            ZOMBIE_COMPLETION,
+            "Message %r (actor %r) completed on this worker after it was recovered for delivery elsewhere, "
+            "while this worker was presumed dead.",
+            delivery.message_id,
+            message.actor_name,
+            message_id=delivery.message_id,
+            actor_name=message.actor_name,
+            queue_name=message.queue_name,
+            worker_id=delivery.worker_id,
+            recoveries=delivery.recoveries,
+        )
+
+    # What the recorder learns (RecorderHooks) -------------------------------------------------
+
+    def registered(self, info: WorkerInfo) -> None:
+        self.parts.events.reporter = info.worker_id
+        if self.parts.broker_store is not None and info.broker_id:
+            try:
+                self.parts.broker_store.note_process(info.broker_id, info.to_json())
+            except redis.RedisError as e:
+                self.logger.warning("Could not note worker %r beside its broker's keys: %s.", info.worker_id, e)
+
+    def fenced(self, old_worker_id: str, zombies: list[Delivery]) -> None:
+        """This worker learned it was declared dead while alive.
+
+        It waits (at most ``takeover_after``) until the recovery of its old identity is over,
+        then learns which messages recovery took from it: copies of them that it fetched
+        before are stale and never start (:class:`~dramatiq_tracker.admission.Admission`);
+        its running copies of them are zombies, aborted with dramatiq-abort if it can.
+        Running messages recovery did not take (RabbitMQ keeps delivering them to this live
+        connection) run on as this worker's own.
+        """
+        deadline = time.monotonic() + self.settings.takeover_after / 1000
+        while self.store.registration(old_worker_id) is not None and time.monotonic() < deadline:
+            time.sleep(_FENCE_POLL)
+        for message_id, attempt in self.store.revoked(old_worker_id).items():
+            self.revoked[message_id] = max(attempt, self.revoked.get(message_id, 0))
+        taken = []
+        for delivery in zombies:
+            if self.admission.is_stale(delivery.message_id, delivery.attempt):
+                taken.append(delivery)
+            else:
+                self.registry.readopt(delivery)
+                self.store.note_history(delivery.message_id, self.settings.history_ttl, {}, forget="awaiting_from")
+        events = self.parts.events
+        events.emit(
+            ZOMBIE_DETECTED,
+            "This worker (%r) was declared dead while it was alive (a stall longer than heartbeat_timeout, "
+            "or a partition from the tracker's Redis); %d of its messages were recovered for delivery elsewhere "
+            "and no longer belong to it, %d of them still running here. It continues as worker %r.",
+            old_worker_id,
+            len(self.store.revoked(old_worker_id)),
+            len(taken),
+            self.worker_id,
+            worker_id=old_worker_id,
+            details={"new_worker_id": self.worker_id, "zombies": " ".join(d.message_id for d in taken)},
+        )
+        aborts = self.parts.aborts
+        if not taken or not aborts.available:
+            return
+        for message_id in aborts.abort_locally(d.message for d in taken):
+            events.emit(
+                ZOMBIE_ABORTED,
+                "Aborting the zombie copy of message %r on this worker: it was recovered for delivery elsewhere.",
+                message_id,
+                message_id=message_id,
+                worker_id=old_worker_id,
+            )

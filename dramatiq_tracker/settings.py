@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 from .errors import ConfigurationError
 from .keys import validate_namespace
+from .unique import DEFAULT_UNIQUE_DELAY, validate_defaults
 
 #: The default namespace of the tracker's keys.
 DEFAULT_NAMESPACE = "dramatiq-tracker"
@@ -32,8 +35,15 @@ DEFAULT_HISTORY_TTL = 7 * 86_400_000
 #: The approximate length of the Redis stream of tracker events.
 DEFAULT_EVENTS_MAXLEN = 10_000
 
+#: How many characters of a message's arguments its in-flight record keeps, for operators to see.
+DEFAULT_PREVIEW_LENGTH = 40
+
 #: The smallest interval the tracker accepts, in milliseconds.
 MINIMUM_INTERVAL = 10
+
+
+def _no_unique_defaults() -> Mapping[str, Any]:
+    return {"unique": False, "unique_ttl": None, "unique_on_conflict": None, "unique_delay": DEFAULT_UNIQUE_DELAY}
 
 
 def _require_int(setting: str, value: object, minimum: int) -> int:
@@ -59,6 +69,12 @@ class TrackerSettings:
     max_recoveries: int = DEFAULT_MAX_RECOVERIES
     flush_interval: int = DEFAULT_FLUSH_INTERVAL
     history_ttl: int = DEFAULT_HISTORY_TTL
+    events_maxlen: int = DEFAULT_EVENTS_MAXLEN
+    preview_length: int = DEFAULT_PREVIEW_LENGTH
+    #: The default uniqueness options (``unique``, ``unique_ttl``, ``unique_on_conflict``, ``unique_delay``).
+    unique_defaults: Mapping[str, Any] = dataclasses.field(default_factory=_no_unique_defaults)
+    #: Names the broker deployment this worker consumes from; None to derive it from the broker.
+    broker_identity: str | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -72,6 +88,19 @@ class TrackerSettings:
         _require_int("max_recoveries", self.max_recoveries, 0)
         _require_int("flush_interval", self.flush_interval, 1)
         _require_int("history_ttl", self.history_ttl, 1)
+        if isinstance(self.events_maxlen, bool) or not isinstance(self.events_maxlen, int) or self.events_maxlen < 1:
+            raise ConfigurationError("events_maxlen", "must be a positive integer, got %r" % (self.events_maxlen,))
+        if isinstance(self.preview_length, bool) or not isinstance(self.preview_length, int):
+            raise ConfigurationError(
+                "preview_length", "must be a number of characters, got %r" % (self.preview_length,)
+            )
+        if not 0 <= self.preview_length <= 1000:
+            raise ConfigurationError("preview_length", "must be between 0 and 1000, got %d" % self.preview_length)
+        validate_defaults(self.unique_defaults)
+        if self.broker_identity is not None and (
+            not isinstance(self.broker_identity, str) or not self.broker_identity.strip()
+        ):
+            raise ConfigurationError("broker_identity", "must be a non-empty string, got %r" % (self.broker_identity,))
 
         # One late beat must not kill a worker: the timeout has to cover at least two intervals.
         if self.heartbeat_timeout < 2 * self.heartbeat_interval:
@@ -91,6 +120,14 @@ class TrackerSettings:
                 "history_ttl",
                 "must be at least heartbeat_timeout (%d ms), got %d" % (self.heartbeat_timeout, self.history_ttl),
             )
+
+    @property
+    def stale_after(self) -> int:
+        """How long after its last heartbeat went through a worker checks, before it starts a
+        message, that it was not declared dead meanwhile, in milliseconds.  A heartbeat key lives
+        ``heartbeat_timeout`` from the moment it is sent, so a worker whose last beat is younger
+        than this cannot have been declared dead by heartbeat expiry."""
+        return self.heartbeat_timeout - self.heartbeat_interval // 2
 
     @property
     def takeover_after(self) -> int:

@@ -1,24 +1,52 @@
-"""Every Redis operation of the tracker, one method each.
+"""Every Redis operation of the tracker, one method each, and the typed contract of its Lua scripts.
 
-Hooks, threads, the recovery loop, the CLI and the pytest plugin all go
-through :class:`TrackerStore`; none of them formats a key or sends a
-command of its own.  Methods raise :class:`redis.RedisError` as redis-py
-does; deciding what an outage means is the caller's business.
+Hooks, threads, the recovery loop, the inspection API and the CLI all go
+through :class:`TrackerStore` (the tracker's Redis) or :class:`BrokerStore`
+(a RedisBroker's own keys); none of them formats a key or sends a command
+of its own.  Methods raise :class:`redis.RedisError` as redis-py does;
+deciding what an outage means is the caller's business.
+
+Scripts are shipped in ``dramatiq_tracker/lua``, one per atomic operation,
+each headed by its KEYS/ARGV/return contract.  Every key a script touches is
+passed in ``KEYS``, and all of a namespace's keys share one hash tag, so
+they work on a Redis Cluster as on a single server.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+import functools
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
-from .keys import Keys, RedisBrokerKeys
-from .records import InflightRecord, WorkerInfo
-from .scripts import Scripts
+from .keys import SEQUENCE_FIELD, Keys, RedisBrokerKeys
 
 if TYPE_CHECKING:
     import redis
+    from redis.commands.core import Script
+
+    from .records import WorkerInfo
+
+#: What a write of a worker's records says about the worker.
+WriteStatus = Literal["ok", "fenced", "unknown", "diverged"]
+#: What registering says: "fenced" when the worker id was declared dead.
+RegisterStatus = Literal["ok", "fenced"]
+#: What declaring a worker dead found.
+DeathStatus = Literal["dead", "alive", "gone"]
+#: How ``lua/claim_orphans.lua`` claims a broker's orphans (see the script).
+ClaimMode = Literal["deliver", "park", "await"]
+#: The fate of an orphan, decided when it is claimed; "" while its broker's redelivery is awaited.
+Outcome = Literal["deliver", "quarantine", "drop", ""]
+#: What a claim did to an orphan's uniqueness lock.
+LockOutcome = Literal["deleted", "transferred", ""]
+#: What happens to an orphan in a dead RedisBroker process's acks.
+MoveAction = Literal["requeue", "deadletter", "drop"]
+#: How an attempt ended, for a duplicate waiting behind it.
+Completion = Literal["ack", "nack"]
+#: What taking a uniqueness lock found.
+LockStatus = Literal["acquired", "owned", "conflict"]
 
 
 def text(value: Any) -> str:
@@ -28,33 +56,52 @@ def text(value: Any) -> str:
     return str(value)
 
 
-def _int(value: str | None) -> int:
+def _reply(value: Any, contract: Any) -> Any:
+    """A script's reply, checked against the ``Literal`` type of its contract.
+
+    Raises:
+      ValueError: When the script replied something its contract does not allow (a script of
+        another version of the package runs under the same name).
+    """
+    allowed = get_args(contract)
+    found = text(value) if value is not None else ""
+    if found not in allowed:
+        raise ValueError("unexpected script reply %r (expected one of %s)" % (found, ", ".join(allowed)))
+    return found
+
+
+def _int(value: Any) -> int:
     try:
-        return int(value or 0)
+        return int(text(value) if value is not None else 0)
     except ValueError:
         return 0
 
 
-def _lock_info(digest: str, fields: dict[Any, Any], ttl: int) -> LockInfo:
-    lock = {text(name): text(value) for name, value in fields.items()}
-    return LockInfo(
-        digest=digest,
-        message_id=lock.get("message_id", ""),
-        attempt=_int(lock.get("attempt")),
-        mode=lock.get("mode", ""),
-        actor_name=lock.get("actor", ""),
-        queue_name=lock.get("queue", ""),
-        worker_id=lock.get("worker", ""),
-        acquired_at=_int(lock.get("acquired_at")),
-        ttl=int(ttl) if int(ttl) >= 0 else None,
-    )
+@functools.cache
+def script_source(name: str) -> str:
+    """The text of ``lua/<name>.lua``."""
+    return resources.files("dramatiq_tracker").joinpath("lua").joinpath(name + ".lua").read_text(encoding="utf-8")
 
 
-def _flat(records: Iterable[InflightRecord]) -> list[str]:
-    args: list[str] = []
-    for record in records:
-        args += [record.message_id, record.token, record.to_json()]
-    return args
+class Scripts:
+    """The tracker's scripts registered on one Redis client.
+
+    Registration only computes SHA1s; redis-py loads a script into the
+    server on first use and again after a ``SCRIPT FLUSH`` or a restart.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._scripts: dict[str, Script] = {}
+
+    def __call__(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = self._client.register_script(script_source(name))
+        return script(keys=list(keys), args=list(args))
+
+
+# The contract of the scripts ---------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,45 +114,68 @@ class DeclaredDead:
       records(dict[str, str]): The raw in-flight records of a dead worker, by message id.
     """
 
-    status: str
+    status: DeathStatus
     registration: str = ""
     records: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
-class OrphanClaim:
-    """The outcome of claiming one orphan (see ``lua/claim_orphans.lua``).
+class ClaimRequest:
+    """One orphan to claim, with what ``lua/claim_orphans.lua`` needs to decide its fate.
+
+    Parameters:
+      message_id(str)
+      attempt(int): The attempt of the copy found (0 when unknown).
+      digest(str): Its uniqueness lock digest, or "".
+      mode(str): Its lock mode, or "".
+      max_recoveries(int): Its poison limit.
+      aborted(bool): dramatiq-abort holds a cancel or abort request for it.
+    """
+
+    message_id: str
+    attempt: int = 0
+    digest: str = ""
+    mode: str = ""
+    max_recoveries: int = 2**31
+    aborted: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimReply:
+    """What claiming one orphan decided (see ``lua/claim_orphans.lua``).
 
     Parameters:
       running(bool): It was being processed, not only prefetched.
-      taken(bool): This call took its record: it must deliver it again.
-      recoveries(int): Its recovery count; the attempt number of its next delivery.
+      taken(bool): This call took its record.
+      recoveries(int): Its recovery count.
+      attempt(int): The attempt of its next delivery.
       claim_age(int): For a running orphan another caller took, how long ago, in ms.
       awaiting(bool): Its recovery is counted when the broker redelivers it.
-      lock(str): What happened to its uniqueness lock: "deleted", "transferred" or "".
-      outcome(str): "deliver", "quarantine" (dead-letter it), "drop" (it was cancelled or
-        aborted), or "" while awaiting.
+      lock(str): What happened to its uniqueness lock.
+      outcome(str): Its fate, "" while awaiting.
     """
 
     running: bool
     taken: bool
     recoveries: int
+    attempt: int
     claim_age: int
     awaiting: bool
-    lock: str
-    outcome: str
+    lock: LockOutcome
+    outcome: Outcome
 
 
 @dataclasses.dataclass(frozen=True)
-class OrphanLock:
-    """An orphan to claim: its uniqueness lock ("" when none), how many recoveries it
-    may have, and whether dramatiq-abort holds a cancel or abort request for it."""
+class AtRiskStart:
+    """What :meth:`TrackerStore.begin_at_risk` found.
 
-    message_id: str
-    digest: str = ""
-    mode: str = ""
-    max_recoveries: int = 2**31
-    aborted: bool = False
+    Parameters:
+      previous_owner(str): "worker id|token|retries" of another attempt recorded running the message, or "".
+      history(dict[str, str]): The message's history (recoveries, attempt, awaiting_from, abort, ...).
+    """
+
+    previous_owner: str
+    history: dict[str, str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +185,7 @@ class LockInfo:
     Parameters:
       digest(str)
       message_id(str): The message that owns it.
-      attempt(int): The owning attempt (the message's recovery count then).
+      attempt(int): The owning attempt.
       mode(str): The lock mode.
       actor_name(str)
       queue_name(str)
@@ -135,28 +205,36 @@ class LockInfo:
     ttl: int | None
 
 
-@dataclasses.dataclass(frozen=True)
-class AtRiskStart:
-    """What :meth:`TrackerStore.begin_at_risk` found.
+def _lock_info(digest: str, fields: Mapping[Any, Any], ttl: Any) -> LockInfo:
+    lock = {text(name): text(value) for name, value in fields.items()}
+    remaining = _int(ttl)
+    return LockInfo(
+        digest=digest,
+        message_id=lock.get("message_id", ""),
+        attempt=_int(lock.get("attempt")),
+        mode=lock.get("mode", ""),
+        actor_name=lock.get("actor", ""),
+        queue_name=lock.get("queue", ""),
+        worker_id=lock.get("worker", ""),
+        acquired_at=_int(lock.get("acquired_at")),
+        ttl=remaining if remaining >= 0 else None,
+    )
 
-    Parameters:
-      previous_owner(str): "worker id|token" of another attempt recorded running the message, or "".
-      history(dict[str, str]): The message's history (recoveries, awaiting_from, abort, ...).
-    """
 
-    previous_owner: str
-    history: dict[str, str]
+#: An in-flight record as scripts take it: message id, "token|retries" (the running index's
+#: owner, after the worker id), the record's JSON.
+RecordEntry = tuple[str, str, str]
 
-    @property
-    def recoveries(self) -> int:
-        return _int(self.history.get("recoveries"))
+
+def _flat(entries: Iterable[tuple[Any, ...]]) -> list[Any]:
+    return [value for entry in entries for value in entry]
 
 
 class TrackerStore:
     """The tracker's Redis operations for one namespace.
 
     Parameters:
-      client(redis.Redis): The tracker's Redis client.
+      client(redis.Redis): The tracker's Redis client (a ``RedisCluster`` works too).
       namespace(str): The tracker namespace.
     """
 
@@ -176,207 +254,311 @@ class TrackerStore:
     def register(
         self,
         info: WorkerInfo,
-        records: Sequence[InflightRecord],
+        identity: str,
         heartbeat_timeout: int,
+        records: Sequence[RecordEntry] = (),
         zombies: Sequence[tuple[str, str]] = (),
-    ) -> str:
+    ) -> RegisterStatus:
         """Register ``info`` (or re-synchronise it) with everything it has in flight.
 
         Parameters:
-          zombies(list): (message id, token) of attempts still running here that were
+          identity(str): The digest of the worker's broker identity.
+          records(list): (message id, "token|retries", record JSON) of each attempt in flight.
+          zombies(list): (message id, "token|retries") of attempts still running here that were
             recovered while this process was presumed dead.
-
-        Returns:
-          str: "ok", or "fenced" when this worker id was declared dead.
         """
-        wid = info.worker_id
-        k = self.keys
-        keys = [k.workers, k.deadlines, k.dead_workers, k.heartbeat(wid), k.inflight(wid), k.running]
-        args: list[Any] = [wid, info.to_json(), heartbeat_timeout, len(zombies)]
-        for message_id, token in zombies:
-            args += [message_id, token]
-        args += _flat(records)
-        return text(self.scripts["register"](keys=keys + self._worker_keys(info), args=args))
+        wid, k = info.worker_id, self.keys
+        keys = [
+            k.workers, k.identities, k.deadlines(identity), k.dead_workers,
+            k.heartbeat(wid), k.inflight(wid), k.running, *self._worker_keys(info),
+        ]  # fmt: skip
+        args = [wid, info.to_json(), heartbeat_timeout, identity, info.broker_identity, len(zombies)]
+        reply = self.scripts("register", keys, [*args, *_flat(zombies), *_flat(records)])
+        status: RegisterStatus = _reply(reply, RegisterStatus)
+        return status
 
-    def heartbeat(self, worker_id: str, heartbeat_timeout: int) -> str:
-        """Refresh a worker's heartbeat.
+    def heartbeat(self, worker_id: str, identity: str, heartbeat_timeout: int, writes: tuple[int, int]) -> WriteStatus:
+        """Refresh a worker's heartbeat and check that its records are what it wrote.
 
-        Returns:
-          str: "ok", "fenced" (declared dead) or "unknown" (not registered).
+        Parameters:
+          writes(tuple): The lowest and highest write count the worker expects.
         """
         k = self.keys
-        keys = [k.workers, k.deadlines, k.dead_workers, k.heartbeat(worker_id)]
-        return text(self.scripts["heartbeat"](keys=keys, args=[worker_id, heartbeat_timeout]))
+        keys = [k.workers, k.deadlines(identity), k.dead_workers, k.heartbeat(worker_id), k.inflight(worker_id)]
+        reply = self.scripts("heartbeat", keys, [worker_id, heartbeat_timeout, *writes])
+        status: WriteStatus = _reply(reply, WriteStatus)
+        return status
 
-    def flush(self, worker_id: str, started: Sequence[InflightRecord], ended: Sequence[tuple[str, str]]) -> bool:
-        """Write a batch of started and ended messages of one worker.
+    def flush(
+        self,
+        worker_id: str,
+        writes: tuple[int, int],
+        started: Sequence[RecordEntry],
+        ended: Sequence[tuple[str, str, Completion]],
+    ) -> WriteStatus:
+        """Write a batch of started and ended messages of one worker (``lua/flush.lua``).
 
-        Returns:
-          bool: False, with nothing written, when the worker is not registered or was declared dead.
+        Parameters:
+          writes(tuple): The lowest and highest write count the worker expects.
+          started(list): (message id, "token|retries", record JSON) of each attempt that started.
+          ended(list): (message id, token, "ack" or "nack") of each attempt that ended.
         """
         k = self.keys
         keys = [k.workers, k.dead_workers, k.inflight(worker_id), k.running]
-        args: list[Any] = [worker_id, len(started), *_flat(started)]
-        for message_id, token in ended:
-            keys.append(k.message(message_id))
-            args += [message_id, token]
-        return bool(self.scripts["flush"](keys=keys, args=args))
+        keys += [k.message(message_id) for message_id, _, _ in ended]
+        args = [worker_id, *writes, len(started), *_flat(started), *_flat(ended)]
+        status: WriteStatus = _reply(self.scripts("flush", keys, args), WriteStatus)
+        return status
 
-    def begin_at_risk(self, record: InflightRecord) -> AtRiskStart | None:
+    def begin_at_risk(
+        self, worker_id: str, owner: str, message_id: str, record: str
+    ) -> AtRiskStart | Literal["fenced", "unknown"]:
         """Record a message before it runs and read its history (``lua/begin_at_risk.lua``).
 
-        Returns:
-          AtRiskStart: None when the worker is not registered or was declared dead.
+        Parameters:
+          owner(str): This attempt's "token|retries".
+          record(str): Its in-flight record, JSON.
         """
         k = self.keys
-        wid, mid = record.worker_id, record.message_id
-        keys = [k.workers, k.dead_workers, k.inflight(wid), k.running, k.message(mid)]
-        reply = [
-            text(item)
-            for item in self.scripts["begin_at_risk"](keys=keys, args=[wid, record.token, mid, record.to_json()])
-        ]
-        if reply[0] != "ok":
-            return None
+        keys = [k.workers, k.dead_workers, k.inflight(worker_id), k.running, k.message(message_id)]
+        reply = [text(item) for item in self.scripts("begin_at_risk", keys, [worker_id, owner, message_id, record])]
+        status: Literal["ok", "fenced", "unknown"] = _reply(reply[0], Literal["ok", "fenced", "unknown"])
+        if status != "ok":
+            return status
         return AtRiskStart(reply[1], dict(zip(reply[2::2], reply[3::2], strict=True)))
 
-    def take_running(self, message_id: str, dead_owner: str, owner: str) -> bool:
-        """Put an attempt in a dead attempt's place in the running index (``lua/take_running.lua``)."""
-        return bool(self.scripts["take_running"](keys=[self.keys.running], args=[message_id, dead_owner, owner]))
+    def take_running(self, message_id: str, previous: str, owner: str) -> bool:
+        """Put an attempt in the place of an ended or dead one in the running index."""
+        return bool(self.scripts("take_running", [self.keys.running], [message_id, previous, owner]))
 
-    def mark_deferred(self, message_id: str, owner: str, history_ttl: int) -> None:
-        """Note that a duplicate of a message was put off behind the attempt ``owner`` ("worker id|token")."""
-        key = self.keys.message(message_id)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(key, "deferred_behind", owner)
-        pipe.hdel(key, "completed_by")
-        pipe.pexpire(key, history_ttl)
-        pipe.execute()
+    def note_history(self, message_id: str, history_ttl: int, fields: Mapping[str, str], *, forget: str = "") -> None:
+        """Set fields of a message's history, deleting ``forget`` first (``lua/note_history.lua``)."""
+        args = [history_ttl, forget, *_flat(fields.items())]
+        self.scripts("note_history", [self.keys.message(message_id)], args)
 
-    def remember_abort(self, message_id: str, mode: str, history_ttl: int) -> None:
-        """Persist that a message was cancelled or aborted, longer than dramatiq-abort's own TTL."""
-        key = self.keys.message(message_id)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(key, "abort", mode)
-        pipe.pexpire(key, history_ttl)
-        pipe.execute()
-
-    def deregister(self, info: WorkerInfo) -> int:
+    def deregister(self, info: WorkerInfo, identity: str) -> int:
         """Remove a stopped worker.
 
         Returns:
           int: How many messages were still in flight; the worker then stays, to be recovered.
         """
-        wid = info.worker_id
-        k = self.keys
-        keys = [k.workers, k.deadlines, k.heartbeat(wid), k.inflight(wid), *self._worker_keys(info)]
-        return int(self.scripts["deregister"](keys=keys, args=[wid]))
+        wid, k = info.worker_id, self.keys
+        keys = [k.workers, k.deadlines(identity), k.heartbeat(wid), k.inflight(wid), *self._worker_keys(info)]
+        return _int(self.scripts("deregister", keys, [wid]))
 
     # Reading ------------------------------------------------------------------
 
     def server_time(self) -> int:
-        """The Redis server's clock, in ms since the epoch."""
-        seconds, microseconds = self.client.time()
-        return int(seconds) * 1000 + int(microseconds) // 1000
+        """The clock of the Redis server that holds the namespace, in ms since the epoch."""
+        seconds, microseconds = self.scripts("server_time", [self.keys.workers], [])
+        return _int(seconds) * 1000 + _int(microseconds) // 1000
 
-    def due_workers(self, limit: int) -> list[str]:
-        """Ids of workers whose heartbeat deadline has passed, by the server's clock."""
-        now = self.server_time()
-        ids = self.client.zrangebyscore(self.keys.deadlines, "-inf", now, start=0, num=limit)
-        return [text(worker_id) for worker_id in ids]
+    def due_workers(self, identity: str, limit: int, *, now: int | None = None) -> list[str]:
+        """Ids of the workers of one broker identity whose heartbeat deadline has passed, oldest first."""
+        now = self.server_time() if now is None else now
+        found = self.client.zrangebyscore(self.keys.deadlines(identity), "-inf", now, start=0, num=limit)
+        return [text(worker_id) for worker_id in found]
+
+    def postpone(self, identity: str, worker_id: str, until: int) -> None:
+        """Move a worker that cannot be recovered now out of the way of the others until ``until`` (server ms)."""
+        self.client.zadd(self.keys.deadlines(identity), {worker_id: until}, xx=True)
+
+    def deadlines(self, identity: str) -> dict[str, int]:
+        """Every worker of one broker identity with its heartbeat deadline (server ms)."""
+        found = cast(
+            "list[tuple[Any, float]]", self.client.zrange(self.keys.deadlines(identity), 0, -1, withscores=True)
+        )
+        return {text(wid): int(score) for wid, score in found}
 
     def workers_on_host(self, hostname: str) -> dict[str, str]:
         """Raw registrations of the workers registered from ``hostname``, by worker id."""
         ids = [text(worker_id) for worker_id in self.client.smembers(self.keys.host(hostname))]
-        if not ids:
-            return {}
-        registrations = self.client.hmget(self.keys.workers, ids)
-        return {wid: text(raw) for wid, raw in zip(ids, registrations, strict=True) if raw is not None}
+        return self.registrations(ids)
 
     def registration(self, worker_id: str) -> str | None:
         """A worker's raw registration, or None when it is not registered."""
         raw = self.client.hget(self.keys.workers, worker_id)
         return None if raw is None else text(raw)
 
+    def registrations(self, worker_ids: Sequence[str]) -> dict[str, str]:
+        """Raw registrations of the given workers that are registered, by worker id."""
+        if not worker_ids:
+            return {}
+        found = self.client.hmget(self.keys.workers, list(worker_ids))
+        return {wid: text(raw) for wid, raw in zip(worker_ids, found, strict=True) if raw is not None}
+
     def workers(self) -> dict[str, str]:
         """Raw registrations of every registered worker, by worker id."""
         return {text(wid): text(raw) for wid, raw in self.client.hgetall(self.keys.workers).items()}
 
+    def scan_workers(self, cursor: int = 0, count: int = 500) -> tuple[int, dict[str, str]]:
+        """A page of registrations: the next cursor (0 at the end) and raw registrations by worker id."""
+        cursor, found = self.client.hscan(self.keys.workers, cursor, count=count)
+        return int(cursor), {text(wid): text(raw) for wid, raw in cast("dict[Any, Any]", found).items()}
+
+    def identities(self) -> dict[str, str]:
+        """Every broker identity seen in the namespace, by digest."""
+        return {text(d): text(i) for d, i in self.client.hgetall(self.keys.identities).items()}
+
     def alive(self, worker_ids: Sequence[str]) -> list[bool]:
         """Whether each worker's heartbeat is fresh."""
+        if not worker_ids:
+            return []
         pipe = self.client.pipeline(transaction=False)
         for worker_id in worker_ids:
             pipe.exists(self.keys.heartbeat(worker_id))
         return [bool(found) for found in pipe.execute()]
 
+    def heartbeat_ttls(self, worker_ids: Sequence[str]) -> list[int | None]:
+        """Milliseconds until each worker's heartbeat expires; None where it has."""
+        if not worker_ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for worker_id in worker_ids:
+            pipe.pttl(self.keys.heartbeat(worker_id))
+        return [ttl if ttl >= 0 else None for ttl in (_int(v) for v in pipe.execute())]
+
     def inflight(self, worker_id: str) -> dict[str, str]:
         """A worker's raw in-flight records, by message id."""
         records = self.client.hgetall(self.keys.inflight(worker_id))
-        return {text(mid): text(raw) for mid, raw in records.items()}
+        found = {text(mid): text(raw) for mid, raw in records.items()}
+        found.pop(SEQUENCE_FIELD, None)
+        return found
+
+    def scan_inflight(self, worker_id: str, cursor: int = 0, count: int = 500) -> tuple[int, dict[str, str]]:
+        """A page of a worker's raw in-flight records: the next cursor (0 at the end) and records by message id."""
+        cursor, records = self.client.hscan(self.keys.inflight(worker_id), cursor, count=count)
+        found = {text(mid): text(raw) for mid, raw in cast("dict[Any, Any]", records).items()}
+        found.pop(SEQUENCE_FIELD, None)
+        return int(cursor), found
+
+    def inflight_counts(self, worker_ids: Sequence[str]) -> list[int]:
+        """How many records each worker has in flight."""
+        if not worker_ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for worker_id in worker_ids:
+            pipe.hlen(self.keys.inflight(worker_id))
+            pipe.hexists(self.keys.inflight(worker_id), SEQUENCE_FIELD)
+        replies = pipe.execute()
+        return [max(0, _int(n) - int(bool(meta))) for n, meta in zip(replies[::2], replies[1::2], strict=True)]
+
+    def running_owner(self, message_id: str) -> str:
+        """The "worker id|token|retries" of the attempt recorded running a message, or ""."""
+        owner = self.client.hget(self.keys.running, message_id)
+        return text(owner) if owner is not None else ""
 
     def dead_workers(self) -> dict[str, int]:
         """Tombstoned worker ids with the server time they were declared dead."""
-        found = cast("list[tuple[bytes, float]]", self.client.zrange(self.keys.dead_workers, 0, -1, withscores=True))
+        found = cast("list[tuple[Any, float]]", self.client.zrange(self.keys.dead_workers, 0, -1, withscores=True))
         return {text(wid): int(score) for wid, score in found}
 
     def message_history(self, message_id: str) -> dict[str, str]:
-        """What the tracker remembers of a message (recoveries, ...)."""
+        """What the tracker remembers of a message (recoveries, attempt, outcome, ...)."""
         history = self.client.hgetall(self.keys.message(message_id))
         return {text(field): text(value) for field, value in history.items()}
 
+    def revoked(self, worker_id: str) -> dict[str, int]:
+        """The messages recovered from a worker declared dead, with the attempt that superseded its copies."""
+        found = self.client.hgetall(self.keys.revoked(worker_id))
+        return {text(mid): _int(attempt) for mid, attempt in found.items()}
+
     # Recovery -------------------------------------------------------------------
 
-    def declare_dead(self, worker_id: str, *, process_gone: bool, retry_after: int) -> DeclaredDead:
+    def declare_dead(self, worker_id: str, identity: str, *, process_gone: bool, retry_after: int) -> DeclaredDead:
         """Confirm a worker's death and fence it (``lua/declare_dead.lua``)."""
         k = self.keys
-        keys = [k.workers, k.deadlines, k.dead_workers, k.heartbeat(worker_id), k.inflight(worker_id)]
-        reply = self.scripts["declare_dead"](keys=keys, args=[worker_id, int(process_gone), retry_after])
-        status = text(reply[0])
+        keys = [k.workers, k.deadlines(identity), k.dead_workers, k.heartbeat(worker_id), k.inflight(worker_id)]
+        reply = self.scripts("declare_dead", keys, [worker_id, int(process_gone), retry_after])
+        status: DeathStatus = _reply(reply[0], DeathStatus)
         if status != "dead":
             return DeclaredDead(status)
         flat = [text(item) for item in reply[2:]]
         return DeclaredDead(status, text(reply[1]), dict(zip(flat[::2], flat[1::2], strict=True)))
 
     def claim_orphans(
-        self, worker_id: str, orphans: Sequence[OrphanLock], *, mode: str, history_ttl: int
-    ) -> list[OrphanClaim]:
-        """Claim a dead worker's orphans, counting each recovery once and releasing
-        the uniqueness locks they own, atomically (``lua/claim_orphans.lua``).
-
-        Parameters:
-          mode(str): "deliver", "park" or "await"; see the script.
+        self,
+        worker_id: str,
+        identity: str,
+        requests: Sequence[ClaimRequest],
+        *,
+        mode: ClaimMode,
+        history_ttl: int,
+    ) -> list[ClaimReply]:
+        """Claim a dead worker's orphans, counting each recovery once, giving each moved copy a new
+        attempt and releasing the uniqueness locks they own, atomically (``lua/claim_orphans.lua``).
         """
-        if not orphans:
+        if not requests:
             return []
         k = self.keys
-        keys = [k.inflight(worker_id), k.running, k.outbox]
+        keys = [k.inflight(worker_id), k.running, k.outbox(identity), k.revoked(worker_id)]
         args: list[Any] = [worker_id, history_ttl, mode]
-        for orphan in orphans:
-            keys.append(k.message(orphan.message_id))
-            if orphan.digest:
-                keys += [k.lock(orphan.digest), k.locks]
-            mode_ = orphan.mode if orphan.digest else ""
-            args += [orphan.message_id, orphan.digest, mode_, orphan.max_recoveries, int(orphan.aborted)]
-        reply = self.scripts["claim_orphans"](keys=keys, args=args)
+        for request in requests:
+            keys.append(k.message(request.message_id))
+            if request.digest:
+                keys += [k.lock(request.digest), k.locks]
+            args += [
+                request.message_id,
+                request.attempt,
+                request.digest,
+                request.mode if request.digest else "",
+                request.max_recoveries,
+                int(request.aborted),
+            ]
+        replies = self.scripts("claim_orphans", keys, args)
         return [
-            OrphanClaim(bool(int(r)), bool(int(t)), int(n), int(age), bool(int(awaiting)), text(lock), text(outcome))
-            for r, t, n, age, awaiting, lock, outcome in reply
+            ClaimReply(
+                running=bool(_int(running)),
+                taken=bool(_int(taken)),
+                recoveries=_int(recoveries),
+                attempt=_int(attempt),
+                claim_age=_int(age),
+                awaiting=bool(_int(awaiting)),
+                lock=_reply(lock, LockOutcome),
+                outcome=_reply(outcome, Outcome),
+            )
+            for running, taken, recoveries, attempt, age, awaiting, lock, outcome in replies
         ]
 
-    def finish_recovery(self, worker_id: str, hostname: str, broker_id: str, history_ttl: int) -> bool:
-        """Forget a dead worker whose orphans were delivered again."""
+    def finish_recovery(self, info: WorkerInfo, identity: str, history_ttl: int) -> bool:
+        """Forget a dead worker whose orphans were settled, keeping its tombstone."""
+        wid, k = info.worker_id, self.keys
+        keys = [
+            k.workers, k.deadlines(identity), k.dead_workers, k.heartbeat(wid),
+            k.inflight(wid), k.running, *self._worker_keys(info),
+        ]  # fmt: skip
+        return bool(self.scripts("finish_recovery", keys, [wid, history_ttl]))
+
+    def adopt_worker(self, info: WorkerInfo, identity: str) -> bool:
+        """Register, due for recovery, a dead worker the tracker's Redis forgot (``lua/adopt_worker.lua``)."""
         k = self.keys
         keys = [
-            k.workers,
-            k.deadlines,
-            k.dead_workers,
-            k.heartbeat(worker_id),
-            k.inflight(worker_id),
-            k.running,
-            k.host(hostname),
-        ]
-        if broker_id:
-            keys.append(k.broker(broker_id))
-        return bool(self.scripts["finish_recovery"](keys=keys, args=[worker_id, history_ttl]))
+            k.workers, k.identities, k.deadlines(identity), k.dead_workers,
+            k.host(info.hostname), k.broker(info.broker_id),
+        ]  # fmt: skip
+        args = [info.worker_id, info.to_json(), identity, info.broker_identity]
+        return bool(self.scripts("adopt_worker", keys, args))
+
+    def outbox(self, identity: str) -> dict[str, str]:
+        """Orphans claimed for re-enqueueing onto one broker identity and not yet confirmed, by message id."""
+        return {text(mid): text(raw) for mid, raw in self.client.hgetall(self.keys.outbox(identity)).items()}
+
+    def repark(self, identity: str, message_id: str, entry: str) -> str | None:
+        """Take over a stale outbox entry; returns the renewed entry, or None if someone else did."""
+        renewed = self.scripts("repark_outbox", [self.keys.outbox(identity)], [message_id, entry])
+        return text(renewed) if renewed else None
+
+    def unpark(self, identity: str, message_id: str) -> None:
+        """Remove an orphan from the outbox once it has been re-enqueued."""
+        self.client.hdel(self.keys.outbox(identity), message_id)
+
+    def acquire_lease(self, identity: str, token: str, duration: int) -> bool:
+        """Take or renew the lease of the periodic sweeper of one broker identity."""
+        return bool(self.scripts("acquire_lease", [self.keys.sweep_lease(identity)], [token, duration]))
+
+    def release_lease(self, identity: str, token: str) -> bool:
+        """Give the sweeper's lease back if ``token`` holds it."""
+        return bool(self.scripts("release_lease", [self.keys.sweep_lease(identity)], [token]))
 
     # Uniqueness locks ---------------------------------------------------------------
 
@@ -390,30 +572,39 @@ class TrackerStore:
         queue_name: str,
         worker_id: str,
         ttl: int | None,
-    ) -> tuple[str, str, str]:
+    ) -> tuple[LockStatus, str, str]:
         """Take a uniqueness lock (``lua/acquire_lock.lua``).
 
         Returns:
           tuple: ("acquired" | "owned" | "conflict", owner message id, owner worker id).
         """
         k = self.keys
-        args: list[Any] = [digest, message_id, attempt, mode, actor_name, queue_name, worker_id, ttl or 0]
-        reply = [text(item) for item in self.scripts["acquire_lock"](keys=[k.lock(digest), k.locks], args=args)]
-        return reply[0], (reply[1] if len(reply) > 1 else ""), (reply[2] if len(reply) > 2 else "")
+        args = [digest, message_id, attempt, mode, actor_name, queue_name, worker_id, ttl or 0]
+        reply = [text(item) for item in self.scripts("acquire_lock", [k.lock(digest), k.locks], args)]
+        status: LockStatus = _reply(reply[0], LockStatus)
+        return status, (reply[1] if len(reply) > 1 else ""), (reply[2] if len(reply) > 2 else "")
 
-    def release_lock(self, digest: str, message_id: str, attempt: int) -> bool:
-        """Delete a uniqueness lock if this attempt of this message owns it (``lua/release_lock.lua``)."""
+    def release_lock(self, digest: str, message_id: str, attempt: int, worker_id: str) -> bool:
+        """Delete a uniqueness lock if this attempt of this message may (``lua/release_lock.lua``)."""
         k = self.keys
-        return bool(self.scripts["release_lock"](keys=[k.lock(digest), k.locks], args=[digest, message_id, attempt]))
+        keys = [k.lock(digest), k.locks, k.dead_workers]
+        return bool(self.scripts("release_lock", keys, [digest, message_id, attempt, worker_id]))
 
     def delete_lock(self, digest: str) -> bool:
         """Delete a uniqueness lock whoever owns it (an operator's action)."""
         k = self.keys
-        return bool(self.scripts["delete_lock"](keys=[k.lock(digest), k.locks], args=[digest]))
+        return bool(self.scripts("delete_lock", [k.lock(digest), k.locks], [digest]))
 
-    def locks(self) -> list[LockInfo]:
-        """Every uniqueness lock held, oldest first."""
-        digests = [text(d) for d in self.client.zrange(self.keys.locks, 0, -1)]
+    def lock_digests(self, start: int = 0, count: int = -1) -> list[str]:
+        """Lock digests, by expiry (locks without a TTL last)."""
+        end = -1 if count < 0 else start + count - 1
+        return [text(d) for d in self.client.zrange(self.keys.locks, start, end)]
+
+    def locks(self, digests: Sequence[str] | None = None) -> list[LockInfo]:
+        """The uniqueness locks held (all of them by default), oldest first."""
+        digests = self.lock_digests() if digests is None else list(digests)
+        if not digests:
+            return []
         pipe = self.client.pipeline(transaction=False)
         for digest in digests:
             pipe.hgetall(self.keys.lock(digest))
@@ -428,47 +619,71 @@ class TrackerStore:
 
     def lock(self, digest: str) -> LockInfo | None:
         """One uniqueness lock, or None."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hgetall(self.keys.lock(digest))
-        pipe.pttl(self.keys.lock(digest))
-        fields, ttl = pipe.execute()
-        return _lock_info(digest, fields, ttl) if fields else None
+        found = self.locks([digest])
+        return found[0] if found else None
 
     # Events -------------------------------------------------------------------------
 
-    def append_event(self, fields: dict[str, str], maxlen: int) -> str:
-        """Append an event to the capped stream; returns its id."""
-        return text(self.client.xadd(self.keys.events, fields, maxlen=maxlen, approximate=True))  # type: ignore[arg-type]
+    def append_events(self, entries: Sequence[Mapping[str, str]], counts: Mapping[str, int], maxlen: int) -> None:
+        """Append events to the capped stream and add to the counters, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for fields in entries:
+            pipe.xadd(self.keys.events, dict(fields), maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+        for name, count in counts.items():
+            pipe.hincrby(self.keys.counters, name, count)
+        pipe.execute()
 
-    def events(self, count: int, *, before: str = "+") -> list[tuple[str, dict[str, str]]]:
-        """The newest ``count`` events (ids and fields), newest first."""
-        entries = self.client.xrevrange(self.keys.events, max=before, min="-", count=count) or []
+    def events(self, count: int, *, before: str = "+", after: str = "-") -> list[tuple[str, dict[str, str]]]:
+        """The newest ``count`` events (ids and fields) between two stream ids, newest first."""
+        entries = self.client.xrevrange(self.keys.events, max=before, min=after, count=count) or []
         return [(text(entry_id), {text(k): text(v) for k, v in (fields or {}).items()}) for entry_id, fields in entries]
+
+    def events_after(self, after: str, count: int) -> list[tuple[str, dict[str, str]]]:
+        """Up to ``count`` events written after the stream id ``after``, oldest first."""
+        entries = self.client.xrange(self.keys.events, min="(" + after, max="+", count=count) or []
+        return [(text(entry_id), {text(k): text(v) for k, v in (fields or {}).items()}) for entry_id, fields in entries]
+
+    def counters(self) -> dict[str, int]:
+        """How many times each kind of event happened, and the sweep statistics."""
+        return {text(k): _int(v) for k, v in self.client.hgetall(self.keys.counters).items()}
 
     def broker_peers(self, broker_id: str) -> list[str]:
         """Ids of the workers registered with a RedisBroker ``broker_id``."""
         return [text(wid) for wid in self.client.smembers(self.keys.broker(broker_id))]
 
-    def outbox(self) -> dict[str, str]:
-        """Orphans claimed for re-enqueueing and not yet confirmed, by message id."""
-        return {text(mid): text(raw) for mid, raw in self.client.hgetall(self.keys.outbox).items()}
 
-    def repark(self, message_id: str, entry: str) -> str | None:
-        """Take over a stale outbox entry; returns the renewed entry, or None if someone else did."""
-        renewed = self.scripts["repark_outbox"](keys=[self.keys.outbox], args=[message_id, entry])
-        return text(renewed) if renewed else None
+@dataclasses.dataclass(frozen=True)
+class OrphanMove:
+    """What to do with one orphan in a dead RedisBroker process's acks.
 
-    def unpark(self, message_id: str) -> None:
-        """Remove an orphan from the outbox once it has been re-enqueued."""
-        self.client.hdel(self.keys.outbox, message_id)
+    Parameters:
+      queue_name(str)
+      redis_message_id(str)
+      action(str): "requeue", "deadletter" or "drop".
+      new_redis_message_id(str): The id to requeue it under, or "" to keep its own.
+      payload(bytes|None): A replacement payload, or None to keep the stored one.
+    """
 
-    def acquire_lease(self, token: str, duration: int) -> bool:
-        """Take or renew the periodic sweeper's lease."""
-        return bool(self.scripts["acquire_lease"](keys=[self.keys.sweep_lease], args=[token, duration]))
+    queue_name: str
+    redis_message_id: str
+    action: MoveAction
+    new_redis_message_id: str = ""
+    payload: bytes | None = None
 
-    def release_lease(self, token: str) -> bool:
-        """Give the sweeper's lease back if ``token`` holds it."""
-        return bool(self.scripts["release_lease"](keys=[self.keys.sweep_lease], args=[token]))
+
+@dataclasses.dataclass(frozen=True)
+class Settled:
+    """What :meth:`BrokerStore.settle` did, by redis message id.
+
+    Parameters:
+      settled(set[str]): Moved, dead-lettered or dropped by this call.
+      raced(set[str]): No longer in the dead process's acks: someone else settled them.
+      missing(set[str]): Their payload was gone: nothing to deliver.
+    """
+
+    settled: set[str]
+    raced: set[str]
+    missing: set[str]
 
 
 class BrokerStore:
@@ -477,15 +692,19 @@ class BrokerStore:
     Parameters:
       client(redis.Redis): The broker's Redis client.
       namespace(str): The broker's namespace.
+      tracker_namespace(str): The tracker namespace whose processes are noted beside the broker's keys.
     """
 
-    def __init__(self, client: redis.Redis, namespace: str) -> None:
+    def __init__(self, client: redis.Redis, namespace: str, tracker_namespace: str) -> None:
         self.client = client
         self.keys = RedisBrokerKeys(namespace)
+        self.tracker_namespace = tracker_namespace
         self.scripts = Scripts(client)
 
     def unacked(self, broker_id: str, queue_names: Sequence[str]) -> dict[str, list[str]]:
         """The redis message ids a broker process fetched and did not ack, by queue."""
+        if not queue_names:
+            return {}
         pipe = self.client.pipeline(transaction=False)
         for queue_name in queue_names:
             pipe.smembers(self.keys.acks(broker_id, queue_name))
@@ -499,17 +718,17 @@ class BrokerStore:
         found = self.client.hmget(self.keys.messages(queue_name), list(redis_message_ids))
         return [value.encode("utf-8") if isinstance(value, str) else value for value in found]
 
-    def settle(self, broker_id: str, moves: Sequence[OrphanMove]) -> set[str]:
+    def settle(self, broker_id: str, moves: Sequence[OrphanMove], now: int) -> Settled:
         """Requeue, dead-letter or drop orphans from a dead process's acks (``lua/requeue_orphans.lua``).
 
-        Returns:
-          set[str]: The redis message ids this call settled.
+        Parameters:
+          now(int): The time (ms) to stamp dead letters with.
         """
         if not moves:
-            return set()
+            return Settled(set(), set(), set())
         queue_index: dict[str, int] = {}
         keys: list[str] = []
-        args: list[Any] = [int(time.time() * 1000)]
+        args: list[Any] = [now]
         k = self.keys
         for move in moves:
             if move.queue_name not in queue_index:
@@ -521,22 +740,70 @@ class BrokerStore:
                     k.dead_letters(move.queue_name),
                     k.dead_letter_messages(move.queue_name),
                 ]
-            args += [queue_index[move.queue_name], move.redis_message_id, move.action, move.payload or b""]
-        return {text(rid) for rid in self.scripts["requeue_orphans"](keys=keys, args=args)}
+            index = queue_index[move.queue_name]
+            args += [index, move.redis_message_id, move.action, move.new_redis_message_id, move.payload or b""]
+        settled, raced, missing = self.scripts("requeue_orphans", keys, args)
+        return Settled({text(r) for r in settled}, {text(r) for r in raced}, {text(r) for r in missing})
+
+    def remark(self, marks: Sequence[tuple[str, str, bytes]]) -> set[str]:
+        """Give recovery marks to orphans that Dramatiq's maintenance requeued meanwhile
+        (``lua/remark_orphans.lua``).
+
+        Parameters:
+          marks(list): (queue name, redis message id, marked payload keeping that id).
+
+        Returns:
+          set[str]: The redis message ids whose payload was replaced.
+        """
+        if not marks:
+            return set()
+        queue_index: dict[str, int] = {}
+        keys: list[str] = []
+        args: list[Any] = []
+        for queue_name, redis_id, payload in marks:
+            if queue_name not in queue_index:
+                queue_index[queue_name] = len(queue_index) + 1
+                keys += [self.keys.queue(queue_name), self.keys.messages(queue_name)]
+            args += [queue_index[queue_name], redis_id, payload]
+        return {text(r) for r in self.scripts("remark_orphans", keys, args)}
+
+    # The tracker's note of its processes, beside the broker's keys -----------------------
+
+    def note_process(self, broker_id: str, registration: str) -> None:
+        """Remember a tracked worker process where its broker keeps its messages."""
+        self.client.hset(self.keys.tracked_processes(self.tracker_namespace), broker_id, registration)
+
+    def forget_process(self, broker_id: str) -> None:
+        """Forget a tracked worker process that stopped or was recovered."""
+        self.client.hdel(self.keys.tracked_processes(self.tracker_namespace), broker_id)
+
+    def tracked_processes(self) -> dict[str, str]:
+        """Raw registrations of the tracked processes of this broker namespace, by broker id."""
+        found = self.client.hgetall(self.keys.tracked_processes(self.tracker_namespace))
+        return {text(bid): text(raw) for bid, raw in found.items()}
+
+    def last_seen(self, broker_ids: Sequence[str]) -> list[int | None]:
+        """When Dramatiq last heard from each broker process (its client's ms), or None."""
+        if not broker_ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for broker_id in broker_ids:
+            pipe.zscore(self.keys.heartbeats, broker_id)
+        return [int(score) if score is not None else None for score in pipe.execute()]
+
+    def server_time(self) -> int:
+        """The broker Redis server's clock, in ms since the epoch."""
+        seconds, microseconds = self.client.time()
+        return int(seconds) * 1000 + int(microseconds) // 1000
 
 
-@dataclasses.dataclass(frozen=True)
-class OrphanMove:
-    """What to do with one orphan in a dead RedisBroker process's acks.
+def parse_outbox_entry(raw: str) -> tuple[int, str, str]:
+    """An outbox entry's (parked_at, record JSON, dead worker id).
 
-    Parameters:
-      queue_name(str)
-      redis_message_id(str)
-      action(str): "requeue", "deadletter" or "drop".
-      payload(bytes|None): A replacement payload, or None to keep the stored one.
+    Raises:
+      ValueError: When it is not an outbox entry.
     """
-
-    queue_name: str
-    redis_message_id: str
-    action: str
-    payload: bytes | None = None
+    entry = json.loads(raw)
+    if not isinstance(entry, dict):
+        raise ValueError("not a JSON object")
+    return int(entry["parked_at"]), str(entry["record"]), str(entry.get("worker", ""))

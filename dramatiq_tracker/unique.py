@@ -3,11 +3,11 @@
 An actor declared with ``unique=...`` gets at most one message per *digest*
 (its actor, queue and chosen arguments, canonically encoded and hashed)
 holding a lock at a time.  Each lock records its owner: the message id and
-the attempt (how many times that message had been recovered from dead
-workers), so that only the owning attempt releases it; a zombie's late
-completion never releases its successor's lock.  When a worker dies, the
-recovery claim releases exactly the locks its orphans own, atomically with
-claiming them (``lua/claim_orphans.lua``).
+the attempt (raised each time recovery moves the message), so that only the
+owning attempt releases it; a zombie's late completion never releases its
+successor's lock.  When a worker dies, the recovery claim releases exactly
+the locks its orphans own, atomically with claiming them
+(``lua/claim_orphans.lua``).
 
 See docs/uniqueness.md.
 """
@@ -15,8 +15,11 @@ See docs/uniqueness.md.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import inspect
 import json
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -28,7 +31,7 @@ from dramatiq.message import Message
 from dramatiq.middleware import SkipMessage
 
 from .errors import ConfigurationError, DuplicateMessage, UniqueKeyError
-from .recorder import RECOVERIES_OPTION
+from .options import DIGEST_OPTION, DUPLICATE_OPTION, MODE_OPTION, attempt_of
 
 if TYPE_CHECKING:
     from dramatiq import Broker, MessageProxy
@@ -51,23 +54,12 @@ HELD_FROM_ENQUEUE = frozenset({UNTIL_EXECUTING, UNTIL_EXECUTED, UNTIL_EXPIRED})
 #: Conflicts when sending (modes held from enqueue): raise DuplicateMessage, or drop the duplicate.
 RAISE, DROP = "raise", "drop"
 #: Conflicts when starting (while_executing): skip the duplicate (ack it), delay it, or fail it (dead-letter).
-SKIP, DELAY, FAIL = "skip", "delay", "fail"
+SKIP_DUPLICATE, DELAY_DUPLICATE, FAIL_DUPLICATE = "skip", "delay", "fail"
 ENQUEUE_CONFLICTS = (RAISE, DROP)
-EXECUTION_CONFLICTS = (SKIP, DELAY, FAIL)
+EXECUTION_CONFLICTS = (SKIP_DUPLICATE, DELAY_DUPLICATE, FAIL_DUPLICATE)
 
 #: How long a ``while_executing`` duplicate is delayed by default, in milliseconds.
 DEFAULT_UNIQUE_DELAY = 1_000
-
-#: The message options the tracker sets on unique messages.
-DIGEST_OPTION = "unique_digest"
-MODE_OPTION = "unique_mode"
-DUPLICATE_OPTION = "unique_duplicate_of"
-
-#: The actor options of uniqueness.
-OPTIONS = frozenset({"unique", "unique_key", "unique_ttl", "unique_on_conflict", "unique_delay"})
-
-#: Message options that make a message unique whatever its actor says.
-_MARKS = OPTIONS | {DIGEST_OPTION, MODE_OPTION, DUPLICATE_OPTION}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,22 +147,78 @@ def validate_defaults(defaults: Mapping[str, Any]) -> None:
     resolve_policy({**defaults, "unique": WHILE_EXECUTING, "unique_on_conflict": None})
 
 
+@functools.lru_cache(maxsize=1024)
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+
+
+def bind_arguments(
+    fn: Callable[..., Any] | None, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> inspect.BoundArguments | None:
+    """The call bound to ``fn``'s signature, defaults applied (as celery-once's ``getcallargs``),
+    so that ``send(1, 2)``, ``send(1, b=2)`` and ``send(a=1, b=2)`` are the same call.
+
+    Returns:
+      BoundArguments: None when ``fn`` is unknown or the call does not fit its signature.
+    """
+    signature = _signature(fn) if fn is not None else None
+    if signature is None:
+        return None
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError:
+        return None
+    bound.apply_defaults()
+    return bound
+
+
+def _call_key(key: Callable[..., Any], bound: inspect.BoundArguments) -> Any:
+    # By name when the key takes the actor's parameter names, else positionally: both canonical.
+    signature = _signature(key)
+    if signature is not None:
+        try:
+            signature.bind(**bound.arguments)
+        except TypeError:
+            return key(*bound.args, **bound.kwargs)
+    return key(**bound.arguments)
+
+
 def compute_digest(
-    actor_name: str, queue_name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], key: Any = None
+    actor_name: str,
+    queue_name: str,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    key: Any = None,
+    fn: Callable[..., Any] | None = None,
 ) -> str:
     """The digest that identifies duplicates: stable across processes and Python versions.
 
-    The actor, the canonical queue and the key material are encoded as
-    canonical JSON (sorted keys, no whitespace, ASCII) and hashed with SHA-256.
+    The call is first bound to the actor's signature (``fn``), defaults applied, so that
+    positional and keyword calls agree.  The key material is then: every argument by name (no
+    ``key``); what a callable ``key`` returns, called with the arguments by name when it takes
+    the actor's parameter names (``lambda account_id, **_: account_id``), else positionally in
+    the actor's parameter order; or a format string ``key`` formatted with them, by name or by
+    position (``"{account_id}"``, ``"{0}"``).  Where the actor's function is unknown (a process
+    that sends by name), the call's own positional and keyword arguments are used.  The actor,
+    the canonical queue and the material are encoded as canonical JSON (sorted keys, no
+    whitespace, ASCII) and hashed with SHA-256.
 
     Raises:
       UniqueKeyError: When the key cannot be computed or is not JSON-encodable.
     """
     try:
+        bound = bind_arguments(fn, args, kwargs)
         if key is None:
-            material: Any = {"args": list(args), "kwargs": dict(kwargs)}
+            material: Any = (
+                {"arguments": bound.arguments} if bound is not None else {"args": list(args), "kwargs": dict(kwargs)}
+            )
         elif callable(key):
-            material = key(*args, **kwargs)
+            material = _call_key(key, bound) if bound is not None else key(*args, **kwargs)
+        elif bound is not None:
+            material = str(key).format(*bound.args, **bound.arguments)
         else:
             material = str(key).format(*args, **kwargs)
         canonical = json.dumps(
@@ -189,101 +237,86 @@ def lock_of(options: Mapping[str, Any]) -> tuple[str, str]:
     return "", ""
 
 
-def attempt_of(options: Mapping[str, Any]) -> int:
-    """The attempt number a message carries: how many times it was recovered."""
-    recoveries = options.get(RECOVERIES_OPTION, 0)
-    return recoveries if isinstance(recoveries, int) and not isinstance(recoveries, bool) else 0
-
-
 @dataclasses.dataclass
 class UniqueAttempt:
-    """The lock state of a unique message being processed in this thread."""
+    """The lock state of a unique message being processed.
+
+    Parameters:
+      message_id(str)
+      digest(str)
+      mode(str)
+      attempt(int): The delivery attempt that owns (or will own) the lock.
+      worker_id(str): The worker running it.
+    """
 
     message_id: str
     digest: str
     mode: str
     attempt: int
+    worker_id: str = ""
     #: This attempt holds a while_executing lock to release when it ends.
     holds: bool = False
     #: The message was enqueued again while it ran (a retry): its lock stays.
     requeued: bool = False
 
 
+def _actor_fn(broker: Broker, actor_name: str) -> Callable[..., Any] | None:
+    actor = broker.actors.get(actor_name)
+    return actor.fn if actor is not None else None
+
+
 class Uniqueness:
     """Takes, checks and releases uniqueness locks from the middleware's hooks.
 
     Parameters:
-      defaults(Mapping): The middleware's default options (``unique``, ``unique_ttl``, ...).
-      store(callable): Returns the tracker's store.
+      store(TrackerStore)
       health(ConnectionHealth): Where a lost tracker Redis is reported.
 
     A tracker Redis that cannot be reached does not stop messages: they are
     sent and run without their lock, and the outage is logged once.
     """
 
-    def __init__(
-        self, defaults: Mapping[str, Any], store: Callable[[], TrackerStore], health: ConnectionHealth
-    ) -> None:
+    def __init__(self, store: TrackerStore, health: ConnectionHealth) -> None:
         self.logger = get_logger(__name__, type(self))
-        self.defaults = dict(defaults)
-        self._store = store
+        self.store = store
         self.health = health
-        self._actor_policies: dict[str, UniquePolicy | None] = {}
         #: Releases that failed during an outage, retried when it ends (they are owner-checked).
         self._unreleased: list[UniqueAttempt] = []
+        self._lock = threading.Lock()
         health.on_reconnect.append(self.retry_releases)
-
-    def validate_actor(self, actor_name: str, options: Mapping[str, Any]) -> None:
-        """Check an actor's uniqueness options when it is declared.
-
-        Raises:
-          ConfigurationError: Naming the invalid option.
-        """
-        self._actor_policies[actor_name] = resolve_policy(options, self.defaults)
-
-    def _actor_policy(self, broker: Broker, actor_name: str) -> UniquePolicy | None:
-        try:
-            return self._actor_policies[actor_name]
-        except KeyError:
-            actor = broker.actors.get(actor_name)
-            policy = self._actor_policies[actor_name] = resolve_policy(actor.options if actor else {}, self.defaults)
-            return policy
-
-    def policy(self, broker: Broker, message: Message[Any] | MessageProxy) -> UniquePolicy | None:
-        """The policy of a message: its own options, then its actor's, then the middleware's."""
-        if OPTIONS.isdisjoint(message.options):
-            return self._actor_policy(broker, message.actor_name)
-        actor = broker.actors.get(message.actor_name)
-        return resolve_policy(message.options, actor.options if actor else {}, self.defaults)
-
-    def applies(self, broker: Broker, actor_name: str, options: Mapping[str, Any]) -> bool:
-        """Whether a message being processed may involve a lock: the hot path of every message."""
-        return self._actor_policy(broker, actor_name) is not None or not _MARKS.isdisjoint(options)
 
     # Sending -----------------------------------------------------------------------
 
-    def before_enqueue(self, broker: Broker, message: Message[Any], current: UniqueAttempt | None) -> None:
+    def before_enqueue(
+        self, broker: Broker, message: Message[Any], policy: UniquePolicy, current: UniqueAttempt | None
+    ) -> None:
         """Stamp a unique message with its digest and take its lock if the mode holds one from enqueue.
+
+        A message that already carries its digest is being enqueued again (a retry, a delayed
+        message moved to its queue, a put-off duplicate, a copy recovery or quarantine made): it
+        is never refused, and takes no lock: its lock, if any, is already its own.
 
         Raises:
           DuplicateMessage: When the lock is held by another message and the actor raises on conflicts.
           UniqueKeyError: When the digest cannot be computed.
-          ConfigurationError: When the message's uniqueness options are invalid.
         """
-        policy = self.policy(broker, message)
-        if policy is None:
-            return
-        # A message that already has its digest is being enqueued again (a retry, a delayed message
-        # moved to its queue, a duplicate re-delayed): never refuse it, it is not a new send.
-        again = DIGEST_OPTION in message.options
-        digest = message.options.get(DIGEST_OPTION) or compute_digest(
-            message.actor_name, message.queue_name, message.args, message.kwargs, policy.key
-        )
-        message.options[DIGEST_OPTION] = digest
-        message.options[MODE_OPTION] = policy.mode
+        options = message.options
         if current is not None and current.message_id == message.message_id:
             current.requeued = True
-        if not policy.held_from_enqueue or DUPLICATE_OPTION in message.options:
+        if DIGEST_OPTION in options:
+            options.setdefault(MODE_OPTION, policy.mode)
+            return
+        digest = compute_digest(
+            message.actor_name,
+            message.queue_name,
+            message.args,
+            message.kwargs,
+            policy.key,
+            _actor_fn(broker, message.actor_name),
+        )
+        options[DIGEST_OPTION] = digest
+        options[MODE_OPTION] = policy.mode
+        if not policy.held_from_enqueue:
             return
 
         if not self.health.should_try():
@@ -291,10 +324,10 @@ class Uniqueness:
             return
         started = time.monotonic()
         try:
-            status, owner, _ = self._store().acquire_lock(
+            status, owner, _ = self.store.acquire_lock(
                 digest,
                 message.message_id,
-                attempt_of(message.options),
+                attempt_of(options),
                 policy.mode,
                 message.actor_name,
                 q_name(message.queue_name),
@@ -308,16 +341,8 @@ class Uniqueness:
         if status != "conflict":
             self.logger.debug("Message %r holds uniqueness lock %s (%s).", message.message_id, digest, status)
             return
-        if again:
-            self.logger.warning(
-                "Message %r was enqueued again while message %r holds its uniqueness lock %s; it goes without it.",
-                message.message_id,
-                owner,
-                digest,
-            )
-            return
         if policy.on_conflict == DROP:
-            message.options[DUPLICATE_OPTION] = owner
+            options[DUPLICATE_OPTION] = owner
             self.logger.info(
                 "Dropping message %r of actor %r: it duplicates message %r (uniqueness lock %s).",
                 message.message_id,
@@ -325,15 +350,19 @@ class Uniqueness:
                 owner,
                 digest,
             )
+            _store_duplicate_result(broker, message, DuplicateMessage(message.message_id, digest, owner))
             return
         raise DuplicateMessage(message.message_id, digest, owner)
 
     # Processing --------------------------------------------------------------------
 
     def before_process(
-        self, broker: Broker, message: MessageProxy, attempt: int, worker_id: str
+        self, broker: Broker, message: MessageProxy, policy: UniquePolicy | None, attempt: int, worker_id: str
     ) -> UniqueAttempt | None:
         """Release an ``until_executing`` lock, or take a ``while_executing`` one.
+
+        Parameters:
+          policy(UniquePolicy|None): The message's policy here (None when its actor is not unique here).
 
         Raises:
           SkipMessage: For a dropped duplicate, or a ``while_executing`` duplicate
@@ -345,24 +374,30 @@ class Uniqueness:
                 message.message_id,
                 message.options[DUPLICATE_OPTION],
             )
+            quiet_skip(message)
             raise SkipMessage()
         digest, mode = lock_of(message.options)
-        policy = None
         if not digest:
             # Sent by a process that did not know the actor was unique: only while_executing still applies.
-            policy = self.policy(broker, message)
             if policy is None or policy.mode != WHILE_EXECUTING:
                 return None
-            digest = compute_digest(message.actor_name, message.queue_name, message.args, message.kwargs, policy.key)
+            digest = compute_digest(
+                message.actor_name,
+                message.queue_name,
+                message.args,
+                message.kwargs,
+                policy.key,
+                _actor_fn(broker, message.actor_name),
+            )
             mode = WHILE_EXECUTING
 
-        state = UniqueAttempt(message.message_id, digest, mode, attempt)
+        state = UniqueAttempt(message.message_id, digest, mode, attempt, worker_id)
         if mode == UNTIL_EXECUTING:
             self._release(state)
         elif mode == WHILE_EXECUTING and self.health.should_try():
             started = time.monotonic()
             try:
-                self._take_while_executing(broker, message, state, policy or self.policy(broker, message), worker_id)
+                self._take_while_executing(broker, message, state, policy)
             except redis.RedisError as e:
                 self.health.failed("taking uniqueness lock %s" % digest, e)
             else:
@@ -370,22 +405,22 @@ class Uniqueness:
         return state
 
     def _take_while_executing(
-        self, broker: Broker, message: MessageProxy, state: UniqueAttempt, policy: UniquePolicy | None, worker_id: str
+        self, broker: Broker, message: MessageProxy, state: UniqueAttempt, policy: UniquePolicy | None
     ) -> None:
-        status, owner, owner_worker = self._store().acquire_lock(
+        status, owner, owner_worker = self.store.acquire_lock(
             state.digest,
             message.message_id,
             state.attempt,
             WHILE_EXECUTING,
             message.actor_name,
             q_name(message.queue_name),
-            worker_id,
+            state.worker_id,
             policy.ttl if policy else None,
         )
         if status != "conflict":
             state.holds = True
             return
-        on_conflict = policy.on_conflict if policy and policy.mode == WHILE_EXECUTING else DELAY
+        on_conflict = policy.on_conflict if policy and policy.mode == WHILE_EXECUTING else DELAY_DUPLICATE
         delay = policy.delay if policy else DEFAULT_UNIQUE_DELAY
         described = "message %r: message %r (worker %r) is running its duplicate (uniqueness lock %s)" % (
             message.message_id,
@@ -393,19 +428,21 @@ class Uniqueness:
             owner_worker or "?",
             state.digest,
         )
-        if on_conflict == FAIL:
+        if on_conflict == FAIL_DUPLICATE:
             self.logger.warning("Failing %s.", described)
             message.fail()
-        elif on_conflict == DELAY:
+        elif on_conflict == DELAY_DUPLICATE:
             self.logger.info("Delaying %s by %d ms.", described, delay)
             broker.enqueue(Message(**message.asdict()), delay=delay)
         else:
             self.logger.info("Skipping %s.", described)
+        quiet_skip(message)
         raise SkipMessage()
 
     def retry_releases(self) -> None:
         """Release the locks whose release failed during an outage of the tracker's Redis."""
-        pending, self._unreleased = self._unreleased, []
+        with self._lock:
+            pending, self._unreleased = self._unreleased, []
         for state in pending:
             self._release(state)
         if pending:
@@ -425,20 +462,51 @@ class Uniqueness:
 
     def _release(self, state: UniqueAttempt) -> None:
         if not self.health.should_try():
-            self._unreleased.append(state)
+            with self._lock:
+                self._unreleased.append(state)
             return
         started = time.monotonic()
         try:
-            released = self._store().release_lock(state.digest, state.message_id, state.attempt)
+            released = self.store.release_lock(state.digest, state.message_id, state.attempt, state.worker_id)
         except redis.RedisError as e:
-            self._unreleased.append(state)
+            with self._lock:
+                self._unreleased.append(state)
             self.health.failed("releasing uniqueness lock %s" % state.digest, e)
             return
         self.health.succeeded(started)
         if not released:
             self.logger.debug(
-                "Uniqueness lock %s is not held by attempt %d of message %r any more; left alone.",
+                "Uniqueness lock %s is not released by attempt %d of message %r; left alone.",
                 state.digest,
                 state.attempt,
                 state.message_id,
             )
+
+
+#: The attribute a message proxy carries when the tracker skips it on purpose (see :func:`quiet_skip`).
+QUIET_SKIP_ATTRIBUTE = "_tracker_quiet_skip"
+
+
+def quiet_skip(message: MessageProxy) -> None:
+    """Mark a message the tracker skips on purpose: Dramatiq's own "was skipped" warning is left out
+    (see :class:`~dramatiq_tracker.runtime.QuietSkips`); the tracker says why itself."""
+    setattr(message, QUIET_SKIP_ATTRIBUTE, True)
+
+
+def _store_duplicate_result(broker: Broker, message: Message[Any], error: DuplicateMessage) -> None:
+    """With Dramatiq's Results middleware, make a dropped duplicate's result the error that says so,
+    instead of the ``None`` a skipped message leaves."""
+    results: Any = next((m for m in broker.middleware if type(m).__name__ == "Results" and hasattr(m, "backend")), None)
+    if results is None:
+        return
+    try:
+        store_results, result_ttl = results._lookup_options(broker, message)
+        if not store_results:
+            return
+        results.backend.store_exception(message, error, result_ttl)
+        # Skipped unrun when it is processed: the worker must not overwrite the error with None.
+        message.options["store_results"] = False
+    except Exception:
+        get_logger(__name__).warning(
+            "Could not store the duplicate error as the result of message %r.", message.message_id, exc_info=True
+        )

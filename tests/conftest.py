@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Callable, Iterator
@@ -10,14 +11,21 @@ import dramatiq
 import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.brokers.stub import StubBroker
 
 from dramatiq_tracker import TrackerMiddleware
+from dramatiq_tracker.store import TrackerStore
 
-from .support import WorkerProcess, close_redis_broker, delete_matching, find_redis_url, unique
-
-#: Short timings, so that a dead worker is recovered within 1.5 s.
-FAST = {"heartbeat_interval": 200, "heartbeat_timeout": 1000, "sweep_interval": 500, "flush_interval": 20}
+from .support import (
+    FAST,
+    RABBITMQ_URL,
+    RedisServer,
+    WorkerProcess,
+    close_redis_broker,
+    delete_matching,
+    find_redis_url,
+    rabbitmq_answers,
+    unique,
+)
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +79,7 @@ def spawn_worker(redis_url: str, namespaces: Namespaces, tmp_path: Path) -> Iter
 
     def spawn(
         *, kind: str = "redis", threads: int = 4, slow_seconds: float = 60, broker_url: str | None = None,
-        tracker_url: str | None = None, env: dict[str, str] | None = None,
+        tracker_url: str | None = None, env: dict[str, str] | None = None, queues: list[str] | None = None,
     ) -> WorkerProcess:  # fmt: skip
         settings = {"TEST_%s" % key.upper(): str(value) for key, value in FAST.items()}
         full_env = {
@@ -87,7 +95,9 @@ def spawn_worker(redis_url: str, namespaces: Namespaces, tmp_path: Path) -> Iter
             "TEST_SLOW_SECONDS": str(slow_seconds),
             **(env or {}),
         }
-        worker = WorkerProcess(full_env, threads=threads, log_path=tmp_path / ("worker-%d.log" % len(started)))
+        extra = ["--queues", *queues] if queues else None
+        log_path = tmp_path / ("worker-%d.log" % len(started))
+        worker = WorkerProcess(full_env, threads=threads, log_path=log_path, extra=extra)
         started.append(worker)
         return worker
 
@@ -114,13 +124,43 @@ def tracker(redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Na
 
 
 @pytest.fixture
-def stub_broker() -> Iterator[StubBroker]:
-    broker = StubBroker()
-    broker.emit_after("process_boot")
-    dramatiq.set_broker(broker)
+def store(redis_client: redis.Redis, namespaces: Namespaces) -> TrackerStore:
+    """The tracker's store on the test's namespace, to look at what workers wrote."""
+    return TrackerStore(redis_client, namespaces.tracker)
+
+
+@pytest.fixture
+def producer(redis_url: str, namespaces: Namespaces) -> Iterator[RedisBroker]:
+    """A RedisBroker without a tracker on the test's broker namespace, to send messages."""
+    broker = RedisBroker(url=redis_url, namespace=namespaces.broker)
     yield broker
-    broker.flush_all()
+    close_redis_broker(broker)
+
+
+@pytest.fixture
+def rabbitmq(namespaces: Namespaces) -> Iterator[Any]:
+    """A RabbitmqBroker with the test's queue declared; its queues are deleted after."""
+    if "RABBITMQ_URL" not in os.environ and not rabbitmq_answers():
+        if os.environ.get("CI"):
+            pytest.fail("RabbitMQ is not reachable on 127.0.0.1:5672")
+        pytest.skip("RabbitMQ is not reachable on 127.0.0.1:5672 (set RABBITMQ_URL)")
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    broker = RabbitmqBroker(url=RABBITMQ_URL)
+    broker.declare_queue(namespaces.queue)
+    yield broker
+    for queue in (namespaces.queue, namespaces.queue + ".DQ", namespaces.queue + ".XQ"):
+        with contextlib.suppress(Exception):
+            broker.channel.queue_delete(queue)
     broker.close()
+
+
+@pytest.fixture
+def tracker_server() -> Iterator[RedisServer]:
+    """A throwaway redis-server for the tracker, that the test may stop and start again (empty)."""
+    server = RedisServer().start()
+    yield server
+    server.close()
 
 
 def make_tracker(redis_url: str, namespace: str, **settings: Any) -> TrackerMiddleware:

@@ -17,8 +17,24 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from dramatiq.message import Message
+
+from dramatiq_tracker.brokers import BrokerFacts
+from dramatiq_tracker.events import TrackerEvent
+from dramatiq_tracker.host import HostFacts
+from dramatiq_tracker.keys import identity_digest
+from dramatiq_tracker.records import InflightRecord, WorkerInfo
+from dramatiq_tracker.store import TrackerStore
 
 ROOT = Path(__file__).resolve().parent.parent
+
+#: Short timings, so that a dead worker is recovered within 1.5 s.
+FAST = {"heartbeat_interval": 200, "heartbeat_timeout": 1000, "sweep_interval": 500, "flush_interval": 20}
+
+#: The recovery bound of the test timings (heartbeat_timeout + sweep_interval), plus 1 s of slack, in seconds.
+BOUND = (FAST["heartbeat_timeout"] + FAST["sweep_interval"]) / 1000 + 1
+
+RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.02, message: str = "") -> Any:
@@ -216,3 +232,143 @@ def close_redis_broker(broker: Any) -> None:
     broker.close()
     broker.client.close()
     broker.client.connection_pool.disconnect()
+
+
+def rabbitmq_answers() -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", 5672), timeout=1):
+        return True
+    return False
+
+
+# The tracker's view, as a test reads it ----------------------------------------------------
+
+
+def registered(store: TrackerStore) -> list[WorkerInfo]:
+    """Every registered worker."""
+    return [WorkerInfo.from_json(raw) for raw in store.workers().values()]
+
+
+def wait_registered(store: TrackerStore, count: int, timeout: float = 20) -> list[WorkerInfo]:
+    """Wait until exactly ``count`` workers are registered; returns them."""
+    return wait_for(
+        lambda: len(registered(store)) == count and registered(store), timeout, message="%d workers" % count
+    )
+
+
+def wait_new_worker(store: TrackerStore, *known: WorkerInfo, timeout: float = 20) -> WorkerInfo:
+    """The next worker to register besides ``known`` ones."""
+    ids = {info.worker_id for info in known}
+    return wait_for(
+        lambda: next((w for w in registered(store) if w.worker_id not in ids), None), timeout, message="a new worker"
+    )
+
+
+def kinds(store: TrackerStore, message_id: str = "") -> list[str]:
+    """The kinds of the stream's events (about one message, if given), oldest first."""
+    found = [TrackerEvent.from_fields(fields) for _, fields in store.events(10_000)]
+    return [e.kind for e in reversed(found) if not message_id or e.message_id == message_id]
+
+
+def stream(store: TrackerStore) -> list[TrackerEvent]:
+    """The stream's events, oldest first."""
+    return [TrackerEvent.from_fields(fields) for _, fields in reversed(store.events(10_000))]
+
+
+def send(broker: Any, queue: str, actor: str, count: int, *args: object, **options: Any) -> list[str]:
+    """Enqueue ``count`` messages ``actor(index, *args)``; returns their ids."""
+    ids = []
+    for index in range(count):
+        message = Message(queue_name=queue, actor_name=actor, args=(index, *args), kwargs={}, options=dict(options))
+        ids.append(broker.enqueue(message).message_id)
+    return ids
+
+
+def keep_a_worker_alive(
+    spawn: Callable[[], WorkerProcess], done: Callable[[], bool], timeout: float
+) -> list[WorkerProcess]:
+    """Start a worker whenever the last one died, as an orchestrator restarting crashed pods would."""
+    started: list[WorkerProcess] = []
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "timed out; %d workers started" % len(started)
+        if not started or started[-1].process.poll() is not None:
+            started.append(spawn())
+        time.sleep(0.05)
+    return started
+
+
+def process_gone(pid: int) -> bool:
+    """Whether a process is gone (or a zombie waiting to be reaped)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+# A dead worker made by hand ---------------------------------------------------------------------
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def fake_dead_worker(
+    broker: Any,
+    store: TrackerStore,
+    queue: str,
+    count: int,
+    *,
+    running: int = 2,
+    actor_name: str = "work",
+    options: dict[str, object] | None = None,
+    worker_id: str = "dead-worker",
+) -> tuple[WorkerInfo, list[Message[object]]]:
+    """A RedisBroker worker of this host whose process is gone, as if SIGKILLed, with ``count``
+    messages fetched, the first ``running`` of them recorded as running."""
+    from dramatiq.brokers.redis import RedisBroker
+
+    dead = RedisBroker(client=broker.client, namespace=broker.namespace)
+    messages = [
+        broker.enqueue(
+            Message(queue_name=queue, actor_name=actor_name, args=(i,), kwargs={}, options=dict(options or {}))
+        )
+        for i in range(count)
+    ]
+    dead.do_fetch(queue, count)
+    here = HostFacts.current()
+    facts = BrokerFacts.of(broker)
+    info = WorkerInfo(
+        worker_id=worker_id,
+        hostname=here.hostname,
+        pid=dead_pid(),
+        process_started="1",
+        boot_id=here.boot_id,
+        pid_namespace=here.pid_namespace,
+        queues=(queue,),
+        broker_kind="redis",
+        broker_identity=facts.identity,
+        broker_id=dead.broker_id,
+        broker_namespace=broker.namespace,
+        worker_threads=1,
+        started_at=0,
+        tracker_version="0",
+        dramatiq_version="0",
+    )
+    entries = []
+    for index, message in enumerate(messages[:running]):
+        record = InflightRecord(
+            message_id=message.message_id,
+            worker_id=info.worker_id,
+            actor_name=actor_name,
+            queue_name=queue,
+            token=str(index),
+            started_at=0,
+            max_recoveries=3,
+        )
+        entries.append((message.message_id, "%s|0" % index, record.to_json()))
+    assert store.register(info, identity_digest(facts.identity), 60_000, entries) == "ok"
+    return info, messages

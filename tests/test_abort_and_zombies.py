@@ -13,12 +13,20 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
 from dramatiq_tracker import TrackerMiddleware
-from dramatiq_tracker.events import TrackerEvent
 from dramatiq_tracker.store import TrackerStore
 
-from .conftest import FAST, Namespaces, events
-from .support import WorkerProcess, close_redis_broker, kill, wait_for
-from .test_recovery_redis import BOUND, wait_new_worker, wait_registered
+from .conftest import Namespaces, events
+from .support import (
+    BOUND,
+    FAST,
+    WorkerProcess,
+    close_redis_broker,
+    kill,
+    kinds,
+    wait_for,
+    wait_new_worker,
+    wait_registered,
+)
 
 dramatiq_abort = pytest.importorskip("dramatiq_abort")
 pytestmark = [pytest.mark.slow, pytest.mark.abort]
@@ -57,16 +65,6 @@ class Producer:
 
     def close(self) -> None:
         close_redis_broker(self.broker)
-
-
-def kinds(store: TrackerStore, message_id: str = "") -> list[str]:
-    found = [TrackerEvent.from_fields(fields) for _, fields in store.events(1000)]
-    return [e.kind for e in reversed(found) if not message_id or e.message_id == message_id]
-
-
-@pytest.fixture
-def store(redis_client: redis.Redis, namespaces: Namespaces) -> TrackerStore:
-    return TrackerStore(redis_client, namespaces.tracker)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from dramatiq_tracker import TrackerMiddleware
 from dramatiq_tracker.host import HostFacts
 
 from .conftest import Namespaces
-from .fakes import fake_dead_worker
+from .support import close_redis_broker, fake_dead_worker
 
 
 def test_an_unreadable_record_of_a_dead_worker_is_skipped_and_its_message_still_delivered(
@@ -27,7 +27,7 @@ def test_an_unreadable_record_of_a_dead_worker_is_skipped_and_its_message_still_
 ) -> None:
     broker = redis_broker
     queue = namespaces.queue
-    info, messages = fake_dead_worker(broker, tracker, queue, 4)
+    info, messages = fake_dead_worker(broker, tracker.store, queue, 4)
     # Given one of its records was corrupted
     redis_client.hset(tracker.store.keys.inflight(info.worker_id), messages[0].message_id, b"\x00garbage")
 
@@ -51,7 +51,7 @@ def test_an_undecodable_payload_is_moved_back_unchanged(
 ) -> None:
     broker = redis_broker
     queue = namespaces.queue
-    _, messages = fake_dead_worker(broker, tracker, queue, 3)
+    _, messages = fake_dead_worker(broker, tracker.store, queue, 3)
     # Given a foreign payload that the current encoder cannot decode
     redis_id = messages[2].options["redis_message_id"]
     redis_client.hset("%s:%s.msgs" % (namespaces.broker, queue), redis_id, b"\x80not-json")
@@ -76,7 +76,7 @@ def test_an_unreadable_registration_is_reported_once_and_left_alone(
     keys = tracker.store.keys
     redis_client.hset(keys.workers, "foreign", "{not json")
     redis_client.sadd(keys.host(here.hostname), "foreign")
-    redis_client.zadd(keys.deadlines, {"foreign": 0})
+    redis_client.zadd(keys.deadlines(tracker.runtime.parts.digest), {"foreign": 0})
 
     with caplog.at_level(logging.WARNING):
         tracker.recover()
@@ -89,30 +89,39 @@ def test_an_unreadable_registration_is_reported_once_and_left_alone(
     assert redis_client.hexists(keys.workers, "foreign")
 
 
-def test_registered_recoveries_mark_the_redelivered_payload(
+def queued_messages(client: redis.Redis, names: Namespaces, queue: str) -> list[Message[object]]:
+    ids = client.lrange("%s:%s" % (names.broker, queue), 0, -1)
+    return [Message.decode(p) for p in client.hmget("%s:%s.msgs" % (names.broker, queue), ids)]
+
+
+def test_every_moved_orphan_carries_a_new_attempt_and_its_recovery_count_under_a_new_redis_id(
     redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, tracker: TrackerMiddleware
 ) -> None:
     broker = redis_broker
     queue = namespaces.queue
-    _, messages = fake_dead_worker(broker, tracker, queue, 3)
+    _, messages = fake_dead_worker(broker, tracker.store, queue, 3)
 
     tracker.recover()
 
     # The two running orphans say they were recovered once; the prefetched one, never counted, is
-    # marked too, so that its next start is recorded before it runs (a crash at once is then seen)
+    # marked too: every copy recovery moves gets a new attempt, so that a copy the dead worker may
+    # still hold (were it alive after all) is known to be stale, and its next start is recorded first
+    by_id = {m.message_id: m for m in queued_messages(redis_client, namespaces, queue)}
     for index, message in enumerate(messages):
-        raw = redis_client.hget("%s:%s.msgs" % (namespaces.broker, queue), message.options["redis_message_id"])
-        decoded = Message.decode(raw)
-        expected = 1 if index < 2 else 0
-        assert decoded.options.get("tracker_recoveries") == expected
-        assert dataclasses.replace(decoded, options={}) == dataclasses.replace(message, options={})
+        moved = by_id[message.message_id]
+        assert moved.options["tracker_recoveries"] == (1 if index < 2 else 0)
+        assert moved.options["tracker_attempt"] == 1
+        # under a new redis message id: the old copy's ack can only ever miss
+        assert moved.options["redis_message_id"] != message.options["redis_message_id"]
+        assert dataclasses.replace(moved, options={}) == dataclasses.replace(message, options={})
+    assert redis_client.hlen("%s:%s.msgs" % (namespaces.broker, queue)) == 3
 
 
 def test_the_global_recover_function_uses_the_brokers_tracker(
     redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, tracker: TrackerMiddleware
 ) -> None:
     broker = redis_broker
-    fake_dead_worker(broker, tracker, namespaces.queue, 2)
+    fake_dead_worker(broker, tracker.store, namespaces.queue, 2)
     from dramatiq_tracker import recover
 
     assert len(recover(broker).recovered) == 2
@@ -120,13 +129,13 @@ def test_the_global_recover_function_uses_the_brokers_tracker(
     assert recover().recovered == []
 
 
-def test_a_dead_workers_delayed_messages_go_back_to_their_delay_queue_unchanged(
+def test_a_dead_workers_delayed_messages_go_back_to_their_delay_queue_with_a_new_attempt(
     redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, tracker: TrackerMiddleware
 ) -> None:
     broker = redis_broker
     queue = namespaces.queue
     # Given a dead worker that held a delayed message (fetched from the delay queue, waiting for its eta)
-    info, _ = fake_dead_worker(broker, tracker, queue, 1, running=0)
+    info, _ = fake_dead_worker(broker, tracker.store, queue, 1, running=0)
     delayed = broker.enqueue(
         Message(queue_name=queue, actor_name="work", args=(9,), kwargs={}, options={}), delay=60_000
     )
@@ -138,8 +147,33 @@ def test_a_dead_workers_delayed_messages_go_back_to_their_delay_queue_unchanged(
     # When it is recovered
     report = tracker.recover()
 
-    # Then the delayed message is back on the delay queue, unchanged, and the other one on its queue
+    # Then the delayed message is back on the delay queue with its eta, and the other one on its queue
     assert delayed.message_id in report.message_ids and len(report.message_ids) == 2
-    (redis_id,) = redis_client.lrange("%s:%s.DQ" % (namespaces.broker, queue), 0, -1)
-    payload = redis_client.hget("%s:%s.DQ.msgs" % (namespaces.broker, queue), redis_id)
-    assert Message.decode(payload) == delayed
+    (moved,) = queued_messages(redis_client, namespaces, queue + ".DQ")
+    assert moved.options["eta"] == delayed.options["eta"]
+    assert moved.options["tracker_attempt"] == 1
+    assert dataclasses.replace(moved, options={}) == dataclasses.replace(delayed, options={})
+    close_redis_broker(dead)
+
+
+def test_unreadable_registrations_never_keep_a_dead_worker_waiting(
+    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, tracker: TrackerMiddleware
+) -> None:
+    # Given more than a page of unreadable and vanished registrations due before a real dead worker
+    keys = tracker.store.keys
+    deadlines = keys.deadlines(tracker.runtime.parts.digest)
+    for index in range(150):
+        redis_client.zadd(deadlines, {"corrupt-%d" % index: index, "vanished-%d" % index: index})
+        redis_client.hset(keys.workers, "corrupt-%d" % index, "{not json")
+    _, messages = fake_dead_worker(redis_broker, tracker.store, namespaces.queue, 2, worker_id="real-dead")
+    redis_client.zadd(deadlines, {"real-dead": 1000})
+
+    # When a sweep runs
+    report = tracker.recover()
+
+    # Then the real dead worker is recovered, the vanished ones are gone from the index,
+    # and the unreadable ones are moved out of the way
+    assert report.dead_workers == ["real-dead"]
+    assert sorted(report.message_ids) == sorted(m.message_id for m in messages)
+    assert tracker.store.due_workers(tracker.runtime.parts.digest, 1000) == []
+    assert redis_client.zcard(deadlines) == 150

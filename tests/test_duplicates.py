@@ -10,24 +10,26 @@ import pytest
 import redis
 from dramatiq.message import Message
 
-from dramatiq_tracker.events import TrackerEvent
 from dramatiq_tracker.store import TrackerStore
 
 from .conftest import Namespaces, events
-from .support import WorkerProcess, close_rabbitmq_connections, kill, wait_for
-from .test_recovery_rabbitmq import RABBITMQ_URL, rabbitmq  # noqa: F401 - the fixture
-from .test_recovery_redis import wait_new_worker, wait_registered
+from .support import (
+    RABBITMQ_URL,
+    WorkerProcess,
+    close_rabbitmq_connections,
+    kill,
+    kinds,
+    registered,
+    wait_for,
+    wait_new_worker,
+    wait_registered,
+)
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.rabbitmq,
     pytest.mark.skipif(not shutil.which("rabbitmqctl"), reason="needs rabbitmqctl to close a connection"),
 ]
-
-
-def kinds(store: TrackerStore, message_id: str) -> list[str]:
-    found = [TrackerEvent.from_fields(fields) for _, fields in store.events(1000)]
-    return [e.kind for e in reversed(found) if e.message_id == message_id]
 
 
 def start_long_message(
@@ -51,7 +53,7 @@ def test_a_rabbitmq_redelivery_of_a_running_message_waits_for_it_instead_of_runn
     redis_client: redis.Redis,
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
-    rabbitmq: object,  # noqa: F811
+    rabbitmq: object,
 ) -> None:
     store = TrackerStore(redis_client, namespaces.tracker)
     # Given a worker running a 4 s message
@@ -72,7 +74,7 @@ def test_a_put_off_redelivery_is_not_lost_if_the_running_copy_then_dies(
     redis_client: redis.Redis,
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
-    rabbitmq: object,  # noqa: F811
+    rabbitmq: object,
 ) -> None:
     store = TrackerStore(redis_client, namespaces.tracker)
     # Given a running message whose redelivery was put off behind it
@@ -80,7 +82,7 @@ def test_a_put_off_redelivery_is_not_lost_if_the_running_copy_then_dies(
     assert close_rabbitmq_connections(pid) >= 1
     wait_for(lambda: "duplicate-deferred" in kinds(store, message_id), 10, message="deferred")
     spawn_worker(kind="rabbitmq", threads=2, broker_url=RABBITMQ_URL, slow_seconds=0.1)
-    survivor = wait_new_worker(store, *[w for w in _registered(store) if w.worker_id == worker_id])
+    survivor = wait_new_worker(store, *[w for w in registered(store) if w.worker_id == worker_id])
 
     # When the worker running it dies
     kill(pid)
@@ -95,9 +97,3 @@ def test_a_put_off_redelivery_is_not_lost_if_the_running_copy_then_dies(
     time.sleep(1)
     starts = [e for e in events(redis_client, namespaces, "started") if e[0] == message_id]
     assert [e[1] for e in starts] == [pid, survivor.pid]
-
-
-def _registered(store: TrackerStore) -> list:  # type: ignore[type-arg]
-    from dramatiq_tracker.records import WorkerInfo
-
-    return [WorkerInfo.from_json(raw) for raw in store.workers().values()]

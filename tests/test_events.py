@@ -13,7 +13,7 @@ from dramatiq_tracker import ConfigurationError, TrackerMiddleware
 from dramatiq_tracker.events import RECOVERED, WORKER_DEAD, TrackerEvent
 
 from .conftest import Namespaces
-from .fakes import fake_dead_worker
+from .support import fake_dead_worker
 
 
 def test_each_recovery_is_logged_streamed_and_passed_to_callbacks_identically(
@@ -29,13 +29,13 @@ def test_each_recovery_is_logged_streamed_and_passed_to_callbacks_identically(
     tracker = TrackerMiddleware(client=redis_client, namespace=namespaces.tracker, on_event=[broken, received.append])
     redis_broker.add_middleware(tracker)
     dramatiq.set_broker(redis_broker)
-    info, messages = fake_dead_worker(redis_broker, tracker, namespaces.queue, 2, running=1)
+    info, messages = fake_dead_worker(redis_broker, tracker.store, namespaces.queue, 2, running=1)
 
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.DEBUG):
         tracker.recover()
 
     # The callbacks got every event, even after one of them failed
-    assert [e.kind for e in received] == [WORKER_DEAD, RECOVERED, RECOVERED]
+    assert [e.kind for e in received] == [RECOVERED, RECOVERED, WORKER_DEAD]
     assert len(broken_calls) == 3
     recovered = [e for e in received if e.kind == RECOVERED]
     assert {e.message_id for e in recovered} == {m.message_id for m in messages}
@@ -43,9 +43,14 @@ def test_each_recovery_is_logged_streamed_and_passed_to_callbacks_identically(
     # The stream holds the same events, newest first
     streamed = tracker.recent_events()
     assert [e.to_fields() for e in reversed(streamed)] == [e.to_fields() for e in received]
-    # And the log lines say the same thing
-    logged = [r.getMessage() for r in caplog.records if r.name == "dramatiq_tracker.events.Events"]
-    assert [line for line in logged if not line.startswith("Event callback")] == [e.text for e in received]
+    # And the log lines say the same thing: one per orphan at debug, the dead worker's summary at warning
+    logged = [r for r in caplog.records if r.name == "dramatiq_tracker.events.Events"]
+    lines = [r for r in logged if not r.getMessage().startswith("Event callback")]
+    assert [r.getMessage() for r in lines] == [e.text for e in received]
+    assert [r.levelno for r in lines] == [logging.DEBUG, logging.DEBUG, logging.WARNING]
+    assert "2 of its messages settled" in lines[-1].getMessage()
+    # And the counters count them
+    assert tracker.store.counters() == {RECOVERED: 2, WORKER_DEAD: 1}
     assert any("alerting is down" in (r.exc_text or "") for r in caplog.records)
 
 
@@ -54,7 +59,7 @@ def test_the_stream_is_capped(redis_broker: RedisBroker, redis_client: redis.Red
     redis_broker.add_middleware(tracker)
     dramatiq.set_broker(redis_broker)
     for index in range(300):
-        tracker.events.emit("test", "event %d", index)
+        tracker.runtime.parts.events.emit("test", "event %d", index)
     assert 10 <= redis_client.xlen(tracker.store.keys.events) < 300
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -20,13 +20,6 @@ from .support import RedisServer, WorkerProcess, close_redis_broker, wait_for
 pytestmark = pytest.mark.slow
 
 OUTAGE_WARNING = "Tracker Redis is unreachable"
-
-
-@pytest.fixture
-def tracker_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.close()
 
 
 def send_sleeps(broker: RedisBroker, queue: str, seconds: float, count: int) -> list[str]:

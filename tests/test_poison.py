@@ -10,12 +10,10 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
-from dramatiq_tracker.events import TrackerEvent
 from dramatiq_tracker.store import TrackerStore
 
 from .conftest import Namespaces, events
-from .support import WorkerProcess, close_redis_broker, wait_for
-from .test_recovery_rabbitmq import RABBITMQ_URL, rabbitmq  # noqa: F401 - the fixture
+from .support import RABBITMQ_URL, WorkerProcess, close_redis_broker, keep_a_worker_alive, kinds, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -26,26 +24,6 @@ def exhausted(client: redis.Redis, names: Namespaces) -> list[tuple[str, int, in
         message_id, recoveries, limit = raw.decode().split("|")
         found.append((message_id, int(recoveries), int(limit)))
     return found
-
-
-def keep_a_worker_alive(
-    spawn: Callable[[], WorkerProcess], done: Callable[[], bool], timeout: float
-) -> list[WorkerProcess]:
-    """Start a worker whenever the last one died, as an orchestrator restarting crashed pods would."""
-    started: list[WorkerProcess] = []
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, "timed out; %d workers started" % len(started)
-        if not started or started[-1].process.poll() is not None:
-            started.append(spawn())
-        time.sleep(0.05)
-    return started
-
-
-def story(store: TrackerStore, message_id: str) -> list[str]:
-    """The kinds of the stream's events about a message, oldest first."""
-    found = [TrackerEvent.from_fields(fields) for _, fields in store.events(1000)]
-    return [event.kind for event in reversed(found) if event.message_id == message_id]
 
 
 def test_a_message_that_kills_its_worker_runs_max_recoveries_plus_one_times_then_is_dead_lettered_on_redis(
@@ -85,7 +63,7 @@ def test_a_message_that_kills_its_worker_runs_max_recoveries_plus_one_times_then
     time.sleep(0.5)
     assert exhausted(redis_client, namespaces) == [(message_id, 3, 2)]
     # And the stream tells the story
-    assert story(store, message_id) == ["recovered", "recovered", "quarantined"]
+    assert kinds(store, message_id) == ["recovered", "recovered", "quarantined"]
     assert store.message_history(message_id)["recoveries"] == "3"
     close_redis_broker(producer)
 
@@ -119,7 +97,7 @@ def test_a_message_that_kills_its_worker_is_dead_lettered_on_rabbitmq_after_max_
     redis_client: redis.Redis,
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
-    rabbitmq: object,  # noqa: F811
+    rabbitmq: object,
 ) -> None:
     store = TrackerStore(redis_client, namespaces.tracker)
     # Given workers whose default max_recoveries is 2, and a message that SIGKILLs its worker
@@ -144,4 +122,4 @@ def test_a_message_that_kills_its_worker_is_dead_lettered_on_rabbitmq_after_max_
     )
     time.sleep(0.5)
     assert exhausted(redis_client, namespaces) == [(message_id, 3, 2)]
-    assert story(store, message_id) == ["recovered", "recovered", "quarantined"]
+    assert kinds(store, message_id) == ["recovered", "recovered", "quarantined"]

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import collections
-import contextlib
-import os
-import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -16,35 +13,9 @@ from dramatiq.message import Message
 from dramatiq_tracker.store import TrackerStore
 
 from .conftest import Namespaces, events
-from .support import WorkerProcess, kill, wait_for
-from .test_recovery_redis import BOUND, wait_new_worker, wait_registered
+from .support import BOUND, RABBITMQ_URL, WorkerProcess, kill, wait_for, wait_new_worker, wait_registered
 
 pytestmark = [pytest.mark.slow, pytest.mark.rabbitmq]
-
-RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
-
-
-def _rabbitmq_answers() -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", 5672), timeout=1):
-        return True
-    return False
-
-
-@pytest.fixture
-def rabbitmq(namespaces: Namespaces) -> Iterator[object]:
-    if "RABBITMQ_URL" not in os.environ and not _rabbitmq_answers():
-        if os.environ.get("CI"):
-            pytest.fail("RabbitMQ is not reachable on 127.0.0.1:5672")
-        pytest.skip("RabbitMQ is not reachable on 127.0.0.1:5672 (set RABBITMQ_URL)")
-    from dramatiq.brokers.rabbitmq import RabbitmqBroker
-
-    broker = RabbitmqBroker(url=RABBITMQ_URL)
-    broker.declare_queue(namespaces.queue)
-    yield broker
-    for queue in (namespaces.queue, namespaces.queue + ".DQ", namespaces.queue + ".XQ"):
-        with contextlib.suppress(Exception):
-            broker.channel.queue_delete(queue)
-    broker.close()
 
 
 def test_a_killed_workers_messages_come_back_once_from_rabbitmq_and_are_accounted_for(

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import collections
 import threading
-import time
 from collections.abc import Callable
 
 import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.message import Message
 
 from dramatiq_tracker import Orphan, RecoveryReport, TrackerMiddleware
 from dramatiq_tracker.store import TrackerStore
 
-from .conftest import FAST, Namespaces, events
-from .support import WorkerProcess, close_redis_broker, kill, wait_for
-from .test_recovery_redis import send, wait_registered
+from .conftest import Namespaces, events
+from .support import FAST, WorkerProcess, kill, process_gone, send, wait_for, wait_registered
 
 pytestmark = pytest.mark.slow
 
@@ -28,19 +27,18 @@ def test_five_sweepers_racing_over_one_dead_workers_100_orphans_deliver_each_exa
     redis_client: redis.Redis,
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
+    store: TrackerStore,
+    producer: RedisBroker,
 ) -> None:
     # Given a worker process that fetched 100 messages (50 running, 50 prefetched) and was SIGKILLed
-    store = TrackerStore(redis_client, namespaces.tracker)
-    producer = RedisBroker(url=redis_url, namespace=namespaces.broker)
     spawn_worker(threads=50, slow_seconds=120)
     (victim,) = wait_registered(store, 1)
     ids = send(producer, namespaces.queue, "slow", 100)
-    close_redis_broker(producer)
     wait_for(lambda: len(events(redis_client, namespaces, "started")) == 50, 30, message="50 running")
     wait_for(lambda: redis_client.llen("%s:%s" % (namespaces.broker, namespaces.queue)) == 0, 10, message="fetched")
     wait_for(lambda: len(store.inflight(victim.worker_id)) == 50, 5, message="50 records")
     kill(victim.pid)
-    wait_for(lambda: _gone(victim.pid), 5, message="victim gone")
+    wait_for(lambda: process_gone(victim.pid), 5, message="victim gone")
 
     # When five sweepers, each with its own broker, tracker and connections, recover at the same moment
     cleaned: list[Orphan] = []
@@ -67,10 +65,12 @@ def test_five_sweepers_racing_over_one_dead_workers_100_orphans_deliver_each_exa
         thread.join(30)
 
     # Then every orphan is back on its queue exactly once, and reported once
-    recovered = [item.orphan.message_id for report in reports for item in report.recovered]
+    recovered = [orphan.message_id for report in reports for orphan in report.recovered]
     assert collections.Counter(recovered) == collections.Counter(ids)
     queued = redis_client.lrange("%s:%s" % (namespaces.broker, namespaces.queue), 0, -1)
     assert len(queued) == 100 and len(set(queued)) == 100
+    payloads = redis_client.hmget("%s:%s.msgs" % (namespaces.broker, namespaces.queue), queued)
+    assert sorted(Message.decode(p).message_id for p in payloads) == sorted(ids)
     assert redis_client.exists("%s:__acks__.%s.%s" % (namespaces.broker, victim.broker_id, namespaces.queue)) == 0
     # And each running orphan went through the lock cleaners exactly once, counted as one recovery
     assert len(cleaned) == 50 and len({o.message_id for o in cleaned}) == 50
@@ -81,24 +81,16 @@ def test_five_sweepers_racing_over_one_dead_workers_100_orphans_deliver_each_exa
     assert store.workers() == {}
 
 
-def _gone(pid: int) -> bool:
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rpartition(")")[2].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
-
-
-def test_the_sweep_lease_lets_one_worker_sweep_per_interval(redis_client: redis.Redis, namespaces: Namespaces) -> None:
-    store = TrackerStore(redis_client, namespaces.tracker)
-    # Given one sweeper holding the lease
-    assert store.acquire_lease("first", 500)
+def test_the_sweep_lease_lets_one_worker_per_broker_identity_sweep_per_interval(store: TrackerStore) -> None:
+    # Given one sweeper holding the lease of its broker identity
+    assert store.acquire_lease("app-a", "first", 500)
     # Then another cannot take it, while the holder renews it
-    assert not store.acquire_lease("second", 500)
-    assert store.acquire_lease("first", 500)
+    assert not store.acquire_lease("app-a", "second", 500)
+    assert store.acquire_lease("app-a", "first", 500)
+    # And a sweeper of another broker identity has a lease of its own
+    assert store.acquire_lease("app-b", "other", 500)
     # And only the holder can give it back
-    assert not store.release_lease("second")
-    assert store.release_lease("first")
-    assert store.acquire_lease("second", 100)
-    time.sleep(0.15)
-    assert store.acquire_lease("third", 100)
+    assert not store.release_lease("app-a", "second")
+    assert store.release_lease("app-a", "first")
+    assert store.acquire_lease("app-a", "second", 100)
+    wait_for(lambda: store.acquire_lease("app-a", "third", 100), 2, message="the lease expires")

@@ -6,59 +6,29 @@ import collections
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
 from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker
-from dramatiq.message import Message
 
+from dramatiq_tracker.keys import identity_digest
 from dramatiq_tracker.records import WorkerInfo
 from dramatiq_tracker.store import TrackerStore
 
-from .conftest import FAST, Namespaces, events
-from .support import WorkerProcess, close_redis_broker, kill, wait_for
+from .conftest import Namespaces, events
+from .support import (
+    BOUND,
+    WorkerProcess,
+    close_redis_broker,
+    kill,
+    send,
+    wait_for,
+    wait_new_worker,
+    wait_registered,
+)
 
 pytestmark = pytest.mark.slow
-
-#: The recovery bound of the test timings (heartbeat_timeout + sweep_interval), plus the 1 s slack, in seconds.
-BOUND = (FAST["heartbeat_timeout"] + FAST["sweep_interval"]) / 1000 + 1
-
-
-def send(broker: RedisBroker, queue: str, actor: str, count: int, *args: object) -> list[str]:
-    ids = []
-    for index in range(count):
-        message = Message(queue_name=queue, actor_name=actor, args=(index, *args), kwargs={}, options={})
-        ids.append(broker.enqueue(message).message_id)
-    return ids
-
-
-def registered(store: TrackerStore) -> list[WorkerInfo]:
-    return [WorkerInfo.from_json(raw) for raw in store.workers().values()]
-
-
-def wait_registered(store: TrackerStore, count: int) -> list[WorkerInfo]:
-    return wait_for(lambda: len(registered(store)) == count and registered(store), 20, message="%d workers" % count)
-
-
-def wait_new_worker(store: TrackerStore, *known: WorkerInfo) -> WorkerInfo:
-    """The next worker to register besides ``known`` ones."""
-    ids = {info.worker_id for info in known}
-    return wait_for(
-        lambda: next((w for w in registered(store) if w.worker_id not in ids), None), 20, message="a new worker"
-    )
-
-
-@pytest.fixture
-def producer(redis_url: str, namespaces: Namespaces) -> Iterator[RedisBroker]:
-    broker = RedisBroker(url=redis_url, namespace=namespaces.broker)
-    yield broker
-    close_redis_broker(broker)
-
-
-@pytest.fixture
-def store(redis_client: redis.Redis, namespaces: Namespaces) -> TrackerStore:
-    return TrackerStore(redis_client, namespaces.tracker)
 
 
 def start_victim(
@@ -78,8 +48,7 @@ def start_victim(
     wait_for(lambda: len(events(client, names, "started")) == threads, 20, message="victim busy")
     # Everything is fetched: running or prefetched, nothing left in the queue.
     wait_for(lambda: client.llen("%s:%s" % (names.broker, names.queue)) == 0, 10, message="all fetched")
-    # Let the recorder write the running messages' records.
-    time.sleep(0.2)
+    wait_for(lambda: len(store.inflight(victim.worker_id)) == threads, 5, message="records written")
     return victim, ids
 
 
@@ -177,9 +146,8 @@ def test_a_restarted_worker_recovers_the_dead_processs_orphans_within_a_second_o
     (victim,) = wait_registered(store, 1)
     ids = send(producer, namespaces.queue, "slow", 8)
     wait_for(lambda: len(events(redis_client, namespaces, "started")) == 4, 20, message="victim busy")
-    time.sleep(0.2)
+    wait_for(lambda: len(store.inflight(victim.worker_id)) == 4, 5, message="records written")
     kill(victim.pid)
-    time.sleep(0.5)
 
     # When a worker restarts on this host, long before the dead one's heartbeat expires
     spawn_worker(threads=8, slow_seconds=0.1, env=slow_expiry)
@@ -218,7 +186,9 @@ def test_a_gracefully_stopped_worker_leaves_no_orphans_and_no_registration(
     assert store.inflight(info.worker_id) == {}
     assert info.worker_id not in store.dead_workers()
     assert redis_client.exists(store.keys.heartbeat(info.worker_id)) == 0
-    assert store.due_workers(10) == []
+    assert store.deadlines(identity_digest(info.broker_identity)) == {}
+    # And its note beside the broker's keys is gone too
+    assert not redis_client.hexists("%s:__tracker__.%s" % (namespaces.broker, namespaces.tracker), info.broker_id)
     assert not list(redis_client.scan_iter(match="%s:__acks__.%s.*" % (namespaces.broker, info.broker_id)))
     started = events(redis_client, namespaces, "started")
     done = events(redis_client, namespaces, "done")

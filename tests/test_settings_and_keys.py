@@ -12,7 +12,7 @@ from dramatiq.brokers.stub import StubBroker
 
 from dramatiq_tracker import ConfigurationError, Keys, TrackerMiddleware, namespaced_key
 from dramatiq_tracker.host import HostFacts
-from dramatiq_tracker.keys import RedisBrokerKeys
+from dramatiq_tracker.keys import RedisBrokerKeys, identity_digest
 from dramatiq_tracker.records import CorruptRecord, InflightRecord, WorkerInfo, decode_payload, encode_payload
 
 
@@ -56,13 +56,20 @@ def test_the_key_layout_is_fixed() -> None:
     keys = Keys("app")
     assert namespaced_key("app", "workers") == "{app}:v1:workers"
     assert keys.workers == "{app}:v1:workers"
-    assert keys.deadlines == "{app}:v1:deadlines"
+    assert keys.identities == "{app}:v1:identities"
+    assert keys.deadlines("b1") == "{app}:v1:deadlines:b1"
     assert keys.dead_workers == "{app}:v1:dead-workers"
     assert keys.running == "{app}:v1:running"
-    assert keys.outbox == "{app}:v1:outbox"
-    assert keys.sweep_lease == "{app}:v1:sweep-lease"
+    assert keys.outbox("b1") == "{app}:v1:outbox:b1"
+    assert keys.sweep_lease("b1") == "{app}:v1:sweep-lease:b1"
     assert keys.heartbeat("w1") == "{app}:v1:worker:w1:heartbeat"
     assert keys.inflight("w1") == "{app}:v1:worker:w1:inflight"
+    assert keys.revoked("w1") == "{app}:v1:worker:w1:revoked"
+    assert keys.counters == "{app}:v1:counters"
+    assert keys.events == "{app}:v1:events"
+    assert keys.locks == "{app}:v1:locks"
+    assert keys.lock("d") == "{app}:v1:lock:d"
+    assert identity_digest("redis:redis://localhost:6379/0#dramatiq") == "14e2f936343c"
     assert keys.host("h") == "{app}:v1:host:h"
     assert keys.broker("b") == "{app}:v1:broker:b"
     assert keys.message("m") == "{app}:v1:message:m"
@@ -70,6 +77,8 @@ def test_the_key_layout_is_fixed() -> None:
     assert broker_keys.acks("b", "default") == "dramatiq:__acks__.b.default"
     assert broker_keys.queue("default.DQ") == "dramatiq:default.DQ"
     assert broker_keys.messages("default") == "dramatiq:default.msgs"
+    assert broker_keys.heartbeats == "dramatiq:__heartbeats__"
+    assert broker_keys.tracked_processes("app") == "dramatiq:__tracker__.app"
 
 
 def test_no_module_but_keys_formats_a_key() -> None:
@@ -87,14 +96,16 @@ def test_binary_payloads_survive_a_record_round_trip() -> None:
 
 
 def test_corrupt_records_are_reported_not_crashed_on() -> None:
-    for raw in (b"not json", b"[]", b'{"message_id": 1}', b"\xff\xfe"):
+    for raw in (b"not json", b"[]", b'{"a": 1}', b'{"a": "x", "q": "q", "t": "1", "s": -1, "x": 3}', b"\xff\xfe"):
         with pytest.raises(CorruptRecord):
-            InflightRecord.from_json(raw)
+            InflightRecord.from_json(raw, message_id="m", worker_id="w")
         with pytest.raises(CorruptRecord):
             WorkerInfo.from_json(raw)
-    record = InflightRecord("m", "a", "q", "", "w", "t", 0, 0, "garbage", "utf-8")
+    record = InflightRecord("m", "w", "a", "q", "t", 0, payload="garbage", payload_encoding="utf-8")
     with pytest.raises(CorruptRecord):
         record.message()
+    with pytest.raises(CorruptRecord):
+        InflightRecord("m", "w", "a", "q", "t", 0).message()
     with pytest.raises(CorruptRecord):
         decode_payload("x", "rot13")
 

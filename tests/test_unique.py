@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +38,7 @@ class App:
 
     def actor(self, fn: Callable[..., Any] | None = None, **options: Any) -> Any:
         def decorate(fn: Callable[..., Any]) -> Any:
+            @functools.wraps(fn)
             def body(*args: Any, **kwargs: Any) -> Any:
                 message = CurrentMessage.get_current_message()
                 assert message is not None
@@ -50,7 +52,6 @@ class App:
                     with self.lock:
                         self.running -= 1
 
-            body.__name__ = fn.__name__
             return dramatiq.actor(body, broker=self.broker, **{"max_retries": 0, **options})
 
         return decorate(fn) if fn else decorate
@@ -156,6 +157,29 @@ def test_the_digest_travels_in_the_message_options(app: App) -> None:
     message = work.send(1, 2)
     assert message.options["unique_digest"] == compute_digest("work", "default", (1, 2), {}, "{0}")
     assert message.options["unique_mode"] == "until_executed"
+    # The call is bound to the actor's signature: a keyword call is the same call, so a duplicate
+    with pytest.raises(DuplicateMessage) as refused:
+        work.send_with_options(kwargs={"x": 1, "y": 3})
+    assert refused.value.digest == message.options["unique_digest"]
+
+
+def test_positional_and_keyword_calls_have_one_digest() -> None:
+    def charge(account_id: int, amount: int, currency: str = "EUR") -> None:
+        pass
+
+    calls = [((1, 2), {}), ((1,), {"amount": 2}), ((), {"account_id": 1, "amount": 2}), ((1, 2, "EUR"), {})]
+    for key in (None, "{account_id}", "{0}", lambda account_id, **_: account_id, lambda account, *_: account):
+        digests = {compute_digest("charge", "q", args, kwargs, key, charge) for args, kwargs in calls}
+        assert len(digests) == 1, key
+
+    # The documented example: a key that takes the actor's first parameter by name
+    def report(day: str, rows: list[int]) -> None:
+        pass
+
+    by_day = lambda day, **_: day  # noqa: E731
+    assert compute_digest("report", "q", ("2024-01-01", [1]), {}, by_day, report) == compute_digest(
+        "report", "q", (), {"day": "2024-01-01", "rows": [2]}, by_day, report
+    )
 
 
 # Modes -------------------------------------------------------------------------------
@@ -359,10 +383,10 @@ def test_operators_list_locks_and_delete_one_by_digest(app: App) -> None:
         pass
 
     first = work.send(1)
-    work.send(2)
+    second = work.send(2)
     locks = app.tracker.store.locks()
-    assert [lock.message_id for lock in locks] == [first.message_id, locks[1].message_id]
-    lock = locks[0]
+    assert {lock.message_id for lock in locks} == {first.message_id, second.message_id}
+    (lock,) = [each for each in locks if each.message_id == first.message_id]
     assert lock.digest == first.options["unique_digest"]
     assert (lock.mode, lock.actor_name, lock.queue_name, lock.worker_id, lock.attempt) == (
         "until_executed", "work", "default", "", 0,

@@ -16,13 +16,20 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from dramatiq_tracker import TrackerMiddleware
-from dramatiq_tracker.store import OrphanLock, TrackerStore
+from dramatiq_tracker.store import ClaimRequest, TrackerStore
 from dramatiq_tracker.unique import compute_digest
 
 from .conftest import Namespaces, events
-from .fakes import fake_dead_worker
-from .support import WorkerProcess, close_redis_broker, kill, wait_for
-from .test_recovery_redis import BOUND, wait_new_worker, wait_registered
+from .support import (
+    BOUND,
+    WorkerProcess,
+    close_redis_broker,
+    fake_dead_worker,
+    kill,
+    wait_for,
+    wait_new_worker,
+    wait_registered,
+)
 
 
 def tracker_for(broker: RedisBroker, client: redis.Redis, namespace: str) -> TrackerMiddleware:
@@ -52,7 +59,7 @@ def test_recovery_releases_exactly_the_locks_its_orphans_own(
     queue = namespaces.queue
     # Given a dead worker running a unique message that holds its lock
     options = unique_options(mode, "work", queue, 0)
-    info, (orphan,) = fake_dead_worker(redis_broker, tracker, queue, 1, running=1, options=options)
+    info, (orphan,) = fake_dead_worker(redis_broker, tracker.store, queue, 1, running=1, options=options)
     digest = str(options["unique_digest"])
     assert store.acquire_lock(digest, orphan.message_id, 0, mode, "work", queue, info.worker_id, None)[0] == "acquired"
     # And a live message of another worker holding its own lock
@@ -63,7 +70,7 @@ def test_recovery_releases_exactly_the_locks_its_orphans_own(
     (item,) = tracker.recover().recovered
 
     # Then the orphan's lock was released or passed to its next attempt, atomically with its claim
-    assert item.lock == outcome and item.orphan.recoveries == 1
+    assert item.lock == outcome and item.recoveries == 1 and item.attempt == 1
     lock = store.lock(digest)
     if mode == "while_executing":
         assert lock is None
@@ -83,7 +90,7 @@ def test_a_sweep_racing_with_the_redelivered_start_leaves_the_new_attempts_lock_
     queue = namespaces.queue
     options = unique_options(mode, "work", queue, 0)
     digest = str(options["unique_digest"])
-    info, (orphan,) = fake_dead_worker(redis_broker, tracker, queue, 1, running=1, options=options)
+    info, (orphan,) = fake_dead_worker(redis_broker, tracker.store, queue, 1, running=1, options=options)
     store.acquire_lock(digest, orphan.message_id, 0, mode, "work", queue, info.worker_id, None)
     # Given a first sweeper recovered the orphan, and its redelivery started and took its lock
     assert len(tracker.recover().recovered) == 1
@@ -94,11 +101,15 @@ def test_a_sweep_racing_with_the_redelivered_start_leaves_the_new_attempts_lock_
 
     # When a late sweeper claims the same orphan of the same dead worker
     (claim,) = store.claim_orphans(
-        info.worker_id, [OrphanLock(orphan.message_id, digest, mode)], mode="deliver", history_ttl=60_000
+        info.worker_id,
+        tracker.runtime.parts.digest,
+        [ClaimRequest(orphan.message_id, 0, digest, mode, 3)],
+        mode="deliver",
+        history_ttl=60_000,
     )
 
     # Then it counts nothing more and leaves the new attempt's lock alone
-    assert claim.recoveries == 1 and claim.lock == ""
+    assert claim.recoveries == 1 and claim.attempt == 1 and claim.lock == ""
     lock = store.lock(digest)
     assert lock is not None and (lock.attempt, lock.worker_id) == (1, "new-worker")
 
@@ -114,7 +125,7 @@ def test_a_failing_lock_cleaner_is_logged_and_the_orphan_delivered_anyway(
 
     tracker.add_lock_cleaner(broken)
     tracker.add_lock_cleaner(lambda orphan: cleaned.append(orphan.message_id))
-    _, messages = fake_dead_worker(redis_broker, tracker, namespaces.queue, 2, running=1)
+    _, messages = fake_dead_worker(redis_broker, tracker.store, namespaces.queue, 2, running=1)
 
     with caplog.at_level(logging.WARNING):
         report = tracker.recover()
@@ -148,7 +159,7 @@ def test_without_unique_actors_no_lock_key_is_ever_touched(
     watcher.start()
     time.sleep(0.2)
     # When plain messages are sent, and a dead worker's orphans are recovered
-    fake_dead_worker(redis_broker, tracker, namespaces.queue, 3)
+    fake_dead_worker(redis_broker, tracker.store, namespaces.queue, 3)
     assert len(tracker.recover().recovered) == 3
     stop.set()
     redis_client.ping()

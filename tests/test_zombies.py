@@ -12,21 +12,23 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
 from dramatiq_tracker import TrackerMiddleware
-from dramatiq_tracker.events import TrackerEvent
 from dramatiq_tracker.store import TrackerStore
 
-from .conftest import FAST, Namespaces, events
-from .support import WorkerProcess, close_redis_broker, wait_for
-from .test_recovery_redis import BOUND, wait_new_worker, wait_registered
+from .conftest import Namespaces, events
+from .support import (
+    BOUND,
+    FAST,
+    WorkerProcess,
+    close_redis_broker,
+    kinds,
+    wait_for,
+    wait_new_worker,
+    wait_registered,
+)
 
 pytestmark = pytest.mark.slow
 
 HAS_ABORT = importlib.util.find_spec("dramatiq_abort") is not None
-
-
-def kinds(store: TrackerStore, message_id: str = "") -> list[str]:
-    found = [TrackerEvent.from_fields(fields) for _, fields in store.events(1000)]
-    return [e.kind for e in reversed(found) if not message_id or e.message_id == message_id]
 
 
 @pytest.mark.parametrize(

@@ -58,7 +58,7 @@ class Scene:
         self.narrator = narrator
         self.settings = config.tracker_settings()
         self.store = TrackerStore(client, config.tracker_namespace)
-        self.broker_store = BrokerStore(client, config.broker_namespace)
+        self.broker_store = BrokerStore(client, config.broker_namespace, config.tracker_namespace)
         self.journal = Journal(client, config.events_key)
         self.workers: list[DemoWorker] = []
         self.kill: Kill | None = None

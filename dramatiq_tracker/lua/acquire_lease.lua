@@ -7,13 +7,15 @@
 --
 -- Returns 1 when the caller holds the lease for the next ARGV[2] ms, else 0.
 
-local owner = redis.call("get", KEYS[1])
+local lease = KEYS[1]
+
+local owner = redis.call("get", lease)
 if owner == ARGV[1] then
-    redis.call("pexpire", KEYS[1], ARGV[2])
+    redis.call("pexpire", lease, ARGV[2])
     return 1
 end
 if owner then
     return 0
 end
-redis.call("set", KEYS[1], ARGV[1], "px", ARGV[2])
+redis.call("set", lease, ARGV[1], "px", ARGV[2])
 return 1

@@ -5,7 +5,7 @@
 --
 -- ARGV[1] digest
 -- ARGV[2] message id
--- ARGV[3] attempt (how many times the message had been recovered)
+-- ARGV[3] attempt (the message's delivery attempt)
 -- ARGV[4] mode
 -- ARGV[5] actor name
 -- ARGV[6] queue name
@@ -13,11 +13,13 @@
 -- ARGV[8] ttl (ms), or "0" for none
 --
 -- A lock held by the same message is the caller's: an earlier attempt that
--- crashed, or the same message enqueued again (a retry, a delayed message
--- moved to its queue).  This attempt takes it over.
+-- crashed, or the same message enqueued again.  This attempt takes it over,
+-- unless a newer attempt holds it.
 --
 -- Returns {"acquired"}, {"owned"} (taken over from the same message), or
 -- {"conflict", owner message id, owner worker id} without changing anything.
+
+local lock, locks = KEYS[1], KEYS[2]
 
 local digest, message_id = ARGV[1], ARGV[2]
 local ttl = tonumber(ARGV[8])
@@ -25,15 +27,18 @@ local time = redis.call("time")
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
 -- Forget the index entries of locks that expired.
-redis.call("zremrangebyscore", KEYS[2], "-inf", now)
+redis.call("zremrangebyscore", locks, "-inf", now)
 
-local owner = redis.call("hget", KEYS[1], "message_id")
+local owner = redis.call("hget", lock, "message_id")
 if owner and owner ~= message_id then
-    return {"conflict", owner, redis.call("hget", KEYS[1], "worker") or ""}
+    return {"conflict", owner, redis.call("hget", lock, "worker") or ""}
+end
+if owner and (tonumber(redis.call("hget", lock, "attempt") or "0") or 0) > (tonumber(ARGV[3]) or 0) then
+    return {"conflict", owner, redis.call("hget", lock, "worker") or ""}
 end
 
 redis.call(
-    "hset", KEYS[1],
+    "hset", lock,
     "message_id", message_id, "attempt", ARGV[3], "mode", ARGV[4],
     "actor", ARGV[5], "queue", ARGV[6], "worker", ARGV[7], "acquired_at", now
 )
@@ -42,9 +47,9 @@ if owner then
     return {"owned"}
 end
 if ttl > 0 then
-    redis.call("pexpire", KEYS[1], ttl)
-    redis.call("zadd", KEYS[2], now + ttl, digest)
+    redis.call("pexpire", lock, ttl)
+    redis.call("zadd", locks, now + ttl, digest)
 else
-    redis.call("zadd", KEYS[2], "+inf", digest)
+    redis.call("zadd", locks, "+inf", digest)
 end
 return {"acquired"}

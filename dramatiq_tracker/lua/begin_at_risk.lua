@@ -6,41 +6,47 @@
 --
 -- KEYS[1] workers       HASH    worker id -> registration (JSON)
 -- KEYS[2] dead_workers  ZSET    worker id -> when it was declared dead
--- KEYS[3] inflight      HASH    this worker's message id -> in-flight record
--- KEYS[4] running       HASH    message id -> "worker id|token", all workers
+-- KEYS[3] inflight      HASH    this worker's message id -> in-flight record; "__seq__" -> write count
+-- KEYS[4] running       HASH    message id -> "worker id|token|retries", all workers
 -- KEYS[5] history       HASH    the message's history
 --
 -- ARGV[1] this worker's id
--- ARGV[2] this attempt's token
+-- ARGV[2] this attempt's "token|retries"
 -- ARGV[3] message id
 -- ARGV[4] in-flight record (JSON)
 --
--- Returns {"unregistered"} without writing when this worker is not
--- registered or was declared dead; else {"ok", the previous "worker
--- id|token" recorded running this message or "", then the history's
--- fields and values}.  A previous attempt that is still recorded keeps its
--- place in the running index, and, when it runs in this same worker, its
--- record: the caller decides whether it is a dead worker's orphan to claim,
--- or a live duplicate to wait for.
+-- Returns {"fenced"} or {"unknown"} without writing when this worker was
+-- declared dead or is not registered; else {"ok", the previous "worker
+-- id|token|retries" recorded running this message or "", then the
+-- history's fields and values}, and counts one write.  A previous attempt
+-- that is still recorded keeps its place in the running index, and, when it
+-- runs in this same worker, its record: the caller decides whether it ended,
+-- is a dead worker's orphan to claim, or a live duplicate to wait for.
+
+local workers, dead_workers, inflight, running, history = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 
 local worker_id, message_id = ARGV[1], ARGV[3]
-if redis.call("zscore", KEYS[2], worker_id) or redis.call("hexists", KEYS[1], worker_id) == 0 then
-    return {"unregistered"}
+if redis.call("zscore", dead_workers, worker_id) then
+    return {"fenced"}
+end
+if redis.call("hexists", workers, worker_id) == 0 then
+    return {"unknown"}
 end
 
 local prefix = worker_id .. "|"
 local owner = prefix .. ARGV[2]
-local previous = redis.call("hget", KEYS[4], message_id) or ""
+local previous = redis.call("hget", running, message_id) or ""
 if previous == "" or previous == owner then
     previous = ""
-    redis.call("hset", KEYS[4], message_id, owner)
+    redis.call("hset", running, message_id, owner)
 end
 if string.sub(previous, 1, #prefix) ~= prefix then
-    redis.call("hset", KEYS[3], message_id, ARGV[4])
+    redis.call("hset", inflight, message_id, ARGV[4])
 end
+redis.call("hincrby", inflight, "__seq__", 1)
 
 local result = {"ok", previous}
-for _, item in ipairs(redis.call("hgetall", KEYS[5])) do
+for _, item in ipairs(redis.call("hgetall", history)) do
     result[#result + 1] = item
 end
 return result

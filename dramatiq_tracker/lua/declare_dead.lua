@@ -1,10 +1,10 @@
 -- declare_dead: confirm that a worker is dead and fence it, atomically.
 --
 -- KEYS[1] workers       HASH    worker id -> registration (JSON)
--- KEYS[2] deadlines     ZSET    worker id -> heartbeat deadline (server ms)
+-- KEYS[2] deadlines     ZSET    worker id -> heartbeat deadline (server ms), of the caller's broker identity
 -- KEYS[3] dead_workers  ZSET    worker id -> when it was declared dead
 -- KEYS[4] heartbeat     STRING  the worker's heartbeat
--- KEYS[5] inflight      HASH    the worker's message id -> in-flight record
+-- KEYS[5] inflight      HASH    the worker's message id -> in-flight record; "__seq__" -> write count
 --
 -- ARGV[1] worker id
 -- ARGV[2] "1" when the caller saw its process gone (the heartbeat may
@@ -12,31 +12,44 @@
 -- ARGV[3] retry_after (ms): when to look at this worker again should the
 --         recovery that follows be interrupted
 --
--- Returns {"gone"} when the worker is not registered, {"alive"} when its
--- heartbeat is fresh and its process was not seen gone, else
--- {"dead", registration, message id, record, message id, record, ...}.
--- A dead worker's heartbeat is deleted and its id is tombstoned, so that
--- should it be alive after all, its next heartbeat tells it so.
+-- Returns {"gone"} when the worker is not registered (its deadline entry is
+-- removed, so that it never blocks the others), {"alive"} when its heartbeat
+-- is fresh and its process was not seen gone (its deadline is set to its
+-- heartbeat's expiry), else {"dead", registration,
+-- message id, record, message id, record, ...}.  A dead worker's heartbeat
+-- is deleted and its id is tombstoned, so that should it be alive after all,
+-- its next heartbeat tells it so.
+
+local workers, deadlines, dead_workers, heartbeat, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 
 local worker_id = ARGV[1]
-local registration = redis.call("hget", KEYS[1], worker_id)
+local registration = redis.call("hget", workers, worker_id)
 if not registration then
+    redis.call("zrem", deadlines, worker_id)
     return {"gone"}
 end
-if ARGV[2] ~= "1" and redis.call("exists", KEYS[4]) == 1 then
-    return {"alive"}
-end
-
 local time = redis.call("time")
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
-redis.call("del", KEYS[4])
-redis.call("zadd", KEYS[3], "nx", now, worker_id)
-redis.call("zadd", KEYS[2], now + tonumber(ARGV[3]), worker_id)
+if ARGV[2] ~= "1" then
+    local remaining = redis.call("pttl", heartbeat)
+    if remaining > 0 then
+        -- Alive: its deadline follows its heartbeat, should the two have drifted apart.
+        redis.call("zadd", deadlines, now + remaining, worker_id)
+        return {"alive"}
+    end
+end
+
+redis.call("del", heartbeat)
+redis.call("zadd", dead_workers, "nx", now, worker_id)
+redis.call("zadd", deadlines, now + tonumber(ARGV[3]), worker_id)
 
 local result = {"dead", registration}
-local records = redis.call("hgetall", KEYS[5])
-for i = 1, #records do
-    result[#result + 1] = records[i]
+local records = redis.call("hgetall", inflight)
+for i = 1, #records, 2 do
+    if records[i] ~= "__seq__" then
+        result[#result + 1] = records[i]
+        result[#result + 1] = records[i + 1]
+    end
 end
 return result

@@ -7,5 +7,7 @@
 --
 -- Returns 1 when a lock was deleted, else 0.
 
-redis.call("zrem", KEYS[2], ARGV[1])
-return redis.call("del", KEYS[1])
+local lock, locks = KEYS[1], KEYS[2]
+
+redis.call("zrem", locks, ARGV[1])
+return redis.call("del", lock)

@@ -1,9 +1,9 @@
 -- deregister: remove a gracefully stopped worker.
 --
 -- KEYS[1] workers       HASH    worker id -> registration (JSON)
--- KEYS[2] deadlines     ZSET    worker id -> heartbeat deadline (server ms)
+-- KEYS[2] deadlines     ZSET    worker id -> heartbeat deadline (server ms), of its broker identity
 -- KEYS[3] heartbeat     STRING  this worker's heartbeat
--- KEYS[4] inflight      HASH    this worker's message id -> in-flight record
+-- KEYS[4] inflight      HASH    this worker's message id -> in-flight record; "__seq__" -> write count
 -- KEYS[5] host          SET     worker ids registered from this host
 -- KEYS[6] broker        SET     worker ids sharing this RedisBroker broker_id (optional)
 --
@@ -14,19 +14,25 @@
 -- instead so that the next sweep recovers them.  Returns how many
 -- messages were left to recovery (0 when the worker was removed).
 
-local worker_id = ARGV[1]
-local left = redis.call("hlen", KEYS[4])
+local workers, deadlines, heartbeat, inflight, host, broker = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 
-redis.call("del", KEYS[3])
+local worker_id = ARGV[1]
+local left = redis.call("hlen", inflight)
+if redis.call("hexists", inflight, "__seq__") == 1 then
+    left = left - 1
+end
+
+redis.call("del", heartbeat)
 if left > 0 then
-    redis.call("zadd", KEYS[2], 0, worker_id)
+    redis.call("zadd", deadlines, 0, worker_id)
     return left
 end
 
-redis.call("hdel", KEYS[1], worker_id)
-redis.call("zrem", KEYS[2], worker_id)
-redis.call("srem", KEYS[5], worker_id)
-if KEYS[6] then
-    redis.call("srem", KEYS[6], worker_id)
+redis.call("del", inflight)
+redis.call("hdel", workers, worker_id)
+redis.call("zrem", deadlines, worker_id)
+redis.call("srem", host, worker_id)
+if broker then
+    redis.call("srem", broker, worker_id)
 end
 return 0

@@ -2,55 +2,73 @@
 --
 -- KEYS[1] workers       HASH    worker id -> registration (JSON)
 -- KEYS[2] dead_workers  ZSET    worker id -> when it was declared dead
--- KEYS[3] inflight      HASH    this worker's message id -> in-flight record
--- KEYS[4] running       HASH    message id -> "worker id|token", all workers
+-- KEYS[3] inflight      HASH    this worker's message id -> in-flight record; "__seq__" -> write count
+-- KEYS[4] running       HASH    message id -> "worker id|token|retries", all workers
 -- KEYS[5..] per ended message, in ARGV order: its history HASH
 --
 -- ARGV[1] worker id
--- ARGV[2] number of started messages, S
--- ARGV[3 .. 3+3S-1] started messages, as triples: message id, token, record (JSON)
--- ARGV[3+3S ..] ended messages, as pairs: message id, token
+-- ARGV[2] the lowest write count the worker expects
+-- ARGV[3] the highest write count it expects (writes may be on their way)
+-- ARGV[4] number of started messages, S
+-- ARGV[5 .. 5+3S-1] started messages, as triples: message id, "token|retries", record (JSON)
+-- ARGV[5+3S ..] ended messages, as triples: message id, token, "ack" or "nack"
 --
 -- An ended message is forgotten only if the record still belongs to the
 -- same attempt (token), so a late completion never erases a newer attempt.
 -- When a duplicate delivery was put off behind this attempt (history field
--- deferred_behind), its completion is noted (completed_by), so that the
--- duplicate is dropped instead of run again.
+-- deferred_behind), its completion is noted (completed_by, and
+-- completed_with: "ack" or "nack"), so that the duplicate is dropped, or
+-- dead-lettered, instead of run again.
 --
--- Returns 1, or 0 without writing anything when the worker is not
--- registered or was declared dead.
+-- Returns "ok" and counts one write; or, writing nothing: "fenced" (declared
+-- dead), "unknown" (not registered) or "diverged" (writes were lost).
+
+local workers, dead_workers, inflight, running = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 
 local worker_id = ARGV[1]
-if redis.call("zscore", KEYS[2], worker_id) or redis.call("hexists", KEYS[1], worker_id) == 0 then
-    return 0
+if redis.call("zscore", dead_workers, worker_id) then
+    return "fenced"
+end
+if redis.call("hexists", workers, worker_id) == 0 then
+    return "unknown"
+end
+local seq = tonumber(redis.call("hget", inflight, "__seq__") or "-1")
+if seq < tonumber(ARGV[2]) or seq > tonumber(ARGV[3]) then
+    return "diverged"
 end
 
 local prefix = worker_id .. "|"
-local started = tonumber(ARGV[2])
-local first_end = 3 + 3 * started
+local started = tonumber(ARGV[4])
+local first_end = 5 + 3 * started
 
-for i = 3, first_end - 1, 3 do
-    redis.call("hset", KEYS[3], ARGV[i], ARGV[i + 2])
-    redis.call("hset", KEYS[4], ARGV[i], prefix .. ARGV[i + 1])
+for i = 5, first_end - 1, 3 do
+    redis.call("hset", inflight, ARGV[i], ARGV[i + 2])
+    -- Another attempt that the index names (a duplicate delivery no start check caught) keeps its place.
+    local owner = redis.call("hget", running, ARGV[i])
+    if not owner or string.sub(owner, 1, #prefix) == prefix then
+        redis.call("hset", running, ARGV[i], prefix .. ARGV[i + 1])
+    end
 end
 
 local history = 5
-for i = first_end, #ARGV, 2 do
-    local message_id, token = ARGV[i], ARGV[i + 1]
-    local owner = prefix .. token
-    if redis.call("hget", KEYS[history], "deferred_behind") == owner then
-        redis.call("hset", KEYS[history], "completed_by", owner)
+for i = first_end, #ARGV, 3 do
+    local message_id, token, outcome = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    local attempt = prefix .. token
+    if redis.call("hget", KEYS[history], "deferred_behind") == attempt then
+        redis.call("hset", KEYS[history], "completed_by", attempt, "completed_with", outcome)
     end
     history = history + 1
-    if redis.call("hget", KEYS[4], message_id) == owner then
-        redis.call("hdel", KEYS[4], message_id)
+    local owner = redis.call("hget", running, message_id)
+    if owner and string.sub(owner, 1, #attempt + 1) == attempt .. "|" then
+        redis.call("hdel", running, message_id)
     end
-    local record = redis.call("hget", KEYS[3], message_id)
+    local record = redis.call("hget", inflight, message_id)
     if record then
         local ok, decoded = pcall(cjson.decode, record)
-        if not ok or type(decoded) ~= "table" or decoded["token"] == token then
-            redis.call("hdel", KEYS[3], message_id)
+        if not ok or type(decoded) ~= "table" or decoded["t"] == token then
+            redis.call("hdel", inflight, message_id)
         end
     end
 end
-return 1
+redis.call("hincrby", inflight, "__seq__", 1)
+return "ok"

@@ -1,67 +1,75 @@
--- register: add a worker, or re-synchronise it after its tracker Redis lost
--- or dropped its state, writing everything it has in flight.
+-- register: add a worker, or re-synchronise it after its tracker Redis lost or
+-- dropped its state, writing everything it has in flight.
 --
 -- KEYS[1] workers       HASH    worker id -> registration (JSON)
--- KEYS[2] deadlines     ZSET    worker id -> heartbeat deadline (server ms)
--- KEYS[3] dead_workers  ZSET    worker id -> when it was declared dead
--- KEYS[4] heartbeat     STRING  this worker's heartbeat
--- KEYS[5] inflight      HASH    this worker's message id -> in-flight record
--- KEYS[6] running       HASH    message id -> "worker id|token", all workers
--- KEYS[7] host          SET     worker ids registered from this host
--- KEYS[8] broker        SET     worker ids sharing this RedisBroker broker_id (optional)
+-- KEYS[2] identities    HASH    broker identity digest -> broker identity
+-- KEYS[3] deadlines     ZSET    worker id -> heartbeat deadline (server ms), of this worker's broker identity
+-- KEYS[4] dead_workers  ZSET    worker id -> when it was declared dead
+-- KEYS[5] heartbeat     STRING  this worker's heartbeat
+-- KEYS[6] inflight      HASH    this worker's message id -> in-flight record; "__seq__" -> write count
+-- KEYS[7] running       HASH    message id -> "worker id|token|retries", all workers
+-- KEYS[8] host          SET     worker ids registered from this host
+-- KEYS[9] broker        SET     worker ids sharing this RedisBroker broker_id (optional)
 --
 -- ARGV[1] worker id
 -- ARGV[2] registration (JSON)
 -- ARGV[3] heartbeat_timeout (ms)
--- ARGV[4] the number Z of zombie attempts
--- ARGV[5 .. 5+2Z-1] zombie attempts, as pairs: message id, token
--- ARGV[5+2Z ..] the in-flight records, as triples: message id, token, record (JSON)
+-- ARGV[4] broker identity digest
+-- ARGV[5] broker identity
+-- ARGV[6] the number Z of zombie attempts
+-- ARGV[7 .. 7+2Z-1] zombie attempts, as pairs: message id, "token|retries"
+-- ARGV[7+2Z ..] in-flight records, as triples: message id, "token|retries", record (JSON)
 --
 -- Zombie attempts are copies this process still runs of messages that were
 -- recovered from it while it was presumed dead.  They get no record (they
 -- are nobody's orphans) but a place in the running index, unless another
--- attempt holds it, so that a redelivery of the message waits for them
--- instead of running beside them.
+-- attempt holds it, so that a redelivery waits for them instead of running
+-- beside them.
 --
--- Returns "fenced" and writes nothing when this worker id was declared
--- dead (its messages were recovered; it must take a new id), else "ok".
+-- Returns "fenced" and writes nothing when this worker id was declared dead
+-- (its messages were recovered; it must take a new id), else "ok".  The
+-- write count starts again at 0.
+
+local workers, identities, deadlines, dead_workers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local heartbeat, inflight, running, host, broker = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 
 local worker_id = ARGV[1]
 local timeout = tonumber(ARGV[3])
 
-if redis.call("zscore", KEYS[3], worker_id) then
+if redis.call("zscore", dead_workers, worker_id) then
     return "fenced"
 end
 
 local time = redis.call("time")
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
-redis.call("hset", KEYS[1], worker_id, ARGV[2])
-redis.call("set", KEYS[4], now, "px", timeout)
-redis.call("zadd", KEYS[2], now + timeout, worker_id)
-redis.call("sadd", KEYS[7], worker_id)
-if KEYS[8] then
-    redis.call("sadd", KEYS[8], worker_id)
+redis.call("hset", workers, worker_id, ARGV[2])
+redis.call("hset", identities, ARGV[4], ARGV[5])
+redis.call("set", heartbeat, now, "px", timeout)
+redis.call("zadd", deadlines, now + timeout, worker_id)
+redis.call("sadd", host, worker_id)
+if broker then
+    redis.call("sadd", broker, worker_id)
 end
 
 -- Forget what was recorded before: it may hold messages that ended while
 -- the tracker could not write.
 local prefix = worker_id .. "|"
-local old = redis.call("hkeys", KEYS[5])
-for _, message_id in ipairs(old) do
-    local owner = redis.call("hget", KEYS[6], message_id)
+for _, message_id in ipairs(redis.call("hkeys", inflight)) do
+    local owner = redis.call("hget", running, message_id)
     if owner and string.sub(owner, 1, #prefix) == prefix then
-        redis.call("hdel", KEYS[6], message_id)
+        redis.call("hdel", running, message_id)
     end
 end
-redis.call("del", KEYS[5])
+redis.call("del", inflight)
+redis.call("hset", inflight, "__seq__", 0)
 
-local first_record = 5 + 2 * tonumber(ARGV[4])
-for i = 5, first_record - 1, 2 do
-    redis.call("hsetnx", KEYS[6], ARGV[i], prefix .. ARGV[i + 1])
+local first_record = 7 + 2 * tonumber(ARGV[6])
+for i = 7, first_record - 1, 2 do
+    redis.call("hsetnx", running, ARGV[i], prefix .. ARGV[i + 1])
 end
 for i = first_record, #ARGV, 3 do
-    redis.call("hset", KEYS[5], ARGV[i], ARGV[i + 2])
-    redis.call("hset", KEYS[6], ARGV[i], prefix .. ARGV[i + 1])
+    redis.call("hset", inflight, ARGV[i], ARGV[i + 2])
+    redis.call("hset", running, ARGV[i], prefix .. ARGV[i + 1])
 end
 return "ok"

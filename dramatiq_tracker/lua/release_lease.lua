@@ -6,7 +6,9 @@
 --
 -- Returns 1 when released, 0 when someone else holds it (or nobody).
 
-if redis.call("get", KEYS[1]) == ARGV[1] then
-    return redis.call("del", KEYS[1])
+local lease = KEYS[1]
+
+if redis.call("get", lease) == ARGV[1] then
+    return redis.call("del", lease)
 end
 return 0

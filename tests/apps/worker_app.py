@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import Any
 
 import dramatiq
 import redis
@@ -35,6 +36,11 @@ else:
     raise RuntimeError("unknown TEST_BROKER_KIND %r" % KIND)
 
 broker.add_middleware(CurrentMessage())
+
+if os.environ.get("TEST_DEBUG") == "1":
+    import logging
+
+    logging.getLogger("dramatiq_tracker").setLevel(logging.DEBUG)
 
 #: With TEST_ABORTABLE=1, dramatiq-abort's middleware, its events in the report Redis.
 ABORTABLE = os.environ.get("TEST_ABORTABLE") == "1"
@@ -63,6 +69,20 @@ dramatiq.set_broker(broker)
 
 #: How long ``slow`` sleeps in this process, in seconds.
 SLOW_SECONDS = float(os.environ.get("TEST_SLOW_SECONDS", "60"))
+
+#: Actors this process does not declare (a pool of workers that does not import them).
+SKIPPED_ACTORS = set(filter(None, os.environ.get("TEST_SKIP_ACTORS", "").split(",")))
+
+
+def declare(**options: object) -> Any:
+    """``dramatiq.actor`` on the test queue, unless this process skips the actor."""
+
+    def decorate(fn: Any) -> Any:
+        if fn.__name__ in SKIPPED_ACTORS:
+            return fn
+        return dramatiq.actor(fn, queue_name=options.pop("queue_name", QUEUE), **options)
+
+    return decorate
 
 
 def _report(event: str) -> None:
@@ -144,16 +164,16 @@ def _pause_heartbeat(seconds: float) -> None:
     everything else keeps running (a test hook: it reaches into the tracker's session)."""
     session = tracker.runtime._session
     assert session is not None
-    heartbeat = session.heartbeat
-    original = heartbeat.tick
+    recorder = session.recorder
+    original = recorder.beat
     resume_at = time.monotonic() + seconds
 
-    def stalled_tick() -> None:
+    def stalled_beat() -> str:
         time.sleep(max(0.0, resume_at - time.monotonic()))
-        heartbeat.tick = original  # type: ignore[method-assign]
-        original()
+        recorder.beat = original  # type: ignore[method-assign]
+        return original()
 
-    heartbeat.tick = stalled_tick  # type: ignore[method-assign]
+    recorder.beat = stalled_beat  # type: ignore[method-assign]
 
 
 def _partitioned(seconds: float, pause: float) -> None:
@@ -182,3 +202,47 @@ if ABORTABLE:
         except Abort:
             _report("aborted")
             raise
+
+
+def _first_attempt() -> bool:
+    message = CurrentMessage.get_current_message()
+    return message is not None and "tracker_attempt" not in message.options
+
+
+@declare(max_retries=0, unique=True)
+def stall_at_start(index: int) -> None:
+    """Stop this whole process right after starting, on its first attempt: no record is written
+    before the stop (a GIL hold or a frozen VM at the worst moment)."""
+    _report("started")
+    if _first_attempt():
+        os.kill(os.getpid(), signal.SIGSTOP)
+    time.sleep(SLOW_SECONDS)
+    _report("done")
+
+
+@declare(max_retries=0, max_recoveries=0)
+def once(index: int) -> None:
+    """At most once: never run again after a crash."""
+    _report("started")
+    time.sleep(SLOW_SECONDS)
+    _report("done")
+
+
+@declare(max_retries=2, min_backoff=10, max_backoff=50, max_recoveries=0)
+def flaky(index: int) -> None:
+    """At most once after a crash, but retried by Dramatiq: fails its first try, succeeds on a retry."""
+    _report("started")
+    message = CurrentMessage.get_current_message()
+    if message is not None and not message.options.get("retries"):
+        raise RuntimeError("first try fails")
+    _report("done")
+
+
+@declare(max_retries=0)
+def fail_slowly(seconds: float) -> None:
+    """Work for a while, then fail: dead-lettered."""
+    _report("started")
+    for _ in range(int(seconds * 20)):
+        time.sleep(0.05)
+    _report("failed")
+    raise RuntimeError("expected failure")

@@ -1,0 +1,305 @@
+"""The in-memory registry of one worker process: who it is and what it runs.
+
+This is the per-message path: :meth:`InflightRegistry.begin` and
+:meth:`InflightRegistry.end` do one dict insert and one removal under a lock,
+and never wait on Redis.  The recorder thread
+(:mod:`dramatiq_tracker.recorder`) writes what changed, in batches.  The
+registry is the truth about this process: whenever the tracker's Redis may
+have lost it, it is written again whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import threading
+from typing import TYPE_CHECKING
+
+from .records import InflightRecord, WorkerInfo, encode_payload, preview_of
+
+if TYPE_CHECKING:
+    from dramatiq import MessageProxy
+
+    from .policies import ActorPolicy
+    from .store import Completion, RecordEntry
+    from .unique import UniqueAttempt
+
+
+class Delivery:
+    """One attempt at processing a message in this process.
+
+    Parameters:
+      message(MessageProxy)
+      token(int): Unique in this process; ``"<worker id>|<token in hex>"`` names the attempt.
+      started(float): When it began, in seconds since the epoch.
+      attempt(int): Its delivery attempt (see :data:`~dramatiq_tracker.options.ATTEMPT_OPTION`).
+      retries(int): Dramatiq's retry count when it began.
+      policy(ActorPolicy): What the tracker does with it.
+      generation(int): The registry's flush count when it began; it is written once a whole
+        flush interval has passed, so that a message shorter than that is never written.
+    """
+
+    __slots__ = (
+        "attempt",
+        "generation",
+        "message",
+        "policy",
+        "recoveries",
+        "retries",
+        "started",
+        "token",
+        "unique",
+        "worker_id",
+        "written",
+        "zombie",
+    )
+
+    def __init__(
+        self,
+        message: MessageProxy,
+        token: int,
+        started: float,
+        attempt: int,
+        retries: int,
+        policy: ActorPolicy,
+        generation: int,
+    ) -> None:
+        self.message = message
+        self.token = token
+        self.worker_id = ""
+        self.started = started
+        self.attempt = attempt
+        self.recoveries = 0
+        self.retries = retries
+        self.policy = policy
+        self.generation = generation
+        #: The uniqueness lock state of this attempt, if its message is unique.
+        self.unique: UniqueAttempt | None = None
+        #: Its record is written (or being written) in Redis: its end must be written too.
+        self.written = False
+        #: Recovered elsewhere while this process was presumed dead: it runs on as a zombie.
+        self.zombie = False
+
+    @property
+    def message_id(self) -> str:
+        return str(self.message.message_id)
+
+    @property
+    def token_text(self) -> str:
+        return "%x" % self.token
+
+    @property
+    def attempt_id(self) -> str:
+        """``"<worker id>|<token>"``: this attempt, as the history names it."""
+        return "%s|%x" % (self.worker_id, self.token)
+
+    @property
+    def owner(self) -> str:
+        """``"<token>|<retries>"``: what the running index holds for it, after the worker id."""
+        return "%x|%d" % (self.token, self.retries)
+
+    def record(self, preview_length: int, keep_payload: bool, on_exhausted: str) -> InflightRecord:
+        """The record written to Redis for this attempt.
+
+        Parameters:
+          preview_length(int): How many characters of its arguments to keep.
+          keep_payload(bool): Keep the whole message (brokers that lose a dead consumer's messages).
+          on_exhausted(str): "actor|queue" of its ``on_recovery_exhausted`` actor, or "".
+        """
+        message = self.message
+        payload = encoding = ""
+        if keep_payload:
+            try:
+                payload, encoding = encode_payload(message.encode())
+            except Exception:
+                payload = encoding = ""
+        unique = self.unique
+        return InflightRecord(
+            message_id=self.message_id,
+            worker_id=self.worker_id,
+            actor_name=message.actor_name,
+            queue_name=message.queue_name,
+            token=self.token_text,
+            started_at=int(self.started * 1000),
+            attempt=self.attempt,
+            recoveries=self.recoveries,
+            retries=self.retries,
+            max_recoveries=self.policy.max_recoveries,
+            on_exhausted=on_exhausted,
+            lock="%s|%s" % (unique.digest, unique.mode) if unique is not None else "",
+            preview=preview_of(message.args, message.kwargs, preview_length),
+            payload=payload,
+            payload_encoding=encoding,
+        )
+
+
+@dataclasses.dataclass
+class Pending:
+    """What the recorder takes from the registry for one flush."""
+
+    started: list[Delivery]
+    ended: list[tuple[Delivery, Completion]]
+
+
+class InflightRegistry:
+    """This process's registration and every attempt it runs.
+
+    Parameters:
+      info(WorkerInfo): The registration; its ``worker_id`` changes if the worker is ever
+        declared dead while alive (see :meth:`fence`).
+    """
+
+    def __init__(self, info: WorkerInfo) -> None:
+        self.info = info
+        self._lock = threading.Lock()
+        self._tokens = itertools.count(1)
+        #: Every attempt running in this process, by token.
+        self._active: dict[int, Delivery] = {}
+        #: Ended attempts whose record was written and must be removed.
+        self._ended: list[tuple[Delivery, Completion]] = []
+        #: How many flushes have begun.
+        self._generation = 0
+        #: Writes confirmed since the last registration, and writes on their way (see ``lua/flush.lua``).
+        self._writes = 0
+        self._pending_writes = 0
+
+    @property
+    def worker_id(self) -> str:
+        return self.info.worker_id
+
+    # Worker threads: memory only. -----------------------------------------------------------
+
+    def begin(
+        self, message: MessageProxy, policy: ActorPolicy, attempt: int, retries: int, now: float, written: bool
+    ) -> Delivery:
+        """Record that ``message`` starts processing (one dict insert).
+
+        Parameters:
+          written(bool): The caller writes its record itself, before it runs (an at-risk start):
+            the recorder must not write it meanwhile.
+        """
+        delivery = Delivery(message, next(self._tokens), now, attempt, retries, policy, self._generation)
+        delivery.written = written
+        with self._lock:
+            delivery.worker_id = self.info.worker_id
+            self._active[delivery.token] = delivery
+        return delivery
+
+    def end(self, delivery: Delivery, completion: Completion) -> bool:
+        """Record that an attempt was acked, nacked or skipped (one dict removal).
+
+        Returns:
+          bool: False when the attempt was recovered elsewhere while it ran here (a zombie).
+        """
+        with self._lock:
+            if self._active.pop(delivery.token, None) is not None and delivery.written:
+                self._ended.append((delivery, completion))
+        return not delivery.zombie
+
+    def is_active(self, token: int) -> bool:
+        return token in self._active
+
+    def find(self, worker_id: str, token: int) -> Delivery | None:
+        """The active attempt with this id, if it runs here."""
+        delivery = self._active.get(token)
+        return delivery if delivery is not None and delivery.worker_id == worker_id else None
+
+    def readopt(self, delivery: Delivery) -> None:
+        """An attempt caught by a fencing, but not one recovery took: it runs on as this worker's own."""
+        with self._lock:
+            delivery.zombie = False
+            delivery.worker_id = self.info.worker_id
+            delivery.written = False
+            delivery.generation = -2
+
+    def unwritten(self, delivery: Delivery) -> None:
+        """A record written outside the recorder is not there after all: the recorder writes it."""
+        with self._lock:
+            delivery.written = False
+            delivery.generation = -2
+
+    # The recorder thread. ---------------------------------------------------------------------
+
+    def take_pending(self, *, everything: bool = False) -> Pending:
+        """The attempts to write: those that began a whole flush interval ago (all with
+        ``everything``), and those ended after being written.  They count as written from now."""
+        with self._lock:
+            self._generation += 1
+            if not self._active and not self._ended:
+                return Pending([], [])
+            settled = self._generation if everything else self._generation - 2
+            started = [d for d in self._active.values() if not d.written and not d.zombie and d.generation <= settled]
+            for delivery in started:
+                delivery.written = True
+            ended, self._ended = self._ended, []
+        return Pending(started, ended)
+
+    def restore(self, pending: Pending) -> None:
+        """A write failed: take its attempts back, to be written again."""
+        with self._lock:
+            # An attempt that ended meanwhile counted as written: its end is already queued.
+            for delivery in pending.started:
+                if delivery.token in self._active:
+                    delivery.written = False
+            self._ended[:0] = pending.ended
+
+    def take_all(self) -> tuple[list[Delivery], list[Delivery]]:
+        """Everything in flight, to register it whole: (attempts to record, zombie attempts).
+        They count as written from now; the pending ends are forgotten (the registration replaces them)."""
+        with self._lock:
+            active = list(self._active.values())
+            for delivery in active:
+                delivery.written = True
+            self._ended.clear()
+        return [d for d in active if not d.zombie], [d for d in active if d.zombie]
+
+    def fence(self, new_worker_id: str) -> tuple[str, list[Delivery]]:
+        """This worker was declared dead while alive: continue as ``new_worker_id``.
+
+        Returns:
+          tuple: The old worker id, and the attempts that run on under it as zombies.
+        """
+        with self._lock:
+            old_id = self.info.worker_id
+            self.info = dataclasses.replace(self.info, worker_id=new_worker_id)
+            zombies = [d for d in self._active.values() if d.worker_id == old_id]
+            for delivery in zombies:
+                delivery.zombie = True
+                delivery.worker_id = new_worker_id
+                delivery.written = False
+            self._ended = [(d, c) for d, c in self._ended if d.worker_id != old_id]
+        return old_id, zombies
+
+    def update_info(self, info: WorkerInfo) -> None:
+        with self._lock:
+            self.info = dataclasses.replace(info, worker_id=self.info.worker_id)
+
+    # The write count, checked against Redis's (anti-entropy). ---------------------------------
+
+    def expected_writes(self) -> tuple[int, int]:
+        """The lowest and highest write count Redis may hold for this worker now."""
+        with self._lock:
+            return self._writes, self._writes + self._pending_writes
+
+    def write_started(self) -> None:
+        with self._lock:
+            self._pending_writes += 1
+
+    def write_ended(self, confirmed: bool) -> None:
+        with self._lock:
+            self._pending_writes -= 1
+            if confirmed:
+                self._writes += 1
+
+    def wrote(self) -> None:
+        with self._lock:
+            self._writes += 1
+
+    def registered(self) -> None:
+        with self._lock:
+            self._writes = 0
+
+    @staticmethod
+    def entries(deliveries: list[Delivery], records: list[InflightRecord]) -> list[RecordEntry]:
+        """Record entries as the scripts take them."""
+        return [(r.message_id, d.owner, r.to_json()) for d, r in zip(deliveries, records, strict=True)]

@@ -1,0 +1,99 @@
+"""The thread that runs recovery in a worker process.
+
+Each tick recovers dead workers of this host whose process is gone, then,
+if this worker holds the sweep lease of its broker identity, workers whose
+heartbeat expired.  The first tick, at boot, does both without the lease.
+Right after an outage of the tracker's Redis, expired heartbeats are not
+trusted until live workers have had two heartbeat intervals to renew theirs.
+
+Each broker identity has its own lease, so that several apps sharing a
+namespace each sweep their own dead workers, and a sweep stops when it has
+used half its interval, so that it never outlives its lease: the next tick
+goes on where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import redis
+
+from .threads import PeriodicThread
+
+if TYPE_CHECKING:
+    from .health import ConnectionHealth
+    from .recovery import Recovery
+    from .settings import TrackerSettings
+    from .store import TrackerStore
+
+
+class Sweeper(PeriodicThread):
+    """Runs :class:`~dramatiq_tracker.recovery.Recovery` every ``sweep_interval``.
+
+    Parameters:
+      recovery(Recovery)
+      store(TrackerStore)
+      settings(TrackerSettings)
+      health(ConnectionHealth)
+      heartbeat_fresh(callable): Whether this worker's own heartbeat went through lately.
+    """
+
+    def __init__(
+        self,
+        recovery: Recovery,
+        store: TrackerStore,
+        settings: TrackerSettings,
+        health: ConnectionHealth,
+        heartbeat_fresh: Callable[[], bool],
+    ) -> None:
+        super().__init__("dramatiq-tracker-sweeper", settings.sweep_interval)
+        self.recovery = recovery
+        self.store = store
+        self.settings = settings
+        self.health = health
+        self.heartbeat_fresh = heartbeat_fresh
+        self.token = uuid.uuid4().hex
+        self._booted = False
+
+    @property
+    def budget(self) -> float:
+        """How long one sweep may take, in seconds: half the interval, well inside the lease."""
+        return self.settings.sweep_interval / 2000
+
+    def tick(self) -> None:
+        started = time.monotonic()
+        identity = self.recovery.digest
+        try:
+            self.recovery.recover_local()
+            if not self.heartbeat_fresh():
+                # A worker whose own heartbeat is late may be the one declared dead: it leaves
+                # judging others to healthy workers.
+                self.store.release_lease(identity, self.token)
+            elif not self._booted or self._holds_lease():
+                if self.health.settled_for(2 * self.settings.heartbeat_interval / 1000):
+                    deadline = time.monotonic() + self.budget
+                    report = self.recovery.recover_expired(deadline=deadline)
+                    if not report.partial:
+                        self.recovery.adopt_forgotten()
+                        self.recovery.recover_expired(deadline=deadline)
+                self.recovery.retry_outbox()
+            self._booted = True
+        except redis.RedisError as e:
+            self.health.failed("sweeping for dead workers", e)
+        else:
+            self.health.succeeded(started)
+
+    def _holds_lease(self) -> bool:
+        # A bit shorter than the interval, so that the holder's next tick finds it free or renews it.
+        return self.store.acquire_lease(
+            self.recovery.digest, self.token, max(1, self.settings.sweep_interval * 9 // 10)
+        )
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        super().stop(timeout)
+        with contextlib.suppress(redis.RedisError):
+            self.store.release_lease(self.recovery.digest, self.token)
