@@ -22,7 +22,6 @@ from dramatiq.message import Message
 from dramatiq_tracker.brokers import BrokerFacts
 from dramatiq_tracker.events import TrackerEvent
 from dramatiq_tracker.host import HostFacts
-from dramatiq_tracker.keys import identity_digest
 from dramatiq_tracker.records import InflightRecord, WorkerInfo
 from dramatiq_tracker.store import TrackerStore
 
@@ -326,10 +325,13 @@ def fake_dead_worker(
     actor_name: str = "work",
     options: dict[str, object] | None = None,
     worker_id: str = "dead-worker",
+    pid: int | None = None,
 ) -> tuple[WorkerInfo, list[Message[object]]]:
     """A RedisBroker worker of this host whose process is gone, as if SIGKILLed, with ``count``
     messages fetched, the first ``running`` of them recorded as running."""
     from dramatiq.brokers.redis import RedisBroker
+
+    from dramatiq_tracker.keys import identity_digest
 
     dead = RedisBroker(client=broker.client, namespace=broker.namespace)
     messages = [
@@ -344,7 +346,7 @@ def fake_dead_worker(
     info = WorkerInfo(
         worker_id=worker_id,
         hostname=here.hostname,
-        pid=dead_pid(),
+        pid=pid or dead_pid(),
         process_started="1",
         boot_id=here.boot_id,
         pid_namespace=here.pid_namespace,

@@ -15,7 +15,7 @@ from dramatiq_tracker import TrackerMiddleware
 from dramatiq_tracker.host import HostFacts
 
 from .conftest import Namespaces
-from .support import close_redis_broker, fake_dead_worker
+from .support import close_redis_broker, dead_pid, fake_dead_worker
 
 
 def test_an_unreadable_record_of_a_dead_worker_is_skipped_and_its_message_still_delivered(
@@ -156,10 +156,17 @@ def test_a_dead_workers_delayed_messages_go_back_to_their_delay_queue_with_a_new
     close_redis_broker(dead)
 
 
-def test_unreadable_registrations_never_keep_a_dead_worker_waiting(
+def test_unreadable_vanished_and_foreign_workers_never_keep_a_dead_worker_waiting(
     redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, tracker: TrackerMiddleware
 ) -> None:
-    # Given more than a page of unreadable and vanished registrations due before a real dead worker
+    # Given more than a page of dead workers of another app (another broker) sharing the namespace
+    other_broker = RedisBroker(client=redis_broker.client, namespace=namespaces.broker + ":other")
+    pid = dead_pid()
+    for index in range(120):
+        fake_dead_worker(
+            other_broker, tracker.store, namespaces.queue, 1, running=0, worker_id="foreign-%d" % index, pid=pid
+        )
+    # And more than a page of unreadable and vanished registrations due before a real dead worker
     keys = tracker.store.keys
     deadlines = keys.deadlines(tracker.runtime.parts.digest)
     for index in range(150):
@@ -177,3 +184,5 @@ def test_unreadable_registrations_never_keep_a_dead_worker_waiting(
     assert sorted(report.message_ids) == sorted(m.message_id for m in messages)
     assert tracker.store.due_workers(tracker.runtime.parts.digest, 1000) == []
     assert redis_client.zcard(deadlines) == 150
+    # And the other app's dead workers are left to that app's sweepers
+    assert len([wid for wid in tracker.store.workers() if wid.startswith("foreign-")]) == 120

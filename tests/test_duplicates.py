@@ -97,3 +97,36 @@ def test_a_put_off_redelivery_is_not_lost_if_the_running_copy_then_dies(
     time.sleep(1)
     starts = [e for e in events(redis_client, namespaces, "started") if e[0] == message_id]
     assert [e[1] for e in starts] == [pid, survivor.pid]
+
+
+def test_a_failing_message_whose_nack_is_lost_with_its_connection_still_reaches_the_dead_letter_queue(
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    rabbitmq: object,
+) -> None:
+    store = TrackerStore(redis_client, namespaces.tracker)
+    # Given a worker running a message of an actor that will fail (max_retries=0), and a second worker
+    spawn_worker(kind="rabbitmq", threads=2, broker_url=RABBITMQ_URL)
+    (worker,) = wait_registered(store, 1)
+    message = Message(queue_name=namespaces.queue, actor_name="fail_slowly", args=(6,), kwargs={}, options={})
+    message_id = rabbitmq.enqueue(message).message_id  # type: ignore[attr-defined]
+    wait_for(lambda: len(events(redis_client, namespaces, "started")) == 1, 20, message="running")
+    spawn_worker(kind="rabbitmq", threads=2, broker_url=RABBITMQ_URL)
+    wait_new_worker(store, worker)
+
+    # When its connection is closed while it runs: the server redelivers it, and the failing copy's
+    # nack never reaches the server ("not in known tags")
+    assert close_rabbitmq_connections(worker.pid) >= 1
+    wait_for(lambda: "duplicate-deferred" in kinds(store, message_id), 15, message="deferred")
+
+    # Then the redelivery, put off behind the failing copy, is dead-lettered as the failure would have
+    # been: the message ran once and ends in its dead-letter queue, as with plain Dramatiq
+    channel = rabbitmq.channel  # type: ignore[attr-defined]
+    wait_for(
+        lambda: channel.queue_declare(namespaces.queue + ".XQ", passive=True).method.message_count == 1,
+        15,
+        message="dead-lettered",
+    )
+    assert "duplicate-dead-lettered" in kinds(store, message_id)
+    assert [e[0] for e in events(redis_client, namespaces, "started")] == [message_id]
