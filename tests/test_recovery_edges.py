@@ -281,3 +281,33 @@ def test_where_proc_is_missing_no_process_is_judged_gone_and_no_signal_is_sent(
     assert not here.knows_processes
     assert not here.process_is_gone(gone)
     assert not here.process_is_gone(here)
+
+
+@pytest.mark.parametrize("when", ["at-construction", "before-binding", "after-binding"])
+def test_a_failing_lock_cleaner_is_always_reported_whatever_the_construction_order(
+    redis_broker: RedisBroker,
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    caplog: pytest.LogCaptureFixture,
+    when: str,
+) -> None:
+    def broken(orphan: object) -> None:
+        raise RuntimeError("mutex server is down")
+
+    tracker = TrackerMiddleware(
+        client=redis_client, namespace=namespaces.tracker, lock_cleaners=[broken] if when == "at-construction" else []
+    )
+    if when == "before-binding":
+        tracker.add_lock_cleaner(broken)
+    redis_broker.add_middleware(tracker)
+    dramatiq.set_broker(redis_broker)
+    if when == "after-binding":
+        tracker.runtime.parts  # noqa: B018 - binds the machinery first
+        tracker.add_lock_cleaner(broken)
+    fake_dead_worker(redis_broker, tracker.store, namespaces.queue, 1, running=1)
+
+    with caplog.at_level(logging.WARNING):
+        tracker.recover()
+
+    assert [r.getMessage() for r in caplog.records if "mutex server is down" in r.getMessage()]
+    assert "lock-cleaner-failed" in kinds(tracker.store)
