@@ -129,7 +129,7 @@ class TrackerEvent:
         return _LEVELS.get(self.kind, logging.INFO)
 
     def to_fields(self) -> dict[str, str]:
-        """The stream entry's fields."""
+        """The stream entry's fields; empty ones are left out."""
         fields = {
             "kind": self.kind,
             "text": self.text,
@@ -138,11 +138,11 @@ class TrackerEvent:
             "queue_name": self.queue_name,
             "worker_id": self.worker_id,
             "reporter": self.reporter,
-            "recoveries": str(self.recoveries),
+            "recoveries": str(self.recoveries) if self.recoveries else "",
             "at": str(self.at),
         }
         fields.update({"detail." + name: str(value) for name, value in self.details.items()})
-        return fields
+        return {name: value for name, value in fields.items() if value}
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, str]) -> TrackerEvent:

@@ -31,7 +31,7 @@ from dramatiq.message import Message
 from .brokers import RABBITMQ, REDIS, as_redis_broker, consumer_queues
 from .claims import Candidate, Claims
 from .options import ATTEMPT_OPTION, QUARANTINE_OPTION, RECOVERIES_OPTION, attempt_of
-from .orphans import DROPPED, QUARANTINED_OUTCOME, LockCleaners, Orphan
+from .orphans import DROPPED, QUARANTINED_OUTCOME, REDELIVERED, LockCleaners, Orphan
 from .records import CorruptRecord, InflightRecord, WorkerInfo
 from .store import BrokerStore, MoveAction, OrphanMove, parse_outbox_entry
 
@@ -150,7 +150,7 @@ class RedisRedelivery(Redelivery):
 
         # Older copies of a message the dead process held twice: only its newest is delivered again.
         moves: list[OrphanMove] = [OrphanMove(c.queue_name, c.redis_message_id, "drop") for c in superseded]
-        marks: dict[str, tuple[str, str, bytes]] = {}
+        moved: dict[str, tuple[Message[Any], Orphan]] = {}
         orphans: dict[str, Orphan] = {}
         complete = True
         for candidate in found:
@@ -163,13 +163,16 @@ class RedisRedelivery(Redelivery):
             if orphan.running and not self._settles(orphan, reply):
                 complete = False
                 continue
-            move, mark = self._move(candidate.message, orphan, reply)
-            moves.append(move)
-            marks[redis_id] = mark
+            moves.append(self._move(candidate.message, orphan, reply))
+            moved[redis_id] = (candidate.message, orphan)
             orphans[redis_id] = orphan
 
         settled = self.broker_store.settle(worker.broker_id, moves, self.store.server_time())
-        raced = [marks[rid] for rid in settled.raced if rid in marks]
+        raced = [
+            (orphan.queue_name, rid, mark_recovered(message, orphan, redis_message_id=rid).encode())
+            for rid, (message, orphan) in moved.items()
+            if rid in settled.raced and orphan.outcome == REDELIVERED
+        ]
         if raced:
             remarked = self.broker_store.remark(raced)
             self.logger.info(
@@ -234,19 +237,16 @@ class RedisRedelivery(Redelivery):
             return True
         return False
 
-    def _move(
-        self, message: Message[Any], orphan: Orphan, reply: ClaimReply
-    ) -> tuple[OrphanMove, tuple[str, str, bytes]]:
+    def _move(self, message: Message[Any], orphan: Orphan, reply: ClaimReply) -> OrphanMove:
+        """How to settle an orphan: requeued under a new redis message id with its marks,
+        dead-lettered with them, or dropped."""
         redis_id = orphan.redis_message_id
         action = _REDIS_ACTIONS[reply.outcome or "deliver"]
+        if action == "drop":
+            return OrphanMove(orphan.queue_name, redis_id, action)
         new_id = str(uuid.uuid4()) if action == "requeue" else ""
         payload = mark_recovered(message, orphan, redis_message_id=new_id or redis_id).encode()
-        keeping_id = mark_recovered(message, orphan, redis_message_id=redis_id).encode()
-        return OrphanMove(orphan.queue_name, redis_id, action, new_id, payload), (
-            orphan.queue_name,
-            redis_id,
-            keeping_id,
-        )
+        return OrphanMove(orphan.queue_name, redis_id, action, new_id, payload)
 
     def _decode(self, worker: WorkerInfo, queue_name: str, redis_id: str, payload: bytes | None) -> Message[Any] | None:
         if payload is None:

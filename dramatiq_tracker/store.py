@@ -221,6 +221,9 @@ def _lock_info(digest: str, fields: Mapping[Any, Any], ttl: Any) -> LockInfo:
     )
 
 
+#: How many events one script call appends.
+EVENT_BATCH = 1000
+
 #: An in-flight record as scripts take it: message id, "token|retries" (the running index's
 #: owner, after the worker id), the record's JSON.
 RecordEntry = tuple[str, str, str]
@@ -492,20 +495,24 @@ class TrackerStore:
             return []
         k = self.keys
         keys = [k.inflight(worker_id), k.running, k.outbox(identity), k.revoked(worker_id)]
-        args: list[Any] = [worker_id, history_ttl, mode]
+        orphans = []
         for request in requests:
             keys.append(k.message(request.message_id))
             if request.digest:
                 keys += [k.lock(request.digest), k.locks]
-            args += [
-                request.message_id,
-                request.attempt,
-                request.digest,
-                request.mode if request.digest else "",
-                request.max_recoveries,
-                int(request.aborted),
-            ]
-        replies = self.scripts("claim_orphans", keys, args)
+            orphans.append(
+                [
+                    request.message_id,
+                    request.attempt,
+                    request.digest,
+                    request.mode if request.digest else "",
+                    request.max_recoveries,
+                    int(request.aborted),
+                ]
+            )
+        reply = json.loads(self.scripts("claim_orphans", keys, [worker_id, history_ttl, mode, json.dumps(orphans)]))
+        # An empty Lua table encodes as an object.
+        replies = reply if isinstance(reply, list) else []
         return [
             ClaimReply(
                 running=bool(_int(running)),
@@ -625,13 +632,13 @@ class TrackerStore:
     # Events -------------------------------------------------------------------------
 
     def append_events(self, entries: Sequence[Mapping[str, str]], counts: Mapping[str, int], maxlen: int) -> None:
-        """Append events to the capped stream and add to the counters, in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
-        for fields in entries:
-            pipe.xadd(self.keys.events, dict(fields), maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
-        for name, count in counts.items():
-            pipe.hincrby(self.keys.counters, name, count)
-        pipe.execute()
+        """Append events to the capped stream and add to the counters, atomically, in batches of
+        :data:`EVENT_BATCH` events (``lua/append_events.lua``)."""
+        flat = [[value for item in fields.items() for value in item] for fields in entries]
+        keys = [self.keys.events, self.keys.counters]
+        for start in range(0, max(1, len(flat)), EVENT_BATCH):
+            counters = json.dumps(dict(counts) if start == 0 else {})
+            self.scripts("append_events", keys, [maxlen, counters, json.dumps(flat[start : start + EVENT_BATCH])])
 
     def events(self, count: int, *, before: str = "+", after: str = "-") -> list[tuple[str, dict[str, str]]]:
         """The newest ``count`` events (ids and fields) between two stream ids, newest first."""

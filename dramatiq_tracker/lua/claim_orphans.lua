@@ -20,9 +20,10 @@
 --                      outbox until it confirms (brokers without redelivery)
 --           "await"    the broker redelivers by itself (RabbitMQ): the
 --                      recovery is counted when the redelivery starts
--- ARGV[4..] per orphan, six values: message id, the attempt of the copy the
---           caller found (0 when unknown), lock digest or "", lock mode or "",
---           max_recoveries, "1" when a cancel or abort of it is pending
+-- ARGV[4] a JSON array with, per orphan, an array of six values: message id,
+--         the attempt of the copy the caller found (0 when unknown), lock
+--         digest or "", lock mode or "", max_recoveries, 1 when a cancel or
+--         abort of it is pending (else 0)
 --
 -- An orphan was running when the dead worker has a record for it, or when
 -- an earlier claim from the same worker said so (its history names the
@@ -52,8 +53,9 @@
 -- running), outcome, awaiting_from (a dead worker whose orphan the broker
 -- has yet to redeliver).
 --
--- Returns, per orphan, {running (0/1), taken (0/1), recoveries, attempt,
--- claim age, awaiting (0/1), lock outcome, outcome}: the claim age (ms)
+-- Returns a JSON array with, per orphan, [running (0/1), taken (0/1),
+-- recoveries, attempt, claim age, awaiting (0/1), lock outcome, outcome]: the
+-- claim age (ms)
 -- tells a caller that did not take a running orphan how long ago another one
 -- did, so that it may finish the job of a sweeper that stopped midway;
 -- awaiting is 1 when the recovery is left for the broker's redelivery
@@ -70,12 +72,24 @@ local result = {}
 local time = redis.call("time")
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
-local function number(key, field)
-    return tonumber(redis.call("hget", key, field) or "0") or 0
+-- The history fields a claim reads, in one call.
+local function read(history)
+    local h = redis.call("hmget", history, "recoveries", "attempt", "orphaned_from", "outcome", "orphaned_running",
+        "awaiting_from", "abort", "orphaned_at")
+    return {
+        recoveries = tonumber(h[1] or "0") or 0,
+        attempt = tonumber(h[2] or "0") or 0,
+        orphaned_from = h[3],
+        outcome = h[4] or "deliver",
+        orphaned_running = tonumber(h[5] or "0") or 0,
+        awaiting_from = h[6],
+        abort = h[7],
+        orphaned_at = tonumber(h[8] or "0") or 0,
+    }
 end
 
-local function decide(history, recoveries, max_recoveries, aborted)
-    if aborted or redis.call("hexists", history, "abort") == 1 then
+local function decide(h, recoveries, max_recoveries, aborted)
+    if aborted or h.abort then
         return "drop"
     end
     if recoveries > max_recoveries then
@@ -84,36 +98,41 @@ local function decide(history, recoveries, max_recoveries, aborted)
     return "deliver"
 end
 
+local revoked_written = false
+
 -- Move an orphan to a new attempt, once per dead worker; count its recovery if it was running.
-local function move(history, message_id, current, max_recoveries, aborted, was_running)
-    if redis.call("hget", history, "orphaned_from") == worker_id then
-        return number(history, "recoveries"), number(history, "attempt"), redis.call("hget", history, "outcome")
+local function move(history, h, message_id, current, max_recoveries, aborted, was_running)
+    if h.orphaned_from == worker_id then
+        return h.recoveries, h.attempt, h.outcome
     end
-    local attempt = math.max(number(history, "attempt"), current) + 1
-    local recoveries = number(history, "recoveries")
+    local attempt = math.max(h.attempt, current) + 1
+    local recoveries = h.recoveries
     local limit = math.huge
     if was_running then
-        recoveries = redis.call("hincrby", history, "recoveries", 1)
+        recoveries = recoveries + 1
         limit = max_recoveries
     end
-    local outcome = decide(history, recoveries, limit, aborted)
+    local outcome = decide(h, recoveries, limit, aborted)
     redis.call(
         "hset", history,
-        "attempt", attempt, "orphaned_from", worker_id, "orphaned_at", now,
+        "recoveries", recoveries, "attempt", attempt, "orphaned_from", worker_id, "orphaned_at", now,
         "orphaned_running", was_running and 1 or 0, "outcome", outcome
     )
-    redis.call("hdel", history, "awaiting_from")
+    if h.awaiting_from then
+        redis.call("hdel", history, "awaiting_from")
+    end
     redis.call("pexpire", history, ttl)
     redis.call("hset", revoked, message_id, attempt)
-    redis.call("pexpire", revoked, ttl)
+    revoked_written = true
     return recoveries, attempt, outcome
 end
 
 local function release(lock, locks, digest, lock_mode, message_id, attempt, outcome)
-    if redis.call("hget", lock, "message_id") ~= message_id then
+    local held = redis.call("hmget", lock, "message_id", "attempt")
+    if held[1] ~= message_id then
         return ""
     end
-    if number(lock, "attempt") >= attempt then
+    if (tonumber(held[2] or "0") or 0) >= attempt then
         return ""
     end
     if lock_mode == "while_executing" or outcome ~= "deliver" then
@@ -126,9 +145,9 @@ local function release(lock, locks, digest, lock_mode, message_id, attempt, outc
 end
 
 local key = 5
-for i = 4, #ARGV, 6 do
-    local message_id, current, digest, lock_mode = ARGV[i], tonumber(ARGV[i + 1]) or 0, ARGV[i + 2], ARGV[i + 3]
-    local max_recoveries, aborted = tonumber(ARGV[i + 4]), ARGV[i + 5] == "1"
+for _, orphan in ipairs(cjson.decode(ARGV[4])) do
+    local message_id, current, digest, lock_mode = orphan[1], tonumber(orphan[2]) or 0, orphan[3], orphan[4]
+    local max_recoveries, aborted = tonumber(orphan[5]), orphan[6] == 1
     local history = KEYS[key]
     local lock, locks = nil, nil
     key = key + 1
@@ -138,8 +157,9 @@ for i = 4, #ARGV, 6 do
     end
 
     local record = redis.call("hget", inflight, message_id)
+    local h = read(history)
     local was_running, taken, awaiting, owns_locks = 0, 0, 0, false
-    local recoveries, attempt, outcome = number(history, "recoveries"), current, ""
+    local recoveries, attempt, outcome = h.recoveries, current, ""
 
     if record then
         was_running, taken = 1, 1
@@ -156,25 +176,25 @@ for i = 4, #ARGV, 6 do
         else
             -- Delivered now, parked, or already redelivered and running elsewhere: then the
             -- attempt running elsewhere holds the locks.
-            recoveries, attempt, outcome = move(history, message_id, current, max_recoveries, aborted, true)
+            recoveries, attempt, outcome = move(history, h, message_id, current, max_recoveries, aborted, true)
             owns_locks = ours or not owner
         end
         if mode == "park" then
             redis.call("hset", outbox, message_id, cjson.encode({parked_at = now, record = record, worker = worker_id}))
         end
-    elseif redis.call("hget", history, "orphaned_from") == worker_id then
+    elseif h.orphaned_from == worker_id then
         -- Another caller moved it from this worker already: report what it decided.
-        was_running = number(history, "orphaned_running")
-        recoveries, attempt, outcome = move(history, message_id, current, max_recoveries, aborted, false)
+        was_running = h.orphaned_running
+        recoveries, attempt, outcome = h.recoveries, h.attempt, h.outcome
         owns_locks = true
-    elseif mode == "deliver" and redis.call("hget", history, "awaiting_from") == worker_id then
+    elseif mode == "deliver" and h.awaiting_from == worker_id then
         -- The broker's redelivery of an orphan a sweeper left awaiting is starting.
         was_running, taken = 1, 1
-        recoveries, attempt, outcome = move(history, message_id, current, max_recoveries, aborted, true)
+        recoveries, attempt, outcome = move(history, h, message_id, current, max_recoveries, aborted, true)
         owns_locks = true
     elseif mode == "deliver" then
         -- Prefetched, delayed, or started but not recorded yet: moved, not counted; a cancelled one stays dead.
-        recoveries, attempt, outcome = move(history, message_id, current, max_recoveries, aborted, false)
+        recoveries, attempt, outcome = move(history, h, message_id, current, max_recoveries, aborted, false)
         owns_locks = true
     end
 
@@ -184,8 +204,11 @@ for i = 4, #ARGV, 6 do
     end
     local age = 0
     if was_running == 1 and taken == 0 then
-        age = now - number(history, "orphaned_at")
+        age = now - h.orphaned_at
     end
     result[#result + 1] = {was_running, taken, recoveries, attempt, age, awaiting, lock_outcome, outcome}
 end
-return result
+if revoked_written then
+    redis.call("pexpire", revoked, ttl)
+end
+return cjson.encode(result)
