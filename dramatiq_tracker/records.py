@@ -130,11 +130,29 @@ class WorkerInfo:
         )
 
 
+#: The fields of a record's JSON array, in order.
+RECORD_FIELDS = (
+    "actor_name",
+    "queue_name",
+    "started_at",
+    "token",
+    "max_recoveries",
+    "preview",
+    "attempt",
+    "recoveries",
+    "retries",
+    "on_exhausted",
+    "lock",
+    "payload",
+    "payload_encoding",
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class InflightRecord:
     """One message being processed by one worker, as written to Redis.
 
-    Short JSON keys keep a record small (see docs/redis-data-model.md): where the broker
+    A JSON array by position keeps a record small (see docs/redis-data-model.md): where the broker
     keeps the message (RedisBroker, RabbitMQ), the record keeps metadata and a bounded
     preview of the arguments, never the payload.
 
@@ -178,23 +196,26 @@ class InflightRecord:
         return "%s|%s" % (self.worker_id, self.token)
 
     def to_json(self) -> str:
-        data: dict[str, Any] = {
-            "a": self.actor_name,
-            "q": self.queue_name,
-            "t": self.token,
-            "s": self.started_at,
-            "x": self.max_recoveries,
-        }
-        for key, value in (("p", self.attempt), ("n", self.recoveries), ("r", self.retries)):
-            if value:
-                data[key] = value
-        for key, text in (("e", self.on_exhausted), ("l", self.lock), ("v", self.preview)):
-            if text:
-                data[key] = text
-        if self.payload:
-            data["m"] = self.payload
-            data["b"] = self.payload_encoding
-        return dump(data)
+        """A JSON array, by position (see :data:`RECORD_FIELDS`), trailing defaults left out: records are
+        many, and small ones fit Redis's compact hash encoding."""
+        values: list[Any] = [
+            self.actor_name,
+            self.queue_name,
+            self.started_at,
+            self.token,
+            self.max_recoveries,
+            self.preview,
+            self.attempt,
+            self.recoveries,
+            self.retries,
+            self.on_exhausted,
+            self.lock,
+            self.payload,
+            self.payload_encoding if self.payload else "",
+        ]
+        while len(values) > 5 and values[-1] in ("", 0):
+            values.pop()
+        return json.dumps(values, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def from_json(cls, raw: bytes | str, *, message_id: str, worker_id: str) -> InflightRecord:
@@ -203,38 +224,43 @@ class InflightRecord:
         Raises:
           CorruptRecord: When it is not a record this version understands.
         """
-        data = _load_object(raw)
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CorruptRecord("not JSON: %s" % e) from None
+        if not isinstance(data, list) or len(data) < 5:
+            raise CorruptRecord("not a record (a JSON array of at least 5 values)")
+        values = data + [""] * (len(RECORD_FIELDS) - len(data))
 
-        def number(key: str, default: int | None = 0) -> int:
-            value = data.get(key, default)
+        def number(index: int) -> int:
+            value = values[index] if values[index] != "" else 0
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise CorruptRecord("field %r is missing or not a non-negative integer" % key)
+                raise CorruptRecord("field %r is not a non-negative integer" % RECORD_FIELDS[index])
             return value
 
-        def string(key: str, required: bool = False) -> str:
-            value = data.get(key)
-            if value is None and not required:
-                return ""
+        def string(index: int) -> str:
+            value = values[index]
             if not isinstance(value, str):
-                raise CorruptRecord("field %r is missing or not a string" % key)
+                raise CorruptRecord("field %r is not a string" % RECORD_FIELDS[index])
             return value
 
+        payload = string(11)
         return cls(
             message_id=message_id,
             worker_id=worker_id,
-            actor_name=string("a", True),
-            queue_name=string("q", True),
-            token=string("t", True),
-            started_at=number("s", None),
-            attempt=number("p"),
-            recoveries=number("n"),
-            retries=number("r"),
-            max_recoveries=number("x", None),
-            on_exhausted=string("e"),
-            lock=string("l"),
-            preview=string("v"),
-            payload=string("m"),
-            payload_encoding=string("b") or ("utf-8" if data.get("m") else ""),
+            actor_name=string(0),
+            queue_name=string(1),
+            started_at=number(2),
+            token=string(3),
+            max_recoveries=number(4),
+            preview=string(5),
+            attempt=number(6),
+            recoveries=number(7),
+            retries=number(8),
+            on_exhausted=string(9),
+            lock=string(10),
+            payload=payload,
+            payload_encoding=string(12) or ("utf-8" if payload else ""),
         )
 
     @property

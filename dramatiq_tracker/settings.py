@@ -36,7 +36,7 @@ DEFAULT_HISTORY_TTL = 7 * 86_400_000
 DEFAULT_EVENTS_MAXLEN = 10_000
 
 #: How many characters of a message's arguments its in-flight record keeps, for operators to see.
-DEFAULT_PREVIEW_LENGTH = 40
+DEFAULT_PREVIEW_LENGTH = 24
 
 #: The smallest interval the tracker accepts, in milliseconds.
 MINIMUM_INTERVAL = 10

@@ -65,7 +65,8 @@ for i = first_end, #ARGV, 3 do
     local record = redis.call("hget", inflight, message_id)
     if record then
         local ok, decoded = pcall(cjson.decode, record)
-        if not ok or type(decoded) ~= "table" or decoded["t"] == token then
+        -- A record is a JSON array whose fourth value is its attempt's token.
+        if not ok or type(decoded) ~= "table" or decoded[4] == token then
             redis.call("hdel", inflight, message_id)
         end
     end
