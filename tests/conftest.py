@@ -16,6 +16,9 @@ from dramatiq_tracker import TrackerMiddleware
 
 from .support import WorkerProcess, close_redis_broker, delete_matching, find_redis_url, unique
 
+#: The real-server fixtures: Redis Cluster, Sentinel, TLS and ACL (tests/servers.py).
+pytest_plugins = ["tests.servers"]
+
 #: Short timings, so that a dead worker is recovered within 1.5 s.
 FAST = {"heartbeat_interval": 200, "heartbeat_timeout": 1000, "sweep_interval": 500, "flush_interval": 20}
 
