@@ -372,18 +372,7 @@ class RedisClusterServers(_Servers):
         cli = find_binary("redis-cli")
         find_binary("redis-server")
         for index in range(self.masters):
-            bus_port = free_port()
-
-            def arguments(port: int, directory: Path, bus_port: int = bus_port) -> list[str]:
-                return [
-                    *_redis_arguments(port, directory),
-                    "--cluster-enabled", "yes",
-                    "--cluster-config-file", str(directory / "nodes.conf"),
-                    "--cluster-node-timeout", str(self.node_timeout),
-                    "--cluster-port", str(bus_port),
-                ]  # fmt: skip
-
-            self._start_process("node-%d" % index, arguments, self._pings)
+            self._start_process("node-%d" % index, self._node_arguments, self._pings)
         addresses = ["%s:%d" % process.address for process in self.processes]
         created = subprocess.run(
             [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
@@ -398,6 +387,16 @@ class RedisClusterServers(_Servers):
             for process in self.processes
         ]
         self.wait_converged()
+
+    def _node_arguments(self, port: int, directory: Path) -> list[str]:
+        # The bus port is chosen with the port, so that a retry after "Address already in use" changes both.
+        return [
+            *_redis_arguments(port, directory),
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", str(directory / "nodes.conf"),
+            "--cluster-node-timeout", str(self.node_timeout),
+            "--cluster-port", str(free_port()),
+        ]  # fmt: skip
 
     # Addresses ---------------------------------------------------------------------------------------------
 
