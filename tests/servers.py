@@ -114,7 +114,7 @@ class ServerProcess:
 
     Parameters:
       name(str): A name for its log file and messages.
-      port(int): The port it listens on (0 for a TLS-only server whose port is in ``arguments``).
+      port(int): The port it serves on (a TLS-only server's TLS port).
       arguments(list[str]): The command line after the binary.
       directory(Path): Where it keeps its files and its log.
     """
