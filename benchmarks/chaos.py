@@ -949,7 +949,10 @@ class Report:
         print("drained: %s" % ("yes" if drained else "NO (timed out after %.0f s)" % observed.drain_timeout))
         print("runs: %d" % sum(len(message_runs) for message_runs in runs.values()))
         print("completed: %d" % len(completed))
-        print("dead-lettered: %d %s" % (len(self.dead_lettered), sorted(self.dead_lettered) or ""))
+        print("dead-lettered: %d" % len(self.dead_lettered))
+        dead_but_done = sorted(self.dead_lettered & completed)
+        marker = "  <-- a run of it had completed before it was dead-lettered" if dead_but_done else ""
+        print("  of which had completed: %d%s" % (len(dead_but_done), marker))
         print("LOST: %d" % len(lost))
         print("messages that ran more than once: %d (extra runs: %d)" % (len(duplicates), sum(causes.values())))
         for cause in (
@@ -969,6 +972,9 @@ class Report:
         print("tracker events: %s" % dict(sorted(event_kinds.items())))
 
         problems: list[str] = []
+        for message_id in sorted(self.dead_lettered):
+            problems.append("DEAD-LETTERED%s" % (" AFTER COMPLETING" if message_id in completed else ""))
+            problems.extend(self.explain(message_id, runs.get(message_id, []), events))
         for message_id in lost:
             problems.append("LOST")
             problems.extend(self.explain(message_id, runs.get(message_id, []), events))
@@ -1005,6 +1011,7 @@ class Report:
             "send_errors": observed.send_errors,
             "completed": len(completed),
             "dead_lettered": sorted(self.dead_lettered),
+            "dead_lettered_after_completing": dead_but_done,
             "lost": lost,
             "drained": drained,
             "duplicates": {cause: count for cause, count in causes.items()},
@@ -1062,12 +1069,13 @@ class Report:
                 first_end, second_end = self.effective_end(first), self.effective_end(second)
                 if first.message_id == second.message_id or not (second.start < first_end and first.start < second_end):
                     continue
-                if self.chaos.stops_of(first.pid, first.start, first_end) or self.chaos.stops_of(
+                # An outage first: a lock skipped or lost with the Redis never protected either run.
+                if any(since <= second.start and to >= first.start for since, to in self.chaos.outages):
+                    cause = OVERLAP_OUTAGE
+                elif self.chaos.stops_of(first.pid, first.start, first_end) or self.chaos.stops_of(
                     second.pid, second.start, second_end
                 ):
                     cause = OVERLAP_FROZEN
-                elif any(since <= second.start and to >= first.start for since, to in self.chaos.outages):
-                    cause = OVERLAP_OUTAGE
                 else:
                     cause = ""
                 found.append((first, second, cause))
