@@ -27,6 +27,9 @@ from .support import (
     unique,
 )
 
+#: The real-server fixtures: Redis Cluster, Sentinel, TLS and ACL (tests/servers.py).
+pytest_plugins = ["tests.servers"]
+
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:

@@ -1,0 +1,125 @@
+"""The Dramatiq app of the chaos soak (``benchmarks/chaos.py``), run in real ``dramatiq`` worker
+processes, and imported by the soak's producer to send its messages.
+
+Everything comes from ``SOAK_*`` environment variables that the soak sets. Every run of every
+actor appends two JSON entries to the list ``<SOAK_REPORT_PREFIX>:ledger`` on the report Redis
+(never the tracker's Redis, which the soak restarts empty): ``start`` before the actor's work and
+``end`` after it, with the message id, the actor, its index, the pid, the time and the message's
+``tracker_*`` options. A run killed mid-way has a ``start`` and no ``end``. Each worker process
+appends ``{"pid", "ppid", "worker_id", "at"}`` to ``<prefix>:boot`` when it boots, so that the soak
+knows which process its ``dramatiq`` command runs the actors in; every tracker event (the
+``on_event`` callback) is appended to ``<prefix>:events``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import dramatiq
+import redis
+from dramatiq.middleware import CurrentMessage, Middleware
+
+from dramatiq_tracker import TrackerMiddleware
+
+KIND = os.environ["SOAK_BROKER_KIND"]
+QUEUE = os.environ["SOAK_QUEUE"]
+REPORT_PREFIX = os.environ["SOAK_REPORT_PREFIX"]
+#: Where the ledger goes: the broker's Redis or another one, never the tracker's.
+report = redis.Redis.from_url(os.environ["SOAK_REPORT_URL"])
+
+broker: dramatiq.Broker
+if KIND == "redis":
+    from dramatiq.brokers.redis import RedisBroker
+
+    broker = RedisBroker(url=os.environ["SOAK_BROKER_URL"], namespace=os.environ["SOAK_BROKER_NAMESPACE"])
+elif KIND == "rabbitmq":
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    broker = RabbitmqBroker(url=os.environ["SOAK_BROKER_URL"])
+else:
+    raise RuntimeError("unknown SOAK_BROKER_KIND %r" % KIND)
+
+
+#: The event fields kept in the report (read with getattr: the soak relies on no internal type).
+EVENT_FIELDS = ("kind", "text", "message_id", "actor_name", "worker_id", "reporter", "recoveries", "at")
+
+
+def _record_event(event: Any) -> None:
+    """Keep every tracker event in the report Redis: the tracker's own stream dies with its Redis."""
+    fields = {name: getattr(event, name, None) for name in EVENT_FIELDS}
+    fields["details"] = dict(getattr(event, "details", None) or {})
+    fields["pid"] = os.getpid()
+    report.rpush("%s:events" % REPORT_PREFIX, json.dumps(fields, default=str))
+
+
+class _Booted(Middleware):
+    """Says which process a ``dramatiq`` command runs the actors in, and its tracker worker id."""
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        boot = {"pid": os.getpid(), "ppid": os.getppid(), "worker_id": tracker.worker_id, "at": time.time()}
+        report.rpush("%s:boot" % REPORT_PREFIX, json.dumps(boot))
+
+
+broker.add_middleware(CurrentMessage())
+tracker = TrackerMiddleware(
+    url=os.environ["SOAK_TRACKER_URL"],
+    namespace=os.environ["SOAK_TRACKER_NAMESPACE"],
+    heartbeat_interval=int(os.environ["SOAK_HEARTBEAT_INTERVAL"]),
+    heartbeat_timeout=int(os.environ["SOAK_HEARTBEAT_TIMEOUT"]),
+    sweep_interval=int(os.environ["SOAK_SWEEP_INTERVAL"]),
+    flush_interval=int(os.environ["SOAK_FLUSH_INTERVAL"]),
+    max_recoveries=int(os.environ.get("SOAK_MAX_RECOVERIES", "3")),
+    on_event=_record_event,
+)
+broker.add_middleware(tracker)
+broker.add_middleware(_Booted())
+dramatiq.set_broker(broker)
+
+
+def _ledger(event: str, actor: str, index: int) -> None:
+    message = CurrentMessage.get_current_message()
+    assert message is not None
+    entry: dict[str, Any] = {
+        "event": event,
+        "id": message.message_id,
+        "actor": actor,
+        "index": index,
+        "pid": os.getpid(),
+        "at": time.time(),
+        "options": {key: value for key, value in message.options.items() if key.startswith("tracker_")},
+    }
+    redelivered = getattr(message, "redelivered", None)
+    if redelivered is not None:
+        entry["redelivered"] = bool(redelivered)
+    report.rpush("%s:ledger" % REPORT_PREFIX, json.dumps(entry))
+
+
+def _run(actor: str, index: int, seconds: float) -> None:
+    _ledger("start", actor, index)
+    time.sleep(seconds)
+    _ledger("end", actor, index)
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def plain(index: int, seconds: float) -> None:
+    """No uniqueness: a crash only makes it run again."""
+    _run("plain", index, seconds)
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0, unique=True)
+def until_executed(index: int, seconds: float) -> None:
+    """``unique=True``: a lock per index from send to completion, which must not outlive it."""
+    _run("until_executed", index, seconds)
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0, unique="while_executing", unique_key="{0}")
+def while_executing(key: int, index: int, seconds: float) -> None:
+    """One running message per ``key`` at a time; a conflicting delivery is put off."""
+    _run("while_executing", index, seconds)
+
+
+#: The actors the producer sends to, by name.
+ACTORS = {"plain": plain, "until_executed": until_executed, "while_executing": while_executing}
