@@ -49,6 +49,7 @@ from .host import HostFacts
 from .options import DEFERRED_OPTION, QUARANTINE_OPTION, REVOKED_OPTION
 from .orphans import BROKER_REDELIVERS, DROPPED, QUARANTINED_OUTCOME, REDELIVERED
 from .records import CorruptRecord, WorkerInfo
+from .unique import UNTIL_EXECUTED, UNTIL_EXECUTING, lock_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -247,6 +248,22 @@ class Admission:
             )
             return "skip"
 
+        done_by = history.get("done_by_attempt", "")
+        if done_by.isdigit() and int(done_by) < delivery.attempt:
+            self.events.emit(
+                DUPLICATE_DROPPED,
+                "Dropped message %r (actor %r), attempt %d: its attempt %s completed on a worker that was declared "
+                "dead while alive, before this copy started.",
+                delivery.message_id,
+                message.actor_name,
+                delivery.attempt,
+                done_by,
+                **_fields(delivery),
+                details={"done_by_attempt": done_by},
+            )
+            self._release_lock(delivery)
+            return "skip"
+
         dead = history.get("awaiting_from", "")
         previous = start.previous_owner
         if previous:
@@ -270,11 +287,18 @@ class Admission:
                 history["abort"].rstrip("e"),
                 **_fields(delivery),
             )
+            self._release_lock(delivery)
             return "skip"
         if previous and verdict is None:
             # The previous attempt is dead: this one takes its place in the running index.
             self._take_place(delivery, previous, Owner.parse(previous))
         return verdict
+
+    def _release_lock(self, delivery: Delivery) -> None:
+        """A delivery that will never run is done: release the lock its attempt holds from enqueue."""
+        digest, mode = lock_of(delivery.message.options)
+        if digest and mode in (UNTIL_EXECUTED, UNTIL_EXECUTING):
+            self.store.release_lock(digest, delivery.message_id, delivery.attempt, delivery.worker_id)
 
     def _superseded(self, owner: Owner, delivery: Delivery) -> bool:
         # Dramatiq retried the message since (a new attempt of its own), or the previous attempt ran

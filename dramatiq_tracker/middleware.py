@@ -262,10 +262,10 @@ class TrackerMiddleware(Middleware):
         result: Any | None = None,
         exception: BaseException | None = None,
     ) -> None:
-        self.runtime.after_process(message)
+        self.runtime.after_process(message, exception is None)
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
-        self.runtime.after_process(message)
+        self.runtime.after_process(message, False)
 
     def after_ack(self, broker: Broker, message: MessageProxy) -> None:
         self.runtime.end(message, "ack")

@@ -47,6 +47,7 @@ class Delivery:
         "recoveries",
         "retries",
         "started",
+        "succeeded",
         "token",
         "unique",
         "worker_id",
@@ -79,6 +80,8 @@ class Delivery:
         self.written = False
         #: Recovered elsewhere while this process was presumed dead: it runs on as a zombie.
         self.zombie = False
+        #: Its actor returned (no exception, not failed).
+        self.succeeded = False
 
     @property
     def message_id(self) -> str:

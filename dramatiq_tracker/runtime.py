@@ -386,10 +386,16 @@ class TrackerRuntime:
                 proxy._tracker_unique = state  # type: ignore[attr-defined]
             self._thread.unique = state
 
-    def after_process(self, proxy: MessageProxy) -> None:
-        """The actor returned, raised or was skipped: release a ``while_executing`` lock."""
+    def after_process(self, proxy: MessageProxy, returned: bool) -> None:
+        """The actor returned, raised or was skipped: release a ``while_executing`` lock.
+
+        Parameters:
+          returned(bool): The actor ran and returned (no exception, not skipped).
+        """
         found = vars(proxy)
         delivery = found.get(_DELIVERY)
+        if delivery is not None and returned and not proxy.failed:
+            delivery.succeeded = True
         state = delivery.unique if delivery is not None else found.get(_UNIQUE)
         if state is not None and state.holds:
             self.parts.uniqueness.after_process(state)

@@ -239,6 +239,14 @@ class WorkerSession:
         if self.registry.end(delivery, "nack" if completion == "nack" else "ack"):
             return
         message = delivery.message
+        if delivery.succeeded and completion == "ack":
+            # Its work is done: the copy recovery made of it is dropped if it has not started yet.
+            try:
+                self.store.note_history(
+                    delivery.message_id, self.settings.history_ttl, {"done_by_attempt": str(delivery.attempt)}
+                )
+            except redis.RedisError as e:
+                self.parts.health.failed("noting a zombie's completion", e)
         self.parts.events.emit(
             ZOMBIE_COMPLETION,
             "Message %r (actor %r) completed on this worker after it was recovered for delivery elsewhere, "

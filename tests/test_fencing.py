@@ -148,3 +148,35 @@ def test_a_late_completion_after_a_stall_at_start_never_releases_the_lock_of_the
     actor.send(1)
     kill(victim_process.process.pid)
     close_redis_broker(broker)
+
+
+def test_a_recovered_copy_that_has_not_started_when_the_zombie_completes_its_message_is_dropped(
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    producer: RedisBroker,
+    store: TrackerStore,
+) -> None:
+    one_at_a_time = {"dramatiq_queue_prefetch": "1"}
+    # Given a live worker busy for 8 s with one thread, and another worker running a 3 s message
+    spawn_worker(threads=1, env=one_at_a_time)
+    (survivor,) = wait_registered(store, 1)
+    producer.enqueue(Message(namespaces.queue, "sleep", (8,), {}, {}))
+    wait_for(lambda: len(events(redis_client, namespaces, "started")) == 1, 20, message="survivor busy")
+    spawn_worker(threads=1, env=one_at_a_time)
+    victim = wait_new_worker(store, survivor)
+    message_id = producer.enqueue(Message(namespaces.queue, "sleep", (3,), {}, {})).message_id
+    wait_for(lambda: message_id in store.inflight(victim.worker_id), 20, message="running on the victim")
+
+    # When the victim is stopped past its heartbeat timeout (its message is recovered and queued again,
+    # waiting for a free thread), then resumes and completes its own copy before the recovered one starts
+    os.kill(victim.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: victim.worker_id in store.dead_workers(), BOUND + 5, message="declared dead")
+    finally:
+        os.kill(victim.pid, signal.SIGCONT)
+
+    # Then the recovered copy is dropped when it starts: the message ran once
+    wait_for(lambda: "duplicate-dropped" in kinds(store, message_id), 20, message="dropped")
+    assert [e[0] for e in events(redis_client, namespaces, "started")].count(message_id) == 1
+    assert [e[0] for e in events(redis_client, namespaces, "done")].count(message_id) == 1
