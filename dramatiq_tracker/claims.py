@@ -93,9 +93,12 @@ class Claims:
         self._warned: set[str] = set()
 
     def claim(
-        self, worker: WorkerInfo, candidates: Sequence[Candidate], mode: ClaimMode
+        self, worker: WorkerInfo, candidates: Sequence[Candidate], mode: ClaimMode, *, dry_run: bool = False
     ) -> list[tuple[Orphan, ClaimReply]]:
         """Claim orphans of a dead worker, in batches; one result per candidate, in order.
+
+        Parameters:
+          dry_run(bool): Only say what the claim would decide.
 
         Raises:
           redis.RedisError: When the tracker's Redis fails; what was claimed stays claimed,
@@ -107,7 +110,12 @@ class Claims:
         for start in range(0, len(requests), CLAIM_BATCH):
             batch = requests[start : start + CLAIM_BATCH]
             replies += self.store.claim_orphans(
-                worker.worker_id, self.identity, batch, mode=mode, history_ttl=self.settings.history_ttl
+                worker.worker_id,
+                self.identity,
+                batch,
+                mode=mode,
+                history_ttl=self.settings.history_ttl,
+                dry_run=dry_run,
             )
         return [
             (self._orphan(worker, candidate, request, reply), reply)

@@ -216,8 +216,12 @@ class TrackerMiddleware(Middleware):
         """
         self.runtime.close()
 
-    def recover(self) -> RecoveryReport:
+    def recover(self, *, dry_run: bool = False) -> RecoveryReport:
         """Recover dead workers now, without waiting for the periodic sweep.
+
+        Parameters:
+          dry_run(bool): Only say what it would do: the dead workers it would declare and what it
+            would decide for each orphan (``RecoveryReport.dry_run``); nothing is changed.
 
         Returns:
           RecoveryReport: The dead workers found and the orphans delivered again.
@@ -226,7 +230,7 @@ class TrackerMiddleware(Middleware):
           TrackerError: Before the middleware is added to a broker.
           redis.RedisError: When the tracker's or the broker's Redis fails; nothing is lost.
         """
-        return self.runtime.parts.recovery.sweep()
+        return self.runtime.parts.recovery.sweep(dry_run=dry_run)
 
     # Hooks ----------------------------------------------------------------------
 

@@ -93,11 +93,16 @@ class RecoveryReport:
     recovered: list[Orphan] = dataclasses.field(default_factory=list)
     #: True when the sweep stopped before its end (time budget); the next one goes on.
     partial: bool = False
+    #: True for a plan: what a sweep would do, nothing done.
+    dry_run: bool = False
+    #: In a plan, workers the tracker's Redis forgot that the sweep would find from their broker's records.
+    forgotten: list[str] = dataclasses.field(default_factory=list)
 
     def extend(self, other: RecoveryReport) -> None:
         self.dead_workers += other.dead_workers
         self.recovered += other.recovered
         self.partial = self.partial or other.partial
+        self.forgotten += other.forgotten
 
     @property
     def message_ids(self) -> list[str]:

@@ -91,32 +91,37 @@ class Recovery:
         self.host = HostFacts.current()
         self._reported: set[str] = set()
 
-    def sweep(self, *, budget: float | None = None) -> RecoveryReport:
+    def sweep(self, *, budget: float | None = None, dry_run: bool = False) -> RecoveryReport:
         """Recover every dead worker we can see: local ones at once, others when their heartbeat
         expired, forgotten ones from their broker's records, and orphans left in the outbox.
 
         Parameters:
           budget(float): Seconds after which the sweep stops, leaving the rest to the next one.
+          dry_run(bool): Only say what it would do (the same decisions, against the same data);
+            change nothing, run no lock cleaner, emit no event.
         """
         deadline = None if budget is None else time.monotonic() + budget
-        report = self.recover_local()
-        report.extend(self.recover_expired(deadline=deadline))
+        report = self.recover_local(dry_run=dry_run)
+        report.extend(self.recover_expired(deadline=deadline, dry_run=dry_run))
         if not report.partial:
-            self.adopt_forgotten()
-            report.extend(self.recover_expired(deadline=deadline))
-        report.extend(self.retry_outbox())
+            if dry_run:
+                report.forgotten += self.forgotten()
+            elif self.adopt_forgotten():
+                report.extend(self.recover_expired(deadline=deadline))
+        report.extend(self.retry_outbox(dry_run=dry_run))
+        report.dry_run = dry_run
         return report
 
-    def recover_local(self) -> RecoveryReport:
+    def recover_local(self, *, dry_run: bool = False) -> RecoveryReport:
         """Recover workers of this host whose process is gone, without waiting for their heartbeat."""
         report = RecoveryReport()
         for worker_id, raw in self.store.workers_on_host(self.host.hostname).items():
             info = self._parse(worker_id, raw)
             if info is not None and info.broker_identity == self.identity and self.host.process_is_gone(info.host):
-                report.extend(self.recover_worker(worker_id, process_gone=True))
+                report.extend(self.recover_worker(worker_id, process_gone=True, dry_run=dry_run))
         return report
 
-    def recover_expired(self, *, deadline: float | None = None) -> RecoveryReport:
+    def recover_expired(self, *, deadline: float | None = None, dry_run: bool = False) -> RecoveryReport:
         """Recover workers of our broker identity whose heartbeat has expired, oldest first.
 
         Parameters:
@@ -134,14 +139,17 @@ class Recovery:
                     report.partial = True
                     return report
                 seen.add(worker_id)
-                report.extend(self.recover_worker(worker_id, now=now))
+                report.extend(self.recover_worker(worker_id, now=now, dry_run=dry_run))
 
-    def recover_worker(self, worker_id: str, *, process_gone: bool = False, now: int | None = None) -> RecoveryReport:
+    def recover_worker(
+        self, worker_id: str, *, process_gone: bool = False, now: int | None = None, dry_run: bool = False
+    ) -> RecoveryReport:
         """Recover one worker if it is dead.
 
         Parameters:
           worker_id(str)
           process_gone(bool): True when the caller saw its process gone; its heartbeat is then ignored.
+          dry_run(bool): Only say what would be done.
 
         Raises:
           redis.RedisError: When the tracker's or the broker's Redis fails; nothing is lost.
@@ -153,12 +161,14 @@ class Recovery:
         raw = self.store.registration(worker_id)
         if raw is None:
             # Not registered (any more): declaring it dead only removes it from the deadlines.
-            self.store.declare_dead(worker_id, self.digest, process_gone=False, retry_after=0)
+            self.store.declare_dead(worker_id, self.digest, process_gone=False, retry_after=0, dry_run=dry_run)
             return report
         info = self._parse(worker_id, raw)
         if info is None:
             # Unreadable: out of the way of the others, looked at again later.
-            self.store.postpone(self.digest, worker_id, (now or self.store.server_time()) + self.settings.history_ttl)
+            if not dry_run:
+                until = (now or self.store.server_time()) + self.settings.history_ttl
+                self.store.postpone(self.digest, worker_id, until)
             return report
         if info.broker_identity != self.identity:
             self.logger.debug(
@@ -170,9 +180,13 @@ class Recovery:
             return report
 
         declared = self.store.declare_dead(
-            worker_id, self.digest, process_gone=process_gone, retry_after=self.settings.takeover_after
+            worker_id, self.digest, process_gone=process_gone, retry_after=self.settings.takeover_after, dry_run=dry_run
         )
         if declared.status != "dead":
+            return report
+        if dry_run:
+            report.dead_workers.append(worker_id)
+            report.recovered += self.redelivery.recover(info, declared.records, dry_run=True).orphans
             return report
 
         started = time.monotonic()
@@ -213,6 +227,32 @@ class Recovery:
         )
         return report
 
+    def forgotten(self) -> list[str]:
+        """The worker ids :meth:`adopt_forgotten` would adopt now (a dry run)."""
+        return [info.worker_id for info, _ in self._forgotten()]
+
+    def _forgotten(self) -> list[tuple[WorkerInfo, int | None]]:
+        """Tracked processes of our broker, silent on Dramatiq's heartbeat for more than
+        ``heartbeat_timeout`` and not registered in the tracker, with when they were last seen."""
+        if self.broker_store is None:
+            return []
+        noted = self.broker_store.tracked_processes()
+        if not noted:
+            return []
+        broker_ids = list(noted)
+        last_seen = self.broker_store.last_seen(broker_ids)
+        now = self.broker_store.server_time()
+        found = []
+        for broker_id, seen in zip(broker_ids, last_seen, strict=True):
+            if seen is not None and now - seen < self.settings.heartbeat_timeout:
+                continue
+            info = self._parse(broker_id, noted[broker_id])
+            if info is None or info.broker_identity != self.identity:
+                continue
+            if self.store.registration(info.worker_id) is None:
+                found.append((info, None if seen is None else now - seen))
+        return found
+
     def adopt_forgotten(self) -> int:
         """Find dead RedisBroker processes that the tracker's Redis forgot, from the broker's own records.
 
@@ -223,23 +263,8 @@ class Recovery:
         Returns:
           int: How many were adopted.
         """
-        if self.broker_store is None:
-            return 0
-        noted = self.broker_store.tracked_processes()
-        if not noted:
-            return 0
-        broker_ids = list(noted)
-        last_seen = self.broker_store.last_seen(broker_ids)
-        now = self.broker_store.server_time()
         adopted = 0
-        for broker_id, seen in zip(broker_ids, last_seen, strict=True):
-            if seen is not None and now - seen < self.settings.heartbeat_timeout:
-                continue
-            info = self._parse(broker_id, noted[broker_id])
-            if info is None or info.broker_identity != self.identity:
-                continue
-            if self.store.registration(info.worker_id) is not None:
-                continue
+        for info, silent in self._forgotten():
             if self.store.adopt_worker(info, self.digest):
                 adopted += 1
                 self.events.emit(
@@ -249,21 +274,21 @@ class Recovery:
                     info.worker_id,
                     info.hostname,
                     info.pid,
-                    "ever" if seen is None else "%d ms" % (now - seen),
+                    "ever" if silent is None else "%d ms" % silent,
                     worker_id=info.worker_id,
-                    details={"broker_id": broker_id},
+                    details={"broker_id": info.broker_id},
                 )
-            else:
+            elif self.broker_store is not None:
                 # Declared dead already and forgotten since: the note is stale.
-                self.broker_store.forget_process(broker_id)
+                self.broker_store.forget_process(info.broker_id)
         return adopted
 
-    def retry_outbox(self) -> RecoveryReport:
+    def retry_outbox(self, *, dry_run: bool = False) -> RecoveryReport:
         """Finish re-enqueueing orphans that a stopped sweeper left in the outbox."""
         report = RecoveryReport()
         if isinstance(self.redelivery, EnqueueRedelivery):
-            report.recovered += self.redelivery.retry_outbox(self.settings.takeover_after)
-            if report.recovered:
+            report.recovered += self.redelivery.retry_outbox(self.settings.takeover_after, dry_run=dry_run)
+            if report.recovered and not dry_run:
                 self.settlement.report(report.recovered, int(time.time() * 1000))
         return report
 

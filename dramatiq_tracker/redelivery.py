@@ -79,8 +79,12 @@ class Redelivery:
         self.claims = claims
         self.cleaners = cleaners
 
-    def recover(self, worker: WorkerInfo, raw_records: Mapping[str, str]) -> Recovered:
+    def recover(self, worker: WorkerInfo, raw_records: Mapping[str, str], *, dry_run: bool = False) -> Recovered:
         """Settle a dead worker's orphans.
+
+        Parameters:
+          dry_run(bool): Only say what would be done with them (``outcome``); change nothing,
+            run no lock cleaner.
 
         Raises:
           redis.RedisError: When Redis fails midway; the worker stays dead and
@@ -131,7 +135,7 @@ class RedisRedelivery(Redelivery):
         peers = [wid for wid in self.store.broker_peers(worker.broker_id) if wid != worker.worker_id]
         return bool(peers) and any(self.store.alive(peers))
 
-    def recover(self, worker: WorkerInfo, raw_records: Mapping[str, str]) -> Recovered:
+    def recover(self, worker: WorkerInfo, raw_records: Mapping[str, str], *, dry_run: bool = False) -> Recovered:
         if self._process_alive_elsewhere(worker):
             # Its running messages are its own zombies now, and it completes them itself:
             # nothing is moved, counted or unlocked.
@@ -144,9 +148,10 @@ class RedisRedelivery(Redelivery):
         records = self.parse_records(worker, raw_records)
         found, superseded = self._found(worker, records)
         decodable = [c for c in found if c.message is not None]
-        claimed = dict(
-            zip((c.redis_message_id for c in decodable), self.claims.claim(worker, decodable, "deliver"), strict=True)
-        )
+        claims = self.claims.claim(worker, decodable, "deliver", dry_run=dry_run)
+        if dry_run:
+            return Recovered([orphan for orphan, reply in claims if not reply.running or reply.taken])
+        claimed = dict(zip((c.redis_message_id for c in decodable), claims, strict=True))
 
         # Older copies of a message the dead process held twice: only its newest is delivered again.
         moves: list[OrphanMove] = [OrphanMove(c.queue_name, c.redis_message_id, "drop") for c in superseded]
@@ -279,9 +284,9 @@ def _age_rank(candidate: Candidate) -> tuple[int, int, int]:
 class RabbitmqRedelivery(Redelivery):
     """RabbitMQ redelivers by itself: settle the books, never re-publish."""
 
-    def recover(self, worker: WorkerInfo, raw_records: Mapping[str, str]) -> Recovered:
+    def recover(self, worker: WorkerInfo, raw_records: Mapping[str, str], *, dry_run: bool = False) -> Recovered:
         records = self.parse_records(worker, raw_records)
-        claimed = self.claims.claim(worker, [self.candidate(r) for r in records.values()], "await")
+        claimed = self.claims.claim(worker, [self.candidate(r) for r in records.values()], "await", dry_run=dry_run)
         recovered, awaiting = [], 0
         for orphan, reply in claimed:
             if reply.awaiting:
@@ -302,9 +307,11 @@ class RabbitmqRedelivery(Redelivery):
 class EnqueueRedelivery(Redelivery):
     """Enqueue the stored payload again, for brokers that lose a dead consumer's messages."""
 
-    def recover(self, worker: WorkerInfo, raw_records: Mapping[str, str]) -> Recovered:
+    def recover(self, worker: WorkerInfo, raw_records: Mapping[str, str], *, dry_run: bool = False) -> Recovered:
         records = self.parse_records(worker, raw_records)
-        claimed = self.claims.claim(worker, [self.candidate(r) for r in records.values()], "park")
+        claimed = self.claims.claim(worker, [self.candidate(r) for r in records.values()], "park", dry_run=dry_run)
+        if dry_run:
+            return Recovered([orphan for orphan, reply in claimed if reply.taken])
         recovered = []
         for (orphan, reply), record in zip(claimed, records.values(), strict=True):
             if reply.taken:
@@ -340,8 +347,12 @@ class EnqueueRedelivery(Redelivery):
         self.store.unpark(self.claims.identity, record.message_id)
         return True
 
-    def retry_outbox(self, grace: int) -> list[Orphan]:
-        """Re-enqueue orphans left in the outbox by a sweeper that stopped midway."""
+    def retry_outbox(self, grace: int, *, dry_run: bool = False) -> list[Orphan]:
+        """Re-enqueue orphans left in the outbox by a sweeper that stopped midway.
+
+        Parameters:
+          dry_run(bool): Only list those it would re-enqueue.
+        """
         recovered = []
         now = self.store.server_time()
         identity = self.claims.identity
@@ -352,7 +363,15 @@ class EnqueueRedelivery(Redelivery):
             except (ValueError, KeyError, TypeError, CorruptRecord) as e:
                 self.logger.warning("Skipping unreadable outbox entry of message %r: %s.", message_id, e)
                 continue
-            if now - parked_at < grace or self.store.repark(identity, message_id, entry) is None:
+            if now - parked_at < grace:
+                continue
+            if dry_run:
+                claimed = self.claims.claim(
+                    WorkerInfo.unknown(worker_id), [self.candidate(record)], "park", dry_run=True
+                )
+                recovered.append(claimed[0][0])
+                continue
+            if self.store.repark(identity, message_id, entry) is None:
                 continue
             claimed = self.claims.claim(WorkerInfo.unknown(worker_id), [self.candidate(record)], "park")
             (orphan, _) = claimed[0]

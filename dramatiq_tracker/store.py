@@ -468,11 +468,17 @@ class TrackerStore:
 
     # Recovery -------------------------------------------------------------------
 
-    def declare_dead(self, worker_id: str, identity: str, *, process_gone: bool, retry_after: int) -> DeclaredDead:
-        """Confirm a worker's death and fence it (``lua/declare_dead.lua``)."""
+    def declare_dead(
+        self, worker_id: str, identity: str, *, process_gone: bool, retry_after: int, dry_run: bool = False
+    ) -> DeclaredDead:
+        """Confirm a worker's death and fence it (``lua/declare_dead.lua``).
+
+        Parameters:
+          dry_run(bool): Only say what it would find; change nothing.
+        """
         k = self.keys
         keys = [k.workers, k.deadlines(identity), k.dead_workers, k.heartbeat(worker_id), k.inflight(worker_id)]
-        reply = self.scripts("declare_dead", keys, [worker_id, int(process_gone), retry_after])
+        reply = self.scripts("declare_dead", keys, [worker_id, int(process_gone), retry_after, int(dry_run)])
         status: DeathStatus = _reply(reply[0], DeathStatus)
         if status != "dead":
             return DeclaredDead(status)
@@ -487,9 +493,13 @@ class TrackerStore:
         *,
         mode: ClaimMode,
         history_ttl: int,
+        dry_run: bool = False,
     ) -> list[ClaimReply]:
         """Claim a dead worker's orphans, counting each recovery once, giving each moved copy a new
         attempt and releasing the uniqueness locks they own, atomically (``lua/claim_orphans.lua``).
+
+        Parameters:
+          dry_run(bool): Decide and reply as a claim would; change nothing (a plan).
         """
         if not requests:
             return []
@@ -510,7 +520,8 @@ class TrackerStore:
                     int(request.aborted),
                 ]
             )
-        reply = json.loads(self.scripts("claim_orphans", keys, [worker_id, history_ttl, mode, json.dumps(orphans)]))
+        args = [worker_id, history_ttl, mode, json.dumps(orphans), int(dry_run)]
+        reply = json.loads(self.scripts("claim_orphans", keys, args))
         # An empty Lua table encodes as an object.
         replies = reply if isinstance(reply, list) else []
         return [
@@ -649,6 +660,14 @@ class TrackerStore:
         """Up to ``count`` events written after the stream id ``after``, oldest first."""
         entries = self.client.xrange(self.keys.events, min="(" + after, max="+", count=count) or []
         return [(text(entry_id), {text(k): text(v) for k, v in (fields or {}).items()}) for entry_id, fields in entries]
+
+    def record_sweep(self, duration_ms: int) -> None:
+        """Count a sweep that recovered something, and how long it took."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hincrby(self.keys.counters, "sweeps", 1)
+        pipe.hincrby(self.keys.counters, "sweep_ms", duration_ms)
+        pipe.hset(self.keys.counters, "last_sweep_ms", duration_ms)
+        pipe.execute()
 
     def counters(self) -> dict[str, int]:
         """How many times each kind of event happened, and the sweep statistics."""

@@ -75,11 +75,13 @@ class Sweeper(PeriodicThread):
                 self.store.release_lease(identity, self.token)
             elif not self._booted or self._holds_lease():
                 if self.health.settled_for(2 * self.settings.heartbeat_interval / 1000):
-                    deadline = time.monotonic() + self.budget
+                    swept = time.monotonic()
+                    deadline = swept + self.budget
                     report = self.recovery.recover_expired(deadline=deadline)
-                    if not report.partial:
-                        self.recovery.adopt_forgotten()
-                        self.recovery.recover_expired(deadline=deadline)
+                    if not report.partial and self.recovery.adopt_forgotten():
+                        report.extend(self.recovery.recover_expired(deadline=deadline))
+                    if report.dead_workers:
+                        self.store.record_sweep(int((time.monotonic() - swept) * 1000))
                 self.recovery.retry_outbox()
             self._booted = True
         except redis.RedisError as e:

@@ -186,3 +186,49 @@ def test_unreadable_vanished_and_foreign_workers_never_keep_a_dead_worker_waitin
     assert redis_client.zcard(deadlines) == 150
     # And the other app's dead workers are left to that app's sweepers
     assert len([wid for wid in tracker.store.workers() if wid.startswith("foreign-")]) == 120
+
+
+def dump(client: redis.Redis, *patterns: str) -> dict[bytes, object]:
+    """Every key matching the patterns, with its type and its whole value."""
+    found: dict[bytes, object] = {}
+    for pattern in patterns:
+        for key in client.scan_iter(match=pattern):
+            kind = client.type(key).decode()
+            value = {
+                "string": lambda k: client.get(k),
+                "hash": lambda k: client.hgetall(k),
+                "set": lambda k: sorted(client.smembers(k)),
+                "zset": lambda k: client.zrange(k, 0, -1, withscores=True),
+                "list": lambda k: client.lrange(k, 0, -1),
+                "stream": lambda k: client.xrange(k),
+            }[kind](key)
+            found[key] = (kind, value, client.pttl(key) > 0)
+    return found
+
+
+def test_a_dry_run_changes_nothing_and_the_sweep_then_does_exactly_what_it_listed(
+    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, tracker: TrackerMiddleware
+) -> None:
+    # Given a dead worker with 2 running orphans and 2 prefetched, one of them cancelled
+    info, messages = fake_dead_worker(redis_broker, tracker.store, namespaces.queue, 4, running=2)
+    tracker.store.note_history(messages[3].message_id, 60_000, {"abort": "cancel"})
+    patterns = ("{%s}:*" % namespaces.tracker, "%s:*" % namespaces.broker)
+    before = dump(redis_client, *patterns)
+
+    # When a dry run is asked for
+    plan = tracker.recover(dry_run=True)
+
+    # Then nothing changed, and it says what it would do
+    assert dump(redis_client, *patterns) == before
+    assert plan.dry_run and plan.dead_workers == [info.worker_id]
+    planned = {o.message_id: (o.outcome, o.running, o.attempt) for o in plan.recovered}
+    assert planned == {
+        messages[0].message_id: ("redelivered", True, 1),
+        messages[1].message_id: ("redelivered", True, 1),
+        messages[2].message_id: ("redelivered", False, 1),
+        messages[3].message_id: ("dropped", False, 1),
+    }
+    # And the sweep then does exactly that
+    report = tracker.recover()
+    assert report.dead_workers == plan.dead_workers
+    assert {o.message_id: (o.outcome, o.running, o.attempt) for o in report.recovered} == planned

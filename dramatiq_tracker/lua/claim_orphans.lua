@@ -24,6 +24,7 @@
 --         the attempt of the copy the caller found (0 when unknown), lock
 --         digest or "", lock mode or "", max_recoveries, 1 when a cancel or
 --         abort of it is pending (else 0)
+-- ARGV[5] "1" for a dry run: decide and reply as a claim would, write nothing
 --
 -- An orphan was running when the dead worker has a record for it, or when
 -- an earlier claim from the same worker said so (its history names the
@@ -66,6 +67,14 @@ local inflight, running, outbox, revoked = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local worker_id = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local mode = ARGV[3]
+local dry_run = ARGV[5] == "1"
+
+-- Every write goes through here: a dry run (a plan) reads and decides, and changes nothing.
+local function write(...)
+    if not dry_run then
+        return redis.call(...)
+    end
+end
 local prefix = worker_id .. "|"
 local result = {}
 
@@ -113,16 +122,16 @@ local function move(history, h, message_id, current, max_recoveries, aborted, wa
         limit = max_recoveries
     end
     local outcome = decide(h, recoveries, limit, aborted)
-    redis.call(
+    write(
         "hset", history,
         "recoveries", recoveries, "attempt", attempt, "orphaned_from", worker_id, "orphaned_at", now,
         "orphaned_running", was_running and 1 or 0, "outcome", outcome
     )
     if h.awaiting_from then
-        redis.call("hdel", history, "awaiting_from")
+        write("hdel", history, "awaiting_from")
     end
-    redis.call("pexpire", history, ttl)
-    redis.call("hset", revoked, message_id, attempt)
+    write("pexpire", history, ttl)
+    write("hset", revoked, message_id, attempt)
     revoked_written = true
     return recoveries, attempt, outcome
 end
@@ -136,11 +145,11 @@ local function release(lock, locks, digest, lock_mode, message_id, attempt, outc
         return ""
     end
     if lock_mode == "while_executing" or outcome ~= "deliver" then
-        redis.call("del", lock)
-        redis.call("zrem", locks, digest)
+        write("del", lock)
+        write("zrem", locks, digest)
         return "deleted"
     end
-    redis.call("hset", lock, "attempt", attempt, "worker", "")
+    write("hset", lock, "attempt", attempt, "worker", "")
     return "transferred"
 end
 
@@ -163,15 +172,15 @@ for _, orphan in ipairs(cjson.decode(ARGV[4])) do
 
     if record then
         was_running, taken = 1, 1
-        redis.call("hdel", inflight, message_id)
+        write("hdel", inflight, message_id)
         local owner = redis.call("hget", running, message_id)
         local ours = owner and string.sub(owner, 1, #prefix) == prefix
         if ours then
-            redis.call("hdel", running, message_id)
+            write("hdel", running, message_id)
         end
         if mode == "await" and (ours or not owner) then
-            redis.call("hset", history, "awaiting_from", worker_id)
-            redis.call("pexpire", history, ttl)
+            write("hset", history, "awaiting_from", worker_id)
+            write("pexpire", history, ttl)
             awaiting = 1
         else
             -- Delivered now, parked, or already redelivered and running elsewhere: then the
@@ -180,7 +189,7 @@ for _, orphan in ipairs(cjson.decode(ARGV[4])) do
             owns_locks = ours or not owner
         end
         if mode == "park" then
-            redis.call("hset", outbox, message_id, cjson.encode({parked_at = now, record = record, worker = worker_id}))
+            write("hset", outbox, message_id, cjson.encode({parked_at = now, record = record, worker = worker_id}))
         end
     elseif h.orphaned_from == worker_id then
         -- Another caller moved it from this worker already: report what it decided.
@@ -209,6 +218,6 @@ for _, orphan in ipairs(cjson.decode(ARGV[4])) do
     result[#result + 1] = {was_running, taken, recoveries, attempt, age, awaiting, lock_outcome, outcome}
 end
 if revoked_written then
-    redis.call("pexpire", revoked, ttl)
+    write("pexpire", revoked, ttl)
 end
 return cjson.encode(result)

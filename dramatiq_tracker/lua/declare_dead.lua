@@ -11,6 +11,7 @@
 --         still be fresh), "0" when death is judged by the heartbeat only
 -- ARGV[3] retry_after (ms): when to look at this worker again should the
 --         recovery that follows be interrupted
+-- ARGV[4] "1" for a dry run: tell, change nothing
 --
 -- Returns {"gone"} when the worker is not registered (its deadline entry is
 -- removed, so that it never blocks the others), {"alive"} when its heartbeat
@@ -23,9 +24,12 @@
 local workers, deadlines, dead_workers, heartbeat, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 
 local worker_id = ARGV[1]
+local dry_run = ARGV[4] == "1"
 local registration = redis.call("hget", workers, worker_id)
 if not registration then
-    redis.call("zrem", deadlines, worker_id)
+    if not dry_run then
+        redis.call("zrem", deadlines, worker_id)
+    end
     return {"gone"}
 end
 local time = redis.call("time")
@@ -35,14 +39,18 @@ if ARGV[2] ~= "1" then
     local remaining = redis.call("pttl", heartbeat)
     if remaining > 0 then
         -- Alive: its deadline follows its heartbeat, should the two have drifted apart.
-        redis.call("zadd", deadlines, now + remaining, worker_id)
+        if not dry_run then
+            redis.call("zadd", deadlines, now + remaining, worker_id)
+        end
         return {"alive"}
     end
 end
 
-redis.call("del", heartbeat)
-redis.call("zadd", dead_workers, "nx", now, worker_id)
-redis.call("zadd", deadlines, now + tonumber(ARGV[3]), worker_id)
+if not dry_run then
+    redis.call("del", heartbeat)
+    redis.call("zadd", dead_workers, "nx", now, worker_id)
+    redis.call("zadd", deadlines, now + tonumber(ARGV[3]), worker_id)
+end
 
 local result = {"dead", registration}
 local records = redis.call("hgetall", inflight)
