@@ -10,6 +10,8 @@ bridges the three differences, once the package is loaded and before any docstri
 - ``#:`` comments above a module or class attribute become its docstring, as in Sphinx autodoc.
 - A ``Parameters:`` entry with a type and no description (``message_id(str)``) gets the colon that
   the Google-style parser needs to read it as an entry.
+- An ``Example:`` section (napoleon's name) is read as ``Examples:``, so that its ``>>>`` lines render
+  as code rather than as nested quotes.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import griffe
 _ROLE = re.compile(r":(?:py:)?(?:class|meth|func|attr|data|const|mod|obj|exc):`(?P<target>[^`]+)`")
 _SECTION = re.compile(r"^(?P<indent>\s*)(?:Parameters|Params|Args|Arguments|Attributes|Other Parameters):\s*$")
 _BARE_ENTRY = re.compile(r"^(?P<entry>\s+\*{0,2}\w+\s*\([^)]*\))\s*$")
+_EXAMPLE = re.compile(r"^(?P<indent>\s*)Example:\s*$", flags=re.MULTILINE)
 
 
 class SphinxRoles(griffe.Extension):
@@ -31,6 +34,7 @@ class SphinxRoles(griffe.Extension):
                 _docstring_from_comments(obj)
             if obj.docstring is not None:
                 text = _ROLE.sub(lambda match, obj=obj: _link(obj, match["target"]), obj.docstring.value)
+                text = _EXAMPLE.sub(lambda match: match["indent"] + "Examples:", text)
                 obj.docstring.value = _complete_bare_entries(text)
 
 
