@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 BIN_DIR = "Scripts" if os.name == "nt" else "bin"
 DIST = ROOT / "dist"
+#: A line of the build's output that warns: "warning: ...", "WARNING ...", "SetuptoolsDeprecationWarning: ...".
+BUILD_WARNING = re.compile(r"(?i:\bwarning\b)|\w+Warning\b")
 COMMANDS = ("demo", "test", "lint", "test-without-abort", "docs", "build", "check-wheel", "test-sdist")
 
 
@@ -112,7 +115,7 @@ def build(python: Path) -> int:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    warnings = [line for line in result.stdout.splitlines() if "warning" in line.lower()]
+    warnings = [line for line in result.stdout.splitlines() if BUILD_WARNING.search(line)]
     if result.returncode or warnings:
         print(result.stdout)
         print("The build failed." if result.returncode else "The build warned:\n  " + "\n  ".join(warnings))
