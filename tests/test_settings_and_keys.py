@@ -10,6 +10,7 @@ import pytest
 import redis
 from dramatiq.brokers.stub import StubBroker
 
+import dramatiq_tracker
 from dramatiq_tracker import ConfigurationError, Keys, TrackerMiddleware, namespaced_key
 from dramatiq_tracker.host import HostFacts
 from dramatiq_tracker.keys import RedisBrokerKeys, identity_digest
@@ -82,7 +83,8 @@ def test_the_key_layout_is_fixed() -> None:
 
 
 def test_no_module_but_keys_formats_a_key() -> None:
-    package = os.path.join(os.path.dirname(__file__), "..", "dramatiq_tracker")
+    # The package that is imported: the checkout's, or the installed one when the sdist's tests run.
+    package = os.path.dirname(dramatiq_tracker.__file__)
     for name in os.listdir(package):
         if name.endswith(".py") and name != "keys.py":
             with open(os.path.join(package, name)) as f:
