@@ -45,8 +45,14 @@ class RecorderHooks(Protocol):
     def registered(self, info: WorkerInfo) -> None:
         """The worker is registered (again) under ``info.worker_id``."""
 
-    def fenced(self, old_worker_id: str, zombies: list[Delivery]) -> None:
-        """The worker was declared dead while alive; it continues under a new id."""
+    def fenced(self, old_worker_id: str, zombies: list[Delivery], completed: list[tuple[str, int]]) -> None:
+        """The worker was declared dead while alive; it continues under a new id.
+
+        Parameters:
+          zombies(list[Delivery]): Its attempts still running.
+          completed(list[tuple[str, int]]): (message id, attempt) of those that succeeded since it
+            was last known alive: perhaps after it was declared dead.
+        """
 
 
 class Recorder(PeriodicThread):
@@ -139,6 +145,7 @@ class Recorder(PeriodicThread):
             info = self.registry.info
             records = [self.describe(d) for d in deliveries]
             sent = time.time()
+            mark = self.registry.completed_mark()
             status = self.store.register(
                 info,
                 self.identity,
@@ -150,6 +157,7 @@ class Recorder(PeriodicThread):
                 self.fence(info.worker_id)
                 return
             self.registry.registered()
+            self.registry.alive_at(mark)
             self._resync_needed = False
             self.last_beat = sent
             self._next_beat = time.monotonic() + self.settings.heartbeat_interval / 1000
@@ -178,6 +186,7 @@ class Recorder(PeriodicThread):
             if not started and not ended:
                 return False
             records = [self.describe(d) for d in started]
+            mark = self.registry.completed_mark()
             try:
                 status = self.store.flush(
                     worker_id, self.registry.expected_writes(), self.registry.entries(started, records), ended
@@ -187,6 +196,7 @@ class Recorder(PeriodicThread):
                 raise
             if status == "ok":
                 self.registry.wrote()
+                self.registry.alive_at(mark)
             self.logger.debug(
                 "Wrote %d starts and %d ends of worker %r: %s.", len(started), len(ended), worker_id, status
             )
@@ -202,12 +212,14 @@ class Recorder(PeriodicThread):
         with self._lock:
             worker_id = self.registry.worker_id
             sent = time.time()
+            mark = self.registry.completed_mark()
             self._next_beat = time.monotonic() + self.settings.heartbeat_interval / 1000
             status = self.store.heartbeat(
                 worker_id, self.identity, self.settings.heartbeat_timeout, self.registry.expected_writes()
             )
             if status in ("ok", "diverged"):
                 self.last_beat = sent
+                self.registry.alive_at(mark)
             self._handle(worker_id, status)
             return status
 
@@ -277,7 +289,7 @@ class Recorder(PeriodicThread):
             # Until the fencing is done, every start waits for it (see ensure_alive).
             self.last_beat = 0.0
             old_id, zombies = self.registry.fence(self._new_worker_id())
-            self.hooks.fenced(old_id, zombies)
+            self.hooks.fenced(old_id, zombies, self.registry.take_completed())
             self.register()
 
     def stop_and_flush(self) -> None:

@@ -10,12 +10,18 @@ have lost it, it is written again whole.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import threading
 from typing import TYPE_CHECKING
 
 from .records import InflightRecord, WorkerInfo, encode_payload, preview_of
+
+#: How many recent completions a worker remembers, in case it was declared dead while it ran
+#: them (see :meth:`InflightRegistry.take_completed`); beyond it, during a long outage of the
+#: tracker's Redis, the oldest are forgotten.
+RECENT_COMPLETIONS = 50_000
 
 if TYPE_CHECKING:
     from dramatiq import MessageProxy
@@ -162,6 +168,11 @@ class InflightRegistry:
         self._ended: list[tuple[Delivery, Completion]] = []
         #: How many flushes have begun.
         self._generation = 0
+        #: (message id, attempt) of the attempts that succeeded since a write last proved this worker
+        #: alive: if it turns out to have been declared dead meanwhile, these are zombie completions.
+        #: Bounded, for a long outage of the tracker's Redis; ``_completions`` counts every one.
+        self._completed: collections.deque[tuple[str, int]] = collections.deque(maxlen=RECENT_COMPLETIONS)
+        self._completions = 0
         #: Writes confirmed since the last registration, and writes on their way (see ``lua/flush.lua``).
         self._writes = 0
         self._pending_writes = 0
@@ -197,6 +208,9 @@ class InflightRegistry:
         with self._lock:
             if self._active.pop(delivery.token, None) is not None and delivery.written:
                 self._ended.append((delivery, completion))
+            if delivery.succeeded and completion == "ack" and not delivery.zombie:
+                self._completed.append((delivery.message_id, delivery.attempt))
+                self._completions += 1
         return not delivery.zombie
 
     def is_active(self, token: int) -> bool:
@@ -276,6 +290,26 @@ class InflightRegistry:
     def update_info(self, info: WorkerInfo) -> None:
         with self._lock:
             self.info = dataclasses.replace(info, worker_id=self.info.worker_id)
+
+    # Completions since the worker was last known alive. --------------------------------------
+
+    def completed_mark(self) -> int:
+        """How many attempts succeeded so far: taken just before a write is sent."""
+        with self._lock:
+            return self._completions
+
+    def alive_at(self, mark: int) -> None:
+        """A write sent at ``mark`` proved this worker alive: completions before it are not zombies'."""
+        with self._lock:
+            for _ in range(mark - (self._completions - len(self._completed))):
+                self._completed.popleft()
+
+    def take_completed(self) -> list[tuple[str, int]]:
+        """The attempts that succeeded since this worker was last known alive (at a fencing)."""
+        with self._lock:
+            completed = list(self._completed)
+            self._completed.clear()
+        return completed
 
     # The write count, checked against Redis's (anti-entropy). ---------------------------------
 

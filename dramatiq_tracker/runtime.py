@@ -411,4 +411,8 @@ class TrackerRuntime:
         if delivery is not None:
             session = self._session
             if session is not None:
+                if delivery.succeeded and _time() - session.recorder.last_beat > self._stale_after:
+                    # Perhaps declared dead while it ran: if so, learn it now, so that this completion
+                    # counts as a zombie's and the recovered copy is dropped before it starts.
+                    session.recorder.ensure_alive()
                 session.end(delivery, completion)

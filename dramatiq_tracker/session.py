@@ -240,13 +240,7 @@ class WorkerSession:
             return
         message = delivery.message
         if delivery.succeeded and completion == "ack":
-            # Its work is done: the copy recovery made of it is dropped if it has not started yet.
-            try:
-                self.store.note_history(
-                    delivery.message_id, self.settings.history_ttl, {"done_by_attempt": str(delivery.attempt)}
-                )
-            except redis.RedisError as e:
-                self.parts.health.failed("noting a zombie's completion", e)
+            self._note_done(delivery.message_id, delivery.attempt)
         self.parts.events.emit(
             ZOMBIE_COMPLETION,
             "Message %r (actor %r) completed on this worker after it was recovered for delivery elsewhere, "
@@ -260,6 +254,27 @@ class WorkerSession:
             recoveries=delivery.recoveries,
         )
 
+    def _completed_as_zombie(self, message_id: str, attempt: int, old_worker_id: str) -> None:
+        """An attempt succeeded here after this worker was declared dead, before it learned it."""
+        self._note_done(message_id, attempt)
+        self.parts.events.emit(
+            ZOMBIE_COMPLETION,
+            "Message %r (attempt %d) completed on this worker after it was declared dead (as %r) and the message "
+            "was recovered for delivery elsewhere.",
+            message_id,
+            attempt,
+            old_worker_id,
+            message_id=message_id,
+            worker_id=old_worker_id,
+        )
+
+    def _note_done(self, message_id: str, attempt: int) -> None:
+        """The work of ``attempt`` is done: the copy recovery made of it is dropped if it has not started."""
+        try:
+            self.store.note_history(message_id, self.settings.history_ttl, {"done_by_attempt": str(attempt)})
+        except redis.RedisError as e:
+            self.parts.health.failed("noting a zombie's completion", e)
+
     # What the recorder learns (RecorderHooks) -------------------------------------------------
 
     def registered(self, info: WorkerInfo) -> None:
@@ -270,7 +285,7 @@ class WorkerSession:
             except redis.RedisError as e:
                 self.logger.warning("Could not note worker %r beside its broker's keys: %s.", info.worker_id, e)
 
-    def fenced(self, old_worker_id: str, zombies: list[Delivery]) -> None:
+    def fenced(self, old_worker_id: str, zombies: list[Delivery], completed: list[tuple[str, int]]) -> None:
         """This worker learned it was declared dead while alive.
 
         It waits (at most ``takeover_after``) until the recovery of its old identity is over,
@@ -278,13 +293,18 @@ class WorkerSession:
         before are stale and never start (:class:`~dramatiq_tracker.admission.Admission`);
         its running copies of them are zombies, aborted with dramatiq-abort if it can.
         Running messages recovery did not take (RabbitMQ keeps delivering them to this live
-        connection) run on as this worker's own.
+        connection) run on as this worker's own.  Those it completed after it was declared
+        dead, before it learned it, are zombie completions: their recovered copies are
+        dropped if they have not started.
         """
         deadline = time.monotonic() + self.settings.takeover_after / 1000
         while self.store.registration(old_worker_id) is not None and time.monotonic() < deadline:
             time.sleep(_FENCE_POLL)
         for message_id, attempt in self.store.revoked(old_worker_id).items():
             self.revoked[message_id] = max(attempt, self.revoked.get(message_id, 0))
+        for message_id, attempt in completed:
+            if self.admission.is_stale(message_id, attempt):
+                self._completed_as_zombie(message_id, attempt, old_worker_id)
         taken = []
         for delivery in zombies:
             if self.admission.is_stale(delivery.message_id, delivery.attempt):

@@ -180,3 +180,44 @@ def test_a_recovered_copy_that_has_not_started_when_the_zombie_completes_its_mes
     wait_for(lambda: "duplicate-dropped" in kinds(store, message_id), 20, message="dropped")
     assert [e[0] for e in events(redis_client, namespaces, "started")].count(message_id) == 1
     assert [e[0] for e in events(redis_client, namespaces, "done")].count(message_id) == 1
+
+
+def test_a_message_a_stopped_worker_completes_as_it_resumes_is_not_run_again_by_its_recovered_copy(
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    producer: RedisBroker,
+    store: TrackerStore,
+) -> None:
+    one_at_a_time = {"dramatiq_queue_prefetch": "1"}
+    # Given a live worker busy for 8 s, and another one running a 1.5 s message
+    spawn_worker(threads=1, env=one_at_a_time)
+    (survivor,) = wait_registered(store, 1)
+    producer.enqueue(Message(namespaces.queue, "sleep", (8,), {}, {}))
+    wait_for(lambda: len(events(redis_client, namespaces, "started")) == 1, 20, message="survivor busy")
+    spawn_worker(threads=1, env=one_at_a_time)
+    victim = wait_new_worker(store, survivor)
+    seconds = 1.5
+    message_id = producer.enqueue(Message(namespaces.queue, "sleep", (seconds,), {}, {})).message_id
+    wait_for(lambda: message_id in kinds_started(redis_client, namespaces), 20, message="running on the victim")
+    started = time.monotonic()
+
+    # When the victim is stopped until it is declared dead and its message's sleep is over, so that the
+    # message completes the moment it resumes, before the victim's next heartbeat
+    os.kill(victim.pid, signal.SIGSTOP)
+    try:
+        assert message_id not in [e[0] for e in events(redis_client, namespaces, "done")], "ended before the stop"
+        wait_for(lambda: victim.worker_id in store.dead_workers(), BOUND + 5, message="declared dead")
+        wait_for(lambda: time.monotonic() - started > seconds, seconds, message="its sleep over")
+    finally:
+        os.kill(victim.pid, signal.SIGCONT)
+
+    # Then its completion counts as a zombie's, and the recovered copy is dropped before it starts
+    wait_for(lambda: "duplicate-dropped" in kinds(store, message_id), 20, message="dropped")
+    assert "zombie-completion" in kinds(store, message_id)
+    assert kinds_started(redis_client, namespaces).count(message_id) == 1
+    assert [e[0] for e in events(redis_client, namespaces, "done")].count(message_id) == 1
+
+
+def kinds_started(client: redis.Redis, names: Namespaces) -> list[str]:
+    return [mid for mid, _, _ in events(client, names, "started")]
