@@ -111,6 +111,7 @@ class TrackerEvent:
       recoveries(int): The message's recovery count.
       at(int): When, in ms since the epoch (the reporter's clock).
       details(dict[str, str]): More facts, kind-specific.
+      id(str): Its stream entry id, when it was read from Redis; "" otherwise.
     """
 
     kind: str
@@ -123,6 +124,7 @@ class TrackerEvent:
     recoveries: int = 0
     at: int = 0
     details: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    id: str = ""
 
     @property
     def level(self) -> int:
@@ -145,8 +147,8 @@ class TrackerEvent:
         return {name: value for name, value in fields.items() if value}
 
     @classmethod
-    def from_fields(cls, fields: Mapping[str, str]) -> TrackerEvent:
-        """Read a stream entry back; unknown or missing fields get defaults."""
+    def from_fields(cls, fields: Mapping[str, str], entry_id: str = "") -> TrackerEvent:
+        """Read a stream entry back (with its id); unknown or missing fields get defaults."""
 
         def number(name: str) -> int:
             try:
@@ -165,6 +167,7 @@ class TrackerEvent:
             recoveries=number("recoveries"),
             at=number("at"),
             details={k[len("detail.") :]: v for k, v in fields.items() if k.startswith("detail.")},
+            id=entry_id,
         )
 
 

@@ -15,6 +15,7 @@ digest of a broker identity, see :func:`identity_digest`)::
   $ns:worker:<id>:heartbeat       STRING  present while the worker is alive (PX heartbeat_timeout)
   $ns:worker:<id>:inflight        HASH    message id -> in-flight record (JSON); field "__seq__": write count
   $ns:worker:<id>:revoked         HASH    message id -> the attempt that superseded its copies on this worker
+  $ns:worker:<id>:fenced-as       STRING  the new id of a worker declared dead while alive (PX history_ttl)
   $ns:host:<hostname>             SET     worker ids registered from that host
   $ns:broker:<broker_id>          SET     worker ids sharing one RedisBroker ``broker_id``
   $ns:running                     HASH    message id -> "<worker id>|<token>|<retries>" of the attempt running it
@@ -141,6 +142,9 @@ class Keys:
 
     def revoked(self, worker_id: str) -> str:
         return namespaced_key(self.namespace, "worker", worker_id, "revoked")
+
+    def fenced_as(self, worker_id: str) -> str:
+        return namespaced_key(self.namespace, "worker", worker_id, "fenced-as")
 
     def host(self, hostname: str) -> str:
         return namespaced_key(self.namespace, "host", hostname)

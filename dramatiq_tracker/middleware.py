@@ -194,7 +194,7 @@ class TrackerMiddleware(Middleware):
 
     def recent_events(self, count: int = 100) -> list[TrackerEvent]:
         """The newest events of the whole cluster, newest first, from the Redis stream."""
-        return [TrackerEvent.from_fields(fields) for _, fields in self.store.events(count)]
+        return [TrackerEvent.from_fields(fields, entry_id) for entry_id, fields in self.store.events(count)]
 
     def abort(self, message_id: str, *, mode: str = "abort", abort_timeout: int = 0) -> None:
         """Cancel (``mode="cancel"``: only if it has not started) or abort (``mode="abort"``: stop it

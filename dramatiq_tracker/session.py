@@ -312,6 +312,10 @@ class WorkerSession:
             else:
                 self.registry.readopt(delivery)
                 self.store.note_history(delivery.message_id, self.settings.history_ttl, {}, forget="awaiting_from")
+        try:
+            self.store.note_fenced(old_worker_id, self.worker_id, self.settings.history_ttl)
+        except redis.RedisError as e:
+            self.parts.health.failed("noting that this worker was fenced", e)
         events = self.parts.events
         events.emit(
             ZOMBIE_DETECTED,

@@ -70,7 +70,8 @@ def _reply(value: Any, contract: Any) -> Any:
     return found
 
 
-def _int(value: Any) -> int:
+def to_int(value: Any) -> int:
+    """A Redis reply (or a text) as an int; 0 when it is none or not a number."""
     try:
         return int(text(value) if value is not None else 0)
     except ValueError:
@@ -207,18 +208,33 @@ class LockInfo:
 
 def _lock_info(digest: str, fields: Mapping[Any, Any], ttl: Any) -> LockInfo:
     lock = {text(name): text(value) for name, value in fields.items()}
-    remaining = _int(ttl)
+    remaining = to_int(ttl)
     return LockInfo(
         digest=digest,
         message_id=lock.get("message_id", ""),
-        attempt=_int(lock.get("attempt")),
+        attempt=to_int(lock.get("attempt")),
         mode=lock.get("mode", ""),
         actor_name=lock.get("actor", ""),
         queue_name=lock.get("queue", ""),
         worker_id=lock.get("worker", ""),
-        acquired_at=_int(lock.get("acquired_at")),
+        acquired_at=to_int(lock.get("acquired_at")),
         ttl=remaining if remaining >= 0 else None,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class InflightSummary:
+    """In-flight records counted on the server (see :meth:`TrackerStore.summarize_inflight`).
+
+    Parameters:
+      queues(dict): queue name -> (records, records of workers not alive, oldest start time in ms).
+      actors(dict): actor name -> records.
+      corrupt(list): (worker id, message id) of the records that could not be read.
+    """
+
+    queues: dict[str, tuple[int, int, int]]
+    actors: dict[str, int]
+    corrupt: list[tuple[str, str]]
 
 
 #: How many events one script call appends.
@@ -347,14 +363,14 @@ class TrackerStore:
         """
         wid, k = info.worker_id, self.keys
         keys = [k.workers, k.deadlines(identity), k.heartbeat(wid), k.inflight(wid), *self._worker_keys(info)]
-        return _int(self.scripts("deregister", keys, [wid]))
+        return to_int(self.scripts("deregister", keys, [wid]))
 
     # Reading ------------------------------------------------------------------
 
     def server_time(self) -> int:
         """The clock of the Redis server that holds the namespace, in ms since the epoch."""
         seconds, microseconds = self.scripts("server_time", [self.keys.workers], [])
-        return _int(seconds) * 1000 + _int(microseconds) // 1000
+        return to_int(seconds) * 1000 + to_int(microseconds) // 1000
 
     def due_workers(self, identity: str, limit: int, *, now: int | None = None) -> list[str]:
         """Ids of the workers of one broker identity whose heartbeat deadline has passed, oldest first."""
@@ -419,7 +435,7 @@ class TrackerStore:
         pipe = self.client.pipeline(transaction=False)
         for worker_id in worker_ids:
             pipe.pttl(self.keys.heartbeat(worker_id))
-        return [ttl if ttl >= 0 else None for ttl in (_int(v) for v in pipe.execute())]
+        return [ttl if ttl >= 0 else None for ttl in (to_int(v) for v in pipe.execute())]
 
     def inflight(self, worker_id: str) -> dict[str, str]:
         """A worker's raw in-flight records, by message id."""
@@ -444,7 +460,25 @@ class TrackerStore:
             pipe.hlen(self.keys.inflight(worker_id))
             pipe.hexists(self.keys.inflight(worker_id), SEQUENCE_FIELD)
         replies = pipe.execute()
-        return [max(0, _int(n) - int(bool(meta))) for n, meta in zip(replies[::2], replies[1::2], strict=True)]
+        return [max(0, to_int(n) - int(bool(meta))) for n, meta in zip(replies[::2], replies[1::2], strict=True)]
+
+    def summarize_inflight(self, workers: Sequence[tuple[str, bool]]) -> InflightSummary:
+        """Count the records of some workers by queue and actor, on the server (``lua/summarize_inflight.lua``).
+
+        Parameters:
+          workers(list): (worker id, whether it is alive) of each worker; at most a hundred or so per
+            call, since the script blocks Redis while it reads them.
+        """
+        if not workers:
+            return InflightSummary({}, {}, [])
+        keys = [self.keys.inflight(worker_id) for worker_id, _ in workers]
+        found = json.loads(self.scripts("summarize_inflight", keys, ["0" if alive else "1" for _, alive in workers]))
+        queues = found.get("queues") or {}
+        return InflightSummary(
+            queues={name: (int(n), int(orphans), int(oldest)) for name, (n, orphans, oldest) in queues.items()},
+            actors={name: int(n) for name, n in (found.get("actors") or {}).items()},
+            corrupt=[(workers[int(index) - 1][0], str(message_id)) for index, message_id in found.get("corrupt") or []],
+        )
 
     def running_owner(self, message_id: str) -> str:
         """The "worker id|token|retries" of the attempt recorded running a message, or ""."""
@@ -461,10 +495,21 @@ class TrackerStore:
         history = self.client.hgetall(self.keys.message(message_id))
         return {text(field): text(value) for field, value in history.items()}
 
+    def note_fenced(self, old_worker_id: str, new_worker_id: str, history_ttl: int) -> None:
+        """Remember, for operators, that a worker declared dead while alive goes on as ``new_worker_id``."""
+        self.client.set(self.keys.fenced_as(old_worker_id), new_worker_id, px=history_ttl)
+
+    def fenced_as(self, worker_ids: Sequence[str]) -> list[str]:
+        """The id each worker went on as after it was declared dead while alive, or ""."""
+        if not worker_ids:
+            return []
+        found = self.client.mget([self.keys.fenced_as(wid) for wid in worker_ids])
+        return [text(value) if value is not None else "" for value in found]
+
     def revoked(self, worker_id: str) -> dict[str, int]:
         """The messages recovered from a worker declared dead, with the attempt that superseded its copies."""
         found = self.client.hgetall(self.keys.revoked(worker_id))
-        return {text(mid): _int(attempt) for mid, attempt in found.items()}
+        return {text(mid): to_int(attempt) for mid, attempt in found.items()}
 
     # Recovery -------------------------------------------------------------------
 
@@ -526,12 +571,12 @@ class TrackerStore:
         replies = reply if isinstance(reply, list) else []
         return [
             ClaimReply(
-                running=bool(_int(running)),
-                taken=bool(_int(taken)),
-                recoveries=_int(recoveries),
-                attempt=_int(attempt),
-                claim_age=_int(age),
-                awaiting=bool(_int(awaiting)),
+                running=bool(to_int(running)),
+                taken=bool(to_int(taken)),
+                recoveries=to_int(recoveries),
+                attempt=to_int(attempt),
+                claim_age=to_int(age),
+                awaiting=bool(to_int(awaiting)),
                 lock=_reply(lock, LockOutcome),
                 outcome=_reply(outcome, Outcome),
             )
@@ -671,7 +716,7 @@ class TrackerStore:
 
     def counters(self) -> dict[str, int]:
         """How many times each kind of event happened, and the sweep statistics."""
-        return {text(k): _int(v) for k, v in self.client.hgetall(self.keys.counters).items()}
+        return {text(k): to_int(v) for k, v in self.client.hgetall(self.keys.counters).items()}
 
     def broker_peers(self, broker_id: str) -> list[str]:
         """Ids of the workers registered with a RedisBroker ``broker_id``."""

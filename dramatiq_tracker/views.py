@@ -1,0 +1,326 @@
+"""What the inspection API returns (:mod:`dramatiq_tracker.inspect`): typed views of the
+tracker's Redis, the same for the command line, the exporter and the dashboard, and the
+schema of the command's ``--json`` output."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Generic, TypeVar
+
+from .events import TrackerEvent
+from .store import LockInfo, to_int
+
+T = TypeVar("T")
+
+#: Worker states. Its heartbeat is fresh.
+ALIVE = "alive"
+#: Registered, but its heartbeat expired and it was not declared dead yet: its orphans wait for a sweep.
+UNRESPONSIVE = "unresponsive"
+#: Declared dead; the recovery of its orphans has not finished.
+RECOVERING = "recovering"
+#: Declared dead and recovered (a tombstone, kept for ``history_ttl``).
+DEAD = "dead"
+#: Declared dead while it was alive (a stall, a partition): its process goes on under a new id.
+FENCED = "fenced"
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """An entry the inspector could not understand: skipped, left as it is.
+
+    Parameters:
+      key(str): The Redis key that holds it.
+      field(str): Its hash field (a worker id, a message id), or "".
+      reason(str)
+    """
+
+    key: str
+    field: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a listing.
+
+    Parameters:
+      items(list): What was found, at most the ``limit`` asked for.
+      cursor(str): Pass it back to get the next page; "" when there is nothing more.
+      problems(list[Problem]): Entries skipped because they could not be read.
+      total(int|None): How many there are in all, when that is known without reading them all.
+    """
+
+    items: list[T]
+    cursor: str = ""
+    problems: list[Problem] = dataclasses.field(default_factory=list)
+    total: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerView:
+    """A worker process, as the tracker sees it.
+
+    Parameters:
+      worker_id(str)
+      state(str): :data:`ALIVE`, :data:`UNRESPONSIVE`, :data:`RECOVERING`, :data:`DEAD` or :data:`FENCED`.
+      hostname(str): "" for a tombstone (the registration is gone).
+      pid(int)
+      queues(tuple[str, ...])
+      broker_kind(str): "redis", "rabbitmq", "stub" or "other".
+      broker_identity(str): The broker deployment it consumes from.
+      worker_threads(int)
+      started_at(int): When it registered, in ms since the epoch (its own clock); 0 if unknown.
+      heartbeat_age(int|None): Milliseconds since its last heartbeat; None when it has none.
+      overdue(int|None): Milliseconds since its heartbeat deadline passed; None while it has not.
+      inflight(int): How many messages it has recorded in flight.
+      declared_dead_at(int|None): When it was declared dead (server ms), if it was.
+      fenced_as(str): The id its process goes on under, for a fenced worker.
+      tracker_version(str)
+      dramatiq_version(str)
+    """
+
+    worker_id: str
+    state: str
+    hostname: str = ""
+    pid: int = 0
+    queues: tuple[str, ...] = ()
+    broker_kind: str = ""
+    broker_identity: str = ""
+    worker_threads: int = 0
+    started_at: int = 0
+    heartbeat_age: int | None = None
+    overdue: int | None = None
+    inflight: int = 0
+    declared_dead_at: int | None = None
+    fenced_as: str = ""
+    tracker_version: str = ""
+    dramatiq_version: str = ""
+
+    @property
+    def alive(self) -> bool:
+        return self.state == ALIVE
+
+
+@dataclasses.dataclass(frozen=True)
+class InflightView:
+    """A message being processed (or left running by a worker that stopped heartbeating).
+
+    Parameters:
+      message_id(str)
+      worker_id(str)
+      worker_state(str): The state of its worker (see :class:`WorkerView`).
+      actor_name(str)
+      queue_name(str)
+      started_at(int): When this attempt began, in ms since the epoch (the worker's clock).
+      running_for(int): Milliseconds since it began, by the Redis server's clock.
+      attempt(int): Its delivery attempt.
+      recoveries(int): How many times it was recovered from dead workers before this attempt.
+      retries(int): Dramatiq's retry count.
+      max_recoveries(int): Its poison limit.
+      lock_digest(str): The uniqueness lock it holds or may hold, or "".
+      lock_mode(str)
+      preview(str): Its arguments, rendered safely and cut to the workers' ``preview_length``.
+      hostname(str): Its worker's host.
+      pid(int): Its worker's process id.
+    """
+
+    message_id: str
+    worker_id: str
+    worker_state: str
+    actor_name: str
+    queue_name: str
+    started_at: int
+    running_for: int
+    attempt: int
+    recoveries: int
+    retries: int
+    max_recoveries: int
+    lock_digest: str
+    lock_mode: str
+    preview: str
+    hostname: str
+    pid: int
+
+
+@dataclasses.dataclass(frozen=True)
+class OrphanView:
+    """A message waiting for recovery: recorded by a worker that is not alive, or parked in an
+    outbox while it is enqueued again.
+
+    Parameters:
+      message_id(str)
+      worker_id(str): The worker it was taken from.
+      worker_state(str): :data:`UNRESPONSIVE` or :data:`RECOVERING`; "" for an outbox entry.
+      actor_name(str)
+      queue_name(str)
+      waiting_for(int): Milliseconds since its worker's heartbeat deadline passed (since it was
+        parked, for an outbox entry).
+      attempt(int)
+      recoveries(int)
+      lock_digest(str)
+      where(str): "record" (its dead worker's record) or "outbox".
+    """
+
+    message_id: str
+    worker_id: str
+    worker_state: str
+    actor_name: str
+    queue_name: str
+    waiting_for: int
+    attempt: int
+    recoveries: int
+    lock_digest: str
+    where: str
+
+
+@dataclasses.dataclass(frozen=True)
+class MessageHistory:
+    """What the tracker remembers of a message, for ``history_ttl`` after its last recovery.
+
+    Parameters:
+      recoveries(int): How many times it was recovered from dead workers.
+      attempt(int): The attempt of its latest delivery by recovery.
+      outcome(str): What its last recovery decided: "deliver", "quarantine" or "drop"; "" if never recovered.
+      orphaned_from(str): The dead worker it was last taken from.
+      orphaned_at(int|None): When (server ms).
+      orphaned_running(bool): Whether it was running then (not only fetched).
+      awaiting_from(str): A dead worker whose copy the broker has yet to redeliver (RabbitMQ).
+      abort(str): A remembered "cancel" or "abort" request.
+      done_by_attempt(int|None): An attempt that completed on a worker declared dead while alive.
+      deferred_behind(str): The attempt a put-off duplicate waits for.
+      completed_by(str): The attempt that completed while a duplicate waited for it.
+      completed_with(str): How it completed ("ack" or "nack").
+      ttl(int|None): Milliseconds until the history expires.
+      other(dict[str, str]): Fields this version does not know.
+    """
+
+    recoveries: int = 0
+    attempt: int = 0
+    outcome: str = ""
+    orphaned_from: str = ""
+    orphaned_at: int | None = None
+    orphaned_running: bool = False
+    awaiting_from: str = ""
+    abort: str = ""
+    done_by_attempt: int | None = None
+    deferred_behind: str = ""
+    completed_by: str = ""
+    completed_with: str = ""
+    ttl: int | None = None
+    other: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, str], ttl: int | None) -> MessageHistory:
+        """Read a message's history hash; fields this version does not know go to ``other``."""
+        get = fields.get
+
+        def optional(name: str) -> int | None:
+            value = get(name, "")
+            return int(value) if value.isdigit() else None
+
+        known = {field.name for field in dataclasses.fields(cls)} - {"ttl", "other"}
+        return cls(
+            recoveries=to_int(get("recoveries", "0")),
+            attempt=to_int(get("attempt", "0")),
+            outcome=get("outcome", ""),
+            orphaned_from=get("orphaned_from", ""),
+            orphaned_at=optional("orphaned_at"),
+            orphaned_running=get("orphaned_running") == "1",
+            awaiting_from=get("awaiting_from", ""),
+            abort=get("abort", ""),
+            done_by_attempt=optional("done_by_attempt"),
+            deferred_behind=get("deferred_behind", ""),
+            completed_by=get("completed_by", ""),
+            completed_with=get("completed_with", ""),
+            ttl=ttl,
+            other={name: value for name, value in fields.items() if name not in known},
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class MessageView:
+    """Everything the tracker knows of one message.
+
+    Parameters:
+      message_id(str)
+      history(MessageHistory|None): None when it was never recovered, deferred or aborted.
+      running(InflightView|None): Its recorded attempt in flight, if any.
+      running_owner(str): "worker id|token|retries" of the attempt the running index names, or "".
+      lock(LockInfo|None): The uniqueness lock its running attempt names, if held.
+      events(list[TrackerEvent]): Its events among the newest ones, newest first.
+    """
+
+    message_id: str
+    history: MessageHistory | None
+    running: InflightView | None
+    running_owner: str
+    lock: LockInfo | None
+    events: list[TrackerEvent]
+
+
+@dataclasses.dataclass(frozen=True)
+class Counters:
+    """Counts kept by every process since the namespace was created.
+
+    Parameters:
+      events(dict[str, int]): How many events of each kind (``"recovered"``, ``"quarantined"``, ...).
+      sweeps(int): Sweeps that recovered something.
+      sweep_ms(int): How long they took, in all.
+      last_sweep_ms(int): How long the last of them took.
+    """
+
+    events: Mapping[str, int]
+    sweeps: int = 0
+    sweep_ms: int = 0
+    last_sweep_ms: int = 0
+
+    def of(self, kind: str) -> int:
+        """How many events of ``kind`` there were."""
+        return self.events.get(kind, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueStatus:
+    """Messages in flight on one queue.
+
+    Parameters:
+      queue_name(str)
+      inflight(int): Recorded in flight, by live workers and by those waiting for recovery.
+      orphans(int): Of which recorded by workers that are not alive.
+      oldest(int): Milliseconds the oldest of them has been running; 0 when there are none.
+    """
+
+    queue_name: str
+    inflight: int
+    orphans: int
+    oldest: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterStatus:
+    """The namespace at a glance.
+
+    Parameters:
+      at(int): When it was read (server ms).
+      workers(dict[str, int]): How many workers are in each state.
+      inflight(int): Messages recorded in flight.
+      orphans(int): Messages waiting for recovery (records of workers not alive, and outbox entries).
+      outbox(int): Of which parked in an outbox.
+      locks(int): Uniqueness locks held.
+      queues(list[QueueStatus]): By queue name.
+      actors(dict[str, int]): Messages in flight by actor.
+      counters(Counters)
+      problems(list[Problem]): Entries skipped because they could not be read.
+    """
+
+    at: int
+    workers: Mapping[str, int]
+    inflight: int
+    orphans: int
+    outbox: int
+    locks: int
+    queues: list[QueueStatus]
+    actors: Mapping[str, int]
+    counters: Counters
+    problems: list[Problem]

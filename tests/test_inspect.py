@@ -1,0 +1,234 @@
+"""The inspection API reads a namespace from Redis alone: real worker processes, real records."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+from dramatiq.brokers.redis import RedisBroker
+
+from dramatiq_tracker import ConfigurationError
+from dramatiq_tracker.inspect import ALIVE, DEAD, FENCED, RECOVERING, UNRESPONSIVE, Inspector
+from dramatiq_tracker.store import TrackerStore
+
+from .conftest import Namespaces, events
+from .support import BOUND, WorkerProcess, kill, send, wait_for, wait_new_worker, wait_registered
+
+
+@pytest.fixture
+def inspector(redis_url: str, namespaces: Namespaces) -> Iterator[Inspector]:
+    with Inspector(url=redis_url, namespace=namespaces.tracker) as found:
+        yield found
+
+
+def started(client: redis.Redis, names: Namespaces) -> list[str]:
+    return [message_id for message_id, _, _ in events(client, names, "started")]
+
+
+def test_workers_and_their_messages_in_flight_are_listed_filtered_and_paged(
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    producer: RedisBroker,
+    store: TrackerStore,
+    inspector: Inspector,
+) -> None:
+    # Given a worker running three slow messages
+    spawn_worker(threads=4, slow_seconds=60)
+    (worker,) = wait_registered(store, 1)
+    ids = send(producer, namespaces.queue, "slow", 3)
+    wait_for(lambda: len(store.inflight(worker.worker_id)) == 3, 20, message="recorded")
+
+    # Then the inspector sees the worker alive, heartbeating, with three messages
+    (view,) = inspector.workers().items
+    assert (view.worker_id, view.state, view.pid, view.inflight) == (worker.worker_id, ALIVE, worker.pid, 3)
+    assert view.queues == (namespaces.queue,) and view.hostname == worker.hostname
+    assert view.heartbeat_age is not None and view.heartbeat_age < 1000 and view.overdue is None
+    # And each message, with its actor, queue, worker and how long it has been running
+    records = inspector.inflight().items
+    assert sorted(r.message_id for r in records) == sorted(ids)
+    assert {(r.actor_name, r.queue_name, r.worker_id, r.worker_state) for r in records} == {
+        ("slow", namespaces.queue, worker.worker_id, ALIVE)
+    }
+    assert all(r.running_for >= 0 and r.attempt == 0 and r.preview.isdigit() for r in records)
+    # Filtered by actor, queue, worker and age
+    assert inspector.inflight(actor="fast").items == []
+    assert inspector.inflight(queue="other").items == []
+    assert len(inspector.inflight(worker_id=worker.worker_id).items) == 3
+    assert inspector.inflight(worker_id="nobody").items == []
+    assert inspector.inflight(older_than=3_600_000).items == []
+    # And paged: one at a time, each exactly once
+    seen, cursor = [], ""
+    while True:
+        page = inspector.inflight(limit=1, cursor=cursor)
+        seen += [r.message_id for r in page.items]
+        cursor = page.cursor
+        if not cursor:
+            break
+    assert sorted(seen) == sorted(ids)
+    # And the status adds them up
+    status = inspector.status()
+    assert status.workers[ALIVE] == 1 and status.inflight == 3 and status.orphans == 0
+    ((queue),) = status.queues
+    assert (queue.queue_name, queue.inflight, queue.orphans) == (namespaces.queue, 3, 0)
+    assert dict(status.actors) == {"slow": 3}
+
+
+def test_a_killed_worker_is_unresponsive_with_its_orphans_waiting_then_dead_once_recovered(
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    producer: RedisBroker,
+    store: TrackerStore,
+    inspector: Inspector,
+) -> None:
+    # Given a worker running two messages, SIGKILLed, with no other worker to sweep
+    spawn_worker(threads=2, slow_seconds=60)
+    (victim,) = wait_registered(store, 1)
+    ids = send(producer, namespaces.queue, "slow", 2)
+    wait_for(lambda: len(store.inflight(victim.worker_id)) == 2, 20, message="recorded")
+    kill(victim.pid)
+
+    # Then once its heartbeat expires it is unresponsive, and its messages are orphans waiting
+    wait_for(lambda: inspector.worker(victim.worker_id).state == UNRESPONSIVE, BOUND + 5, message="unresponsive")
+    orphans = inspector.orphans()
+    assert sorted(o.message_id for o in orphans.items) == sorted(ids) and orphans.total == 2
+    assert {(o.worker_id, o.worker_state, o.where, o.actor_name) for o in orphans.items} == {
+        (victim.worker_id, UNRESPONSIVE, "record", "slow")
+    }
+    status = inspector.status()
+    assert status.workers[UNRESPONSIVE] == 1 and status.orphans == 2
+    assert status.queues[0].orphans == 2 and status.queues[0].oldest > 0
+
+    # When another worker starts and recovers them
+    spawn_worker(threads=2, slow_seconds=60)
+    survivor = wait_new_worker(store, victim)
+    wait_for(lambda: inspector.orphans().total == 0, BOUND + 5, message="recovered")
+
+    # Then the victim is a tombstone, the messages run on the survivor, and history and counters say so
+    assert inspector.worker(victim.worker_id).state == DEAD
+    assert [w.worker_id for w in inspector.dead_workers()] == [victim.worker_id]
+    wait_for(lambda: len(inspector.inflight(worker_id=survivor.worker_id).items) == 2, 20, message="running again")
+    message = inspector.message(ids[0])
+    assert message is not None and message.history is not None
+    assert (message.history.recoveries, message.history.outcome) == (1, "deliver")
+    assert message.history.orphaned_from == victim.worker_id and message.history.orphaned_running
+    assert message.running is not None and message.running.worker_id == survivor.worker_id
+    assert message.running.attempt == 1 and message.running.recoveries == 1
+    assert "recovered" in [e.kind for e in message.events] and all(e.id for e in message.events)
+    assert inspector.counters().of("recovered") == 2
+    assert inspector.status().workers[DEAD] == 1
+    assert inspector.message("no-such-message") is None
+
+
+def test_a_worker_declared_dead_while_stopped_shows_fenced_with_the_id_it_goes_on_as(
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    producer: RedisBroker,
+    store: TrackerStore,
+    inspector: Inspector,
+) -> None:
+    spawn_worker(threads=1)
+    (victim,) = wait_registered(store, 1)
+    spawn_worker(threads=1)
+    wait_new_worker(store, victim)
+    os.kill(victim.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: inspector.worker(victim.worker_id).state in (RECOVERING, DEAD), BOUND + 5, message="dead")
+    finally:
+        os.kill(victim.pid, signal.SIGCONT)
+    view = wait_for(
+        lambda: (v := inspector.worker(victim.worker_id)) is not None and v.state == FENCED and v, 10, message="fenced"
+    )
+    assert view.fenced_as and inspector.worker(view.fenced_as).state == ALIVE
+    assert inspector.worker(view.fenced_as).pid == victim.pid
+    assert inspector.worker("no-such-worker") is None
+
+
+def test_locks_are_listed_filtered_and_paged(
+    redis_url: str, namespaces: Namespaces, store: TrackerStore, inspector: Inspector
+) -> None:
+    for index in range(5):
+        store.acquire_lock("digest-%d" % index, "m%d" % index, 0, "until_executed", "charge", "q", "", None)
+    store.acquire_lock("digest-x", "mx", 0, "until_expired", "report", "q", "w1", 60_000)
+
+    assert len(inspector.locks().items) == 6 and inspector.locks().total == 6
+    assert [lock.digest for lock in inspector.locks(actor="report").items] == ["digest-x"]
+    assert [lock.digest for lock in inspector.locks(owner="m3").items] == ["digest-3"]
+    assert [lock.digest for lock in inspector.locks(owner="w1").items] == ["digest-x"]
+    assert inspector.locks(older_than=3_600_000).items == []
+    seen, cursor = [], ""
+    while True:
+        page = inspector.locks(limit=2, cursor=cursor)
+        seen += [lock.digest for lock in page.items]
+        cursor = page.cursor
+        if not cursor:
+            break
+    assert sorted(seen) == sorted(["digest-%d" % i for i in range(5)] + ["digest-x"])
+    assert inspector.lock("digest-x").ttl is not None and inspector.lock("nope") is None
+    assert inspector.status().locks == 6
+
+
+def test_corrupt_and_foreign_entries_are_reported_and_skipped_and_left_alone(
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    producer: RedisBroker,
+    store: TrackerStore,
+    inspector: Inspector,
+) -> None:
+    spawn_worker(threads=2, slow_seconds=60)
+    (worker,) = wait_registered(store, 1)
+    (message_id,) = send(producer, namespaces.queue, "slow", 1)
+    wait_for(lambda: message_id in store.inflight(worker.worker_id), 20, message="recorded")
+    keys = store.keys
+    redis_client.hset(keys.workers, "foreign", "not json")
+    redis_client.hset(keys.inflight(worker.worker_id), "garbage", '{"a": 1}')
+
+    page = inspector.inflight()
+    assert [r.message_id for r in page.items] == [message_id]
+    assert {(p.field, p.reason.split(":")[0]) for p in page.problems} == {
+        ("foreign", "unreadable registration"),
+        ("garbage", "unreadable record"),
+    }
+    assert [w.worker_id for w in inspector.workers().items] == [worker.worker_id]
+    status = inspector.status()
+    assert status.inflight == 1 and {p.field for p in status.problems} == {"foreign", "garbage"}
+    assert redis_client.hget(keys.workers, "foreign") == b"not json"
+    assert redis_client.hget(keys.inflight(worker.worker_id), "garbage") is not None
+    redis_client.hdel(keys.inflight(worker.worker_id), "garbage")
+
+
+def test_events_newest_first_paged_back_and_followed(
+    namespaces: Namespaces, producer: RedisBroker, store: TrackerStore, inspector: Inspector
+) -> None:
+    assert inspector.last_event_id() == "0" and not inspector.has_data()
+    store.append_events([{"kind": "recovered", "text": "t%d" % i, "message_id": "m%d" % i} for i in range(5)], {}, 100)
+    newest = inspector.events(2)
+    assert [e.text for e in newest] == ["t4", "t3"]
+    assert [e.text for e in inspector.events(2, before=newest[-1].id)] == ["t2", "t1"]
+    assert [e.text for e in inspector.events_after(newest[-1].id)] == ["t4"]
+    assert inspector.events(10, kinds=["worker-dead"]) == []
+    assert inspector.has_data()
+
+
+def test_bad_settings_fail_at_construction_naming_the_setting(redis_url: str) -> None:
+    with pytest.raises(ConfigurationError, match="namespace"):
+        Inspector(url=redis_url, namespace="has space")
+    with pytest.raises(ConfigurationError, match="url"):
+        Inspector(url="http://example.com")
+    with pytest.raises(ConfigurationError, match="client"):
+        Inspector(client="redis://x")  # type: ignore[arg-type]
+    unreachable = Inspector(url="redis://127.0.0.1:1/0")
+    with pytest.raises(redis.ConnectionError):
+        unreachable.status()
+    unreachable.close()
+
+
+def test_an_empty_namespace_reads_empty(inspector: Inspector) -> None:
+    status = inspector.status()
+    assert (status.inflight, status.orphans, status.locks, sum(status.workers.values())) == (0, 0, 0, 0)
+    assert inspector.workers().items == [] and inspector.orphans().items == [] and inspector.counters().events == {}
