@@ -54,6 +54,10 @@ DUPLICATE_DEAD_LETTERED = "duplicate-dead-lettered"
 DEFERRAL_FAILED = "deferral-failed"
 #: A dead worker the tracker's Redis had forgotten was found from its broker's records.
 WORKER_ADOPTED = "worker-adopted"
+#: An operator deleted a uniqueness lock (``dramatiq-tracker unlock``, the dashboard).
+LOCK_DELETED = "lock-deleted"
+#: An operator asked for a message to be cancelled or aborted (``details["mode"]``).
+ABORT_REQUESTED = "abort-requested"
 
 #: Every event kind, for the exporter and the docs.
 KINDS = (
@@ -72,6 +76,8 @@ KINDS = (
     DUPLICATE_DEAD_LETTERED,
     DEFERRAL_FAILED,
     WORKER_ADOPTED,
+    LOCK_DELETED,
+    ABORT_REQUESTED,
 )
 
 _LEVELS = {
@@ -90,6 +96,8 @@ _LEVELS = {
     DUPLICATE_DEAD_LETTERED: logging.WARNING,
     DEFERRAL_FAILED: logging.ERROR,
     WORKER_ADOPTED: logging.WARNING,
+    LOCK_DELETED: logging.WARNING,
+    ABORT_REQUESTED: logging.WARNING,
 }
 
 #: Who reports events from this process, when it is not a tracked worker (a producer, a CLI).

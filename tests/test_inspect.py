@@ -10,8 +10,10 @@ import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from dramatiq_tracker import ConfigurationError
+from dramatiq_tracker import ConfigurationError, TrackerMiddleware, TrackerNotConfigured
+from dramatiq_tracker.events import LOCK_DELETED
 from dramatiq_tracker.inspect import ALIVE, DEAD, FENCED, RECOVERING, UNRESPONSIVE, Inspector
+from dramatiq_tracker.operate import Operator, load_broker
 from dramatiq_tracker.store import TrackerStore
 
 from .conftest import Namespaces, events
@@ -232,3 +234,31 @@ def test_an_empty_namespace_reads_empty(inspector: Inspector) -> None:
     status = inspector.status()
     assert (status.inflight, status.orphans, status.locks, sum(status.workers.values())) == (0, 0, 0, 0)
     assert inspector.workers().items == [] and inspector.orphans().items == [] and inspector.counters().events == {}
+
+
+def test_an_operator_deletes_a_lock_and_the_stream_says_who(store: TrackerStore, inspector: Inspector) -> None:
+    store.acquire_lock("digest-1", "m1", 0, "until_executed", "charge", "q", "", None)
+    operator = Operator(inspector, who="alice")
+
+    deleted = operator.delete_lock("digest-1")
+
+    assert deleted is not None and deleted.message_id == "m1" and inspector.lock("digest-1") is None
+    (event,) = inspector.events(10, kinds=[LOCK_DELETED])
+    assert event.details["by"] == "alice" and event.message_id == "m1" and "digest-1" in event.text
+    assert operator.delete_lock("digest-1") is None
+    assert inspector.counters().of(LOCK_DELETED) == 1
+
+
+def test_recovering_and_aborting_need_the_applications_broker(
+    redis_broker: RedisBroker, tracker: TrackerMiddleware, inspector: Inspector, namespaces: Namespaces
+) -> None:
+    with pytest.raises(TrackerNotConfigured, match="--broker"):
+        Operator(inspector).recover()
+    with pytest.raises(ConfigurationError, match="broker"):
+        load_broker("no_such_module_here")
+    with pytest.raises(ConfigurationError, match="broker"):
+        load_broker("tests.support:ROOT")
+    assert Operator(inspector, redis_broker).recover(dry_run=True).dry_run
+    elsewhere = Inspector(client=inspector.client, namespace="other")
+    with pytest.raises(ConfigurationError, match="namespace"):
+        Operator(elsewhere, redis_broker).recover()
