@@ -231,7 +231,7 @@ class Events:
         #: Who reports this process's events: its worker id while it runs one, else host:pid.
         self.reporter = _PROCESS
 
-    def emit(self, kind: str, text: str, *args: Any, **fields: Any) -> TrackerEvent:
+    def emit(self, kind: str, text: str, *args: Any, **fields: Any) -> None:
         """Log an event, append it to the stream and pass it to the callbacks.
 
         Parameters:
@@ -240,41 +240,62 @@ class Events:
           **fields: The other :class:`TrackerEvent` fields.
         """
         details = fields.pop("details", {})
-        (event,) = self.emit_many([EventSpec(kind, text % args if args else text, fields, details)])
-        return event
+        self.emit_many([EventSpec(kind, text % args if args else text, fields, details)])
 
     def emit_many(self, specs: Sequence[EventSpec], *, log_level: int | None = None) -> list[TrackerEvent]:
         """Emit events in one round trip to the stream.
 
         Parameters:
           log_level(int): Log each at this level instead of its own (a caller that logs a summary).
+
+        Returns:
+          list[TrackerEvent]: The events, when callbacks are subscribed (else they are not built).
         """
+        if not specs:
+            return []
         at = int(time.time() * 1000)
+        logger = self.logger
+        if log_level is None:
+            for spec in specs:
+                logger.log(_LEVELS.get(spec.kind, logging.INFO), "%s", spec.text)
+        elif logger.isEnabledFor(log_level):
+            for spec in specs:
+                logger.log(log_level, "%s", spec.text)
+        if self.health.should_try():
+            counts: dict[str, int] = {}
+            for spec in specs:
+                counts[spec.kind] = counts.get(spec.kind, 0) + 1
+            started = time.monotonic()
+            try:
+                self.store.append_events([self._fields(spec, at) for spec in specs], counts, self.maxlen)
+            except redis.RedisError as e:
+                self.health.failed("appending tracker events", e)
+            else:
+                self.health.succeeded(started)
+        callbacks = self.callbacks.callbacks
+        if not callbacks:
+            return []
         events = [
             TrackerEvent(
                 kind=spec.kind, text=spec.text, reporter=self.reporter, at=at, details=spec.details, **spec.fields
             )
             for spec in specs
         ]
-        if not events:
-            return events
-        for event in events:
-            self.logger.log(event.level if log_level is None else log_level, "%s", event.text)
-        if self.health.should_try():
-            counts: dict[str, int] = {}
-            for event in events:
-                counts[event.kind] = counts.get(event.kind, 0) + 1
-            started = time.monotonic()
-            try:
-                self.store.append_events([event.to_fields() for event in events], counts, self.maxlen)
-            except redis.RedisError as e:
-                self.health.failed("appending tracker events", e)
-            else:
-                self.health.succeeded(started)
-        for callback in self.callbacks.callbacks:
+        for callback in callbacks:
             for event in events:
                 try:
                     callback(event)
                 except Exception:
                     self.logger.exception("Event callback %r failed on %s event.", callback, event.kind)
         return events
+
+    def _fields(self, spec: EventSpec, at: int) -> dict[str, str]:
+        """The stream entry of an event (as :meth:`TrackerEvent.to_fields`), without building the event."""
+        fields = {"kind": spec.kind, "text": spec.text, "reporter": self.reporter, "at": str(at)}
+        for name, value in spec.fields.items():
+            if value:
+                fields[name] = str(value)
+        for name, value in spec.details.items():
+            if value:
+                fields["detail." + name] = str(value)
+        return fields

@@ -148,6 +148,11 @@ RECORD_FIELDS = (
 )
 
 
+#: The type of each of them, and the value a record may leave out.
+_RECORD_TYPES = (str, str, int, str, int, str, int, int, int, str, str, str, str)
+_RECORD_DEFAULTS: list[Any] = ["", "", 0, "", 0, "", 0, 0, 0, "", "", "", ""]
+
+
 @dataclasses.dataclass(frozen=True)
 class InflightRecord:
     """One message being processed by one worker, as written to Redis.
@@ -230,37 +235,35 @@ class InflightRecord:
             raise CorruptRecord("not JSON: %s" % e) from None
         if not isinstance(data, list) or len(data) < 5:
             raise CorruptRecord("not a record (a JSON array of at least 5 values)")
-        values = data + [""] * (len(RECORD_FIELDS) - len(data))
-
-        def number(index: int) -> int:
-            value = values[index] if values[index] != "" else 0
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise CorruptRecord("field %r is not a non-negative integer" % RECORD_FIELDS[index])
-            return value
-
-        def string(index: int) -> str:
+        values: list[Any] = data + _RECORD_DEFAULTS[len(data) :] if len(data) < len(RECORD_FIELDS) else data
+        for index, kind in enumerate(_RECORD_TYPES):
             value = values[index]
-            if not isinstance(value, str):
-                raise CorruptRecord("field %r is not a string" % RECORD_FIELDS[index])
-            return value
-
-        payload = string(11)
+            if type(value) is not kind:
+                if kind is int and value == "":
+                    values[index] = 0
+                    continue
+                expected = "a non-negative integer" if kind is int else "a string"
+                raise CorruptRecord("field %r is not %s" % (RECORD_FIELDS[index], expected))
+            if kind is int and values[index] < 0:
+                raise CorruptRecord("field %r is not a non-negative integer" % RECORD_FIELDS[index])
+        actor, queue, started_at, token, max_recoveries, preview, attempt, recoveries, retries = values[:9]
+        on_exhausted, lock, payload, encoding = values[9:13]
         return cls(
             message_id=message_id,
             worker_id=worker_id,
-            actor_name=string(0),
-            queue_name=string(1),
-            started_at=number(2),
-            token=string(3),
-            max_recoveries=number(4),
-            preview=string(5),
-            attempt=number(6),
-            recoveries=number(7),
-            retries=number(8),
-            on_exhausted=string(9),
-            lock=string(10),
+            actor_name=actor,
+            queue_name=queue,
+            started_at=started_at,
+            token=token,
+            max_recoveries=max_recoveries,
+            preview=preview,
+            attempt=attempt,
+            recoveries=recoveries,
+            retries=retries,
+            on_exhausted=on_exhausted,
+            lock=lock,
             payload=payload,
-            payload_encoding=string(12) or ("utf-8" if payload else ""),
+            payload_encoding=encoding or ("utf-8" if payload else ""),
         )
 
     @property

@@ -56,6 +56,11 @@ def text(value: Any) -> str:
     return str(value)
 
 
+@functools.cache
+def _allowed(contract: Any) -> frozenset[str]:
+    return frozenset(get_args(contract))
+
+
 def _reply(value: Any, contract: Any) -> Any:
     """A script's reply, checked against the ``Literal`` type of its contract.
 
@@ -63,10 +68,12 @@ def _reply(value: Any, contract: Any) -> Any:
       ValueError: When the script replied something its contract does not allow (a script of
         another version of the package runs under the same name).
     """
-    allowed = get_args(contract)
+    allowed = _allowed(contract)
+    if value in allowed:
+        return value
     found = text(value) if value is not None else ""
     if found not in allowed:
-        raise ValueError("unexpected script reply %r (expected one of %s)" % (found, ", ".join(allowed)))
+        raise ValueError("unexpected script reply %r (expected one of %s)" % (found, ", ".join(sorted(allowed))))
     return found
 
 
@@ -571,12 +578,12 @@ class TrackerStore:
         replies = reply if isinstance(reply, list) else []
         return [
             ClaimReply(
-                running=bool(to_int(running)),
-                taken=bool(to_int(taken)),
-                recoveries=to_int(recoveries),
-                attempt=to_int(attempt),
-                claim_age=to_int(age),
-                awaiting=bool(to_int(awaiting)),
+                running=running == 1,
+                taken=taken == 1,
+                recoveries=int(recoveries),
+                attempt=int(attempt),
+                claim_age=int(age),
+                awaiting=awaiting == 1,
                 lock=_reply(lock, LockOutcome),
                 outcome=_reply(outcome, Outcome),
             )

@@ -145,8 +145,9 @@ def test_a_worker_declared_dead_while_stopped_shows_fenced_with_the_id_it_goes_o
     view = wait_for(
         lambda: (v := inspector.worker(victim.worker_id)) is not None and v.state == FENCED and v, 10, message="fenced"
     )
-    assert view.fenced_as and inspector.worker(view.fenced_as).state == ALIVE
-    assert inspector.worker(view.fenced_as).pid == victim.pid
+    # It goes on under its new id (registered right after it notes it)
+    new = wait_for(lambda: (v := inspector.worker(view.fenced_as)) is not None and v.alive and v, 10, message="new id")
+    assert new.pid == victim.pid
     assert inspector.worker("no-such-worker") is None
 
 

@@ -107,7 +107,8 @@ local function decide(h, recoveries, max_recoveries, aborted)
     return "deliver"
 end
 
-local revoked_written = false
+-- The revoked list's new entries (message id, attempt, ...), written at the end in one call.
+local revisions = {}
 
 -- Move an orphan to a new attempt, once per dead worker; count its recovery if it was running.
 local function move(history, h, message_id, current, max_recoveries, aborted, was_running)
@@ -131,8 +132,8 @@ local function move(history, h, message_id, current, max_recoveries, aborted, wa
         write("hdel", history, "awaiting_from")
     end
     write("pexpire", history, ttl)
-    write("hset", revoked, message_id, attempt)
-    revoked_written = true
+    revisions[#revisions + 1] = message_id
+    revisions[#revisions + 1] = attempt
     return recoveries, attempt, outcome
 end
 
@@ -153,8 +154,28 @@ local function release(lock, locks, digest, lock_mode, message_id, attempt, outc
     return "transferred"
 end
 
+local orphans = cjson.decode(ARGV[4])
+
+-- Read the dead worker's records and the running index for every orphan at once, and write
+-- what they lose at the end, in one call each: most of the cost of a claim is per call.
+local ids = {}
+for i, orphan in ipairs(orphans) do
+    ids[i] = orphan[1]
+end
+local records, owners = {}, {}
+for start = 1, #ids, 1000 do
+    local chunk = {unpack(ids, start, math.min(start + 999, #ids))}
+    local found = redis.call("hmget", inflight, unpack(chunk))
+    local owned = redis.call("hmget", running, unpack(chunk))
+    for j = 1, #chunk do
+        records[start + j - 1] = found[j]
+        owners[start + j - 1] = owned[j]
+    end
+end
+local unrecorded, unindexed, seen = {}, {}, {}
+
 local key = 5
-for _, orphan in ipairs(cjson.decode(ARGV[4])) do
+for i, orphan in ipairs(orphans) do
     local message_id, current, digest, lock_mode = orphan[1], tonumber(orphan[2]) or 0, orphan[3], orphan[4]
     local max_recoveries, aborted = tonumber(orphan[5]), orphan[6] == 1
     local history = KEYS[key]
@@ -165,18 +186,23 @@ for _, orphan in ipairs(cjson.decode(ARGV[4])) do
         key = key + 2
     end
 
-    local record = redis.call("hget", inflight, message_id)
+    -- A message listed twice is taken once: the second time, its record is gone.
+    local record = records[i]
+    if seen[message_id] then
+        record = nil
+    end
+    seen[message_id] = true
     local h = read(history)
     local was_running, taken, awaiting, owns_locks = 0, 0, 0, false
     local recoveries, attempt, outcome = h.recoveries, current, ""
 
     if record then
         was_running, taken = 1, 1
-        write("hdel", inflight, message_id)
-        local owner = redis.call("hget", running, message_id)
+        unrecorded[#unrecorded + 1] = message_id
+        local owner = owners[i]
         local ours = owner and string.sub(owner, 1, #prefix) == prefix
         if ours then
-            write("hdel", running, message_id)
+            unindexed[#unindexed + 1] = message_id
         end
         if mode == "await" and (ours or not owner) then
             write("hset", history, "awaiting_from", worker_id)
@@ -217,7 +243,17 @@ for _, orphan in ipairs(cjson.decode(ARGV[4])) do
     end
     result[#result + 1] = {was_running, taken, recoveries, attempt, age, awaiting, lock_outcome, outcome}
 end
-if revoked_written then
+
+for start = 1, #unrecorded, 1000 do
+    write("hdel", inflight, unpack(unrecorded, start, math.min(start + 999, #unrecorded)))
+end
+for start = 1, #unindexed, 1000 do
+    write("hdel", running, unpack(unindexed, start, math.min(start + 999, #unindexed)))
+end
+for start = 1, #revisions, 500 do
+    write("hset", revoked, unpack(revisions, start, math.min(start + 499, #revisions)))
+end
+if #revisions > 0 then
     write("pexpire", revoked, ttl)
 end
 return cjson.encode(result)

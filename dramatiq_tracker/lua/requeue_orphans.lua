@@ -32,37 +32,69 @@
 
 local settled, raced, missing = {}, {}, {}
 local now = ARGV[1]
+
+-- Writes to each queue's keys, made at the end in a few calls: most of the cost is per call.
+local puts, pushes, deletions = {}, {}, {}
+local function add(lists, queue, ...)
+    local list = lists[queue]
+    if not list then
+        list = {}
+        lists[queue] = list
+    end
+    for _, value in ipairs({...}) do
+        list[#list + 1] = value
+    end
+end
+
 for i = 2, #ARGV, 5 do
-    local base = (tonumber(ARGV[i]) - 1) * 5
-    local acks, queue, messages = KEYS[base + 1], KEYS[base + 2], KEYS[base + 3]
-    local dead_letters, dead_messages = KEYS[base + 4], KEYS[base + 5]
+    local queue = tonumber(ARGV[i])
+    local base = (queue - 1) * 5
+    local acks, messages = KEYS[base + 1], KEYS[base + 3]
     local id, action, new_id, payload = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
     if redis.call("srem", acks, id) == 0 then
         raced[#raced + 1] = id
     else
-        local stored = redis.call("hget", messages, id)
+        local stored
+        if payload == "" then
+            stored = redis.call("hget", messages, id)
+            payload = stored
+        else
+            stored = redis.call("hexists", messages, id) == 1
+        end
         if not stored then
             missing[#missing + 1] = id
         else
-            if payload == "" then
-                payload = stored
-            end
             if action == "requeue" then
                 if new_id ~= "" and new_id ~= id then
-                    redis.call("hdel", messages, id)
+                    add(deletions, queue, id)
                     id = new_id
                 end
-                redis.call("hset", messages, id, payload)
-                redis.call("lpush", queue, id)
+                add(puts, queue, id, payload)
+                add(pushes, queue, id)
             elseif action == "deadletter" then
-                redis.call("zadd", dead_letters, now, id)
-                redis.call("hset", dead_messages, id, payload)
-                redis.call("hdel", messages, id)
+                redis.call("zadd", KEYS[base + 4], now, id)
+                redis.call("hset", KEYS[base + 5], id, payload)
+                add(deletions, queue, id)
             else
-                redis.call("hdel", messages, id)
+                add(deletions, queue, id)
             end
             settled[#settled + 1] = ARGV[i + 1]
         end
     end
+end
+
+local function each_chunk(list, size, call)
+    for start = 1, #list, size do
+        call(unpack(list, start, math.min(start + size - 1, #list)))
+    end
+end
+for queue, ids in pairs(deletions) do
+    each_chunk(ids, 1000, function(...) redis.call("hdel", KEYS[(queue - 1) * 5 + 3], ...) end)
+end
+for queue, fields in pairs(puts) do
+    each_chunk(fields, 1000, function(...) redis.call("hset", KEYS[(queue - 1) * 5 + 3], ...) end)
+end
+for queue, ids in pairs(pushes) do
+    each_chunk(ids, 1000, function(...) redis.call("lpush", KEYS[(queue - 1) * 5 + 2], ...) end)
 end
 return {settled, raced, missing}
