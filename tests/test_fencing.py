@@ -16,6 +16,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
 from dramatiq_tracker import DuplicateMessage, TrackerMiddleware
+from dramatiq_tracker.records import WorkerInfo
 from dramatiq_tracker.store import TrackerStore
 
 from .conftest import Namespaces, events
@@ -157,15 +158,8 @@ def test_a_recovered_copy_that_has_not_started_when_the_zombie_completes_its_mes
     producer: RedisBroker,
     store: TrackerStore,
 ) -> None:
-    one_at_a_time = {"dramatiq_queue_prefetch": "1"}
     # Given a live worker busy for 8 s with one thread, and another worker running a 3 s message
-    spawn_worker(threads=1, env=one_at_a_time)
-    (survivor,) = wait_registered(store, 1)
-    producer.enqueue(Message(namespaces.queue, "sleep", (8,), {}, {}))
-    wait_for(lambda: len(events(redis_client, namespaces, "started")) == 1, 20, message="survivor busy")
-    spawn_worker(threads=1, env=one_at_a_time)
-    victim = wait_new_worker(store, survivor)
-    message_id = producer.enqueue(Message(namespaces.queue, "sleep", (3,), {}, {})).message_id
+    victim, message_id = busy_survivor_and_victim(redis_client, namespaces, spawn_worker, producer, store, 3)
     wait_for(lambda: message_id in store.inflight(victim.worker_id), 20, message="running on the victim")
 
     # When the victim is stopped past its heartbeat timeout (its message is recovered and queued again,
@@ -189,16 +183,9 @@ def test_a_message_a_stopped_worker_completes_as_it_resumes_is_not_run_again_by_
     producer: RedisBroker,
     store: TrackerStore,
 ) -> None:
-    one_at_a_time = {"dramatiq_queue_prefetch": "1"}
     # Given a live worker busy for 8 s, and another one running a 1.5 s message
-    spawn_worker(threads=1, env=one_at_a_time)
-    (survivor,) = wait_registered(store, 1)
-    producer.enqueue(Message(namespaces.queue, "sleep", (8,), {}, {}))
-    wait_for(lambda: len(events(redis_client, namespaces, "started")) == 1, 20, message="survivor busy")
-    spawn_worker(threads=1, env=one_at_a_time)
-    victim = wait_new_worker(store, survivor)
     seconds = 1.5
-    message_id = producer.enqueue(Message(namespaces.queue, "sleep", (seconds,), {}, {})).message_id
+    victim, message_id = busy_survivor_and_victim(redis_client, namespaces, spawn_worker, producer, store, seconds)
     wait_for(lambda: message_id in kinds_started(redis_client, namespaces), 20, message="running on the victim")
     started = time.monotonic()
 
@@ -221,3 +208,23 @@ def test_a_message_a_stopped_worker_completes_as_it_resumes_is_not_run_again_by_
 
 def kinds_started(client: redis.Redis, names: Namespaces) -> list[str]:
     return [mid for mid, _, _ in events(client, names, "started")]
+
+
+def busy_survivor_and_victim(
+    client: redis.Redis,
+    names: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    producer: RedisBroker,
+    store: TrackerStore,
+    seconds: float,
+) -> tuple[WorkerInfo, str]:
+    """A worker with one thread busy for 8 s (prefetching nothing), and a second one, the victim,
+    sent a message that sleeps ``seconds``: (the victim, the message id)."""
+    one_at_a_time = {"dramatiq_queue_prefetch": "1"}
+    spawn_worker(threads=1, env=one_at_a_time)
+    (survivor,) = wait_registered(store, 1)
+    producer.enqueue(Message(names.queue, "sleep", (8,), {}, {}))
+    wait_for(lambda: len(events(client, names, "started")) == 1, 20, message="survivor busy")
+    spawn_worker(threads=1, env=one_at_a_time)
+    victim = wait_new_worker(store, survivor)
+    return victim, producer.enqueue(Message(names.queue, "sleep", (seconds,), {}, {})).message_id
