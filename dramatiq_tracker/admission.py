@@ -188,10 +188,10 @@ class Admission:
         self.registry.write_started()
         confirmed = False
         started = time.monotonic()
+        record = self.describe(delivery).to_json()
         try:
-            reply = self.store.begin_at_risk(
-                worker_id, delivery.owner, delivery.message_id, self.describe(delivery).to_json()
-            )
+            with self.recorder.exclusive():
+                reply = self.store.begin_at_risk(worker_id, delivery.owner, delivery.message_id, record)
         except redis.RedisError as e:
             self.health.failed("recording a message before it runs", e)
             self.registry.unwritten(delivery)

@@ -22,9 +22,10 @@ acks sets, RabbitMQ's unacked deliveries); see docs/failure-model.md.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 import redis
@@ -247,6 +248,17 @@ class Recorder(PeriodicThread):
             self._handle(worker_id, status)
 
     # Worker threads. ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold off this thread's writes while a worker thread writes a record of its own.
+
+        A registration replaces the worker's whole registry from a snapshot: a record written
+        between the snapshot and the registration would be wiped, and the write counts would
+        still agree.
+        """
+        with self._lock:
+            yield
 
     def ensure_alive(self) -> None:
         """Make sure this worker was not declared dead, before a message starts.

@@ -267,3 +267,52 @@ def test_an_at_most_once_message_of_a_dead_worker_is_dead_lettered_not_run_again
             app.worker.stop(5000)
             app.broker.close()
             app.tracker.close()
+
+
+def test_a_record_written_before_its_message_runs_survives_a_registration_made_at_the_same_moment(
+    redis_url: str, namespaces: Namespaces, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an at-most-once actor, whose messages are recorded by their worker thread before they run,
+    # and a tracker's Redis slow to answer registrations (which replace the worker's whole registry)
+    broker = StubBroker()
+    tracker = make_tracker(redis_url, namespaces.tracker)
+    broker.add_middleware(tracker)
+    broker.emit_after("process_boot")
+    release = threading.Event()
+
+    @dramatiq.actor(broker=broker, queue_name="once", max_retries=0, max_recoveries=0)
+    def once(index: int) -> None:
+        release.wait(30)
+
+    worker = Worker(broker, worker_threads=2, worker_timeout=50)
+    worker.start()
+    try:
+        session = tracker.runtime._session
+        assert session is not None
+        store = session.store
+        register = store.register
+
+        def slow_register(*args: object, **kwargs: object) -> object:
+            registering.set()
+            time.sleep(0.3)
+            return register(*args, **kwargs)  # type: ignore[arg-type]
+
+        registering = threading.Event()
+        monkeypatch.setattr(store, "register", slow_register)
+
+        # When the worker registers again (a queue declared late, lost writes) just as a message starts
+        session.recorder.request_resync()
+        assert registering.wait(5)
+        message = once.send(1)
+
+        # Then, once both are done, the message's record is in Redis: it would be recovered
+        worker_id = tracker.worker_id
+        assert worker_id is not None
+        wait_for(lambda: not session.recorder.needs_registration, 10, message="registered again")
+        wait_for(lambda: message.message_id in tracker.store.inflight(worker_id), 5, message="recorded")
+        assert message.message_id in tracker.store.inflight(worker_id)
+    finally:
+        release.set()
+        worker.stop()
+        broker.close()
+        tracker.close()
