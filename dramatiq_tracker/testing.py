@@ -359,8 +359,13 @@ class RunRecorder(Middleware):
         self._current: dict[int, MessageProxy] = {}
         #: Messages abandoned by a crash (by object id): how they end is not recorded.
         self._abandoned: set[int] = set()
+        self._closed = False
 
     def _write(self, event: str, message: MessageProxy) -> None:
+        if self._closed:
+            # A thread that outlived its test (an actor stuck past the worker's stop) writes nothing
+            # into a namespace that was deleted.
+            return
         about = ""
         if message.args and isinstance(message.args[0], dict):
             about = str(message.args[0].get("message_id", ""))
@@ -407,6 +412,11 @@ class RunRecorder(Middleware):
     def is_abandoned(self, message: MessageProxy) -> bool:
         with self._lock:
             return id(message) in self._abandoned
+
+    def close(self) -> None:
+        """Record nothing more, and close the client."""
+        self._closed = True
+        self.client.close()
 
 
 def find_run_recorder(broker: Broker) -> RunRecorder | None:
@@ -508,10 +518,8 @@ def close_broker(broker: Broker) -> None:
     """Close a broker made by :func:`make_stub_broker` or :func:`make_redis_broker`, its tracker's and
     its run recorder's Redis connections included."""
     for middleware in broker.middleware:
-        if isinstance(middleware, TrackerMiddleware):
+        if isinstance(middleware, (TrackerMiddleware, RunRecorder)):
             middleware.close()
-        elif isinstance(middleware, RunRecorder):
-            middleware.client.close()
     broker.close()
     if broker_kind(broker) == REDIS:
         # RedisBroker.close() leaves its client, and the pool of a client made from a URL, open.
@@ -1136,7 +1144,7 @@ class TrackerChecks:
                 return value
             if time.monotonic() > deadline:
                 headline, _, story = failure().partition("\n")
-                raise AssertionError("%s (waited %.1f s)\n%s" % (headline, timeout, story))
+                raise AssertionError("%s (waited %.1f s).\n%s" % (headline.rstrip("."), timeout, story))
             time.sleep(_POLL)
 
     def running(self, message: Message[Any] | str, *, timeout: float | None = None) -> str:
@@ -1161,15 +1169,16 @@ class TrackerChecks:
             started = self.starts(message)
             if started > times:
                 raise AssertionError(
-                    "%s ran %d times, expected %d.\n%s" % (self.label(message), started, times, self.describe(message))
+                    "%s ran %s, expected %s.\n%s"
+                    % (self.label(message), _times(started), _times(times), self.describe(message))
                 )
             return started == times
 
         self._wait(
             enough,
             lambda: (
-                "%s ran %d times, expected %d.\n%s"
-                % (self.label(message), self.starts(message), times, self.describe(message))
+                "%s ran %s, expected %s.\n%s"
+                % (self.label(message), _times(self.starts(message)), _times(times), self.describe(message))
             ),
             timeout,
         )
@@ -1190,16 +1199,16 @@ class TrackerChecks:
             count = self.recoveries(message)
             if count > times:
                 raise AssertionError(
-                    "%s was delivered again %d times, expected %d.\n%s"
-                    % (self.label(message), count, times, self.describe(message))
+                    "%s was delivered again %s, expected %s.\n%s"
+                    % (self.label(message), _times(count), _times(times), self.describe(message))
                 )
             return count == times
 
         self._wait(
             enough,
             lambda: (
-                "%s was delivered again %d times, expected %d.\n%s"
-                % (self.label(message), self.recoveries(message), times, self.describe(message))
+                "%s was delivered again %s, expected %s.\n%s"
+                % (self.label(message), _times(self.recoveries(message)), _times(times), self.describe(message))
             ),
             timeout,
         )
@@ -1288,6 +1297,10 @@ class TrackerChecks:
             return found
 
         self._wait(lambda: not leftovers(), lambda: "Messages are in flight: %s." % "; ".join(leftovers()), timeout)
+
+
+def _times(count: int) -> str:
+    return {0: "never", 1: "once", 2: "twice"}.get(count, "%d times" % count)
 
 
 def _id(message: Message[Any] | str) -> str:
