@@ -1300,7 +1300,7 @@ class TrackerChecks:
 
 
 def _times(count: int) -> str:
-    return {0: "never", 1: "once", 2: "twice"}.get(count, "%d times" % count)
+    return {1: "once", 2: "twice"}.get(count, "%d times" % count)
 
 
 def _id(message: Message[Any] | str) -> str:

@@ -13,6 +13,7 @@ import pytest
 from dramatiq_tracker import testing
 
 from .support import ROOT, free_port
+from .test_docs import find_samples
 
 pytest_plugins = ["pytester"]
 
@@ -488,3 +489,27 @@ def test_the_plugin_module_only_declares_options_and_fixtures() -> None:
     assert "autouse=" not in source
     hooks = [line.split("(")[0] for line in source.splitlines() if line.startswith("def ")]
     assert hooks == ["def pytest_addoption", "def pytest_configure"]
+
+
+# The samples of docs/testing.md -------------------------------------------------------------------
+
+
+def test_the_samples_of_docs_testing_md_pass_against_the_shop_example(
+    pytester: pytest.Pytester, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # test_docs.py skips them (they are test modules and a conftest.py): they run here, as a suite of
+    # examples/shop would run them
+    samples = list(find_samples(ROOT / "docs" / "testing.md"))
+    expected = 0
+    for sample in samples:
+        assert "skip" in sample.options, sample.name
+        if sample.code.startswith("# conftest.py"):
+            pytester.makeconftest(sample.code)
+        else:
+            pytester.makepyfile(**{"test_sample_%d" % sample.line: sample.code})
+            expected += sample.code.count("\ndef test_") * (2 if "indirect=True" in sample.code else 1)
+    assert expected >= 6
+    pytester.makeini("[pytest]\ntracker_app = shop.tasks\nfilterwarnings = error\n")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "examples"))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--tracker-redis-url", redis_url, timeout=240)
+    result.assert_outcomes(passed=expected)
