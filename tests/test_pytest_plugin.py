@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from dramatiq_tracker import testing
+from dramatiq_tracker import pytest_plugin, testing
 
 from .support import ROOT, free_port
 from .test_docs import find_samples
@@ -509,7 +509,8 @@ def test_the_test_config_checks_its_values() -> None:
 
 
 def test_the_plugin_module_only_declares_options_and_fixtures() -> None:
-    source = (ROOT / "dramatiq_tracker" / "pytest_plugin.py").read_text()
+    # The installed module: the sdist's tests run without the source tree's package.
+    source = Path(pytest_plugin.__file__).read_text()
     assert "autouse=" not in source
     hooks = [line.split("(")[0] for line in source.splitlines() if line.startswith("def ")]
     assert hooks == ["def pytest_addoption", "def pytest_configure"]
