@@ -3,6 +3,7 @@
 
     python3 dev.py demo                  # watch a worker get SIGKILLed and its messages recovered
     python3 dev.py test                  # run the whole test suite
+    python3 dev.py test-examples         # the example application's own tests (examples/shop, pytest plugin)
     python3 dev.py lint                  # ruff and mypy
     python3 dev.py test-without-abort    # the suite where dramatiq-abort is not installed
     python3 dev.py docs                  # build the documentation site into site/ (strict)
@@ -37,7 +38,17 @@ BIN_DIR = "Scripts" if os.name == "nt" else "bin"
 DIST = ROOT / "dist"
 #: A line of the build's output that warns: "warning: ...", "WARNING ...", "SetuptoolsDeprecationWarning: ...".
 BUILD_WARNING = re.compile(r"(?i:\bwarning\b)|\w+Warning\b")
-COMMANDS = ("demo", "test", "lint", "test-without-abort", "docs", "build", "check-wheel", "test-sdist")
+COMMANDS = (
+    "demo",
+    "test",
+    "test-examples",
+    "lint",
+    "test-without-abort",
+    "docs",
+    "build",
+    "check-wheel",
+    "test-sdist",
+)
 
 
 def _fingerprint() -> str:
@@ -92,6 +103,11 @@ def main(argv: list[str]) -> int:
         return subprocess.call([str(venv_dir / BIN_DIR / "dramatiq-tracker"), "demo", *extra], cwd=ROOT)
     if command == "test":
         return subprocess.call([str(python), "-m", "pytest", *extra], cwd=ROOT)
+    if command == "test-examples":
+        # Each example is a project of its own (its own pytest.ini); the root suite does not collect it.
+        return subprocess.call(
+            [str(python), "-m", "pytest", "-p", "no:cacheprovider", "examples/shop", *extra], cwd=ROOT
+        )
     if command == "build":
         return build(python)
     for step in (["ruff", "check", "."], ["ruff", "format", "--check", "."], ["mypy"]):

@@ -301,6 +301,37 @@ class TrackerRuntime:
         session.stop()
         self.close()
 
+    def abandon_session(self, *, flush: bool = True) -> str | None:
+        """Stop this process's tracker threads without deregistering it, as a SIGKILL would: for tests
+        (see :mod:`dramatiq_tracker.testing`) that declare an in-process worker dead.
+
+        Its heartbeat stops, so it is declared dead once its heartbeat key expires, and its in-flight
+        records stay for recovery to find.  Hooks called later by its worker threads find no session:
+        nothing they do is recorded.  A Worker started afterwards begins a new session, under a new
+        worker id.
+
+        Parameters:
+          flush(bool): Write what the recorder still holds in memory first, so that every message
+            running now is known to recovery, however soon after its start this is called.
+
+        Returns:
+          str|None: The abandoned worker id; None when no Worker was running.
+
+        Raises:
+          redis.RedisError: When ``flush`` cannot reach the tracker's Redis (the threads are stopped).
+        """
+        with self._session_lock:
+            session = self._session
+            self._session = None
+        if session is None:
+            return None
+        session.sweeper.stop()
+        if flush:
+            session.recorder.stop_and_flush()
+        else:
+            session.recorder.stop()
+        return session.worker_id
+
     # Around each message ----------------------------------------------------------------
 
     def declare_actor(self, actor_name: str, options: dict[str, Any]) -> None:
