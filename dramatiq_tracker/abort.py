@@ -117,8 +117,14 @@ class AbortBridge:
 
         self.abortable.abort(message_id, mode=AbortMode(mode), abort_timeout=abort_timeout)
 
-    def abort_locally(self, messages: Iterable[MessageProxy]) -> list[str]:
-        """Abort, in this process, the running copies of abortable messages.
+    def abort_locally(self, copies: Iterable[tuple[MessageProxy, object]]) -> list[str]:
+        """Abort, in this process, running copies of abortable messages.
+
+        Parameters:
+          copies: (message, the thread that runs it) of each copy to abort.  dramatiq-abort knows
+            one thread per message id: when another copy of the message registered since (the
+            copy that replaced a zombie's, in this same process), the zombie's is left alone rather
+            than the other one aborted.
 
         Returns:
           list[str]: The ids of the messages that will be aborted.
@@ -127,14 +133,18 @@ class AbortBridge:
         manager = getattr(abortable, "manager", None)
         if abortable is None or manager is None:
             return []
+        registered = getattr(manager, "abortable_messages", None)
         aborted = []
-        for message in messages:
+        for message, thread in copies:
             actor = self.broker.actors.get(message.actor_name)
             if actor is None or not abortable.is_abortable(actor, message):
                 continue
-            if message.message_id in manager.get_abortables():
-                manager.add_abort_request(message.message_id, abort_timeout=0)
-                aborted.append(message.message_id)
+            if message.message_id not in manager.get_abortables():
+                continue
+            if isinstance(registered, dict) and registered.get(message.message_id) is not thread:
+                continue
+            manager.add_abort_request(message.message_id, abort_timeout=0)
+            aborted.append(message.message_id)
         if aborted:
             manager.abort_pending()
         return aborted

@@ -236,6 +236,7 @@ class Admission:
                     **_fields(delivery),
                     details={"completed_by": str(behind)},
                 )
+                self._release_lock(delivery)
                 return "fail"
             self.events.emit(
                 DUPLICATE_DROPPED,
@@ -246,6 +247,8 @@ class Admission:
                 **_fields(delivery),
                 details={"completed_by": str(behind)},
             )
+            # (A newer attempt than the one it waited for, a zombie's, holds the lock: it is done.)
+            self._release_lock(delivery)
             return "skip"
 
         done_by = history.get("done_by_attempt", "")

@@ -54,6 +54,7 @@ class Delivery:
         "retries",
         "started",
         "succeeded",
+        "thread",
         "token",
         "unique",
         "worker_id",
@@ -88,6 +89,9 @@ class Delivery:
         self.zombie = False
         #: Its actor returned (no exception, not failed).
         self.succeeded = False
+        #: The thread that runs it: dramatiq-abort aborts a thread, and a zombie's copy and the copy
+        #: that replaced it may run in two threads of one process.
+        self.thread = threading.current_thread()
 
     @property
     def message_id(self) -> str:
@@ -205,6 +209,10 @@ class InflightRegistry:
         Returns:
           bool: False when the attempt was recovered elsewhere while it ran here (a zombie).
         """
+        if delivery.zombie and completion == "nack":
+            # A zombie's failure (often the abort of it) says nothing of the message: the attempt
+            # that replaced it decides.  Its end is still written, so that nobody waits for it.
+            completion = "void"
         with self._lock:
             if self._active.pop(delivery.token, None) is not None and delivery.written:
                 self._ended.append((delivery, completion))

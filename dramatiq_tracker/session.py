@@ -332,7 +332,7 @@ class WorkerSession:
         aborts = self.parts.aborts
         if not taken or not aborts.available:
             return
-        for message_id in aborts.abort_locally(d.message for d in taken):
+        for message_id in aborts.abort_locally((d.message, d.thread) for d in taken):
             events.emit(
                 ZOMBIE_ABORTED,
                 "Aborting the zombie copy of message %r on this worker: it was recovered for delivery elsewhere.",

@@ -43,8 +43,8 @@ Outcome = Literal["deliver", "quarantine", "drop", ""]
 LockOutcome = Literal["deleted", "transferred", ""]
 #: What happens to an orphan in a dead RedisBroker process's acks.
 MoveAction = Literal["requeue", "deadletter", "drop"]
-#: How an attempt ended, for a duplicate waiting behind it.
-Completion = Literal["ack", "nack"]
+#: How an attempt ended, for a duplicate waiting behind it ("void": a zombie's failure, which decides nothing).
+Completion = Literal["ack", "nack", "void"]
 #: What taking a uniqueness lock found.
 LockStatus = Literal["acquired", "owned", "conflict"]
 

@@ -177,3 +177,48 @@ def test_a_zombies_abortable_copy_is_aborted_when_it_learns_it_was_declared_dead
     assert not [e for e in events(redis_client, namespaces, "done") if e[1] == victim.pid]
     assert "zombie-detected" in kinds(store) and "zombie-aborted" in kinds(store, message_id)
     assert "declared dead while it was alive" in zombie.output()
+
+
+def test_a_recovered_copy_put_off_behind_its_zombie_runs_when_the_zombie_fails_and_is_never_aborted_for_it(
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    store: TrackerStore,
+    producers: Callable[..., Producer],
+) -> None:
+    # Given the only worker of a queue, with threads to spare, running two abortable messages whose first
+    # attempt fails when it ends (a recovered attempt succeeds)
+    spawn_worker(threads=4, env=abort_env(namespaces))
+    (victim,) = wait_registered(store, 1)
+    producer = producers(tracked=True)
+    ids = [producer.send("abortable_fail_first", 3) for _ in range(2)]
+    wait_for(lambda: len(store.inflight(victim.worker_id)) == 2, BOUND + 5, message="both recorded")
+
+    # When it freezes past its heartbeat timeout, is recovered (its messages go back to its queue), and
+    # resumes: its spare threads fetch the recovered copies while its zombie copies still run here
+    os.kill(victim.pid, signal.SIGSTOP)
+    try:
+        tracker = producer.tracker
+        assert tracker is not None
+        recovered: list[str] = []
+        wait_for(
+            lambda: recovered.extend(tracker.recover().message_ids) or sorted(recovered) == sorted(ids),
+            BOUND + 5,
+            message="recovered",
+        )
+    finally:
+        os.kill(victim.pid, signal.SIGCONT)
+
+    # Then each message completes, on its recovered attempt: the abort meant for a zombie never lands on
+    # the copy that replaced it, and a zombie's failure does not dead-letter the copy put off behind it
+    def reported(event: str) -> list[str]:
+        return sorted(mid for mid, _, _ in events(redis_client, namespaces, event))
+
+    wait_for(lambda: reported("done") == sorted(ids), 2 * BOUND + 15, message="each done")
+    assert "duplicate-dead-lettered" not in kinds(store)
+    # And none of them runs a third time, or completes twice, within another recovery bound
+    deadline = time.monotonic() + BOUND
+    while time.monotonic() < deadline:
+        assert reported("done") == sorted(ids)
+        assert all(reported("started").count(mid) <= 2 for mid in ids)
+        time.sleep(0.1)

@@ -11,14 +11,16 @@
 -- ARGV[3] the highest write count it expects (writes may be on their way)
 -- ARGV[4] number of started messages, S
 -- ARGV[5 .. 5+3S-1] started messages, as triples: message id, "token|retries", record (JSON)
--- ARGV[5+3S ..] ended messages, as triples: message id, token, "ack" or "nack"
+-- ARGV[5+3S ..] ended messages, as triples: message id, token, "ack", "nack"
+--               or "void" (a zombie's failure: the attempt that replaced it decides)
 --
 -- An ended message is forgotten only if the record still belongs to the
 -- same attempt (token), so a late completion never erases a newer attempt.
 -- When a duplicate delivery was put off behind this attempt (history field
 -- deferred_behind), its completion is noted (completed_by, and
 -- completed_with: "ack" or "nack"), so that the duplicate is dropped, or
--- dead-lettered, instead of run again.
+-- dead-lettered, instead of run again; after a "void" end nothing is noted,
+-- and the duplicate runs.
 --
 -- Returns "ok" and counts one write; or, writing nothing: "fenced" (declared
 -- dead), "unknown" (not registered) or "diverged" (writes were lost).
@@ -54,7 +56,7 @@ local history = 5
 for i = first_end, #ARGV, 3 do
     local message_id, token, outcome = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     local attempt = prefix .. token
-    if redis.call("hget", KEYS[history], "deferred_behind") == attempt then
+    if outcome ~= "void" and redis.call("hget", KEYS[history], "deferred_behind") == attempt then
         redis.call("hset", KEYS[history], "completed_by", attempt, "completed_with", outcome)
     end
     history = history + 1

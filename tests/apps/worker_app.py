@@ -203,6 +203,22 @@ if ABORTABLE:
             _report("aborted")
             raise
 
+    @dramatiq.actor(queue_name=QUEUE, max_retries=0, abortable=True, throws=(Abort,))
+    def abortable_fail_first(seconds: float) -> None:
+        """Run ``seconds``, then fail on the first attempt; a recovered attempt succeeds."""
+        first = _first_attempt()
+        _report("started")
+        try:
+            for _ in range(int(seconds * 20)):
+                time.sleep(0.05)
+        except Abort:
+            _report("aborted")
+            raise
+        if first:
+            _report("failed")
+            raise RuntimeError("the first attempt fails")
+        _report("done")
+
 
 def _first_attempt() -> bool:
     message = CurrentMessage.get_current_message()
