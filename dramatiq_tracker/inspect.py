@@ -148,9 +148,10 @@ class Inspector:
         return self.store.server_time()
 
     def has_data(self) -> bool:
-        """Whether anything of a tracker was ever written in this namespace (workers, events, counters)."""
+        """Whether anything of a tracker was ever written in this namespace: workers (every worker
+        that ever registered leaves its broker identity), tombstones, events, counters or locks."""
         k = self.keys
-        return bool(self.client.exists(k.workers, k.dead_workers, k.events, k.counters))
+        return bool(self.client.exists(k.workers, k.identities, k.dead_workers, k.events, k.counters, k.locks))
 
     # Workers ------------------------------------------------------------------------------
 
@@ -615,17 +616,39 @@ class Inspector:
             problems=problems,
         )
 
+    def oldest(self, limit: int = 10) -> Page[InflightView]:
+        """The messages in flight that have been running longest, oldest first (those of workers
+        that are not alive included: see ``worker_state``).  They are found on the server, a batch
+        of workers per script call, as :meth:`status` counts them.
+
+        Parameters:
+          limit(int): How many.
+        """
+        now = self.server_time()
+        views, problems = self._worker_views(self._all_registrations(), now)
+        workers = {view.worker_id: view for view in views}
+        found: list[tuple[str, str, int]] = []
+        for batch in _batches([v for v in views if v.inflight]):
+            found += self.store.oldest_inflight([view.worker_id for view in batch], limit)
+        found = sorted(found, key=lambda entry: (entry[2], entry[1]))[: max(0, limit)]
+        pipe = self.client.pipeline(transaction=False)
+        for worker_id, message_id, _ in found:
+            pipe.hget(self.keys.inflight(worker_id), message_id)
+        items = []
+        for (worker_id, message_id, _), raw in zip(found, pipe.execute() if found else [], strict=True):
+            if raw is None:  # it completed since
+                continue
+            view = self._inflight_view(message_id, text(raw), workers[worker_id], now, problems)
+            if view is not None:
+                items.append(view)
+        return Page(items, "", problems)
+
     def _summaries(self, workers: Sequence[WorkerView]) -> list[InflightSummary]:
         """The workers' records counted on the server, in batches of about :data:`SUMMARY_RECORDS`."""
-        batches: list[list[tuple[str, bool]]] = [[]]
-        records = 0
-        for worker in workers:
-            if batches[-1] and (records + worker.inflight > SUMMARY_RECORDS or len(batches[-1]) >= PIPELINE_WORKERS):
-                batches.append([])
-                records = 0
-            batches[-1].append((worker.worker_id, worker.alive))
-            records += worker.inflight
-        return [self.store.summarize_inflight(batch) for batch in batches if batch]
+        return [
+            self.store.summarize_inflight([(view.worker_id, view.alive) for view in batch])
+            for batch in _batches(workers)
+        ]
 
     def _all_registrations(self) -> dict[str, str]:
         """Every registration, read with ``HSCAN``."""
@@ -636,6 +659,20 @@ class Inspector:
             registrations.update(batch)
             if scan == 0:
                 return registrations
+
+
+def _batches(workers: Sequence[WorkerView]) -> list[list[WorkerView]]:
+    """Workers in batches of about :data:`SUMMARY_RECORDS` records and at most :data:`PIPELINE_WORKERS`
+    workers: what one read-only script call may read without blocking Redis long."""
+    batches: list[list[WorkerView]] = [[]]
+    records = 0
+    for worker in workers:
+        if batches[-1] and (records + worker.inflight > SUMMARY_RECORDS or len(batches[-1]) >= PIPELINE_WORKERS):
+            batches.append([])
+            records = 0
+        batches[-1].append(worker)
+        records += worker.inflight
+    return [batch for batch in batches if batch]
 
 
 def _matches(view: InflightView, actor: str | None, queue: str | None, older_than: int | None) -> bool:

@@ -480,6 +480,21 @@ class TrackerStore:
             corrupt=[(workers[int(index) - 1][0], str(message_id)) for index, message_id in found.get("corrupt") or []],
         )
 
+    def oldest_inflight(self, worker_ids: Sequence[str], limit: int) -> list[tuple[str, str, int]]:
+        """The ``limit`` longest-running records of some workers, found on the server
+        (``lua/oldest_inflight.lua``): (worker id, message id, started_at), oldest first.
+
+        Parameters:
+          worker_ids(list[str]): At most a hundred or so per call, since the script blocks Redis
+            while it reads their records.
+          limit(int)
+        """
+        if not worker_ids or limit < 1:
+            return []
+        keys = [self.keys.inflight(worker_id) for worker_id in worker_ids]
+        found = json.loads(self.scripts("oldest_inflight", keys, [limit]))
+        return [(worker_ids[int(index) - 1], str(message_id), int(started)) for index, message_id, started in found]
+
     def running_owner(self, message_id: str) -> str:
         """The "worker id|token|retries" of the attempt recorded running a message, or ""."""
         owner = self.client.hget(self.keys.running, message_id)
