@@ -29,6 +29,7 @@ import redis
 from .connection import DEFAULT_URL, URL_ENVIRONMENT_VARIABLE, client_from_url, is_redis_client
 from .errors import ConfigurationError
 from .events import TrackerEvent
+from .host import HostFacts
 from .keys import SEQUENCE_FIELD, Keys, identity_digest, validate_namespace
 from .records import CorruptRecord, InflightRecord, WorkerInfo
 from .settings import DEFAULT_NAMESPACE
@@ -41,6 +42,7 @@ from .views import (
     UNRESPONSIVE,
     ClusterStatus,
     Counters,
+    HealthCheck,
     InflightView,
     MessageHistory,
     MessageView,
@@ -59,6 +61,7 @@ __all__ = [
     "UNRESPONSIVE",
     "ClusterStatus",
     "Counters",
+    "HealthCheck",
     "Inspector",
     "InflightView",
     "LockInfo",
@@ -211,6 +214,56 @@ class Inspector:
         """The workers registered from ``hostname``."""
         views, _ = self._worker_views(self.store.workers_on_host(hostname), self.server_time())
         return sorted(views, key=lambda w: w.worker_id)
+
+    def check(self, *, hostname: str = "", worker_id: str = "", min_workers: int = 1) -> HealthCheck:
+        """Whether the workers of a host, or one worker, are alive and heartbeating: the answer of
+        ``dramatiq-tracker check``, a liveness probe.
+
+        A worker is healthy when it is registered, its heartbeat is fresh and, when it runs in
+        this process's pid space (the same host, boot and pid namespace), its process exists: a
+        SIGKILLed worker fails at once, not after ``heartbeat_timeout``.  A worker declared dead
+        while it was alive (fenced) fails, naming the id its process goes on under.
+
+        Parameters:
+          hostname(str): Judge the workers registered from this host (``socket.gethostname()``
+            of their processes).
+          worker_id(str): Or judge this worker only.
+          min_workers(int): With ``hostname``: how many of its workers must be alive.
+
+        Raises:
+          ConfigurationError: When neither or both of ``hostname`` and ``worker_id`` are given.
+        """
+        if bool(hostname) == bool(worker_id):
+            raise ConfigurationError("check", "give a hostname or a worker id")
+        registrations = self.store.registrations([worker_id]) if worker_id else self.store.workers_on_host(hostname)
+        views, _ = self._worker_views(registrations, self.server_time())
+        views.sort(key=lambda view: view.worker_id)
+        here = HostFacts.current()
+        reasons = []
+        alive = 0
+        for view in views:
+            try:
+                gone = here.process_is_gone(WorkerInfo.from_json(registrations[view.worker_id]).host)
+            except CorruptRecord:
+                gone = False
+            reason = _unhealthy(view, gone)
+            if reason:
+                reasons.append(reason)
+            else:
+                alive += 1
+        if worker_id and not views:
+            tombstone = self.worker(worker_id)
+            if tombstone is None:
+                reasons.append("worker %r is not registered in namespace %r" % (worker_id, self.namespace))
+            else:
+                views.append(tombstone)
+                reasons.append(_unhealthy(tombstone, False))
+        elif hostname and alive < min_workers:
+            if not views:
+                reasons.append("no worker is registered from host %r in namespace %r" % (hostname, self.namespace))
+            else:
+                reasons.append("%d of at least %d workers of host %r are alive" % (alive, min_workers, hostname))
+        return HealthCheck(not reasons, reasons, views, hostname, worker_id, min_workers if hostname else 0)
 
     def _worker_views(self, registrations: Mapping[str, str], now: int) -> tuple[list[WorkerView], list[Problem]]:
         infos: list[WorkerInfo] = []
@@ -659,6 +712,25 @@ class Inspector:
             registrations.update(batch)
             if scan == 0:
                 return registrations
+
+
+def _unhealthy(view: WorkerView, process_gone: bool) -> str:
+    """Why a worker is not alive and heartbeating, or "" when it is."""
+    who = (
+        "worker %r (host %r, pid %d)" % (view.worker_id, view.hostname, view.pid)
+        if view.hostname
+        else ("worker %r" % view.worker_id)
+    )
+    if view.state == ALIVE:
+        return "%s is gone: its process exited (its heartbeat has not expired yet)" % who if process_gone else ""
+    if view.state == UNRESPONSIVE:
+        overdue = " %d ms ago" % view.overdue if view.overdue is not None else ""
+        return "%s is unresponsive: its heartbeat expired%s" % (who, overdue)
+    if view.state == RECOVERING:
+        return "%s was declared dead: its messages are being recovered" % who
+    if view.state == FENCED:
+        return "%s was declared dead while alive (fenced): its process goes on as worker %r" % (who, view.fenced_as)
+    return "%s was declared dead" % who
 
 
 def _batches(workers: Sequence[WorkerView]) -> list[list[WorkerView]]:

@@ -310,3 +310,21 @@ def test_a_namespace_whose_workers_all_left_still_has_data(store: TrackerStore, 
     info = WorkerInfo.from_json(store.registration("worker-a") or "")
     store.deregister(info, identity_digest("identity"))
     assert inspector.workers().items == [] and inspector.has_data()
+
+
+def test_a_check_judges_the_workers_of_a_host_or_one_worker(store: TrackerStore, inspector: Inspector) -> None:
+    registered_worker(store, "worker-a", [])
+    registered_worker(store, "worker-b", [], alive=False)
+    wait_for(lambda: inspector.worker("worker-b").state == UNRESPONSIVE, 5, message="expired")
+
+    assert inspector.check(worker_id="worker-a").healthy
+    host = inspector.check(hostname="host")
+    assert not host.healthy and [w.worker_id for w in host.workers] == ["worker-a", "worker-b"]
+    (reason,) = host.reasons
+    assert reason.startswith("worker 'worker-b' (host 'host', pid 1) is unresponsive: its heartbeat expired")
+    assert not inspector.check(hostname="elsewhere").healthy
+    assert inspector.check(hostname="elsewhere", min_workers=0).healthy
+    (reason,) = inspector.check(worker_id="nobody").reasons
+    assert reason == "worker 'nobody' is not registered in namespace %r" % inspector.namespace
+    with pytest.raises(ConfigurationError, match="check"):
+        inspector.check()
