@@ -33,7 +33,7 @@ from .host import HostFacts
 from .keys import SEQUENCE_FIELD, Keys, identity_digest, validate_namespace
 from .records import CorruptRecord, InflightRecord, WorkerInfo
 from .settings import DEFAULT_NAMESPACE
-from .store import InflightSummary, LockInfo, TrackerStore, parse_outbox_entry, text, to_int
+from .store import InflightSummary, LockInfo, TrackerStore, parse_outbox_entry, text
 from .views import (
     ALIVE,
     DEAD,
@@ -278,20 +278,12 @@ class Inspector:
                 problems.append(Problem(self.keys.workers, worker_id, "registration of another worker id"))
                 continue
             infos.append(info)
-        k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        for info in infos:
-            wid = info.worker_id
-            pipe.get(k.heartbeat(wid))
-            pipe.zscore(k.dead_workers, wid)
-            pipe.zscore(k.deadlines(identity_digest(info.broker_identity)), wid)
-            pipe.hlen(k.inflight(wid))
-            pipe.hexists(k.inflight(wid), SEQUENCE_FIELD)
-        replies = pipe.execute() if infos else []
+        states = []
+        for start in range(0, len(infos), PIPELINE_WORKERS):
+            batch = infos[start : start + PIPELINE_WORKERS]
+            states += self.store.worker_states([(i.worker_id, identity_digest(i.broker_identity)) for i in batch])
         views = []
-        for index, info in enumerate(infos):
-            beat, declared, deadline, length, has_sequence = replies[index * 5 : index * 5 + 5]
-            last_beat = to_int(text(beat)) if beat is not None else None
+        for info, (last_beat, declared, deadline, inflight) in zip(infos, states, strict=True):
             if declared is not None:
                 state = RECOVERING
             elif last_beat is not None:
@@ -310,9 +302,9 @@ class Inspector:
                     worker_threads=info.worker_threads,
                     started_at=info.started_at,
                     heartbeat_age=max(0, now - last_beat) if last_beat is not None else None,
-                    overdue=max(0, now - int(deadline)) if deadline is not None and now > deadline else None,
-                    inflight=max(0, int(length) - int(bool(has_sequence))),
-                    declared_dead_at=int(declared) if declared is not None else None,
+                    overdue=max(0, now - deadline) if deadline is not None and now > deadline else None,
+                    inflight=inflight,
+                    declared_dead_at=declared,
                     tracker_version=info.tracker_version,
                     dramatiq_version=info.dramatiq_version,
                 )

@@ -245,6 +245,11 @@ EVENT_BATCH = 1000
 RecordEntry = tuple[str, str, str]
 
 
+def _known(value: float) -> int | None:
+    """A number a script returned, None for its -1 (none)."""
+    return None if value < 0 else int(value)
+
+
 def _flat(entries: Iterable[tuple[Any, ...]]) -> list[Any]:
     return [value for entry in entries for value in entry]
 
@@ -479,6 +484,28 @@ class TrackerStore:
             actors={name: int(n) for name, n in (found.get("actors") or {}).items()},
             corrupt=[(workers[int(index) - 1][0], str(message_id)) for index, message_id in found.get("corrupt") or []],
         )
+
+    def worker_states(self, workers: Sequence[tuple[str, str]]) -> list[tuple[int | None, int | None, int | None, int]]:
+        """What the inspector needs to judge some workers (``lua/worker_states.lua``), in one call.
+
+        Parameters:
+          workers(list): (worker id, broker identity digest) of each; a hundred or so per call.
+
+        Returns:
+          list: Per worker, (last heartbeat, declared dead at, heartbeat deadline, records in flight);
+          server ms, None where there is none.
+        """
+        if not workers:
+            return []
+        k = self.keys
+        keys = [k.dead_workers]
+        for worker_id, identity in workers:
+            keys += [k.heartbeat(worker_id), k.deadlines(identity), k.inflight(worker_id)]
+        found = json.loads(self.scripts("worker_states", keys, [worker_id for worker_id, _ in workers]))
+        return [
+            (_known(beat), _known(declared), _known(deadline), int(records))
+            for beat, declared, deadline, records in found
+        ]
 
     def oldest_inflight(self, worker_ids: Sequence[str], limit: int) -> list[tuple[str, str, int]]:
         """The ``limit`` longest-running records of some workers, found on the server

@@ -328,3 +328,19 @@ def test_a_check_judges_the_workers_of_a_host_or_one_worker(store: TrackerStore,
     assert reason == "worker 'nobody' is not registered in namespace %r" % inspector.namespace
     with pytest.raises(ConfigurationError, match="check"):
         inspector.check()
+
+
+def test_worker_states_are_read_on_the_server_with_odd_values_read_as_none(
+    redis_client: redis.Redis, store: TrackerStore, inspector: Inspector
+) -> None:
+    registered_worker(store, "worker-a", [inspector.server_time()] * 3)
+    digest = identity_digest("identity")
+    ((beat, declared, deadline, records),) = store.worker_states([("worker-a", digest)])
+    assert beat is not None and declared is None and deadline is not None and deadline > beat and records == 3
+    # A deadline that never comes, a heartbeat that is not a number: alive, never overdue
+    redis_client.zadd(store.keys.deadlines(digest), {"worker-a": "inf"})
+    redis_client.set(store.keys.heartbeat("worker-a"), "?", px=60_000)
+    assert store.worker_states([("worker-a", digest)]) == [(0, None, None, 3)]
+    (view,) = inspector.workers().items
+    assert (view.state, view.overdue, view.inflight) == (ALIVE, None, 3)
+    assert store.worker_states([]) == []
