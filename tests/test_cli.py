@@ -380,6 +380,8 @@ def test_check_fails_for_a_fenced_worker_naming_the_id_it_goes_on_as(
         lambda: (v := inspector.worker(victim.worker_id)) is not None and v.state == FENCED and v, 10, message="fenced"
     )
 
+    wait_for(lambda: (w := inspector.worker(view.fenced_as)) is not None and w.state == ALIVE, 10, message="new id")
+
     # Then its old id is unhealthy, and the check names the id its process goes on as
     fenced = run("check", *base, "--worker-id", victim.worker_id)
     assert fenced.returncode == RET_UNHEALTHY
@@ -389,6 +391,7 @@ def test_check_fails_for_a_fenced_worker_naming_the_id_it_goes_on_as(
     assert run("check", *base, "--min-workers", "2").returncode == RET_OK
     # And workers --all lists the tombstone, fenced, with the new id
     listed = run("workers", *base, "--all")
+    assert_documented(listed.stdout)
     assert re.search(r"%s\s+fenced.*goes on as %s" % (victim.worker_id, view.fenced_as), listed.stdout)
     states = {w["worker_id"]: w["state"] for w in json.loads(run("workers", *base, "--all", "--json").stdout)["items"]}
     assert states == {victim.worker_id: FENCED, view.fenced_as: ALIVE, survivor.worker_id: ALIVE}
@@ -514,6 +517,7 @@ def test_recover_dry_run_changes_nothing_and_recover_then_does_exactly_what_it_l
     orphans = run("orphans", "--url", redis_url, "--namespace", namespaces.tracker)
     assert orphans.returncode == RET_OK and "3 messages waiting for recovery." in orphans.stdout
     assert all(message_id in orphans.stdout for message_id in ids)
+    assert_documented(orphans.stdout)
     env = app_env(redis_url, namespaces)
     broker = ["--broker", "tests.apps.worker_app:broker"]
     patterns = ("{%s}:*" % namespaces.tracker, "%s:*" % namespaces.broker)

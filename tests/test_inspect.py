@@ -152,7 +152,9 @@ def test_a_worker_declared_dead_while_stopped_shows_fenced_with_the_id_it_goes_o
     view = wait_for(
         lambda: (v := inspector.worker(victim.worker_id)) is not None and v.state == FENCED and v, 10, message="fenced"
     )
-    assert view.fenced_as and inspector.worker(view.fenced_as).state == ALIVE
+    # (the fence is noted as the process learns it; it registers under its new id right after)
+    assert view.fenced_as
+    wait_for(lambda: (w := inspector.worker(view.fenced_as)) is not None and w.state == ALIVE, 10, message="new id")
     assert inspector.worker(view.fenced_as).pid == victim.pid
     assert inspector.worker("no-such-worker") is None
 
