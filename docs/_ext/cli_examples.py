@@ -104,6 +104,7 @@ class Run:
             cwd=HERE,
             env=self.env,
             stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
             text=True,
         )
         assert process.stdout is not None
