@@ -518,6 +518,11 @@ def test_recover_dry_run_changes_nothing_and_recover_then_does_exactly_what_it_l
     assert orphans.returncode == RET_OK and "3 messages waiting for recovery." in orphans.stdout
     assert all(message_id in orphans.stdout for message_id in ids)
     assert_documented(orphans.stdout)
+    listed = json.loads(run("orphans", "--url", redis_url, "--namespace", namespaces.tracker, "--json").stdout)
+    assert listed["total"] == 3 and sorted(o["message_id"] for o in listed["items"]) == sorted(ids)
+    assert {(o["worker_id"], o["worker_state"], o["where"]) for o in listed["items"]} == {
+        (victim.worker_id, UNRESPONSIVE, "record")
+    }
     env = app_env(redis_url, namespaces)
     broker = ["--broker", "tests.apps.worker_app:broker"]
     patterns = ("{%s}:*" % namespaces.tracker, "%s:*" % namespaces.broker)
@@ -583,6 +588,12 @@ def test_abort_asks_dramatiq_abort_to_stop_a_running_message_and_remembers_it(
     view = inspector.message(message_id)
     assert view is not None and view.history is not None and view.history.abort == "abort"
     assert "abort-requested" in [event.kind for event in view.events]
+    # As JSON, a cancel
+    env = app_env(redis_url, namespaces, **abortable)
+    cancelled = run("abort", message_id, "--cancel", "--json", "--broker", "tests.apps.worker_app:broker", env=env)
+    assert cancelled.returncode == RET_OK, cancelled.stderr
+    data = json.loads(cancelled.stdout)
+    assert data["command"] == "abort" and data["item"] == {"message_id": message_id, "mode": "cancel"}
     # Without dramatiq-abort in the broker, it says so
     refused = run("abort", message_id, "--broker", "tests.apps.worker_app:broker", env=app_env(redis_url, namespaces))
     one_line_error(refused, RET_ERROR, "Abortable")
@@ -619,6 +630,10 @@ def test_bad_input_is_one_line_on_stderr_with_a_documented_exit_code_and_nothing
     one_line_error(run("message", "no-such-message", *base), RET_NOT_FOUND, "'no-such-message' is unknown")
     one_line_error(run("unlock", "no-such-digest", *base), RET_NOT_FOUND, "'no-such-digest'", "nothing deleted")
     assert dump(redis_client, "{%s}:*" % namespaces.tracker) == before
+    # (and a known one, as JSON)
+    unlocked = run("unlock", "digest-1", *base, "--json")
+    assert unlocked.returncode == RET_OK and json.loads(unlocked.stdout)["item"]["message_id"] == "m1"
+    assert store.lock("digest-1") is None
 
     # A broker module that does not import, or has no tracker
     one_line_error(run("recover", "--broker", "no_such_module_here"), RET_USAGE, "cannot import 'no_such_module_here'")
