@@ -29,10 +29,11 @@ import redis
 from .connection import DEFAULT_URL, URL_ENVIRONMENT_VARIABLE, client_from_url, is_redis_client
 from .errors import ConfigurationError
 from .events import TrackerEvent
+from .host import HostFacts
 from .keys import SEQUENCE_FIELD, Keys, identity_digest, validate_namespace
 from .records import CorruptRecord, InflightRecord, WorkerInfo
 from .settings import DEFAULT_NAMESPACE
-from .store import InflightSummary, LockInfo, TrackerStore, parse_outbox_entry, text, to_int
+from .store import InflightSummary, LockInfo, TrackerStore, parse_outbox_entry, text
 from .views import (
     ALIVE,
     DEAD,
@@ -41,6 +42,7 @@ from .views import (
     UNRESPONSIVE,
     ClusterStatus,
     Counters,
+    HealthCheck,
     InflightView,
     MessageHistory,
     MessageView,
@@ -59,6 +61,7 @@ __all__ = [
     "UNRESPONSIVE",
     "ClusterStatus",
     "Counters",
+    "HealthCheck",
     "Inspector",
     "InflightView",
     "LockInfo",
@@ -148,9 +151,10 @@ class Inspector:
         return self.store.server_time()
 
     def has_data(self) -> bool:
-        """Whether anything of a tracker was ever written in this namespace (workers, events, counters)."""
+        """Whether anything of a tracker was ever written in this namespace: workers (every worker
+        that ever registered leaves its broker identity), tombstones, events, counters or locks."""
         k = self.keys
-        return bool(self.client.exists(k.workers, k.dead_workers, k.events, k.counters))
+        return bool(self.client.exists(k.workers, k.identities, k.dead_workers, k.events, k.counters, k.locks))
 
     # Workers ------------------------------------------------------------------------------
 
@@ -211,6 +215,56 @@ class Inspector:
         views, _ = self._worker_views(self.store.workers_on_host(hostname), self.server_time())
         return sorted(views, key=lambda w: w.worker_id)
 
+    def check(self, *, hostname: str = "", worker_id: str = "", min_workers: int = 1) -> HealthCheck:
+        """Whether the workers of a host, or one worker, are alive and heartbeating: the answer of
+        ``dramatiq-tracker check``, a liveness probe.
+
+        A worker is healthy when it is registered, its heartbeat is fresh and, when it runs in
+        this process's pid space (the same host, boot and pid namespace), its process exists: a
+        SIGKILLed worker fails at once, not after ``heartbeat_timeout``.  A worker declared dead
+        while it was alive (fenced) fails, naming the id its process goes on under.
+
+        Parameters:
+          hostname(str): Judge the workers registered from this host (``socket.gethostname()``
+            of their processes).
+          worker_id(str): Or judge this worker only.
+          min_workers(int): With ``hostname``: how many of its workers must be alive.
+
+        Raises:
+          ConfigurationError: When neither or both of ``hostname`` and ``worker_id`` are given.
+        """
+        if bool(hostname) == bool(worker_id):
+            raise ConfigurationError("check", "give a hostname or a worker id")
+        registrations = self.store.registrations([worker_id]) if worker_id else self.store.workers_on_host(hostname)
+        views, _ = self._worker_views(registrations, self.server_time())
+        views.sort(key=lambda view: view.worker_id)
+        here = HostFacts.current()
+        reasons = []
+        alive = 0
+        for view in views:
+            try:
+                gone = here.process_is_gone(WorkerInfo.from_json(registrations[view.worker_id]).host)
+            except CorruptRecord:
+                gone = False
+            reason = _unhealthy(view, gone)
+            if reason:
+                reasons.append(reason)
+            else:
+                alive += 1
+        if worker_id and not views:
+            tombstone = self.worker(worker_id)
+            if tombstone is None:
+                reasons.append("worker %r is not registered in namespace %r" % (worker_id, self.namespace))
+            else:
+                views.append(tombstone)
+                reasons.append(_unhealthy(tombstone, False))
+        elif hostname and alive < min_workers:
+            if not views:
+                reasons.append("no worker is registered from host %r in namespace %r" % (hostname, self.namespace))
+            else:
+                reasons.append("%d of at least %d workers of host %r are alive" % (alive, min_workers, hostname))
+        return HealthCheck(not reasons, reasons, views, hostname, worker_id, min_workers if hostname else 0)
+
     def _worker_views(self, registrations: Mapping[str, str], now: int) -> tuple[list[WorkerView], list[Problem]]:
         infos: list[WorkerInfo] = []
         problems = []
@@ -224,20 +278,12 @@ class Inspector:
                 problems.append(Problem(self.keys.workers, worker_id, "registration of another worker id"))
                 continue
             infos.append(info)
-        k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        for info in infos:
-            wid = info.worker_id
-            pipe.get(k.heartbeat(wid))
-            pipe.zscore(k.dead_workers, wid)
-            pipe.zscore(k.deadlines(identity_digest(info.broker_identity)), wid)
-            pipe.hlen(k.inflight(wid))
-            pipe.hexists(k.inflight(wid), SEQUENCE_FIELD)
-        replies = pipe.execute() if infos else []
+        states = []
+        for start in range(0, len(infos), PIPELINE_WORKERS):
+            batch = infos[start : start + PIPELINE_WORKERS]
+            states += self.store.worker_states([(i.worker_id, identity_digest(i.broker_identity)) for i in batch])
         views = []
-        for index, info in enumerate(infos):
-            beat, declared, deadline, length, has_sequence = replies[index * 5 : index * 5 + 5]
-            last_beat = to_int(text(beat)) if beat is not None else None
+        for info, (last_beat, declared, deadline, inflight) in zip(infos, states, strict=True):
             if declared is not None:
                 state = RECOVERING
             elif last_beat is not None:
@@ -256,9 +302,9 @@ class Inspector:
                     worker_threads=info.worker_threads,
                     started_at=info.started_at,
                     heartbeat_age=max(0, now - last_beat) if last_beat is not None else None,
-                    overdue=max(0, now - int(deadline)) if deadline is not None and now > deadline else None,
-                    inflight=max(0, int(length) - int(bool(has_sequence))),
-                    declared_dead_at=int(declared) if declared is not None else None,
+                    overdue=max(0, now - deadline) if deadline is not None and now > deadline else None,
+                    inflight=inflight,
+                    declared_dead_at=declared,
                     tracker_version=info.tracker_version,
                     dramatiq_version=info.dramatiq_version,
                 )
@@ -615,17 +661,39 @@ class Inspector:
             problems=problems,
         )
 
+    def oldest(self, limit: int = 10) -> Page[InflightView]:
+        """The messages in flight that have been running longest, oldest first (those of workers
+        that are not alive included: see ``worker_state``).  They are found on the server, a batch
+        of workers per script call, as :meth:`status` counts them.
+
+        Parameters:
+          limit(int): How many.
+        """
+        now = self.server_time()
+        views, problems = self._worker_views(self._all_registrations(), now)
+        workers = {view.worker_id: view for view in views}
+        found: list[tuple[str, str, int]] = []
+        for batch in _batches([v for v in views if v.inflight]):
+            found += self.store.oldest_inflight([view.worker_id for view in batch], limit)
+        found = sorted(found, key=lambda entry: (entry[2], entry[1]))[: max(0, limit)]
+        pipe = self.client.pipeline(transaction=False)
+        for worker_id, message_id, _ in found:
+            pipe.hget(self.keys.inflight(worker_id), message_id)
+        items = []
+        for (worker_id, message_id, _), raw in zip(found, pipe.execute() if found else [], strict=True):
+            if raw is None:  # it completed since
+                continue
+            view = self._inflight_view(message_id, text(raw), workers[worker_id], now, problems)
+            if view is not None:
+                items.append(view)
+        return Page(items, "", problems)
+
     def _summaries(self, workers: Sequence[WorkerView]) -> list[InflightSummary]:
         """The workers' records counted on the server, in batches of about :data:`SUMMARY_RECORDS`."""
-        batches: list[list[tuple[str, bool]]] = [[]]
-        records = 0
-        for worker in workers:
-            if batches[-1] and (records + worker.inflight > SUMMARY_RECORDS or len(batches[-1]) >= PIPELINE_WORKERS):
-                batches.append([])
-                records = 0
-            batches[-1].append((worker.worker_id, worker.alive))
-            records += worker.inflight
-        return [self.store.summarize_inflight(batch) for batch in batches if batch]
+        return [
+            self.store.summarize_inflight([(view.worker_id, view.alive) for view in batch])
+            for batch in _batches(workers)
+        ]
 
     def _all_registrations(self) -> dict[str, str]:
         """Every registration, read with ``HSCAN``."""
@@ -636,6 +704,39 @@ class Inspector:
             registrations.update(batch)
             if scan == 0:
                 return registrations
+
+
+def _unhealthy(view: WorkerView, process_gone: bool) -> str:
+    """Why a worker is not alive and heartbeating, or "" when it is."""
+    who = (
+        "worker %r (host %r, pid %d)" % (view.worker_id, view.hostname, view.pid)
+        if view.hostname
+        else ("worker %r" % view.worker_id)
+    )
+    if view.state == ALIVE:
+        return "%s is gone: its process exited (its heartbeat has not expired yet)" % who if process_gone else ""
+    if view.state == UNRESPONSIVE:
+        overdue = " %d ms ago" % view.overdue if view.overdue is not None else ""
+        return "%s is unresponsive: its heartbeat expired%s" % (who, overdue)
+    if view.state == RECOVERING:
+        return "%s was declared dead: its messages are being recovered" % who
+    if view.state == FENCED:
+        return "%s was declared dead while alive (fenced): its process goes on as worker %r" % (who, view.fenced_as)
+    return "%s was declared dead" % who
+
+
+def _batches(workers: Sequence[WorkerView]) -> list[list[WorkerView]]:
+    """Workers in batches of about :data:`SUMMARY_RECORDS` records and at most :data:`PIPELINE_WORKERS`
+    workers: what one read-only script call may read without blocking Redis long."""
+    batches: list[list[WorkerView]] = [[]]
+    records = 0
+    for worker in workers:
+        if batches[-1] and (records + worker.inflight > SUMMARY_RECORDS or len(batches[-1]) >= PIPELINE_WORKERS):
+            batches.append([])
+            records = 0
+        batches[-1].append(worker)
+        records += worker.inflight
+    return [batch for batch in batches if batch]
 
 
 def _matches(view: InflightView, actor: str | None, queue: str | None, older_than: int | None) -> bool:

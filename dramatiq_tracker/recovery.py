@@ -102,7 +102,8 @@ class Recovery:
         """
         deadline = None if budget is None else time.monotonic() + budget
         report = self.recover_local(dry_run=dry_run)
-        report.extend(self.recover_expired(deadline=deadline, dry_run=dry_run))
+        # A dry run declares nobody dead: a local worker found gone is also due by its heartbeat.
+        report.extend(self.recover_expired(deadline=deadline, dry_run=dry_run, skip=set(report.dead_workers)))
         if not report.partial:
             if dry_run:
                 report.forgotten += self.forgotten()
@@ -121,14 +122,17 @@ class Recovery:
                 report.extend(self.recover_worker(worker_id, process_gone=True, dry_run=dry_run))
         return report
 
-    def recover_expired(self, *, deadline: float | None = None, dry_run: bool = False) -> RecoveryReport:
+    def recover_expired(
+        self, *, deadline: float | None = None, dry_run: bool = False, skip: set[str] | None = None
+    ) -> RecoveryReport:
         """Recover workers of our broker identity whose heartbeat has expired, oldest first.
 
         Parameters:
           deadline(float): A ``time.monotonic()`` after which it stops (``report.partial``).
+          skip(set[str]): Workers this sweep recovered already.
         """
         report = RecoveryReport()
-        seen: set[str] = set()
+        seen: set[str] = set(skip or ())
         while True:
             now = self.store.server_time()
             due = [wid for wid in self.store.due_workers(self.digest, SWEEP_PAGE, now=now) if wid not in seen]

@@ -252,6 +252,11 @@ EVENT_BATCH = 1000
 RecordEntry = tuple[str, str, str]
 
 
+def _known(value: float) -> int | None:
+    """A number a script returned, None for its -1 (none)."""
+    return None if value < 0 else int(value)
+
+
 def _flat(entries: Iterable[tuple[Any, ...]]) -> list[Any]:
     return [value for entry in entries for value in entry]
 
@@ -486,6 +491,43 @@ class TrackerStore:
             actors={name: int(n) for name, n in (found.get("actors") or {}).items()},
             corrupt=[(workers[int(index) - 1][0], str(message_id)) for index, message_id in found.get("corrupt") or []],
         )
+
+    def worker_states(self, workers: Sequence[tuple[str, str]]) -> list[tuple[int | None, int | None, int | None, int]]:
+        """What the inspector needs to judge some workers (``lua/worker_states.lua``), in one call.
+
+        Parameters:
+          workers(list): (worker id, broker identity digest) of each; a hundred or so per call.
+
+        Returns:
+          list: Per worker, (last heartbeat, declared dead at, heartbeat deadline, records in flight);
+          server ms, None where there is none.
+        """
+        if not workers:
+            return []
+        k = self.keys
+        keys = [k.dead_workers]
+        for worker_id, identity in workers:
+            keys += [k.heartbeat(worker_id), k.deadlines(identity), k.inflight(worker_id)]
+        found = json.loads(self.scripts("worker_states", keys, [worker_id for worker_id, _ in workers]))
+        return [
+            (_known(beat), _known(declared), _known(deadline), int(records))
+            for beat, declared, deadline, records in found
+        ]
+
+    def oldest_inflight(self, worker_ids: Sequence[str], limit: int) -> list[tuple[str, str, int]]:
+        """The ``limit`` longest-running records of some workers, found on the server
+        (``lua/oldest_inflight.lua``): (worker id, message id, started_at), oldest first.
+
+        Parameters:
+          worker_ids(list[str]): At most a hundred or so per call, since the script blocks Redis
+            while it reads their records.
+          limit(int)
+        """
+        if not worker_ids or limit < 1:
+            return []
+        keys = [self.keys.inflight(worker_id) for worker_id in worker_ids]
+        found = json.loads(self.scripts("oldest_inflight", keys, [limit]))
+        return [(worker_ids[int(index) - 1], str(message_id), int(started)) for index, message_id, started in found]
 
     def running_owner(self, message_id: str) -> str:
         """The "worker id|token|retries" of the attempt recorded running a message, or ""."""

@@ -324,3 +324,25 @@ class ClusterStatus:
     actors: Mapping[str, int]
     counters: Counters
     problems: list[Problem]
+
+
+@dataclasses.dataclass(frozen=True)
+class HealthCheck:
+    """Whether some workers are alive and heartbeating: a liveness probe's answer
+    (see :meth:`~dramatiq_tracker.inspect.Inspector.check`).
+
+    Parameters:
+      healthy(bool)
+      reasons(list[str]): Why not, one sentence per problem; empty when healthy.
+      workers(list[WorkerView]): The workers judged.
+      hostname(str): The host whose workers were judged, or "".
+      worker_id(str): The worker judged, or "".
+      min_workers(int): How many had to be alive (for a host).
+    """
+
+    healthy: bool
+    reasons: list[str]
+    workers: list[WorkerView]
+    hostname: str = ""
+    worker_id: str = ""
+    min_workers: int = 0

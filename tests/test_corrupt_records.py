@@ -232,3 +232,20 @@ def test_a_dry_run_changes_nothing_and_the_sweep_then_does_exactly_what_it_liste
     report = tracker.recover()
     assert report.dead_workers == plan.dead_workers
     assert {o.message_id: (o.outcome, o.running, o.attempt) for o in report.recovered} == planned
+
+
+def test_a_dry_run_lists_a_worker_both_gone_and_expired_once_as_the_sweep_recovers_it(
+    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, tracker: TrackerMiddleware
+) -> None:
+    # Given a dead worker of this host (its process gone) whose heartbeat has expired too
+    info, messages = fake_dead_worker(redis_broker, tracker.store, namespaces.queue, 3, running=2)
+    keys, digest = tracker.store.keys, tracker.runtime.parts.digest
+    redis_client.delete(keys.heartbeat(info.worker_id))
+    redis_client.zadd(keys.deadlines(digest), {info.worker_id: 0})
+
+    # Then a dry run lists it once, as the sweep then recovers it once
+    plan = tracker.recover(dry_run=True)
+    assert plan.dead_workers == [info.worker_id] and len(plan.recovered) == 3
+    report = tracker.recover()
+    assert report.dead_workers == plan.dead_workers
+    assert sorted(report.message_ids) == sorted(plan.message_ids) == sorted(m.message_id for m in messages)

@@ -13,7 +13,9 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq_tracker import ConfigurationError, TrackerMiddleware, TrackerNotConfigured
 from dramatiq_tracker.events import LOCK_DELETED
 from dramatiq_tracker.inspect import ALIVE, DEAD, FENCED, RECOVERING, UNRESPONSIVE, Inspector
+from dramatiq_tracker.keys import identity_digest
 from dramatiq_tracker.operate import Operator, load_broker
+from dramatiq_tracker.records import InflightRecord, WorkerInfo
 from dramatiq_tracker.store import TrackerStore
 
 from .conftest import Namespaces, events
@@ -77,6 +79,10 @@ def test_workers_and_their_messages_in_flight_are_listed_filtered_and_paged(
     ((queue),) = status.queues
     assert (queue.queue_name, queue.inflight, queue.orphans) == (namespaces.queue, 3, 0)
     assert dict(status.actors) == {"slow": 3}
+    # And the oldest of them are found on the server, oldest first
+    oldest = inspector.oldest(2).items
+    assert len(oldest) == 2 and {r.message_id for r in oldest} <= set(ids)
+    assert oldest[0].running_for >= oldest[1].running_for and oldest[0].worker_id == worker.worker_id
 
 
 def test_a_killed_worker_is_unresponsive_with_its_orphans_waiting_then_dead_once_recovered(
@@ -110,8 +116,9 @@ def test_a_killed_worker_is_unresponsive_with_its_orphans_waiting_then_dead_once
     survivor = wait_new_worker(store, victim)
     wait_for(lambda: inspector.orphans().total == 0, BOUND + 5, message="recovered")
 
-    # Then the victim is a tombstone, the messages run on the survivor, and history and counters say so
-    assert inspector.worker(victim.worker_id).state == DEAD
+    # Then the victim is a tombstone (once the sweeper finished: its records go before its registration),
+    # the messages run on the survivor, and history and counters say so
+    wait_for(lambda: inspector.worker(victim.worker_id).state == DEAD, BOUND, message="tombstone")
     assert [w.worker_id for w in inspector.dead_workers()] == [victim.worker_id]
     wait_for(lambda: len(inspector.inflight(worker_id=survivor.worker_id).items) == 2, 20, message="running again")
     message = inspector.message(ids[0])
@@ -263,3 +270,78 @@ def test_recovering_and_aborting_need_the_applications_broker(
     elsewhere = Inspector(client=inspector.client, namespace="other")
     with pytest.raises(ConfigurationError, match="namespace"):
         Operator(elsewhere, redis_broker).recover()
+
+
+def registered_worker(store: TrackerStore, worker_id: str, started: list[int], *, alive: bool = True) -> list[str]:
+    """Register a worker (without a process) with records started at these times; returns their ids."""
+    info = WorkerInfo(worker_id, "host", 1, "1", "boot", "ns", ("q",), "redis", "identity", "", "", 1, 0, "0", "0")
+    records = [
+        InflightRecord("%s-m%d" % (worker_id, i), worker_id, "actor", "q", str(i), at) for i, at in enumerate(started)
+    ]
+    entries = [(r.message_id, "%s|0" % r.token, r.to_json()) for r in records]
+    assert store.register(info, identity_digest("identity"), 60_000 if alive else 1, entries) == "ok"
+    return [r.message_id for r in records]
+
+
+def test_the_oldest_messages_in_flight_are_found_across_workers_oldest_first(
+    redis_client: redis.Redis, store: TrackerStore, inspector: Inspector
+) -> None:
+    # Given two workers whose records interleave in age, and an unreadable record
+    now = inspector.server_time()
+    a = registered_worker(store, "worker-a", [now - 5_000, now - 50_000, now - 1_000])
+    b = registered_worker(store, "worker-b", [now - 30_000, now - 60_000])
+    redis_client.hset(store.keys.inflight("worker-b"), "garbage", "not json")
+
+    # Then the oldest come first, whichever worker runs them, the unreadable one skipped
+    assert [r.message_id for r in inspector.oldest(3).items] == [b[1], a[1], b[0]]
+    assert [r.message_id for r in inspector.oldest(10).items] == [b[1], a[1], b[0], a[0], a[2]]
+    first = inspector.oldest(1).items[0]
+    assert first.worker_id == "worker-b" and first.running_for >= 60_000
+    assert inspector.oldest(0).items == []
+
+
+def test_a_namespace_has_data_once_anything_of_a_tracker_was_written(store: TrackerStore, inspector: Inspector) -> None:
+    assert not inspector.has_data()
+    store.acquire_lock("digest-1", "m1", 0, "until_executed", "charge", "q", "", None)
+    assert inspector.has_data()
+
+
+def test_a_namespace_whose_workers_all_left_still_has_data(store: TrackerStore, inspector: Inspector) -> None:
+    registered_worker(store, "worker-a", [])
+    info = WorkerInfo.from_json(store.registration("worker-a") or "")
+    store.deregister(info, identity_digest("identity"))
+    assert inspector.workers().items == [] and inspector.has_data()
+
+
+def test_a_check_judges_the_workers_of_a_host_or_one_worker(store: TrackerStore, inspector: Inspector) -> None:
+    registered_worker(store, "worker-a", [])
+    registered_worker(store, "worker-b", [], alive=False)
+    wait_for(lambda: inspector.worker("worker-b").state == UNRESPONSIVE, 5, message="expired")
+
+    assert inspector.check(worker_id="worker-a").healthy
+    host = inspector.check(hostname="host")
+    assert not host.healthy and [w.worker_id for w in host.workers] == ["worker-a", "worker-b"]
+    (reason,) = host.reasons
+    assert reason.startswith("worker 'worker-b' (host 'host', pid 1) is unresponsive: its heartbeat expired")
+    assert not inspector.check(hostname="elsewhere").healthy
+    assert inspector.check(hostname="elsewhere", min_workers=0).healthy
+    (reason,) = inspector.check(worker_id="nobody").reasons
+    assert reason == "worker 'nobody' is not registered in namespace %r" % inspector.namespace
+    with pytest.raises(ConfigurationError, match="check"):
+        inspector.check()
+
+
+def test_worker_states_are_read_on_the_server_with_odd_values_read_as_none(
+    redis_client: redis.Redis, store: TrackerStore, inspector: Inspector
+) -> None:
+    registered_worker(store, "worker-a", [inspector.server_time()] * 3)
+    digest = identity_digest("identity")
+    ((beat, declared, deadline, records),) = store.worker_states([("worker-a", digest)])
+    assert beat is not None and declared is None and deadline is not None and deadline > beat and records == 3
+    # A deadline that never comes, a heartbeat that is not a number: alive, never overdue
+    redis_client.zadd(store.keys.deadlines(digest), {"worker-a": "inf"})
+    redis_client.set(store.keys.heartbeat("worker-a"), "?", px=60_000)
+    assert store.worker_states([("worker-a", digest)]) == [(0, None, None, 3)]
+    (view,) = inspector.workers().items
+    assert (view.state, view.overdue, view.inflight) == (ALIVE, None, 3)
+    assert store.worker_states([]) == []
