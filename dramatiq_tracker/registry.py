@@ -17,6 +17,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from .records import InflightRecord, WorkerInfo, encode_payload, preview_of
+from .unique import lock_of
 
 #: How many recent completions a worker remembers, in case it was declared dead while it ran
 #: them (see :meth:`InflightRegistry.take_completed`); beyond it, during a long outage of the
@@ -127,6 +128,12 @@ class Delivery:
             except Exception:
                 payload = encoding = ""
         unique = self.unique
+        if unique is not None:
+            lock = "%s|%s" % (unique.digest, unique.mode)
+        else:
+            # Written before its lock state is known (a start at risk): the lock the message names.
+            digest, mode = lock_of(message.options)
+            lock = "%s|%s" % (digest, mode) if digest else ""
         return InflightRecord(
             message_id=self.message_id,
             worker_id=self.worker_id,
@@ -139,7 +146,7 @@ class Delivery:
             retries=self.retries,
             max_recoveries=self.policy.max_recoveries,
             on_exhausted=on_exhausted,
-            lock="%s|%s" % (unique.digest, unique.mode) if unique is not None else "",
+            lock=lock,
             preview=preview_of(message.args, message.kwargs, preview_length),
             payload=payload,
             payload_encoding=encoding,

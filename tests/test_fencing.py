@@ -16,7 +16,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
 from dramatiq_tracker import DuplicateMessage, TrackerMiddleware
-from dramatiq_tracker.records import WorkerInfo
+from dramatiq_tracker.records import InflightRecord, WorkerInfo
 from dramatiq_tracker.store import TrackerStore
 
 from .conftest import Namespaces, events
@@ -130,6 +130,13 @@ def test_a_late_completion_after_a_stall_at_start_never_releases_the_lock_of_the
         )
         (lock,) = store.locks()
         assert (lock.message_id, lock.attempt) == (message.message_id, 1)
+        # (its record, written before it ran, names the lock, for a recovery of it and for operators)
+        record = InflightRecord.from_json(
+            store.inflight(survivor.worker_id)[message.message_id],
+            message_id=message.message_id,
+            worker_id=survivor.worker_id,
+        )
+        assert record.lock_digest_and_mode == (lock.digest, lock.mode)
         recovered = next(e for e in stream(store) if e.kind == "recovered")
         assert "not started" not in recovered.text and "not recorded running" in recovered.text
     finally:
