@@ -199,8 +199,8 @@ def showcase(client: redis.Redis, store: TrackerStore, *, hostile: bool = False)
     evil = HOSTILE if hostile else ""
     queue, reports = "default", "reports" + (HOSTILE_ATTRIBUTE if hostile else "")
     actor = "send_invoice" + evil
-    live, busy = "web-1:%d" % os.getpid() + evil, "web-2:31337"
-    unresponsive, dead, older = "batch-7:2210", "web-3:1880" + evil, "web-4:977"
+    live, busy = "web-1-%d-a1b2c3" % os.getpid() + evil, "web-2-31337-9f8e7d"
+    unresponsive, dead, older = "batch-7-2210-5c4d3e", "web-3-1880-0a1b2c" + evil, "web-4-977-77aa11"
     recovered = ["3f0c1a9e-recovered-%d" % index for index in range(3)]
     digest = "9b1e6d2c4a7f3e05"
     charges = ["c2d9-charge-%d" % index for index in range(4)]
@@ -227,7 +227,9 @@ def showcase(client: redis.Redis, store: TrackerStore, *, hostile: bool = False)
     register_worker(
         store, busy, second, hostname="web-2", pid=31337, queues=(queue, "payments"), started_at=now - 3_600_000
     )
-    register_worker(store, "web-5:5120", [], hostname="web-5", pid=5120, queues=(queue,), started_at=now - 600_000)
+    register_worker(
+        store, "web-5-5120-e5f6a7", [], hostname="web-5", pid=5120, queues=(queue,), started_at=now - 600_000
+    )
     exports = [SeedRecord("77e1-export-%d" % i, "export_csv", "batch", now - 40_000, "(%d,)" % i) for i in range(2)]
     register_worker(store, unresponsive, exports, hostname="batch-7", pid=2210, queues=("batch",), alive=False)
     for index, message_id in enumerate(charges):

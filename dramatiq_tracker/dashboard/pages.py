@@ -1,0 +1,273 @@
+"""What each page of the dashboard shows, read through the inspection API (the same read path as the
+``dramatiq-tracker`` command), and the actions it may take through :class:`~dramatiq_tracker.operate.Operator`."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from dramatiq import Broker
+
+from ..abort import find_abortable
+from ..events import (
+    ABORT_HONOURED,
+    KINDS,
+    QUARANTINED,
+    RECOVERED,
+    WORKER_DEAD,
+    TrackerEvent,
+)
+from ..inspect import DEAD, FENCED, RECOVERING, Inspector
+from ..operate import Operator
+from ..store import LockInfo
+from ..views import InflightView, WorkerView
+from .charts import timeline_chart
+from .http import Request
+
+#: What the overview's chart counts: event kind and label, stacked bottom first.
+CHART_SERIES = ((RECOVERED, "recovered"), (QUARANTINED, "quarantined"), (ABORT_HONOURED, "not delivered (aborted)"))
+#: The chart's window and buckets: the last hour, by minute.
+CHART_WINDOW, CHART_BUCKETS = 3_600_000, 60
+#: Rows per page of the workers, in-flight and locks listings.
+PAGE_SIZE = 50
+#: How many of each worker's messages the workers page lists.
+WORKER_MESSAGES = 3
+#: Events per page of the events listing.
+EVENTS_PAGE = 100
+#: How many events after a worker's death are read to tell what became of its messages.
+FATE_EVENTS_SCANNED = 5000
+#: At most this many of a dead worker's messages are shown with where they run now.
+FATES_SHOWN = 100
+#: What the events of a dead worker's messages say became of them.
+_FATE_KINDS = (RECOVERED, QUARANTINED, ABORT_HONOURED)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rendered:
+    """A template to render, with its context.
+
+    Parameters:
+      template(str): Its file name under ``templates/``.
+      context(dict): Its variables.
+      status(int): The HTTP status.
+      live(bool): Whether the page updates itself (its ``live`` block is fetched again).
+    """
+
+    template: str
+    context: Mapping[str, Any]
+    status: int = 200
+    live: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Fate:
+    """What became of one of a dead worker's messages.
+
+    Parameters:
+      event(TrackerEvent): What its recovery decided ("recovered", "quarantined", "abort-honoured").
+      running(InflightView|None): Where it runs now, if it is recorded running.
+      lock(LockInfo|None): The uniqueness lock its running attempt holds.
+    """
+
+    event: TrackerEvent
+    running: InflightView | None
+    lock: LockInfo | None
+
+    @property
+    def outcome(self) -> str:
+        return self.event.details.get("outcome", "") or self.event.kind
+
+
+@dataclasses.dataclass(frozen=True)
+class Aftermath:
+    """A worker declared dead and what became of its messages.
+
+    Parameters:
+      worker(WorkerView)
+      death(TrackerEvent|None): Its "worker-dead" event, if it is among those read.
+      fates(list[Fate]): Its messages, the newest decision first.
+      more(int): How many more of its messages were settled than are shown.
+    """
+
+    worker: WorkerView
+    death: TrackerEvent | None
+    fates: list[Fate]
+    more: int = 0
+
+
+class Pages:
+    """The pages of one dashboard.
+
+    Parameters:
+      inspector(Inspector)
+      broker(Broker|None): The application's broker, for recovering and aborting.
+    """
+
+    def __init__(self, inspector: Inspector, broker: Broker | None) -> None:
+        self.inspector = inspector
+        self.broker = broker
+
+    @property
+    def can_recover(self) -> bool:
+        return self.broker is not None
+
+    @property
+    def can_abort(self) -> bool:
+        return self.broker is not None and find_abortable(self.broker) is not None
+
+    def operator(self, request: Request) -> Operator:
+        """An operator acting for the request's user (``REMOTE_USER``, set by the application's authentication)."""
+        user = str(request.environ.get("REMOTE_USER") or "")
+        return Operator(self.inspector, self.broker, who="dashboard:%s" % user if user else "dashboard")
+
+    # Pages -------------------------------------------------------------------------------
+
+    def overview(self, request: Request) -> Rendered:
+        inspector = self.inspector
+        status = inspector.status()
+        timeline = inspector.timeline([kind for kind, _ in CHART_SERIES], window=CHART_WINDOW, buckets=CHART_BUCKETS)
+        chart = timeline_chart(timeline, CHART_SERIES, title="Messages recovered from dead workers, last hour")
+        latest = inspector.dead_workers(limit=1)
+        troubled = [w for w in inspector.workers(limit=1_000_000).items if not w.alive]
+        return Rendered(
+            "overview.html",
+            {
+                "status": status,
+                "now": status.at,
+                "oldest": max((queue.oldest for queue in status.queues), default=0),
+                "timeline": timeline,
+                "chart": chart,
+                "series": CHART_SERIES,
+                "troubled": troubled,
+                "aftermath": self.aftermath(latest[0]) if latest else None,
+            },
+        )
+
+    def workers(self, request: Request) -> Rendered:
+        page = self.inspector.workers(limit=PAGE_SIZE, cursor=request.arg("cursor"))
+        messages = {
+            worker.worker_id: self.inspector.inflight(worker_id=worker.worker_id, limit=WORKER_MESSAGES).items
+            for worker in page.items
+            if worker.inflight
+        }
+        return Rendered(
+            "workers.html",
+            {
+                "page": page,
+                "messages": messages,
+                "dead": self.inspector.dead_workers(limit=PAGE_SIZE),
+                "now": self.inspector.server_time(),
+                "cursor": request.arg("cursor"),
+            },
+        )
+
+    def worker(self, request: Request) -> Rendered:
+        worker_id = request.arg("id")
+        view = self.inspector.worker(worker_id) if worker_id else None
+        if view is None:
+            return Rendered("missing.html", {"what": "worker", "name": worker_id}, status=404, live=False)
+        messages = self.inspector.inflight(worker_id=worker_id, limit=PAGE_SIZE, cursor=request.arg("cursor"))
+        declared = view.state in (RECOVERING, DEAD, FENCED)
+        return Rendered(
+            "worker.html",
+            {
+                "worker": view,
+                "messages": messages,
+                "aftermath": self.aftermath(view) if declared else None,
+                "now": self.inspector.server_time(),
+                "cursor": request.arg("cursor"),
+            },
+        )
+
+    def inflight(self, request: Request) -> Rendered:
+        filters, errors = _filters(request, ("queue", "actor", "worker"))
+        page = self.inspector.inflight(
+            worker_id=filters["worker"] or None,
+            actor=filters["actor"] or None,
+            queue=filters["queue"] or None,
+            older_than=_older_than(filters),
+            limit=PAGE_SIZE,
+            cursor=request.arg("cursor"),
+        )
+        return Rendered(
+            "inflight.html",
+            {"page": page, "filters": filters, "errors": errors, "cursor": request.arg("cursor")},
+        )
+
+    def message(self, request: Request) -> Rendered:
+        message_id = request.arg("id")
+        if not message_id:
+            return Rendered("message.html", {"message_id": "", "view": None}, live=False)
+        view = self.inspector.message(message_id)
+        context = {"message_id": message_id, "view": view, "now": self.inspector.server_time()}
+        return Rendered("message.html", context, status=200 if view is not None else 404)
+
+    def locks(self, request: Request) -> Rendered:
+        filters, errors = _filters(request, ("actor", "owner"))
+        page = self.inspector.locks(
+            actor=filters["actor"] or None,
+            owner=filters["owner"] or None,
+            older_than=_older_than(filters),
+            limit=PAGE_SIZE,
+            cursor=request.arg("cursor"),
+        )
+        context = {
+            "page": page,
+            "filters": filters,
+            "errors": errors,
+            "now": self.inspector.server_time(),
+            "cursor": request.arg("cursor"),
+        }
+        return Rendered("locks.html", context)
+
+    def events(self, request: Request) -> Rendered:
+        kind = request.arg("kind")
+        before = request.arg("before")
+        events = self.inspector.events(
+            EVENTS_PAGE * (10 if kind else 1), kinds=[kind] if kind else None, before=before or "+"
+        )[:EVENTS_PAGE]
+        context = {"events": events, "kind": kind, "kinds": KINDS, "before": before}
+        # Only the newest page follows the stream; an older one stays put.
+        return Rendered("events.html", context, live=not before)
+
+    # What became of a dead worker's messages ------------------------------------------------
+
+    def aftermath(self, worker: WorkerView) -> Aftermath:
+        """A dead worker's death and what became of each of its messages, from the events written
+        since it was declared dead, and where each runs now."""
+        since = worker.declared_dead_at - 1000 if worker.declared_dead_at else None
+        events = self.inspector.events(FATE_EVENTS_SCANNED, since=since, worker_id=worker.worker_id)
+        death = next((event for event in events if event.kind == WORKER_DEAD), None)
+        decided: dict[str, TrackerEvent] = {}
+        for event in events:
+            if event.kind in _FATE_KINDS and event.message_id:
+                decided.setdefault(event.message_id, event)
+        shown = list(decided.values())[:FATES_SHOWN]
+        running = self.inspector.running([event.message_id for event in shown])
+        fates = []
+        for event in shown:
+            now_running = running.get(event.message_id)
+            digest = now_running.lock_digest if now_running is not None else ""
+            fates.append(Fate(event, now_running, self.inspector.lock(digest) if digest else None))
+        return Aftermath(worker, death, fates, max(0, len(decided) - len(shown)))
+
+
+def _filters(request: Request, names: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """The text filters asked for, and ``older_than`` (seconds); with what is wrong with them."""
+    filters = {name: request.arg(name) for name in (*names, "older_than")}
+    errors = []
+    if filters["older_than"]:
+        try:
+            seconds = float(filters["older_than"])
+            if not (math.isfinite(seconds) and 0 <= seconds < 10**9):
+                raise ValueError
+        except ValueError:
+            errors.append("'older than' must be a number of seconds, not %r." % filters["older_than"])
+            filters["older_than"] = ""
+    return filters, errors
+
+
+def _older_than(filters: Mapping[str, str]) -> int | None:
+    return int(float(filters["older_than"]) * 1000) if filters["older_than"] else None
