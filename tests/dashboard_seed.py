@@ -112,7 +112,13 @@ def add_events(client: redis.Redis, store: TrackerStore, events: Iterable[tuple[
 
 
 def recovery_events(
-    dead_worker: str, hostname: str, pid: int, orphans: Sequence[tuple[str, str, str]], at: int, attempt: int = 1
+    dead_worker: str,
+    hostname: str,
+    pid: int,
+    orphans: Sequence[tuple[str, str, str]],
+    at: int,
+    *,
+    reporter: str = "sweeper",
 ) -> list[tuple[int, TrackerEvent]]:
     """The events of a dead worker's recovery: one per orphan (message id, actor, queue), then the worker's."""
     found = []
@@ -128,10 +134,10 @@ def recovery_events(
                     actor_name=actor,
                     queue_name=queue,
                     worker_id=dead_worker,
-                    reporter="sweeper",
+                    reporter=reporter,
                     recoveries=1,
                     at=at,
-                    details={"outcome": "redelivered", "attempt": str(attempt), "state": "started 2000 ms ago"},
+                    details={"outcome": "redelivered", "attempt": "1", "state": "started 2000 ms ago"},
                 ),
             )
         )
@@ -143,7 +149,7 @@ def recovery_events(
                 text="Worker %r (host %r, pid %d) is dead (heartbeat expired); %d of its messages settled in 3 ms."
                 % (dead_worker, hostname, pid, len(orphans)),
                 worker_id=dead_worker,
-                reporter="sweeper",
+                reporter=reporter,
                 at=at,
                 details={"reason": "heartbeat expired", "hostname": hostname, "pid": str(pid)},
             ),
@@ -239,10 +245,10 @@ def showcase(client: redis.Redis, store: TrackerStore, *, hostile: bool = False)
 
     timeline: list[tuple[int, TrackerEvent]] = []
     older_orphans = [("0ld-%d" % index, "resize_image", queue) for index in range(7)]
-    timeline += recovery_events(older, "web-4", 977, older_orphans, now - 2_400_000)
+    timeline += recovery_events(older, "web-4", 977, older_orphans, now - 2_400_000, reporter=busy)
     timeline.append(quarantine_event("0ld-poison", "render_report", "reports", older, now - 2_399_000))
     orphans = [(recovered[0], actor, queue)] + [(m, "resize_image", queue) for m in recovered[1:]]
-    timeline += recovery_events(dead, "web-3", 1880, orphans, now - 100_000)
+    timeline += recovery_events(dead, "web-3", 1880, orphans, now - 100_000, reporter=live)
     timeline.append(lock_released_event(recovered[0], dead, digest, now - 99_999))
     add_events(client, store, timeline)
     bury(store, older, now - 2_400_500)

@@ -14,6 +14,7 @@ from ..abort import find_abortable
 from ..events import (
     ABORT_HONOURED,
     KINDS,
+    LOCK_RELEASED,
     QUARANTINED,
     RECOVERED,
     WORKER_DEAD,
@@ -201,7 +202,10 @@ class Pages:
         if not message_id:
             return Rendered("message.html", {"message_id": "", "view": None}, live=False)
         view = self.inspector.message(message_id)
-        context = {"message_id": message_id, "view": view, "now": self.inspector.server_time()}
+        lock = None
+        if view is not None:
+            lock = view.lock or self._lock_of(message_id, _released_digests(view.events).get(message_id, ""))
+        context = {"message_id": message_id, "view": view, "lock": lock, "now": self.inspector.server_time()}
         return Rendered("message.html", context, status=200 if view is not None else 404)
 
     def locks(self, request: Request) -> Rendered:
@@ -246,12 +250,32 @@ class Pages:
                 decided.setdefault(event.message_id, event)
         shown = list(decided.values())[:FATES_SHOWN]
         running = self.inspector.running([event.message_id for event in shown])
+        released = _released_digests(events)
         fates = []
         for event in shown:
-            now_running = running.get(event.message_id)
-            digest = now_running.lock_digest if now_running is not None else ""
-            fates.append(Fate(event, now_running, self.inspector.lock(digest) if digest else None))
+            message_id = event.message_id
+            now_running = running.get(message_id)
+            digest = now_running.lock_digest if now_running is not None and now_running.lock_digest else ""
+            fates.append(Fate(event, now_running, self._lock_of(message_id, digest or released.get(message_id, ""))))
         return Aftermath(worker, death, fates, max(0, len(decided) - len(shown)))
+
+    def _lock_of(self, message_id: str, digest: str) -> LockInfo | None:
+        """The lock ``digest`` if ``message_id`` holds it now."""
+        lock = self.inspector.lock(digest) if digest else None
+        return lock if lock is not None and lock.message_id == message_id else None
+
+
+def _released_digests(events: Sequence[TrackerEvent]) -> dict[str, str]:
+    """message id -> the digest of the lock that recovery passed to (or took from) its next attempt.
+
+    A recovered copy starts before its lock is known to its record, so its record may not name
+    the lock: the recovery's "lock-released" event does."""
+    found: dict[str, str] = {}
+    for event in events:
+        digest = event.details.get("digest", "")
+        if event.kind == LOCK_RELEASED and event.message_id and digest:
+            found.setdefault(event.message_id, digest)
+    return found
 
 
 def _filters(request: Request, names: Sequence[str]) -> tuple[dict[str, str], list[str]]:
