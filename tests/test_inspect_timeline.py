@@ -77,3 +77,56 @@ def test_events_are_filtered_by_worker_and_by_time(
     assert [e.kind for e in inspector.events(100, worker_id="dead-1")] == [WORKER_DEAD, RECOVERED]
     assert {e.worker_id for e in inspector.events(100, since=now - 1_000)} == {"dead-2"}
     assert inspector.events(100, worker_id="nobody") == []
+
+
+def test_status_counts_plain_and_escaped_records_alike_and_reports_the_rest(
+    redis_client: redis.Redis, store: TrackerStore, inspector: Inspector
+) -> None:
+    # Records are summed on the server, plain ones by pattern and any other by decoding them
+    now = store.server_time()
+    seeds = [
+        SeedRecord("plain", "charge", "q", now - 5_000),
+        SeedRecord("escaped", 'we"ird\\actor', 'q"2', now - 9_000),
+        SeedRecord("unicode", "r\u00e9sum\u00e9", "q", now - 1_000),
+    ]
+    register_worker(store, "w1", seeds)
+    redis_client.hset(store.keys.inflight("w1"), "short", '["charge","q",1,"0"]')
+    redis_client.hset(store.keys.inflight("w1"), "garbage", "not json")
+
+    status = inspector.status()
+
+    assert dict(status.actors) == {"charge": 1, 'we"ird\\actor': 1, "r\u00e9sum\u00e9": 1}
+    assert {q.queue_name: q.inflight for q in status.queues} == {"q": 2, 'q"2': 1}
+    assert {q.queue_name: q.oldest >= 9_000 for q in status.queues} == {"q": False, 'q"2': True}
+    assert sorted(p.field for p in status.problems) == ["garbage", "short"]
+
+
+def test_inflight_filters_on_the_server_and_still_reports_unreadable_records(
+    redis_client: redis.Redis, store: TrackerStore, inspector: Inspector
+) -> None:
+    now = store.server_time()
+    seeds = [SeedRecord("plain-%d" % i, "charge", "q", now - 1_000 * i) for i in range(1, 6)]
+    seeds.append(SeedRecord("escaped", 'we"ird', 'q"2', now - 60_000))
+    register_worker(store, "w1", seeds)
+    register_worker(store, "w2", [SeedRecord("other", "charge", "q2", now - 30_000)])
+    register_worker(store, "w3", [])
+    redis_client.hset(store.keys.inflight("w1"), "garbage", "not json")
+
+    def ids(**filters: object) -> list[str]:
+        return sorted(view.message_id for view in inspector.inflight(**filters).items)  # type: ignore[arg-type]
+
+    assert ids(actor='we"ird') == ["escaped"] and ids(queue='q"2') == ["escaped"]
+    assert ids(actor="charge") == ["other", "plain-1", "plain-2", "plain-3", "plain-4", "plain-5"]
+    assert ids(actor="charge", queue="q", older_than=2_500) == ["plain-3", "plain-4", "plain-5"]
+    assert ids(older_than=20_000) == ["escaped", "other"]
+    assert ids(actor="nobody") == []
+    assert [p.field for p in inspector.inflight(actor="nobody").problems] == ["garbage"]
+    # Paged, each exactly once
+    seen, cursor = [], ""
+    while True:
+        page = inspector.inflight(actor="charge", limit=2, cursor=cursor)
+        seen += [view.message_id for view in page.items]
+        if not page.cursor:
+            break
+        cursor = page.cursor
+    assert sorted(seen) == ids(actor="charge")
