@@ -27,13 +27,14 @@ from dramatiq_tracker.cli import build_parser
 from dramatiq_tracker.dashboard import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_REFRESH, DashboardApp, make_wsgi_middleware
 from dramatiq_tracker.dashboard.charts import nice_ceiling, timeline_chart
 from dramatiq_tracker.dashboard.formatting import duration
-from dramatiq_tracker.events import ABORT_REQUESTED, LOCK_DELETED
+from dramatiq_tracker.dashboard.pages import TimelineCache
+from dramatiq_tracker.events import ABORT_REQUESTED, LOCK_DELETED, TrackerEvent
 from dramatiq_tracker.inspect import Inspector
 from dramatiq_tracker.store import TrackerStore
 from dramatiq_tracker.views import Timeline
 
 from .conftest import Namespaces
-from .dashboard_seed import HOSTILE, HOSTILE_ATTRIBUTE, SeedRecord, register_worker, showcase
+from .dashboard_seed import HOSTILE, HOSTILE_ATTRIBUTE, SeedRecord, add_events, register_worker, showcase
 from .dashboard_support import Client, Reply
 from .support import ROOT, close_redis_broker, fake_dead_worker, free_port, wait_for
 
@@ -475,6 +476,25 @@ def test_the_chart_is_plain_svg_with_text_escaped() -> None:
     assert svg.startswith("<svg") and svg.count('class="series-recovered"') == 2
     assert "<x>" not in svg and "a<b" not in svg and "T<itle>" not in svg and "&lt;itle&gt;" in svg
     assert "<script" not in svg and "style=" not in svg
+
+
+def test_the_charts_counts_are_kept_for_the_buckets_that_ended_and_the_open_ones_read_again(
+    redis_client: redis.Redis, store: TrackerStore, inspector: Inspector
+) -> None:
+    now = store.server_time()
+    kinds = ["recovered", "quarantined"]
+    add_events(
+        redis_client, store, [(now - 30 * 60_000 + i, TrackerEvent(kind="recovered", text="")) for i in range(4)]
+    )
+    cache = TimelineCache(kinds, 3_600_000, 60)
+
+    first = cache.read(inspector)
+    assert first.total("recovered") == 4 and first.counts == inspector.timeline(kinds).counts
+    # New events land in the open bucket; the next read counts them without reading the others again
+    add_events(redis_client, store, [(store.server_time(), TrackerEvent(kind="quarantined", text=""))])
+    second = cache.read(inspector)
+    assert second.counts == inspector.timeline(kinds).counts
+    assert (second.total("recovered"), second.total("quarantined")) == (4, 1)
 
 
 def test_durations_read_naturally() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,10 +21,10 @@ from ..events import (
     WORKER_DEAD,
     TrackerEvent,
 )
-from ..inspect import DEAD, FENCED, RECOVERING, Inspector
+from ..inspect import DEAD, FENCED, RECOVERING, UNRESPONSIVE, Inspector
 from ..operate import Operator
 from ..store import LockInfo
-from ..views import InflightView, WorkerView
+from ..views import InflightView, Timeline, WorkerView
 from .charts import timeline_chart
 from .http import Request
 
@@ -98,6 +99,44 @@ class Aftermath:
     more: int = 0
 
 
+class TimelineCache:
+    """The overview chart's counts.  Stream ids only grow, so a bucket that ended before a read
+    never gets another event: its counts are kept, and each update reads only the events of the
+    buckets still open (the last one, mostly).  Shared by the threads serving requests."""
+
+    def __init__(self, kinds: Sequence[str], window: int, buckets: int) -> None:
+        self.kinds = list(kinds)
+        self.window = window
+        self.buckets = buckets
+        self._lock = threading.Lock()
+        #: bucket start -> kind -> count, for buckets that had ended when they were read.
+        self._closed: dict[int, dict[str, int]] = {}
+        #: Every event before it is counted in ``_closed``.
+        self._boundary = 0
+
+    def read(self, inspector: Inspector) -> Timeline:
+        with self._lock:
+            closed, boundary = self._closed, self._boundary
+        fresh = inspector.timeline(
+            self.kinds, window=self.window, buckets=self.buckets, since=boundary if closed else None
+        )
+        counts: dict[str, list[int]] = {kind: list(series) for kind, series in fresh.counts.items()}
+        starts = [fresh.start + index * fresh.step for index in range(self.buckets)]
+        for index, start in enumerate(starts):
+            kept = closed.get(start) if start + fresh.step <= boundary else None
+            if kept is not None:
+                for kind in self.kinds:
+                    counts[kind][index] += kept.get(kind, 0)
+        if fresh.complete:
+            # Every bucket but the last has ended: the last one holds the server's time of the read.
+            ended = {
+                start: {kind: counts[kind][index] for kind in self.kinds} for index, start in enumerate(starts[:-1])
+            }
+            with self._lock:
+                self._closed, self._boundary = ended, starts[-1]
+        return Timeline(fresh.start, fresh.step, counts, fresh.complete)
+
+
 class Pages:
     """The pages of one dashboard.
 
@@ -109,6 +148,7 @@ class Pages:
     def __init__(self, inspector: Inspector, broker: Broker | None) -> None:
         self.inspector = inspector
         self.broker = broker
+        self.timeline = TimelineCache([kind for kind, _ in CHART_SERIES], CHART_WINDOW, CHART_BUCKETS)
 
     @property
     def can_recover(self) -> bool:
@@ -128,10 +168,12 @@ class Pages:
     def overview(self, request: Request) -> Rendered:
         inspector = self.inspector
         status = inspector.status()
-        timeline = inspector.timeline([kind for kind, _ in CHART_SERIES], window=CHART_WINDOW, buckets=CHART_BUCKETS)
+        timeline = self.timeline.read(inspector)
         chart = timeline_chart(timeline, CHART_SERIES, title="Messages recovered from dead workers, last hour")
         latest = inspector.dead_workers(limit=1)
-        troubled = [w for w in inspector.workers(limit=1_000_000).items if not w.alive]
+        # Every worker is read again only when some are not alive (the status counted them).
+        waiting = status.workers[UNRESPONSIVE] + status.workers[RECOVERING]
+        troubled = [w for w in inspector.workers(limit=1_000_000).items if not w.alive] if waiting else []
         return Rendered(
             "overview.html",
             {

@@ -12,6 +12,9 @@
   var paused = false;
   var timer = null;
   var updates = 0;
+  // A page slow to render (a filter over a huge namespace) is fetched less often: the next update
+  // waits at least twice as long as the last one took.
+  var delay = refresh;
 
   if (!live || !refresh) {
     return;
@@ -26,7 +29,7 @@
 
   function schedule() {
     clearTimeout(timer);
-    timer = setTimeout(update, refresh);
+    timer = setTimeout(update, delay);
   }
 
   function update() {
@@ -35,6 +38,7 @@
       return;
     }
     var target = new URL(window.location.href);
+    var started = Date.now();
     target.searchParams.set("_live", "1");
     fetch(target.toString(), { credentials: "same-origin", cache: "no-store", headers: { Accept: "text/html" } })
       .then(function (response) {
@@ -48,6 +52,7 @@
           live.innerHTML = html;
         }
         updates += 1;
+        delay = Math.max(refresh, 2 * (Date.now() - started));
         live.setAttribute("data-updates", String(updates));
         say("updated " + new Date().toLocaleTimeString(), false);
       })
