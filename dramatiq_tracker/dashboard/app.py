@@ -302,12 +302,13 @@ def make_wsgi_middleware(prefix: str = "/tracker", **options: Any) -> Callable[[
 
 
 def _inspector(url: str | None, client: redis.Redis | None, namespace: str | None, broker: Broker | None) -> Inspector:
-    tracker = find_tracker(broker) if broker is not None else None
-    if namespace is None:
-        namespace = tracker.settings.namespace if tracker is not None else DEFAULT_NAMESPACE
-    if url is None and client is None and tracker is not None and not os.environ.get(URL_ENVIRONMENT_VARIABLE):
-        client = tracker.store.client
-    return Inspector(url=url, client=client, namespace=namespace)
+    if broker is None:
+        return Inspector(url=url, client=client, namespace=namespace or DEFAULT_NAMESPACE)
+    tracker = find_tracker(broker)
+    if url is None and client is None and not os.environ.get(URL_ENVIRONMENT_VARIABLE):
+        # Bound to this broker (as declaring an actor would), whether or not it is the global one.
+        client = tracker.runtime.bind(broker).store.client
+    return Inspector(url=url, client=client, namespace=namespace or tracker.settings.namespace)
 
 
 def _local(request: Request, location: str) -> str:
