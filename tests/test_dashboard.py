@@ -255,6 +255,8 @@ def test_every_answer_carries_the_security_headers(redis_client: redis.Redis, in
         assert reply.header("X-Frame-Options") == "DENY" and reply.header("X-Content-Type-Options") == "nosniff"
         assert reply.header("Referrer-Policy") == "no-referrer"
     assert client.get("/").header("Cache-Control") == "no-store"
+    head = client.request("HEAD", "/workers")
+    assert head.status == 200 and head.body == b"" and int(head.header("Content-Length")) > 1000
     assert client.get("/static/dashboard.css").header("Content-Type").startswith("text/css")
     assert client.get("/static/../app.py").status == 404
     # Nor does any template use inline script, event handlers or style attributes

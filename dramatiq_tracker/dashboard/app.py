@@ -132,6 +132,7 @@ class DashboardApp:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = str(environ.get("PATH_INFO") or "/")
+        head = environ.get("REQUEST_METHOD") == "HEAD"
         if self.prefix and path != self.prefix and not path.startswith(self.prefix + "/"):
             if self.app is not None:
                 return self.app(environ, start_response)
@@ -141,7 +142,7 @@ class DashboardApp:
             response = self.handle(Request(environ, root, path[len(self.prefix) :] or "/"))
         headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body)))]
         start_response(response.status_line, headers + response.headers)
-        return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else response.body]
+        return [b"" if head else response.body]
 
     def close(self) -> None:
         """Close the inspector's connections, if it made its client."""
