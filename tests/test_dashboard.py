@@ -565,3 +565,16 @@ def _status(request: str | urllib.request.Request) -> int:
             return int(reply.status)
     except urllib.error.HTTPError as e:
         return int(e.code)
+
+
+def test_without_chromium_the_browser_tests_skip_but_fail_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    from . import dashboard_support
+
+    monkeypatch.setattr(dashboard_support, "CHROMIUM_CANDIDATES", ())
+    monkeypatch.setattr(dashboard_support.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="chromium"):
+        next(dashboard_support.chrome_or_skip())
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="apt-get install chromium chromium-driver"):
+        next(dashboard_support.chrome_or_skip())

@@ -86,10 +86,25 @@ def unique_sender(redis_url: str, namespaces: Namespaces) -> Iterator[Callable[[
 
 
 def until(driver: Any, condition: Callable[[Any], Any], timeout: float, message: str) -> Any:
-    """Wait in the browser, polling the page as it is (never reloading it)."""
+    """Wait in the browser, polling the page as it is (never reloading it).  The live part of a page is
+    swapped every update, so an element found a moment ago may be gone: then look again."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition, message)
+    wait = WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,))
+    return wait.until(condition, message)
+
+
+def read(driver: Any, selector: str, what: str = "innerText") -> Any:
+    """A property of the element ``selector`` selects, or None, read at once in the page (never stale)."""
+    script = "const found = document.querySelector(arguments[0]); return found ? found[arguments[1]] : null;"
+    return driver.execute_script(script, selector, what)
+
+
+def click(driver: Any, selector: str) -> bool:
+    """Click the element ``selector`` selects, found afresh (the live part may have been swapped)."""
+    driver.find_element("css selector", selector).click()
+    return True
 
 
 def runs_on(driver: Any) -> dict[str, str]:
@@ -132,9 +147,11 @@ def test_a_worker_killed_while_its_page_is_open_shows_dead_its_orphans_recovered
     chrome.switch_to.new_window("tab")
     chrome.get(base + "/worker?id=" + urllib.parse.quote(victim.worker_id))
     chrome.execute_script("window.openedOnce = true")
-    assert chrome.find_element("css selector", "#worker").get_attribute("data-state") == "alive"
-    shown = {e.get_attribute("data-message-id") for e in chrome.find_elements("css selector", "#messages tr")}
-    assert set(ids) <= shown
+    assert read(chrome, "#worker", "dataset")["state"] == "alive"
+    shown = chrome.execute_script(
+        "return Array.from(document.querySelectorAll('#messages tr[data-message-id]'), row => row.dataset.messageId)"
+    )
+    assert set(ids) <= set(shown)
 
     # When the worker is SIGKILLed
     kill(victim.pid)
@@ -143,7 +160,7 @@ def test_a_worker_killed_while_its_page_is_open_shows_dead_its_orphans_recovered
     # running on the survivor, holding its lock again
     until(
         chrome,
-        lambda d: d.find_element("css selector", "#worker").get_attribute("data-state") == "dead",
+        lambda d: (read(d, "#worker", "dataset") or {}).get("state") == "dead",
         BOUND + SHOWN,
         "the victim shown dead",
     )
@@ -151,11 +168,11 @@ def test_a_worker_killed_while_its_page_is_open_shows_dead_its_orphans_recovered
     with Inspector(client=redis_client, namespace=namespaces.tracker) as inspector:
         locks = {lock.message_id: lock for lock in inspector.locks().items}
         for message_id in ids:
-            row = chrome.find_element("css selector", '#aftermath tr[data-message-id="%s"]' % message_id)
+            row = read(chrome, '#aftermath tr[data-message-id="%s"]' % message_id)
             lock = locks.get(message_id)
             assert lock is not None
             assert (lock.message_id, lock.attempt) == (message_id, 1)
-            assert "delivered again" in row.text and lock.digest in row.text
+            assert "delivered again" in row and lock.digest in row
     assert chrome.execute_script("return window.openedOnce") is True and updates(chrome) > 0
 
     # And so does the overview, open since before the kill
@@ -163,14 +180,14 @@ def test_a_worker_killed_while_its_page_is_open_shows_dead_its_orphans_recovered
     until(
         chrome,
         lambda d: (
-            d.find_elements("css selector", '#aftermath[data-worker-id="%s"]' % victim.worker_id)
+            read(d, '#aftermath[data-worker-id="%s"]' % victim.worker_id, "id") == "aftermath"
             and runs_on(d) == dict.fromkeys(ids, survivor.worker_id)
         ),
         SHOWN,
         "the overview's last dead worker",
     )
-    assert chrome.find_element("css selector", '[data-count="dead"] .value').text == "1"
-    assert chrome.find_element("css selector", '[data-count="orphans"] .value').text == "0"
+    assert read(chrome, '[data-count="dead"] .value') == "1"
+    assert read(chrome, '[data-count="orphans"] .value') == "0"
     assert chrome.execute_script("return window.openedOnce") is True
     chrome.close()
     chrome.switch_to.window(chrome.window_handles[0])
@@ -206,19 +223,19 @@ def test_message_data_shows_as_text_and_runs_nothing(
         if path != pages[-1]:  # a confirmation does not update itself
             until(chrome, lambda d: updates(d) >= 1, SHOWN, "a live update of %s" % path)
         # Then nothing of theirs became markup: no alert, no image, only our two script elements
-        assert chrome.find_elements("css selector", "img") == [], path
-        assert len(chrome.find_elements("css selector", "script")) == 2, path
+        assert chrome.execute_script("return document.querySelectorAll('img').length") == 0, path
+        assert chrome.execute_script("return document.querySelectorAll('script').length") == 2, path
         assert chrome.execute_script("return typeof window.alert") == "function"
         from selenium.common.exceptions import NoAlertPresentException
 
         with pytest.raises(NoAlertPresentException):
             chrome.switch_to.alert.text  # noqa: B018
-        body = chrome.find_element("tag name", "body").text
+        body = read(chrome, "body")
         assert HOSTILE in body or path in ("/locks/delete?digest=" + names["digest"],), path
 
     # And the real message's arguments read as its worker recorded them (reprs, cut to 30 characters each)
     chrome.get(base + "/message?id=" + message_id)
-    preview = chrome.find_element("css selector", "#running .preview").text
+    preview = read(chrome, "#running .preview")
     with Inspector(client=redis_client, namespace=namespaces.tracker) as inspector:
         assert preview == inspector.running([message_id])[message_id].preview
     assert HOSTILE in preview and "><img src" in preview
@@ -245,21 +262,21 @@ def test_a_lock_is_deleted_through_the_page(
 
     # When it is deleted from the locks page, and confirmed
     chrome.get(base + "/locks")
-    chrome.find_element("css selector", 'tr[data-digest="%s"] a.danger' % lock.digest).click()
+    until(chrome, lambda d: click(d, 'tr[data-digest="%s"] a.danger' % lock.digest), SHOWN, "the delete link")
     until(chrome, lambda d: d.find_elements("id", "confirm"), SHOWN, "the confirmation")
     assert redis_client.exists(key)  # asking changed nothing
     chrome.find_element("id", "confirm").click()
 
     # Then the page says so, and the lock is gone from Redis, with an event saying who
     until(chrome, lambda d: d.find_elements("id", "done"), SHOWN, "the result")
-    assert "deleted" in chrome.find_element("id", "done").text
+    assert "deleted" in read(chrome, "#done")
     assert not redis_client.exists(key)
     with Inspector(client=redis_client, namespace=namespaces.tracker) as inspector:
         assert inspector.lock(lock.digest) is None and inspector.locks().items == []
         (event,) = inspector.events(10, kinds=[LOCK_DELETED])
         assert (event.details["by"], event.message_id) == ("dashboard", message_id)
     chrome.get(base + "/locks")
-    assert chrome.find_elements("css selector", "tr[data-digest]") == []
+    assert chrome.execute_script("return document.querySelectorAll('tr[data-digest]').length") == 0
 
 
 def test_a_read_only_dashboard_offers_no_action_and_its_endpoints_refuse(
@@ -268,8 +285,8 @@ def test_a_read_only_dashboard_offers_no_action_and_its_endpoints_refuse(
     store.acquire_lock("feedc0ffee", "m-1", 0, "until_executed", "charge_card", "payments", "", None)
     base = serve(namespaces.tracker)
     chrome.get(base + "/locks")
-    assert chrome.find_elements("css selector", 'tr[data-digest="feedc0ffee"]')
-    assert chrome.find_elements("css selector", "a.danger, form[method=post]") == []
+    assert read(chrome, 'tr[data-digest="feedc0ffee"]', "tagName") == "TR"
+    assert chrome.execute_script("return document.querySelectorAll('a.danger, form[method=post]').length") == 0
 
     # Even a request made from the page itself is refused, and changes nothing
     script = """
