@@ -63,6 +63,10 @@ class DashboardApp:
     It only reads, unless ``allow_actions`` is True.
 
     Parameters:
+      broker(Broker): The application's broker, with its TrackerMiddleware (and dramatiq-abort's
+        Abortable to cancel or abort): the dashboard reads its tracker's Redis and namespace, and
+        needs it for the "recover now" and abort actions.  Positional, as in dramatiq_dashboard's
+        ``DashboardApp(broker, prefix=...)``.
       url(str): The tracker's Redis URL; default: ``$DRAMATIQ_TRACKER_REDIS_URL``, else the Redis
         client of ``broker``'s tracker, else ``redis://localhost:6379/0``.
       client(redis.Redis): Or a client of it.
@@ -71,8 +75,6 @@ class DashboardApp:
       prefix(str): The path it is served under, such as ``"/tracker"``; "" for the root.
       app(callable): The WSGI application it wraps: it gets every request outside ``prefix``
         (without one, they get 404).
-      broker(Broker): The application's broker, with its TrackerMiddleware (and dramatiq-abort's
-        Abortable to cancel or abort): needed by the "recover now" and abort actions.
       allow_actions(bool): Let users delete locks, recover and abort, each confirmed and checked
         against CSRF; default False: read-only, and the action endpoints answer 403.
       token(str): A shared token every request must carry (``Authorization: Bearer``, or the
@@ -88,13 +90,13 @@ class DashboardApp:
 
     def __init__(
         self,
+        broker: Broker | None = None,
         *,
         url: str | None = None,
         client: redis.Redis | None = None,
         namespace: str | None = None,
         prefix: str = "",
         app: WSGIApplication | None = None,
-        broker: Broker | None = None,
         allow_actions: bool = False,
         token: str | None = None,
         secret: bytes | None = None,
