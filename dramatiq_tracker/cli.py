@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_check(commands)
     _add_exporter(commands)
     _add_demo(commands)
+    _add_dashboard(commands)
     return parser
 
 
@@ -1060,3 +1061,60 @@ def _demo(arguments: argparse.Namespace) -> int:
     except (TrackerError, redis.RedisError) as e:
         print("dramatiq-tracker demo: %s" % e, file=sys.stderr)
         return RET_ERROR
+
+
+# dashboard -----------------------------------------------------------------------------
+
+
+def _add_dashboard(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    # The defaults are spelled here rather than imported, so that --help needs no Jinja2.
+    parser = commands.add_parser(
+        "dashboard",
+        help="serve the web dashboard: which worker runs which message, dead workers, locks, events",
+        description=(
+            "Serve the web dashboard of a tracker namespace with the standard library's WSGI server. "
+            "It listens on 127.0.0.1 and only reads, unless told otherwise. Needs the `dashboard` extra "
+            "(Jinja2). To mount it in an application instead, see dramatiq_tracker.dashboard.DashboardApp."
+        ),
+    )
+    parser.add_argument("--url", help="the tracker's Redis URL (default: $DRAMATIQ_TRACKER_REDIS_URL, else the "
+                        "--broker's tracker's Redis, else redis://localhost:6379/0)")  # fmt: skip
+    parser.add_argument(
+        "--namespace", help="the tracker's namespace (default: the --broker's tracker's, else dramatiq-tracker)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=_bounded_int(0, 65535), default=8711, help="default: %(default)s")
+    parser.add_argument("--prefix", default="", help="serve under this path, such as /tracker (default: the root)")
+    parser.add_argument(
+        "--allow-actions",
+        action="store_true",
+        help="let users delete locks, recover now, cancel and abort (each confirmed, CSRF-checked); "
+        "off by default: read-only",
+    )
+    parser.add_argument(
+        "--token",
+        help="a shared token every request must carry (default: $DRAMATIQ_TRACKER_DASHBOARD_TOKEN; "
+        "the environment variable keeps it out of the process list)",
+    )
+    parser.add_argument(
+        "--broker",
+        metavar="MODULE[:BROKER]",
+        help="the application's broker, as the dramatiq command takes it, for recover and abort",
+    )
+    parser.add_argument(
+        "--refresh",
+        type=_bounded_int(0, 3_600_000),
+        default=2000,
+        metavar="MS",
+        help="how often pages update themselves, in milliseconds; 0 for never (default: %(default)s)",
+    )
+    parser.set_defaults(handler=_dashboard)
+
+
+def _dashboard(arguments: argparse.Namespace) -> int:
+    try:
+        from .dashboard.server import run
+    except ImportError as e:
+        print("dramatiq-tracker dashboard: %s" % e, file=sys.stderr)
+        return RET_ERROR
+    return run(arguments)

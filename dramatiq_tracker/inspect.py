@@ -50,6 +50,7 @@ from .views import (
     Page,
     Problem,
     QueueStatus,
+    Timeline,
     WorkerView,
 )
 
@@ -71,6 +72,7 @@ __all__ = [
     "Page",
     "Problem",
     "QueueStatus",
+    "Timeline",
     "WorkerView",
 ]
 
@@ -85,6 +87,8 @@ PIPELINE_WORKERS = 100
 SUMMARY_RECORDS = 2500
 #: How many of the newest events :meth:`Inspector.message` looks through for a message's own.
 MESSAGE_EVENTS_SCANNED = 2000
+#: How many stream entries one script call of :meth:`Inspector.timeline` counts: it blocks Redis about 2 ms.
+TIMELINE_BATCH = 2000
 
 
 class Inspector:
@@ -342,11 +346,21 @@ class Inspector:
         workers = {view.worker_id: view for view in views}
         start_worker, scan, skip = _parse_cursor(cursor)
         items: list[InflightView] = []
+        filtered = actor is not None or queue is not None or older_than is not None
+        started_before = now - older_than if older_than is not None else None
         for wid in sorted(w for w in workers if w >= start_worker):
             if wid != start_worker:
+                if not workers[wid].inflight:
+                    continue
                 scan, skip = 0, 0
             while True:
-                next_scan, raw_records = self.store.scan_inflight(wid, scan, count=SCAN_COUNT)
+                if filtered:
+                    # Filtered on the server: a filter few records match does not ship them all.
+                    next_scan, raw_records = self.store.scan_inflight_matching(
+                        wid, scan, SCAN_COUNT, actor=actor, queue=queue, started_before=started_before
+                    )
+                else:
+                    next_scan, raw_records = self.store.scan_inflight(wid, scan, count=SCAN_COUNT)
                 matches = []
                 for message_id, raw in sorted(raw_records.items()):
                     view = self._inflight_view(message_id, raw, workers[wid], now, problems)
@@ -414,6 +428,39 @@ class Inspector:
                     yield worker, message_id, raw
                 if scan == 0:
                     break
+
+    def running(self, message_ids: Sequence[str]) -> dict[str, InflightView]:
+        """Where these messages run now: their recorded attempts in flight, by message id.
+
+        A message that is queued, finished, or has not run for a ``flush_interval`` yet is left
+        out, and so is one whose recorded worker was declared dead (its record was claimed).
+        It costs a few round trips, whatever the number of messages.
+        """
+        if not message_ids:
+            return {}
+        owners = cast("list[Any]", self.client.hmget(self.keys.running, list(message_ids)))
+        by_worker: dict[str, list[str]] = {}
+        for message_id, owner in zip(message_ids, owners, strict=True):
+            if owner is not None:
+                by_worker.setdefault(text(owner).split("|", 1)[0], []).append(message_id)
+        if not by_worker:
+            return {}
+        now = self.server_time()
+        views, _ = self._worker_views(self.store.registrations(sorted(by_worker)), now)
+        workers = {view.worker_id: view for view in views}
+        pipe = self.client.pipeline(transaction=False)
+        wanted = [(worker_id, ids) for worker_id, ids in sorted(by_worker.items()) if worker_id in workers]
+        for worker_id, ids in wanted:
+            pipe.hmget(self.keys.inflight(worker_id), ids)
+        found: dict[str, InflightView] = {}
+        for (worker_id, ids), records in zip(wanted, pipe.execute() if wanted else [], strict=True):
+            for message_id, raw in zip(ids, records, strict=True):
+                if raw is None:
+                    continue
+                view = self._inflight_view(message_id, text(raw), workers[worker_id], now, [])
+                if view is not None:
+                    found[message_id] = view
+        return found
 
     # Orphans ------------------------------------------------------------------------------
 
@@ -577,18 +624,77 @@ class Inspector:
 
     # Events and counters ------------------------------------------------------------------
 
-    def events(self, count: int = 50, *, kinds: Sequence[str] | None = None, before: str = "+") -> list[TrackerEvent]:
+    def events(
+        self,
+        count: int = 50,
+        *,
+        kinds: Sequence[str] | None = None,
+        before: str = "+",
+        since: int | None = None,
+        worker_id: str | None = None,
+    ) -> list[TrackerEvent]:
         """The newest events, newest first.
 
         Parameters:
-          count(int): How many stream entries to read (fewer are returned with ``kinds``).
+          count(int): How many stream entries to read (fewer are returned with ``kinds`` or ``worker_id``).
           kinds(list[str]): Only these kinds.
           before(str): Only those before this stream id (exclusive), to page back.
+          since(int): Only those written at or after this time (server ms since the epoch).
+          worker_id(str): Only those about this worker (the dead one, the zombie).
         """
         maximum = before if before == "+" else "(" + before
-        entries = self.store.events(count, before=maximum)
+        entries = self.store.events(count, before=maximum, after="-" if since is None else str(since))
         found = [TrackerEvent.from_fields(fields, entry_id) for entry_id, fields in entries]
-        return [event for event in found if not kinds or event.kind in kinds]
+        return [
+            event
+            for event in found
+            if (not kinds or event.kind in kinds) and (worker_id is None or event.worker_id == worker_id)
+        ]
+
+    def timeline(
+        self,
+        kinds: Sequence[str],
+        *,
+        window: int = 3_600_000,
+        buckets: int = 60,
+        limit: int = 10_000,
+        since: int | None = None,
+    ) -> Timeline:
+        """Events of some kinds counted over the last ``window``, in ``buckets`` of equal width
+        aligned on multiples of their width (by the stream ids: the Redis server's clock).  They are
+        counted on the server, a batch of entries per script call; none is sent to the client.
+
+        Parameters:
+          kinds(list[str]): The kinds to count (``"recovered"``, ``"worker-dead"``, ...).
+          window(int): How far back, in milliseconds.
+          buckets(int): How many buckets.
+          limit(int): At most this many stream entries are read, the newest first; beyond it the
+            timeline is not ``complete``.
+          since(int): Count only the events written at or after this time (server ms): the buckets
+            before it stay 0 (for a caller that kept the counts of the buckets that ended).
+
+        Raises:
+          ConfigurationError: When ``window`` or ``buckets`` is not positive.
+        """
+        if buckets < 1 or window < buckets:
+            raise ConfigurationError("timeline", "needs at least one bucket of at least 1 ms")
+        step = window // buckets
+        end = -(-self.server_time() // step) * step
+        start = end - step * buckets
+        counts = {kind: [0] * buckets for kind in kinds}
+        before, read = "+", 0
+        while read < limit:
+            asked = min(TIMELINE_BATCH, limit - read)
+            found, oldest, batch = self.store.count_events(
+                kinds, start, step, buckets, before=before, after=max(start, since or 0), count=asked
+            )
+            for kind, series in batch.items():
+                counts[kind] = [a + b for a, b in zip(counts[kind], series, strict=True)]
+            read += found
+            if found < asked:
+                return Timeline(start, step, counts)
+            before = "(" + oldest
+        return Timeline(start, step, counts, complete=False)
 
     def events_after(self, after: str, *, count: int = 100) -> list[TrackerEvent]:
         """Events written after the stream id ``after`` ("0" for the oldest), oldest first: to follow

@@ -463,6 +463,23 @@ class TrackerStore:
         found.pop(SEQUENCE_FIELD, None)
         return int(cursor), found
 
+    def scan_inflight_matching(
+        self,
+        worker_id: str,
+        cursor: int = 0,
+        count: int = 500,
+        *,
+        actor: str | None = None,
+        queue: str | None = None,
+        started_before: int | None = None,
+    ) -> tuple[int, dict[str, str]]:
+        """Like :meth:`scan_inflight`, but only the records of this actor, of this queue, started before
+        this time (ms), filtered on the server (``lua/scan_inflight.lua``); unreadable ones come too."""
+        args = [cursor, count, actor or "", queue or "", "" if started_before is None else started_before]
+        reply = self.scripts("scan_inflight", [self.keys.inflight(worker_id)], args)
+        pairs = [text(item) for item in reply[1:]]
+        return int(reply[0]), dict(zip(pairs[::2], pairs[1::2], strict=True))
+
     def inflight_counts(self, worker_ids: Sequence[str]) -> list[int]:
         """How many records each worker has in flight."""
         if not worker_ids:
@@ -754,6 +771,30 @@ class TrackerStore:
         """Up to ``count`` events written after the stream id ``after``, oldest first."""
         entries = self.client.xrange(self.keys.events, min="(" + after, max="+", count=count) or []
         return [(text(entry_id), {text(k): text(v) for k, v in (fields or {}).items()}) for entry_id, fields in entries]
+
+    def count_events(
+        self,
+        kinds: Sequence[str],
+        start: int,
+        step: int,
+        buckets: int,
+        *,
+        before: str = "+",
+        after: int | None = None,
+        count: int = 2000,
+    ) -> tuple[int, str, dict[str, list[int]]]:
+        """Count a batch of the newest events by kind, in ``buckets`` of ``step`` ms from ``start`` (ms), on
+        the server (``lua/count_events.lua``): those before the stream id ``before`` and written at or after
+        ``after`` (ms; default: ``start``).
+
+        Returns:
+          tuple: (entries read, the id of the oldest one read or "", kind -> counts, oldest bucket first).
+        """
+        args = [before, start if after is None else after, count, start, step, buckets, *kinds]
+        reply = self.scripts("count_events", [self.keys.events], args)
+        counts = [int(n) for n in reply[2:]]
+        by_kind = {kind: counts[i * buckets : (i + 1) * buckets] for i, kind in enumerate(kinds)}
+        return int(reply[0]), text(reply[1]), by_kind
 
     def record_sweep(self, duration_ms: int) -> None:
         """Count a sweep that recovered something, and how long it took."""

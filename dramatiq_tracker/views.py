@@ -346,3 +346,35 @@ class HealthCheck:
     hostname: str = ""
     worker_id: str = ""
     min_workers: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Timeline:
+    """Events counted over time, by kind, in buckets of equal width, oldest first (see
+    :meth:`~dramatiq_tracker.inspect.Inspector.timeline`).
+
+    Parameters:
+      start(int): When the first bucket begins, in server ms since the epoch.
+      step(int): The width of each bucket, in milliseconds.
+      counts(dict[str, list[int]]): Per event kind asked for, how many events in each bucket.
+      complete(bool): False when the window held more events than were read: the oldest buckets
+        undercount.
+    """
+
+    start: int
+    step: int
+    counts: Mapping[str, list[int]]
+    complete: bool = True
+
+    @property
+    def end(self) -> int:
+        """When the last bucket ends (server ms)."""
+        return self.start + self.step * self.buckets
+
+    @property
+    def buckets(self) -> int:
+        return max((len(counts) for counts in self.counts.values()), default=0)
+
+    def total(self, kind: str) -> int:
+        """How many events of ``kind`` the window holds."""
+        return sum(self.counts.get(kind, ()))

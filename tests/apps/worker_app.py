@@ -63,6 +63,7 @@ tracker = TrackerMiddleware(
     sweep_interval=int(os.environ.get("TEST_SWEEP_INTERVAL", "500")),
     flush_interval=int(os.environ.get("TEST_FLUSH_INTERVAL", "20")),
     max_recoveries=int(os.environ.get("TEST_MAX_RECOVERIES", "3")),
+    preview_length=int(os.environ.get("TEST_PREVIEW_LENGTH", "24")),
 )
 broker.add_middleware(tracker)
 dramatiq.set_broker(broker)
