@@ -38,8 +38,9 @@ def boot_worker() -> None:
     """Set up a worker subprocess: the ``dramatiq`` command's broker argument in
     :meth:`~dramatiq_tracker.testing.Crashes.spawn_worker` (``dramatiq dramatiq_tracker.testing.boot:boot_worker``).
 
-    It reads :data:`~dramatiq_tracker.testing.WORKER_ENVIRONMENT_VARIABLE`, points every RedisBroker and TrackerMiddleware built
-    from now on at the test Redis and namespaces with the test timings, imports the application, adds
+    It reads :data:`~dramatiq_tracker.testing.WORKER_ENVIRONMENT_VARIABLE`, points every RedisBroker and
+    TrackerMiddleware built from now on at the test Redis and namespaces with the test timings, imports the
+    application, adds
     a :class:`~dramatiq_tracker.testing.RunRecorder` to its broker and makes that broker the global one.
 
     Raises:

@@ -72,7 +72,8 @@ def make_stub_broker(
     like: TrackerMiddleware | None = None,
     middleware: Sequence[Middleware] = (),
 ) -> StubBroker:
-    """A StubBroker with ``middleware``, then a tracker (:func:`~dramatiq_tracker.testing.make_tracker`), then a :class:`~dramatiq_tracker.testing.RunRecorder`.
+    """A StubBroker with ``middleware``, then a tracker (:func:`~dramatiq_tracker.testing.make_tracker`), then a
+    :class:`~dramatiq_tracker.testing.RunRecorder`.
 
     Close it with :func:`~dramatiq_tracker.testing.close_broker`.
     """
@@ -97,7 +98,8 @@ def make_redis_broker(
     """A RedisBroker on the test Redis and ``broker_namespace``, with ``middleware``, then a tracker
     (:func:`~dramatiq_tracker.testing.make_tracker`), then a :class:`~dramatiq_tracker.testing.RunRecorder`.
 
-    Close it with :func:`~dramatiq_tracker.testing.close_broker`; its keys are deleted with ``delete_keys(client, broker_namespace + ":*")``.
+    Close it with :func:`~dramatiq_tracker.testing.close_broker`; its keys are deleted with ``delete_keys(client,
+    broker_namespace + ":*")``.
     """
     from dramatiq.brokers.redis import RedisBroker
 
@@ -113,7 +115,8 @@ def _client(url: str) -> redis.Redis:
 
 
 def close_broker(broker: Broker) -> None:
-    """Close a broker made by :func:`~dramatiq_tracker.testing.make_stub_broker` or :func:`~dramatiq_tracker.testing.make_redis_broker`, its tracker's and
+    """Close a broker made by :func:`~dramatiq_tracker.testing.make_stub_broker` or
+    :func:`~dramatiq_tracker.testing.make_redis_broker`, its tracker's and
     its run recorder's Redis connections included."""
     for middleware in broker.middleware:
         if isinstance(middleware, (TrackerMiddleware, RunRecorder)):
@@ -218,7 +221,8 @@ _running: weakref.WeakKeyDictionary[Broker, weakref.WeakSet[Worker]] = weakref.W
 
 
 def start_worker(broker: Broker, *, threads: int = DEFAULT_WORKER_THREADS) -> Worker:
-    """Start an in-process ``dramatiq.Worker`` on ``broker``; stop it with :func:`~dramatiq_tracker.testing.stop_worker`."""
+    """Start an in-process ``dramatiq.Worker`` on ``broker``; stop it with
+    :func:`~dramatiq_tracker.testing.stop_worker`."""
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=WORKER_TIMEOUT)
     worker.start()
     _running.setdefault(broker, weakref.WeakSet()).add(worker)

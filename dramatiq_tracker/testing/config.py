@@ -29,7 +29,8 @@ WORKER_TIMEOUT = 100
 #: How long a worker subprocess may take to start and register, in seconds (imports on a loaded machine).
 STARTUP_TIMEOUT = 60.0
 
-#: The environment variable that tells a worker subprocess (:func:`~dramatiq_tracker.testing.boot_worker`) what to do (JSON).
+#: The environment variable that tells a worker subprocess (:func:`~dramatiq_tracker.testing.boot_worker`) what to do
+#: (JSON).
 WORKER_ENVIRONMENT_VARIABLE = "DRAMATIQ_TRACKER_TEST_WORKER"
 
 #: The broker kinds the fixtures make.
@@ -77,7 +78,8 @@ class TrackerTestConfig:
     """What the fixtures are configured with (see :data:`~dramatiq_tracker.testing.OPTIONS`).
 
     Parameters:
-      redis_url(str|None): The Redis given by the option, or None to look for one (:func:`~dramatiq_tracker.testing.find_redis`).
+      redis_url(str|None): The Redis given by the option, or None to look for one
+        (:func:`~dramatiq_tracker.testing.find_redis`).
       broker(str): The kind of the ``tracker_broker`` fixture: "stub" or "redis".
       app(str|None): The application's broker module, as for the ``dramatiq`` command.
       heartbeat_interval(int): In milliseconds.

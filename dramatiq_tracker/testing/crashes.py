@@ -90,7 +90,8 @@ class WorkerProcess:
 
     @property
     def pid(self) -> int:
-        """The pid of its worker process (the ``dramatiq`` command's child), which :meth:`~dramatiq_tracker.testing.Crashes.kill` kills."""
+        """The pid of its worker process (the ``dramatiq`` command's child), which
+        :meth:`~dramatiq_tracker.testing.Crashes.kill` kills."""
         return self._registered().pid
 
     def _registered(self) -> WorkerInfo:

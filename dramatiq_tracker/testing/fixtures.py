@@ -39,7 +39,8 @@ from .servers import delete_keys, find_redis, namespace_keys, new_namespace
 
 
 def redis_url_fixture(url: str | None = None) -> Any:
-    """A session-scoped fixture: the URL of the test Redis (:func:`~dramatiq_tracker.testing.find_redis`, with ``url``, else the
+    """A session-scoped fixture: the URL of the test Redis (:func:`~dramatiq_tracker.testing.find_redis`, with
+    ``url``, else the
     ``tracker_redis_url`` option); an embedded server it starts is shut down after the session."""
 
     @pytest.fixture(scope="session")
@@ -81,7 +82,8 @@ def redis_client_fixture(url_fixture: str = "tracker_redis_url") -> Any:
 
 
 def namespace_fixture(client_fixture: str = "tracker_redis", prefix: str = "tracker-test") -> Any:
-    """A fixture: a tracker namespace of the test's own (:func:`~dramatiq_tracker.testing.new_namespace`); its keys are deleted
+    """A fixture: a tracker namespace of the test's own (:func:`~dramatiq_tracker.testing.new_namespace`); its keys
+    are deleted
     after the test (SCAN on its prefix)."""
 
     @pytest.fixture
@@ -114,7 +116,8 @@ def broker_fixture(
       app(str): The application whose actors it takes (default: the ``tracker_app`` option, else the
         global broker's actors).  Its tracker's settings are kept, but the Redis, namespace and timings.
       middleware(callable): Returns middleware to add before the tracker, for each test.
-      **settings: :class:`~dramatiq_tracker.testing.TrackerTestConfig` settings that override the options (``heartbeat_timeout=5000``).
+      **settings: :class:`~dramatiq_tracker.testing.TrackerTestConfig` settings that override the options
+        (``heartbeat_timeout=5000``).
     """
     if kind not in BROKER_KINDS:
         raise TrackerTestError("broker_fixture(): kind must be 'stub' or 'redis', got %r" % (kind,))
@@ -180,7 +183,8 @@ def worker_fixture(broker_fixture: str = "tracker_broker", *, threads: int | Non
 
 
 def crashes_fixture(broker_fixture: str = "tracker_broker", url_fixture: str = "tracker_redis_url") -> Any:
-    """A fixture: :class:`~dramatiq_tracker.testing.Crashes` on the broker; the workers and processes it started are stopped after."""
+    """A fixture: :class:`~dramatiq_tracker.testing.Crashes` on the broker; the workers and processes it started are
+    stopped after."""
 
     @pytest.fixture
     def tracker_crash(request: pytest.FixtureRequest) -> Iterator[Crashes]:
