@@ -723,7 +723,7 @@ class Inspector:
     def status(self) -> ClusterStatus:
         """The namespace at a glance: workers by state, messages in flight by queue and actor,
         orphans waiting, locks held, counters.  The records are counted on the server, a batch of
-        workers per script call (see ``benchmarks/inspect.py`` for what it costs)."""
+        workers per script call (see ``benchmarks/inspection.py`` for what it costs)."""
         now = self.server_time()
         views, problems = self._worker_views(self._all_registrations(), now)
         states = {state: 0 for state in (ALIVE, UNRESPONSIVE, RECOVERING, DEAD, FENCED)}

