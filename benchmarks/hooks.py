@@ -150,8 +150,13 @@ def main() -> int:
 
                 return process
 
-            plain_stack = per_message(stack(plain), proxies(args.messages, queue))
-            tracked_stack = per_message(stack(broker), proxies(args.messages, queue))
+            # Alternating which goes first, so that neither always runs on a warmer (or busier) machine.
+            if round_number % 2:
+                plain_stack = per_message(stack(plain), proxies(args.messages, queue))
+                tracked_stack = per_message(stack(broker), proxies(args.messages, queue))
+            else:
+                tracked_stack = per_message(stack(broker), proxies(args.messages, queue))
+                plain_stack = per_message(stack(plain), proxies(args.messages, queue))
             if round_number == 0:
                 continue  # warm-up
             for name, value in spent.items():

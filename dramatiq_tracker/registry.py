@@ -96,7 +96,8 @@ class Delivery:
 
     @property
     def message_id(self) -> str:
-        return str(self.message.message_id)
+        # The message itself, not the proxy's attribute lookup: this runs once per message.
+        return self.message._message.message_id
 
     @property
     def token_text(self) -> str:
