@@ -47,7 +47,8 @@ def make_broker(url: str, namespace: str, tracked: bool, unique: bool) -> tuple[
     broker = RedisBroker(url=url, namespace=namespace)
     if tracked:
         broker.add_middleware(TrackerMiddleware(url=url, namespace=namespace + "-tracker"))
-    options: dict[str, Any] = {"unique": True} if unique else {}
+    # Plain Dramatiq has no uniqueness: its actor is the same one without the option.
+    options: dict[str, Any] = {"unique": True} if unique and tracked else {}
     state: dict[str, Any] = {}
 
     def noop(index: int) -> None:
