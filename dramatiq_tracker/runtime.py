@@ -34,7 +34,7 @@ from .recovery import Recovery
 from .redelivery import redelivery_for
 from .session import WorkerSession
 from .store import BrokerStore, TrackerStore
-from .unique import QUIET_SKIP_ATTRIBUTE, Uniqueness, quiet_skip
+from .unique import QUIET_SKIP_ATTRIBUTE, DroppedDuplicate, UniqueAttempt, Uniqueness, quiet_skip
 
 if TYPE_CHECKING:
     import redis
@@ -410,11 +410,18 @@ class TrackerRuntime:
             parts = self._parts or self.bind(broker)
             attempt = delivery.attempt if delivery is not None else attempt_of(options)
             worker_id = delivery.worker_id if delivery is not None else ""
-            state = parts.uniqueness.before_process(broker, proxy, policy.unique, attempt, worker_id)
-            if delivery is not None:
-                delivery.unique = state
-            elif state is not None:
-                proxy._tracker_unique = state  # type: ignore[attr-defined]
+            state: UniqueAttempt | None = None
+            try:
+                state = parts.uniqueness.before_process(broker, proxy, policy.unique, attempt, worker_id)
+            except DroppedDuplicate as skip:
+                # Its end stores the duplicate error as its result again.
+                state = skip.state
+                raise
+            finally:
+                if delivery is not None:
+                    delivery.unique = state
+                elif state is not None:
+                    proxy._tracker_unique = state  # type: ignore[attr-defined]
             self._thread.unique = state
 
     def after_process(self, proxy: MessageProxy, returned: bool) -> None:
@@ -438,7 +445,7 @@ class TrackerRuntime:
         state = delivery.unique if delivery is not None else found.pop(_UNIQUE, None)
         if state is not None:
             self._thread.unique = None
-            self.parts.uniqueness.after_done(state)
+            self.parts.uniqueness.after_done(state, self.parts.broker, proxy._message)
         if delivery is not None:
             session = self._session
             if session is not None:

@@ -258,6 +258,21 @@ class UniqueAttempt:
     holds: bool = False
     #: The message was enqueued again while it ran (a retry): its lock stays.
     requeued: bool = False
+    #: A duplicate dropped when it was sent, skipped unrun: it owns no lock, and its end stores the
+    #: error that says so as its result again (Results before Dramatiq 1.17 overwrites it with None).
+    dropped: DuplicateMessage | None = None
+
+
+class DroppedDuplicate(SkipMessage):
+    """Skips a message dropped as a duplicate when it was sent.
+
+    Parameters:
+      state(UniqueAttempt): What its end must do (see :attr:`UniqueAttempt.dropped`).
+    """
+
+    def __init__(self, state: UniqueAttempt) -> None:
+        super().__init__()
+        self.state = state
 
 
 def _actor_fn(broker: Broker, actor_name: str) -> Callable[..., Any] | None:
@@ -369,13 +384,16 @@ class Uniqueness:
             that is skipped, delayed (enqueued again later) or failed.
         """
         if DUPLICATE_OPTION in message.options:
+            owner = message.options[DUPLICATE_OPTION]
             self.logger.info(
                 "Skipping message %r: it was dropped as a duplicate of message %r when it was sent.",
                 message.message_id,
-                message.options[DUPLICATE_OPTION],
+                owner,
             )
             quiet_skip(message)
-            raise SkipMessage()
+            digest, mode = lock_of(message.options)
+            dropped = DuplicateMessage(message.message_id, digest, str(owner))
+            raise DroppedDuplicate(UniqueAttempt(message.message_id, digest, mode, attempt, worker_id, dropped=dropped))
         digest, mode = lock_of(message.options)
         if not digest:
             # Sent by a process that did not know the actor was unique: only while_executing still applies.
@@ -454,8 +472,11 @@ class Uniqueness:
             state.holds = False
             self._release(state)
 
-    def after_done(self, state: UniqueAttempt) -> None:
+    def after_done(self, state: UniqueAttempt, broker: Broker, message: Message[Any]) -> None:
         """The message was acked or nacked: release an ``until_executed`` lock, unless it is retried."""
+        if state.dropped is not None:
+            _store_duplicate_result(broker, message, state.dropped)
+            return
         self.after_process(state)
         if state.mode == UNTIL_EXECUTED and not state.requeued:
             self._release(state)
