@@ -40,8 +40,7 @@ from .servers import delete_keys, find_redis, namespace_keys, new_namespace
 
 def redis_url_fixture(url: str | None = None) -> Any:
     """A session-scoped fixture: the URL of the test Redis (:func:`~dramatiq_tracker.testing.find_redis`, with
-    ``url``, else the
-    ``tracker_redis_url`` option); an embedded server it starts is shut down after the session."""
+    ``url``, else the ``tracker_redis_url`` option); an embedded server it starts is shut down after the session."""
 
     @pytest.fixture(scope="session")
     def tracker_redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
@@ -83,8 +82,7 @@ def redis_client_fixture(url_fixture: str = "tracker_redis_url") -> Any:
 
 def namespace_fixture(client_fixture: str = "tracker_redis", prefix: str = "tracker-test") -> Any:
     """A fixture: a tracker namespace of the test's own (:func:`~dramatiq_tracker.testing.new_namespace`); its keys
-    are deleted
-    after the test (SCAN on its prefix)."""
+    are deleted after the test (SCAN on its prefix)."""
 
     @pytest.fixture
     def tracker_namespace(request: pytest.FixtureRequest) -> Iterator[str]:
