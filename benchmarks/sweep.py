@@ -2,9 +2,11 @@
 
 Fills throwaway namespaces with W registered RedisBroker workers of one app, each with R in-flight
 records, of which D are dead: their heartbeats expired, and each holds R fetched messages in its acks
-set (the running ones and the prefetched ones alike). Then one sweeper (a TrackerMiddleware on the same
-broker) recovers them, timed from the start of the sweep to its end: every orphan claimed, counted, moved
-back under a new attempt, and reported (one event each, in the stream).
+set (the running ones and the prefetched ones alike). Every worker is noted beside the broker's keys, as
+a real one is, and the live ones are fresh on Dramatiq's heartbeat. Then one sweeper (a TrackerMiddleware
+on the same broker) does what its periodic sweep does, timed from its start to its end: the workers of
+its host, the expired ones (every orphan claimed, counted, moved back under a new attempt, and reported,
+one event each, in the stream), the look for workers the tracker's Redis forgot, and the outbox.
 
     python benchmarks/sweep.py [--workers 1000] [--records 100] [--dead 0 10 100] [--url redis://...]
 
@@ -30,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dramatiq_tracker import TrackerMiddleware
 from dramatiq_tracker.brokers import BrokerFacts
 from dramatiq_tracker.host import HostFacts
-from dramatiq_tracker.keys import identity_digest
+from dramatiq_tracker.keys import RedisBrokerKeys, identity_digest
 from dramatiq_tracker.records import InflightRecord, WorkerInfo
 from tests.support import delete_matching, find_redis_url
 
@@ -44,6 +46,7 @@ def fill(broker: RedisBroker, tracker: TrackerMiddleware, workers: int, records:
     facts = BrokerFacts.of(broker)
     digest = identity_digest(facts.identity)
     here = HostFacts.current()
+    broker_keys = RedisBrokerKeys(broker.namespace)
     pipe = broker.client.pipeline(transaction=False)
     for index in range(workers):
         is_dead = index < dead
@@ -65,6 +68,9 @@ def fill(broker: RedisBroker, tracker: TrackerMiddleware, workers: int, records:
             tracker_version="bench",
             dramatiq_version=dramatiq.__version__,
         )
+        pipe.hset(broker_keys.tracked_processes(tracker.settings.namespace), fetcher.broker_id, info.to_json())
+        if not is_dead:
+            pipe.zadd(broker_keys.heartbeats, {fetcher.broker_id: int(time.time() * 1000)})
         entries = []
         for number in range(records):
             message_id = "m-%04d-%03d" % (index, number)
@@ -113,7 +119,11 @@ def measure(url: str, workers: int, records: int, dead: int) -> tuple[float, int
         orphans = fill(broker, tracker, workers, records, dead)
         recovery = tracker.runtime.parts.recovery
         started = time.perf_counter()
-        report = recovery.recover_expired()
+        # What Sweeper.tick does, without its time budget: this measures the whole of one sweep.
+        report = recovery.recover_local()
+        report.extend(recovery.recover_expired(skip=set(report.dead_workers)))
+        recovery.adopt_forgotten()
+        report.extend(recovery.retry_outbox())
         elapsed = time.perf_counter() - started
         if len(report.recovered) != orphans or len(report.dead_workers) != dead:
             raise RuntimeError("recovered %d of %d orphans" % (len(report.recovered), orphans))

@@ -192,12 +192,15 @@ class EventSpec:
       text(str)
       fields(dict): Other :class:`TrackerEvent` fields (``message_id``, ``worker_id``, ...).
       details(dict[str, str])
+      log_level(int|None): The level it is logged at, when not its kind's own (a caller that
+        logs a summary logs the events it sums up at debug).
     """
 
     kind: str
     text: str
     fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     details: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    log_level: int | None = None
 
 
 class EventCallbacks:
@@ -242,11 +245,8 @@ class Events:
         details = fields.pop("details", {})
         self.emit_many([EventSpec(kind, text % args if args else text, fields, details)])
 
-    def emit_many(self, specs: Sequence[EventSpec], *, log_level: int | None = None) -> list[TrackerEvent]:
+    def emit_many(self, specs: Sequence[EventSpec]) -> list[TrackerEvent]:
         """Emit events in one round trip to the stream.
-
-        Parameters:
-          log_level(int): Log each at this level instead of its own (a caller that logs a summary).
 
         Returns:
           list[TrackerEvent]: The events, when callbacks are subscribed (else they are not built).
@@ -255,12 +255,10 @@ class Events:
             return []
         at = int(time.time() * 1000)
         logger = self.logger
-        if log_level is None:
-            for spec in specs:
-                logger.log(_LEVELS.get(spec.kind, logging.INFO), "%s", spec.text)
-        elif logger.isEnabledFor(log_level):
-            for spec in specs:
-                logger.log(log_level, "%s", spec.text)
+        for spec in specs:
+            level = spec.log_level if spec.log_level is not None else _LEVELS.get(spec.kind, logging.INFO)
+            if logger.isEnabledFor(level):
+                logger.log(level, "%s", spec.text)
         if self.health.should_try():
             counts: dict[str, int] = {}
             for spec in specs:

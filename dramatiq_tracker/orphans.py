@@ -184,21 +184,32 @@ class Settlement:
         self.events = events
         self.quarantine = quarantine
 
-    def report(self, orphans: Sequence[Orphan], now_ms: int, *, log_level: int | None = None) -> None:
+    def report(
+        self,
+        orphans: Sequence[Orphan],
+        now_ms: int,
+        *,
+        log_level: int | None = None,
+        summary: EventSpec | None = None,
+    ) -> None:
         """One event per orphan (and per released lock), appended to the stream in one round trip.
 
         Parameters:
           log_level(int): Log each at this level rather than its own (a caller that logs a summary).
+          summary(EventSpec): The caller's summary, appended after them in the same round trip and
+            logged at its own level.
         """
         specs: list[EventSpec] = []
         for orphan in orphans:
-            specs += self._describe(orphan, now_ms)
-        self.events.emit_many(specs, log_level=log_level)
+            specs += self._describe(orphan, now_ms, log_level)
+        if summary is not None:
+            specs.append(summary)
+        self.events.emit_many(specs)
         for orphan in orphans:
             if orphan.outcome == QUARANTINED_OUTCOME:
                 self.quarantine.notify(orphan)
 
-    def _describe(self, orphan: Orphan, now_ms: int) -> list[EventSpec]:
+    def _describe(self, orphan: Orphan, now_ms: int, log_level: int | None) -> list[EventSpec]:
         fields = _fields(orphan)
         age = orphan.age(now_ms)
         if not orphan.running:
@@ -222,6 +233,7 @@ class Settlement:
                 "of delivered again." % (where, orphan.recoveries, orphan.max_recoveries),
                 fields,
                 {**details, "max_recoveries": str(orphan.max_recoveries)},
+                log_level,
             )
         elif orphan.outcome == DROPPED:
             spec = EventSpec(
@@ -229,11 +241,13 @@ class Settlement:
                 "Did not deliver message %s again: it was cancelled or aborted." % where,
                 fields,
                 details,
+                log_level,
             )
         else:
             how = "RabbitMQ delivers it again" if orphan.outcome == BROKER_REDELIVERS else "delivered again"
             counted = "recovery %d" % orphan.recoveries if orphan.running else "not counted: it never ran"
-            spec = EventSpec(RECOVERED, "Recovered message %s; %s (%s)." % (where, how, counted), fields, details)
+            text = "Recovered message %s; %s (%s)." % (where, how, counted)
+            spec = EventSpec(RECOVERED, text, fields, details, log_level)
         specs = [spec]
         if orphan.lock:
             digest = ""
@@ -246,6 +260,7 @@ class Settlement:
                     % (digest or "?", orphan.message_id, orphan.worker_id, _LOCK_TEXT.get(orphan.lock, orphan.lock)),
                     fields,
                     {"digest": digest, "lock": orphan.lock},
+                    log_level,
                 )
             )
         return specs

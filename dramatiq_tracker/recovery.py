@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from dramatiq.logging import get_logger
 
-from .events import WORKER_ADOPTED, WORKER_DEAD
+from .events import WORKER_ADOPTED, WORKER_DEAD, EventSpec
 from .host import HostFacts
 from .keys import identity_digest
 from .orphans import DROPPED, QUARANTINED_OUTCOME, RecoveryReport
@@ -201,27 +201,27 @@ class Recovery:
                 self.broker_store.forget_process(info.broker_id)
         report.dead_workers.append(worker_id)
         report.recovered += recovered.orphans
-        # One line per orphan at debug; the worker-dead event says what happened to them all.
-        self.settlement.report(recovered.orphans, int(time.time() * 1000), log_level=logging.DEBUG)
         outcomes = [orphan.outcome for orphan in recovered.orphans]
         quarantined, dropped = outcomes.count(QUARANTINED_OUTCOME), outcomes.count(DROPPED)
         reason = "process gone" if process_gone else "heartbeat expired"
-        self.events.emit(
+        summary = EventSpec(
             WORKER_DEAD,
             "Worker %r (host %r, pid %d) is dead (%s); %d of its messages settled in %d ms "
-            "(%d delivered again, %d quarantined, %d dropped)%s.",
-            worker_id,
-            info.hostname,
-            info.pid,
-            reason,
-            len(outcomes),
-            (time.monotonic() - started) * 1000,
-            len(outcomes) - quarantined - dropped,
-            quarantined,
-            dropped,
-            "" if recovered.complete else "; another sweeper is finishing the rest",
-            worker_id=worker_id,
-            details={
+            "(%d delivered again, %d quarantined, %d dropped)%s."
+            % (
+                worker_id,
+                info.hostname,
+                info.pid,
+                reason,
+                len(outcomes),
+                (time.monotonic() - started) * 1000,
+                len(outcomes) - quarantined - dropped,
+                quarantined,
+                dropped,
+                "" if recovered.complete else "; another sweeper is finishing the rest",
+            ),
+            {"worker_id": worker_id},
+            {
                 "reason": reason,
                 "hostname": info.hostname,
                 "pid": str(info.pid),
@@ -229,6 +229,8 @@ class Recovery:
                 "running": str(sum(1 for o in recovered.orphans if o.running)),
             },
         )
+        # One line per orphan at debug; the worker-dead event, in the same round trip, sums them up.
+        self.settlement.report(recovered.orphans, int(time.time() * 1000), log_level=logging.DEBUG, summary=summary)
         return report
 
     def forgotten(self) -> list[str]:
@@ -240,22 +242,27 @@ class Recovery:
         ``heartbeat_timeout`` and not registered in the tracker, with when they were last seen."""
         if self.broker_store is None:
             return []
-        noted = self.broker_store.tracked_processes()
-        if not noted:
+        broker_ids = self.broker_store.tracked_process_ids()
+        if not broker_ids:
             return []
-        broker_ids = list(noted)
         last_seen = self.broker_store.last_seen(broker_ids)
         now = self.broker_store.server_time()
-        found = []
-        for broker_id, seen in zip(broker_ids, last_seen, strict=True):
-            if seen is not None and now - seen < self.settings.heartbeat_timeout:
-                continue
-            info = self._parse(broker_id, noted[broker_id])
-            if info is None or info.broker_identity != self.identity:
-                continue
-            if self.store.registration(info.worker_id) is None:
-                found.append((info, None if seen is None else now - seen))
-        return found
+        # Only the silent ones' registrations are read: a sweep runs every few seconds, and
+        # with a thousand live workers the rest would be most of its cost.
+        silent = {
+            broker_id: None if seen is None else now - seen
+            for broker_id, seen in zip(broker_ids, last_seen, strict=True)
+            if seen is None or now - seen >= self.settings.heartbeat_timeout
+        }
+        if not silent:
+            return []
+        noted = []
+        for broker_id, raw in self.broker_store.tracked_processes(list(silent)).items():
+            info = self._parse(broker_id, raw)
+            if info is not None and info.broker_identity == self.identity:
+                noted.append((info, silent[broker_id]))
+        registered = self.store.registrations([info.worker_id for info, _ in noted])
+        return [(info, silence) for info, silence in noted if info.worker_id not in registered]
 
     def adopt_forgotten(self) -> int:
         """Find dead RedisBroker processes that the tracker's Redis forgot, from the broker's own records.

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -185,7 +186,8 @@ class RedisRedelivery(Redelivery):
             moved[redis_id] = (candidate.message, orphan)
             orphans[redis_id] = orphan
 
-        settled = self.broker_store.settle(worker.broker_id, moves, self.store.server_time())
+        # Dead letters are stamped with this process's clock, as Dramatiq's own nack does.
+        settled = self.broker_store.settle(worker.broker_id, moves, int(time.time() * 1000))
         raced = [
             (orphan.queue_name, rid, encode_recovered(message, orphan, redis_message_id=rid))
             for rid, (message, orphan) in moved.items()
@@ -212,8 +214,8 @@ class RedisRedelivery(Redelivery):
         """The dead process's orphans, and the older copies of messages it held more than once."""
         unacked = self.broker_store.unacked(worker.broker_id, consumer_queues(worker.queues))
         found: list[Candidate] = []
-        for queue_name, redis_ids in unacked.items():
-            for redis_id, payload in zip(redis_ids, self.broker_store.payloads(queue_name, redis_ids), strict=True):
+        for queue_name, messages in unacked.items():
+            for redis_id, payload in messages:
                 message = self._decode(worker, queue_name, redis_id, payload)
                 if message is None:
                     found.append(Candidate("", "", queue_name, None, None, redis_id))

@@ -56,9 +56,15 @@ def text(value: Any) -> str:
     return str(value)
 
 
-@functools.cache
+_allowed_replies: dict[int, frozenset[str]] = {}
+
+
 def _allowed(contract: Any) -> frozenset[str]:
-    return frozenset(get_args(contract))
+    # By identity: hashing a Literal type costs microseconds, and a sweep checks thousands of replies.
+    allowed = _allowed_replies.get(id(contract))
+    if allowed is None:
+        allowed = _allowed_replies[id(contract)] = frozenset(get_args(contract))
+    return allowed
 
 
 def _reply(value: Any, contract: Any) -> Any:
@@ -862,22 +868,18 @@ class BrokerStore:
         self.tracker_namespace = tracker_namespace
         self.scripts = Scripts(client)
 
-    def unacked(self, broker_id: str, queue_names: Sequence[str]) -> dict[str, list[str]]:
-        """The redis message ids a broker process fetched and did not ack, by queue."""
+    def unacked(self, broker_id: str, queue_names: Sequence[str]) -> dict[str, list[tuple[str, bytes | None]]]:
+        """The messages a broker process fetched and did not ack, by queue: each redis message id,
+        sorted, with its stored payload (None where it is gone), in one round trip (``lua/read_unacked.lua``)."""
         if not queue_names:
             return {}
-        pipe = self.client.pipeline(transaction=False)
-        for queue_name in queue_names:
-            pipe.smembers(self.keys.acks(broker_id, queue_name))
-        found = pipe.execute()
-        return {q: sorted(text(rid) for rid in ids) for q, ids in zip(queue_names, found, strict=True) if ids}
-
-    def payloads(self, queue_name: str, redis_message_ids: Sequence[str]) -> list[bytes | None]:
-        """The stored payloads of messages on a queue (None where missing)."""
-        if not redis_message_ids:
-            return []
-        found = self.client.hmget(self.keys.messages(queue_name), list(redis_message_ids))
-        return [value.encode("utf-8") if isinstance(value, str) else value for value in found]
+        keys = [key for q in queue_names for key in (self.keys.acks(broker_id, q), self.keys.messages(q))]
+        found = {}
+        for queue_name, flat in zip(queue_names, self.scripts("read_unacked", keys, []), strict=True):
+            if flat:
+                payloads = [value.encode("utf-8") if isinstance(value, str) else value for value in flat[1::2]]
+                found[queue_name] = sorted(zip((text(rid) for rid in flat[::2]), payloads, strict=True))
+        return found
 
     def settle(self, broker_id: str, moves: Sequence[OrphanMove], now: int) -> Settled:
         """Requeue, dead-letter or drop orphans from a dead process's acks (``lua/requeue_orphans.lua``).
@@ -903,8 +905,12 @@ class BrokerStore:
                 ]
             index = queue_index[move.queue_name]
             args += [index, move.redis_message_id, move.action, move.new_redis_message_id, move.payload or b""]
-        settled, raced, missing = self.scripts("requeue_orphans", keys, args)
-        return Settled({text(r) for r in settled}, {text(r) for r in raced}, {text(r) for r in missing})
+        raced_at, missing_at = self.scripts("requeue_orphans", keys, args)
+        raced = {moves[int(position) - 1].redis_message_id for position in raced_at}
+        missing = {moves[int(position) - 1].redis_message_id for position in missing_at}
+        exceptions = {int(position) for position in (*raced_at, *missing_at)}
+        settled = {move.redis_message_id for position, move in enumerate(moves, 1) if position not in exceptions}
+        return Settled(settled, raced, missing)
 
     def remark(self, marks: Sequence[tuple[str, str, bytes]]) -> set[str]:
         """Give recovery marks to orphans that Dramatiq's maintenance requeued meanwhile
@@ -938,10 +944,16 @@ class BrokerStore:
         """Forget a tracked worker process that stopped or was recovered."""
         self.client.hdel(self.keys.tracked_processes(self.tracker_namespace), broker_id)
 
-    def tracked_processes(self) -> dict[str, str]:
-        """Raw registrations of the tracked processes of this broker namespace, by broker id."""
-        found = self.client.hgetall(self.keys.tracked_processes(self.tracker_namespace))
-        return {text(bid): text(raw) for bid, raw in found.items()}
+    def tracked_process_ids(self) -> list[str]:
+        """The broker ids of the tracked processes of this broker namespace."""
+        return [text(bid) for bid in self.client.hkeys(self.keys.tracked_processes(self.tracker_namespace))]
+
+    def tracked_processes(self, broker_ids: Sequence[str]) -> dict[str, str]:
+        """Raw registrations of tracked processes of this broker namespace, by broker id (those noted)."""
+        if not broker_ids:
+            return {}
+        found = self.client.hmget(self.keys.tracked_processes(self.tracker_namespace), list(broker_ids))
+        return {bid: text(raw) for bid, raw in zip(broker_ids, found, strict=True) if raw is not None}
 
     def last_seen(self, broker_ids: Sequence[str]) -> list[int | None]:
         """When Dramatiq last heard from each broker process (its client's ms), or None."""

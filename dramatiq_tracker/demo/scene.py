@@ -188,8 +188,8 @@ class Scene:
     def held(self, info: WorkerInfo) -> set[str]:
         """Ids of the messages a worker fetched and did not ack: running or prefetched."""
         found = set()
-        for queue_name, redis_ids in self.broker_store.unacked(info.broker_id, consumer_queues(info.queues)).items():
-            for payload in self.broker_store.payloads(queue_name, redis_ids):
+        for messages in self.broker_store.unacked(info.broker_id, consumer_queues(info.queues)).values():
+            for _, payload in messages:
                 with contextlib.suppress(DecodeError):
                     found.add(Message.decode(payload or b"").message_id)
         return found

@@ -25,12 +25,14 @@
 -- still hold then acks nothing but its own stale id.  A dead-lettered one
 -- goes where Dramatiq's nack puts it.
 --
--- Returns three lists of the given redis message ids: those this call
--- settled; those no longer in the acks set (someone else settled them:
--- another sweeper, or Dramatiq's maintenance); and those whose payload was
--- gone (nothing to deliver).
+-- Returns two lists of orphans, each by its position in ARGV (1-based, the
+-- first orphan's five values being ARGV[2..6]): those no longer in the acks
+-- set (someone else settled them: another sweeper, or Dramatiq's
+-- maintenance), and those whose payload was gone (nothing to deliver).  This
+-- call settled every other orphan: a sweep settles thousands, and the
+-- exceptions are few.
 
-local settled, raced, missing = {}, {}, {}
+local raced, missing = {}, {}
 local now = ARGV[1]
 
 -- Writes to each queue's keys, made at the end in a few calls: most of the cost is per call.
@@ -51,8 +53,9 @@ for i = 2, #ARGV, 5 do
     local base = (queue - 1) * 5
     local acks, messages = KEYS[base + 1], KEYS[base + 3]
     local id, action, new_id, payload = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+    local position = (i + 3) / 5
     if redis.call("srem", acks, id) == 0 then
-        raced[#raced + 1] = id
+        raced[#raced + 1] = position
     else
         local stored
         if payload == "" then
@@ -62,7 +65,7 @@ for i = 2, #ARGV, 5 do
             stored = redis.call("hexists", messages, id) == 1
         end
         if not stored then
-            missing[#missing + 1] = id
+            missing[#missing + 1] = position
         else
             if action == "requeue" then
                 if new_id ~= "" and new_id ~= id then
@@ -78,7 +81,6 @@ for i = 2, #ARGV, 5 do
             else
                 add(deletions, queue, id)
             end
-            settled[#settled + 1] = ARGV[i + 1]
         end
     end
 end
@@ -97,4 +99,4 @@ end
 for queue, ids in pairs(pushes) do
     each_chunk(ids, 1000, function(...) redis.call("lpush", KEYS[(queue - 1) * 5 + 2], ...) end)
 end
-return {settled, raced, missing}
+return {raced, missing}
