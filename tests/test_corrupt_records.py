@@ -65,6 +65,30 @@ def test_an_undecodable_payload_is_moved_back_unchanged(
     assert any("does not decode" in r.getMessage() for r in caplog.records)
 
 
+def test_an_orphan_whose_payload_is_gone_is_taken_out_of_the_acks_and_the_others_are_delivered(
+    redis_broker: RedisBroker,
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    tracker: TrackerMiddleware,
+) -> None:
+    queue = namespaces.queue
+    info, messages = fake_dead_worker(redis_broker, tracker.store, queue, 3)
+    # Given one orphan's payload was deleted behind the broker's back (an eviction, a hand)
+    gone = messages[1].options["redis_message_id"]
+    redis_client.hdel("%s:%s.msgs" % (namespaces.broker, queue), gone)
+
+    report = tracker.recover()
+
+    # Then the other two are back on the queue, nothing is queued for the missing one, and the dead
+    # process's acks are empty: no later sweep or maintenance trips over it
+    assert sorted(report.message_ids) == sorted([messages[0].message_id, messages[2].message_id])
+    queued = [rid.decode() for rid in redis_client.lrange("%s:%s" % (namespaces.broker, queue), 0, -1)]
+    assert len(queued) == 2 and gone not in queued
+    acks = "%s:__acks__.%s.%s" % (namespaces.broker, info.broker_id, queue)
+    assert redis_client.scard(acks) == 0
+    assert info.worker_id not in tracker.store.workers()
+
+
 def test_an_unreadable_registration_is_reported_once_and_left_alone(
     redis_broker: RedisBroker,
     redis_client: redis.Redis,
