@@ -97,3 +97,18 @@ def resolve_client(broker: Broker) -> redis.Redis:
     if broker_kind(broker) == REDIS:
         return as_redis_broker(broker).client
     return client_from_url(DEFAULT_URL)
+
+
+def delete_keys(client: redis.Redis, pattern: str) -> int:
+    """Delete the keys matching ``pattern`` with SCAN (never KEYS, FLUSHDB or FLUSHALL: the Redis may be
+    shared); returns how many were deleted."""
+    deleted = 0
+    batch: list[bytes] = []
+    for key in client.scan_iter(match=pattern, count=1000):
+        batch.append(key)
+        if len(batch) >= 500:
+            deleted += int(client.delete(*batch))
+            batch.clear()
+    if batch:
+        deleted += int(client.delete(*batch))
+    return deleted

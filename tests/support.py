@@ -20,6 +20,7 @@ import redis
 from dramatiq.message import Message
 
 from dramatiq_tracker.brokers import BrokerFacts
+from dramatiq_tracker.connection import delete_keys
 from dramatiq_tracker.events import TrackerEvent
 from dramatiq_tracker.host import HostFacts
 from dramatiq_tracker.records import InflightRecord, WorkerInfo
@@ -54,14 +55,7 @@ def unique(prefix: str) -> str:
 
 def delete_matching(client: redis.Redis, pattern: str) -> None:
     """Delete the keys matching ``pattern`` (SCAN, never KEYS): only a test's own namespace."""
-    batch = []
-    for key in client.scan_iter(match=pattern, count=1000):
-        batch.append(key)
-        if len(batch) >= 500:
-            client.delete(*batch)
-            batch.clear()
-    if batch:
-        client.delete(*batch)
+    delete_keys(client, pattern)
 
 
 def redis_server_binary() -> str:

@@ -20,6 +20,7 @@ from dramatiq.errors import DecodeError
 from dramatiq.message import Message
 
 from ..brokers import consumer_queues
+from ..connection import delete_keys
 from ..keys import Keys
 from ..records import WorkerInfo
 from ..store import BrokerStore, TrackerStore
@@ -175,7 +176,7 @@ class Scene:
             worker.stop()
         patterns = ["%s:*" % self.config.broker_namespace, Keys(self.config.tracker_namespace).prefix + "*"]
         try:
-            deleted = sum(_delete_matching(self.client, pattern) for pattern in patterns)
+            deleted = sum(delete_keys(self.client, pattern) for pattern in patterns)
         except redis.RedisError as e:
             self.narrator.say("could not delete the keys of namespace %s: %s" % (self.config.broker_namespace, e))
         else:
@@ -251,17 +252,3 @@ def _info(worker: DemoWorker) -> WorkerInfo:
     if worker.info is None:
         raise DemoError("Worker %s is not registered." % worker.name)
     return worker.info
-
-
-def _delete_matching(client: redis.Redis, pattern: str) -> int:
-    """Delete the keys matching ``pattern``, found with SCAN (never KEYS)."""
-    deleted = 0
-    batch: list[Any] = []
-    for key in client.scan_iter(match=pattern, count=500):
-        batch.append(key)
-        if len(batch) >= 500:
-            deleted += int(client.delete(*batch))
-            batch.clear()
-    if batch:
-        deleted += int(client.delete(*batch))
-    return deleted

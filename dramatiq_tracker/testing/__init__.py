@@ -14,6 +14,7 @@ soon as what it waits for happens: its timeout only bounds a failure.
 
 from __future__ import annotations
 
+from ..connection import delete_keys
 from .boot import boot_worker
 from .brokers import (
     application_broker,
@@ -51,7 +52,7 @@ from .fixtures import (
     worker_fixture,
 )
 from .runs import Run, RunRecorder, find_run_recorder, read_runs, runs_key
-from .servers import TrackerRedis, delete_keys, find_redis, namespace_keys, new_namespace
+from .servers import TrackerRedis, find_redis, namespace_keys, new_namespace
 
 __all__ = [
     "BROKER_KINDS",

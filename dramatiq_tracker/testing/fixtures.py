@@ -16,6 +16,7 @@ from ..brokers import REDIS, STUB, as_redis_broker
 if TYPE_CHECKING:
     from dramatiq import Broker, Worker
 
+from ..connection import delete_keys
 from .brokers import (
     _client,
     _tracker_of,
@@ -30,7 +31,7 @@ from .brokers import (
 from .checks import TrackerChecks
 from .config import BROKER_KINDS, TrackerTestError, load_config
 from .crashes import Crashes
-from .servers import delete_keys, find_redis, namespace_keys, new_namespace
+from .servers import find_redis, namespace_keys, new_namespace
 
 # Fixture factories ---------------------------------------------------------------------------------
 #

