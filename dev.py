@@ -9,7 +9,7 @@
     python3 dev.py docs                  # build the documentation site into site/ (strict)
     python3 dev.py build                 # build the sdist and the wheel into dist/, check them
     python3 dev.py check-wheel           # install the wheel in a fresh virtualenv and run it
-    python3 dev.py test-sdist            # run the sdist's test suite against the sdist installed
+    python3 dev.py test-sdist            # the sdist's test suite against the sdist installed, without dramatiq-abort
 
 The first run creates ``.venv`` and installs the package with its test and
 dev extras into it; later runs reuse it until setup.cfg or pyproject.toml
@@ -38,6 +38,8 @@ BIN_DIR = "Scripts" if os.name == "nt" else "bin"
 DIST = ROOT / "dist"
 #: A line of the build's output that warns: "warning: ...", "WARNING ...", "SetuptoolsDeprecationWarning: ...".
 BUILD_WARNING = re.compile(r"(?i:\bwarning\b)|\w+Warning\b")
+#: Exits non-zero when dramatiq-abort can be imported.
+NO_ABORT_CHECK = "import importlib.util, sys; sys.exit(importlib.util.find_spec('dramatiq_abort') is not None)"
 COMMANDS = (
     "demo",
     "test",
@@ -82,8 +84,7 @@ def main(argv: list[str]) -> int:
     command, extra = argv[0], argv[1:]
     if command == "test-without-abort":
         python = ensure_environment(ROOT / ".venv-noabort", "test-core")
-        check = "import importlib.util, sys; sys.exit(importlib.util.find_spec('dramatiq_abort') is not None)"
-        if subprocess.call([str(python), "-c", check]):
+        if subprocess.call([str(python), "-c", NO_ABORT_CHECK]):
             print("dramatiq-abort is installed in .venv-noabort; remove it to run this command.")
             return 1
         return subprocess.call([str(python), "-m", "pytest", *extra], cwd=ROOT)
@@ -192,9 +193,12 @@ def check_wheel(extra: list[str]) -> int:
 
 
 def test_sdist(extra: list[str]) -> int:
-    """Unpack the sdist in a temporary directory, install it (built from the sdist, with its test extra)
-    in a fresh virtualenv, and run the sdist's own test suite against the installed package: the
-    unpacked source package is removed first, so that nothing but the installed one can be imported."""
+    """Unpack the sdist in a temporary directory, install it (built from the sdist, with its test-core
+    extra) in a fresh virtualenv, and run the sdist's own test suite against the installed package: the
+    unpacked source package is removed first, so that nothing but the installed one can be imported.
+    test-core leaves out dramatiq-abort (and the exporter's client): this run also proves that the
+    package works without them, as ``test-without-abort`` does from the checkout; the main suite runs
+    the tests that need them."""
     sdist = _artifact("*.tar.gz")
     with tempfile.TemporaryDirectory(prefix="dramatiq-tracker-sdist-") as temporary:
         workdir = Path(temporary)
@@ -204,11 +208,12 @@ def test_sdist(extra: list[str]) -> int:
             else:
                 archive.extractall(workdir)  # our own sdist
         (tree,) = [path for path in workdir.iterdir() if path.is_dir()]
-        python = _fresh_environment(workdir / "venv", "%s[test]" % sdist)
+        python = _fresh_environment(workdir / "venv", "%s[test-core]" % sdist)
         shutil.rmtree(tree / "dramatiq_tracker")
         try:
             installed = "import dramatiq_tracker; print(dramatiq_tracker.__file__)"
             _run([str(python), "-c", installed], cwd=tree)
+            _run([str(python), "-c", NO_ABORT_CHECK], cwd=tree)
             _run([str(python), "-m", "pytest", "-p", "no:cacheprovider", *extra], cwd=tree)
         except subprocess.CalledProcessError as e:
             print("test-sdist failed: %s" % e)
