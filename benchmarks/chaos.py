@@ -34,7 +34,8 @@ while, then until no uniqueness lock is left (at most a few heartbeats), and rep
 - sent, completed, dead-lettered, and **lost**: sent, never completed, not dead-lettered;
 - messages that ran more than once, each extra run classified by its inferred cause:
   ``re-run after crash`` (the previous run's worker was SIGKILLed mid-run: at-least-once, expected),
-  ``crash after completion, before ack`` (killed within a second after the run ended: expected),
+  ``crash after completion, before ack`` (killed within a second after the run ended, time it spent
+  frozen meanwhile not counted: expected),
   ``zombie window: ran beside its successor`` (the previous run's worker was frozen past the
   heartbeat timeout while running it, as the failure model documents),
   ``zombie window: re-run after the zombie completed`` (the successor started after the zombie's
@@ -243,6 +244,11 @@ class ChaosLog:
         """The windows in which ``pid`` was frozen that overlap [start, end]."""
         return [window for window in self.stops if int(window[0]) == pid and window[1] <= end and window[2] >= start]
 
+    def awake(self, pid: int, start: float, end: float) -> float:
+        """How long ``pid`` ran (was not frozen) between ``start`` and ``end``."""
+        frozen = sum(max(0.0, min(end, to) - max(start, since)) for _, since, to in self.stops_of(pid, start, end))
+        return max(0.0, end - start - frozen)
+
     def around(self, start: float, end: float, margin: float) -> list[str]:
         """The timeline lines between ``start - margin`` and ``end + margin``."""
         found = []
@@ -273,7 +279,8 @@ def classify(previous: Run, rerun: Run, chaos: ChaosLog, sent_at: float, held: l
             return ZOMBIE_BESIDE
         # Killed only after the re-run started, and never frozen: it ran twice at once on live workers.
         return UNEXPLAINED
-    if killed is not None and previous.end <= killed <= previous.end + ACK_GRACE:
+    # Frozen between its end and its kill, a worker had no time to ack: only its awake time counts.
+    if killed is not None and previous.end <= killed and chaos.awake(previous.pid, previous.end, killed) <= ACK_GRACE:
         return CRASH_BEFORE_ACK
     if chaos.stops_of(previous.pid, previous.start, previous.end):
         return ZOMBIE_BESIDE if rerun.start < previous.end else ZOMBIE_AFTER
