@@ -245,13 +245,17 @@ class Recovery:
         broker_ids = self.broker_store.tracked_process_ids()
         if not broker_ids:
             return []
-        last_seen = self.broker_store.last_seen(broker_ids)
         now = self.broker_store.server_time()
-        # Only the silent ones' registrations are read: a sweep runs every few seconds, and
-        # with a thousand live workers the rest would be most of its cost.
+        # One read of who Dramatiq heard from lately, then only the silent ones are looked at: a
+        # sweep runs every few seconds, and with a thousand live workers the rest would be most of it.
+        fresh = self.broker_store.seen_since(now - self.settings.heartbeat_timeout)
+        silent_ids = [broker_id for broker_id in broker_ids if broker_id not in fresh]
+        if not silent_ids:
+            return []
+        last_seen = self.broker_store.last_seen(silent_ids)
         silent = {
             broker_id: None if seen is None else now - seen
-            for broker_id, seen in zip(broker_ids, last_seen, strict=True)
+            for broker_id, seen in zip(silent_ids, last_seen, strict=True)
             if seen is None or now - seen >= self.settings.heartbeat_timeout
         }
         if not silent:

@@ -964,6 +964,12 @@ class BrokerStore:
             pipe.zscore(self.keys.heartbeats, broker_id)
         return [int(score) if score is not None else None for score in pipe.execute()]
 
+    def seen_since(self, since: int) -> set[str]:
+        """The broker processes Dramatiq heard from after ``since`` (ms; its heartbeats are its
+        processes' clocks)."""
+        found = self.client.zrangebyscore(self.keys.heartbeats, "(%d" % since, "+inf")
+        return {text(broker_id) for broker_id in found}
+
     def server_time(self) -> int:
         """The broker Redis server's clock, in ms since the epoch."""
         seconds, microseconds = self.client.time()
