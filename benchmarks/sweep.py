@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dramatiq_tracker import TrackerMiddleware
 from dramatiq_tracker.brokers import BrokerFacts
-from dramatiq_tracker.host import HostFacts
 from dramatiq_tracker.keys import RedisBrokerKeys, identity_digest
 from dramatiq_tracker.records import InflightRecord, WorkerInfo
 from tests.support import delete_matching, find_redis_url
@@ -45,7 +44,6 @@ def fill(broker: RedisBroker, tracker: TrackerMiddleware, workers: int, records:
     store = tracker.store
     facts = BrokerFacts.of(broker)
     digest = identity_digest(facts.identity)
-    here = HostFacts.current()
     broker_keys = RedisBrokerKeys(broker.namespace)
     pipe = broker.client.pipeline(transaction=False)
     for index in range(workers):
@@ -104,7 +102,6 @@ def fill(broker: RedisBroker, tracker: TrackerMiddleware, workers: int, records:
         pipe.execute()
         store.register(info, digest, 1 if is_dead else 600_000, entries)
     time.sleep(0.05)  # the dead ones' heartbeats (1 ms) have expired
-    del here
     return dead * records
 
 

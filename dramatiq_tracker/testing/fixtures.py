@@ -12,11 +12,11 @@ import redis
 from dramatiq.middleware import Middleware
 
 from ..brokers import REDIS, STUB, as_redis_broker
+from ..connection import delete_keys
 
 if TYPE_CHECKING:
     from dramatiq import Broker, Worker
 
-from ..connection import delete_keys
 from .brokers import (
     _client,
     _tracker_of,
