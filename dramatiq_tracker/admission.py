@@ -225,31 +225,17 @@ class Admission:
             delivery.recoveries = max(delivery.recoveries, int(history.get("recoveries", "0")))
         behind = message.options.get(DEFERRED_OPTION)
         if behind and history.get("completed_by") == behind:
-            if history.get("completed_with") == "nack":
-                self.events.emit(
-                    DUPLICATE_DEAD_LETTERED,
-                    "Dead-lettered put-off duplicate of message %r (actor %r): the attempt it waited for (%s) "
-                    "failed, and its own dead-lettering may not have reached the broker.",
-                    delivery.message_id,
-                    message.actor_name,
-                    behind,
-                    **_fields(delivery),
-                    details={"completed_by": str(behind)},
-                )
-                self._release_lock(delivery)
-                return "fail"
-            self.events.emit(
-                DUPLICATE_DROPPED,
-                "Dropped duplicate delivery of message %r (actor %r): the attempt it waited for (%s) completed.",
-                delivery.message_id,
-                message.actor_name,
-                behind,
-                **_fields(delivery),
-                details={"completed_by": str(behind)},
+            return self._completed_before(
+                delivery, history.get("completed_with", ""), {"completed_by": str(behind)}, "the attempt it waited for"
             )
-            # (A newer attempt than the one it waited for, a zombie's, holds the lock: it is done.)
-            self._release_lock(delivery)
-            return "skip"
+        unconfirmed = history.get("unconfirmed_by", "")
+        if unconfirmed and self._redelivers(delivery, unconfirmed, history.get("unconfirmed_attempt", "")):
+            return self._completed_before(
+                delivery,
+                history.get("unconfirmed_with", ""),
+                {"unconfirmed_by": unconfirmed},
+                "an attempt whose RabbitMQ channel closed while it ran",
+            )
 
         done_by = history.get("done_by_attempt", "")
         if done_by.isdigit() and int(done_by) < delivery.attempt:
@@ -296,6 +282,48 @@ class Admission:
             # The previous attempt is dead: this one takes its place in the running index.
             self._take_place(delivery, previous, Owner.parse(previous))
         return verdict
+
+    def _completed_before(self, delivery: Delivery, completion: str, details: dict[str, str], attempt: str) -> Verdict:
+        """A duplicate of an attempt that ended: dropped, or dead-lettered when it failed (its nack may
+        not have reached the broker)."""
+        message = delivery.message
+        by = next(iter(details.values()))
+        if completion == "nack":
+            self.events.emit(
+                DUPLICATE_DEAD_LETTERED,
+                "Dead-lettered duplicate delivery of message %r (actor %r): %s (%s) failed, and its own "
+                "dead-lettering may not have reached the broker.",
+                delivery.message_id,
+                message.actor_name,
+                attempt,
+                by,
+                **_fields(delivery),
+                details=details,
+            )
+            self._release_lock(delivery)
+            return "fail"
+        self.events.emit(
+            DUPLICATE_DROPPED,
+            "Dropped duplicate delivery of message %r (actor %r): %s (%s) completed.",
+            delivery.message_id,
+            message.actor_name,
+            attempt,
+            by,
+            **_fields(delivery),
+            details=details,
+        )
+        # (A newer attempt than the one it waited for, a zombie's, holds the lock: it is done.)
+        self._release_lock(delivery)
+        return "skip"
+
+    @staticmethod
+    def _redelivers(delivery: Delivery, unconfirmed: str, attempt: str) -> bool:
+        # The broker's redelivery of that very attempt: neither a retry by Dramatiq nor a recovery since.
+        return (
+            Owner.parse(unconfirmed).retries == delivery.retries
+            and attempt.isdigit()
+            and delivery.attempt <= int(attempt)
+        )
 
     def _release_lock(self, delivery: Delivery) -> None:
         """A delivery that will never run is done: release the lock its attempt holds from enqueue."""

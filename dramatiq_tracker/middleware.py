@@ -269,7 +269,7 @@ class TrackerMiddleware(Middleware):
         self.runtime.after_process(message, exception is None)
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
-        self.runtime.after_process(message, False)
+        self.runtime.after_process(message, False, skipped=True)
 
     def after_ack(self, broker: Broker, message: MessageProxy) -> None:
         self.runtime.end(message, "ack")

@@ -51,6 +51,7 @@ class Delivery:
         "generation",
         "message",
         "policy",
+        "ran",
         "recoveries",
         "retries",
         "started",
@@ -90,6 +91,8 @@ class Delivery:
         self.zombie = False
         #: Its actor returned (no exception, not failed).
         self.succeeded = False
+        #: It was processed (its actor ran, or a middleware failed it), not skipped.
+        self.ran = False
         #: The thread that runs it: dramatiq-abort aborts a thread, and a zombie's copy and the copy
         #: that replaced it may run in two threads of one process.
         self.thread = threading.current_thread()

@@ -481,6 +481,11 @@ def message_lines(view: MessageView, now: int, style: Style = PLAIN) -> list[str
             parts.append("a duplicate waits for attempt %s" % history.deferred_behind)
         if history.completed_by:
             parts.append("completed by %s (%s)" % (history.completed_by, history.completed_with or "?"))
+        if history.unconfirmed_by:
+            parts.append(
+                "completed by %s (%s), unconfirmed: its channel closed"
+                % (history.unconfirmed_by, history.unconfirmed_with or "?")
+            )
         parts += ["%s=%s" % item for item in sorted(history.other.items())]
         if history.ttl is not None:
             parts.append("history kept %s more" % age(history.ttl))

@@ -16,10 +16,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
+from dramatiq.logging import get_logger
 from dramatiq.middleware import SkipMessage
 
 from .abort import AbortBridge
 from .brokers import RABBITMQ, REDIS, BrokerFacts, as_redis_broker
+from .channels import fetched_on_closed_channel, unwatch_channels, watch_channels
 from .claims import Claims
 from .connection import resolve_client
 from .errors import TrackerError, TrackerNotConfigured
@@ -176,6 +178,7 @@ class TrackerRuntime:
         cleaners: list[LockCleaner],
         callbacks: EventCallbacks,
     ) -> None:
+        self.logger = get_logger(__name__, type(self))
         self.middleware = middleware
         self.settings = settings
         self.policies = Policies(settings)
@@ -278,6 +281,8 @@ class TrackerRuntime:
             if session is None:
                 session = self._session = WorkerSession(parts)
             if session.attach(worker):
+                if self._rabbit:
+                    watch_channels(broker, self._withheld)
                 session.start()
 
     def queue_declared(self, broker: Broker) -> None:
@@ -298,6 +303,7 @@ class TrackerRuntime:
             if session is None or not session.detach(worker):
                 return
             self._session = None
+        unwatch_channels(session.parts.broker)
         session.stop()
         self.close()
 
@@ -376,6 +382,8 @@ class TrackerRuntime:
           SkipMessage: For a message decided before it runs: a put-off duplicate, a stale copy,
             a quarantined message (failed too), a cancelled one, a uniqueness conflict.
         """
+        if self._rabbit and fetched_on_closed_channel(proxy):
+            self._skip_closed_channel_copy(proxy)
         message = proxy._message
         options = message.options
         policy = self._by_actor.get(message.actor_name) or self.policies.of_actor(broker, message.actor_name)
@@ -424,16 +432,44 @@ class TrackerRuntime:
                     proxy._tracker_unique = state  # type: ignore[attr-defined]
             self._thread.unique = state
 
-    def after_process(self, proxy: MessageProxy, returned: bool) -> None:
+    def _skip_closed_channel_copy(self, proxy: MessageProxy) -> None:
+        # RabbitMQ requeued it when its channel closed, and delivers it again: this copy would run
+        # beside that one.  Its ack is withheld too (see dramatiq_tracker.channels).
+        self.logger.info(
+            "Did not run message %r (actor %r): it was fetched on a RabbitMQ channel that has closed since, "
+            "and the server delivers it again.",
+            proxy.message_id,
+            proxy.actor_name,
+        )
+        quiet_skip(proxy)
+        raise SkipMessage()
+
+    def _withheld(self, proxy: MessageProxy, completion: str) -> None:
+        """An ack or nack was not sent: the channel that delivered the message has closed."""
+        delivery = vars(proxy).get(_DELIVERY)
+        session = self._session
+        if delivery is None or session is None or not delivery.ran:
+            self.logger.debug(
+                "Did not %s message %r: the RabbitMQ channel that delivered it has closed.",
+                completion,
+                proxy.message_id,
+            )
+            return
+        session.unconfirmed(delivery, completion)
+
+    def after_process(self, proxy: MessageProxy, returned: bool, *, skipped: bool = False) -> None:
         """The actor returned, raised or was skipped: release a ``while_executing`` lock.
 
         Parameters:
           returned(bool): The actor ran and returned (no exception, not skipped).
+          skipped(bool): It was skipped (it did not run).
         """
         found = vars(proxy)
         delivery = found.get(_DELIVERY)
-        if delivery is not None and returned and not proxy.failed:
-            delivery.succeeded = True
+        if delivery is not None:
+            delivery.ran = not skipped
+            if returned and not proxy.failed:
+                delivery.succeeded = True
         state = delivery.unique if delivery is not None else found.get(_UNIQUE)
         if state is not None and state.holds:
             self.parts.uniqueness.after_process(state)

@@ -254,6 +254,31 @@ class WorkerSession:
             recoveries=delivery.recoveries,
         )
 
+    def unconfirmed(self, delivery: Delivery, completion: str) -> None:
+        """An attempt ran, but its ack or nack cannot reach RabbitMQ: the channel that delivered it
+        closed meanwhile, and the server delivers the message again.  Noted in its history, so that
+        the redelivery is dropped (or dead-lettered, after a failure) instead of run again."""
+        self.logger.warning(
+            "The %s of message %r (actor %r) cannot reach RabbitMQ: the channel that delivered it closed while "
+            "it ran.  The server delivers it again; that delivery will be %s.",
+            completion,
+            delivery.message_id,
+            delivery.message.actor_name,
+            "dead-lettered" if completion == "nack" else "dropped",
+        )
+        if delivery.zombie:
+            # Recovered elsewhere while this worker was presumed dead: the attempt that replaced it decides.
+            return
+        fields = {
+            "unconfirmed_by": "%s|%d" % (delivery.attempt_id, delivery.retries),
+            "unconfirmed_attempt": str(delivery.attempt),
+            "unconfirmed_with": completion,
+        }
+        try:
+            self.store.note_history(delivery.message_id, self.settings.history_ttl, fields)
+        except redis.RedisError as e:
+            self.parts.health.failed("noting a completion its broker did not confirm", e)
+
     def _completed_as_zombie(self, message_id: str, attempt: int, old_worker_id: str) -> None:
         """An attempt succeeded here after this worker was declared dead, before it learned it."""
         self._note_done(message_id, attempt)

@@ -191,6 +191,10 @@ class MessageHistory:
       deferred_behind(str): The attempt a put-off duplicate waits for.
       completed_by(str): The attempt that completed while a duplicate waited for it.
       completed_with(str): How it completed ("ack" or "nack").
+      unconfirmed_by(str): An attempt that ran while the RabbitMQ channel that delivered it closed:
+        its ack or nack could not reach the server, which delivers the message again.
+      unconfirmed_attempt(int|None): That attempt's delivery attempt.
+      unconfirmed_with(str): How it completed ("ack" or "nack").
       ttl(int|None): Milliseconds until the history expires.
       other(dict[str, str]): Fields this version does not know.
     """
@@ -207,6 +211,9 @@ class MessageHistory:
     deferred_behind: str = ""
     completed_by: str = ""
     completed_with: str = ""
+    unconfirmed_by: str = ""
+    unconfirmed_attempt: int | None = None
+    unconfirmed_with: str = ""
     ttl: int | None = None
     other: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
@@ -233,6 +240,9 @@ class MessageHistory:
             deferred_behind=get("deferred_behind", ""),
             completed_by=get("completed_by", ""),
             completed_with=get("completed_with", ""),
+            unconfirmed_by=get("unconfirmed_by", ""),
+            unconfirmed_attempt=optional("unconfirmed_attempt"),
+            unconfirmed_with=get("unconfirmed_with", ""),
             ttl=ttl,
             other={name: value for name, value in fields.items() if name not in known},
         )

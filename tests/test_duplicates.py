@@ -57,19 +57,23 @@ def test_a_rabbitmq_redelivery_of_a_running_message_waits_for_it_instead_of_runn
     rabbitmq: object,
 ) -> None:
     store = TrackerStore(redis_client, namespaces.tracker)
-    # Given a worker running a 4 s message
-    message_id, pid, _ = start_long_message(redis_client, namespaces, spawn_worker, rabbitmq, store, 4)
+    # Given a worker running a message that outlasts the worker's reconnection (its only consumer)
+    seconds = 12
+    message_id, pid, _ = start_long_message(redis_client, namespaces, spawn_worker, rabbitmq, store, seconds)
 
     # When its connection is closed under it (as RabbitMQ's consumer_timeout does): the server redelivers
+    # to the worker's new channel (Dramatiq reopens it after 1 s to notice and 3 s of restart delay)
     assert close_rabbitmq_connections(pid) >= 1
 
     # Then the redelivery is put off, not run beside the running copy
-    wait_for(lambda: "duplicate-deferred" in kinds(store, message_id), 10, message="deferred")
+    wait_for(lambda: "duplicate-deferred" in kinds(store, message_id), seconds, message="deferred")
     # And once the running copy completes, the put-off delivery is dropped: the message ran once.  Bound:
     # the rest of the run, a put-off of heartbeat_timeout or two, the delay consumer's restart after its
     # connection was closed (Dramatiq's 3 s), and slack for a loaded machine.
     put_off = FAST["heartbeat_timeout"] / 1000
-    wait_for(lambda: "duplicate-dropped" in kinds(store, message_id), 4 + 2 * put_off + 3 + 15, message="dropped")
+    wait_for(
+        lambda: "duplicate-dropped" in kinds(store, message_id), seconds + 2 * put_off + 3 + 15, message="dropped"
+    )
     assert [e[0] for e in events(redis_client, namespaces, "started")] == [message_id]
     assert [e[0] for e in events(redis_client, namespaces, "done")] == [message_id]
 
