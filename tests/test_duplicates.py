@@ -71,9 +71,7 @@ def test_a_rabbitmq_redelivery_of_a_running_message_waits_for_it_instead_of_runn
     # the rest of the run, a put-off of heartbeat_timeout or two, the delay consumer's restart after its
     # connection was closed (Dramatiq's 3 s), and slack for a loaded machine.
     put_off = FAST["heartbeat_timeout"] / 1000
-    wait_for(
-        lambda: "duplicate-dropped" in kinds(store, message_id), seconds + 2 * put_off + 3 + 15, message="dropped"
-    )
+    wait_for(lambda: "duplicate-dropped" in kinds(store, message_id), seconds + 2 * put_off + 3 + 15, message="dropped")
     assert [e[0] for e in events(redis_client, namespaces, "started")] == [message_id]
     assert [e[0] for e in events(redis_client, namespaces, "done")] == [message_id]
 
