@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import dramatiq
+import redis
+import redis.utils
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
@@ -143,6 +145,17 @@ def main() -> int:
     logging.getLogger("dramatiq_tracker").setLevel(logging.ERROR)
     url, embedded = (args.url, None) if args.url else find_redis_url()
     try:
+        server = redis.Redis.from_url(url)
+        # hiredis parses Redis's replies in C (pip install "dramatiq-tracker[hiredis]"); a sweep reads many.
+        print(
+            "redis-server %s, redis-py %s, replies parsed by %s"
+            % (
+                server.info("server")["redis_version"],
+                redis.__version__,
+                "hiredis" if redis.utils.HIREDIS_AVAILABLE else "redis-py (pure Python; hiredis is not installed)",
+            )
+        )
+        server.close()
         print("%d workers x %d records (%d in flight):" % (args.workers, args.records, args.workers * args.records))
         for dead in args.dead:
             elapsed, orphans, queued = measure(url, args.workers, args.records, dead)
