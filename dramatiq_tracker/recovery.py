@@ -119,7 +119,7 @@ class Recovery:
         for worker_id, raw in self.store.workers_on_host(self.host.hostname).items():
             info = self._parse(worker_id, raw)
             if info is not None and info.broker_identity == self.identity and self.host.process_is_gone(info.host):
-                report.extend(self.recover_worker(worker_id, process_gone=True, dry_run=dry_run))
+                report.extend(self._recover(worker_id, raw, process_gone=True, dry_run=dry_run))
         return report
 
     def recover_expired(
@@ -138,12 +138,14 @@ class Recovery:
             due = [wid for wid in self.store.due_workers(self.digest, SWEEP_PAGE, now=now) if wid not in seen]
             if not due:
                 return report
+            # Their registrations in one read: a round trip per dead worker is a tenth of its recovery.
+            registrations = self.store.registrations(due)
             for worker_id in due:
                 if deadline is not None and time.monotonic() > deadline:
                     report.partial = True
                     return report
                 seen.add(worker_id)
-                report.extend(self.recover_worker(worker_id, now=now, dry_run=dry_run))
+                report.extend(self._recover(worker_id, registrations.get(worker_id), now=now, dry_run=dry_run))
 
     def recover_worker(
         self, worker_id: str, *, process_gone: bool = False, now: int | None = None, dry_run: bool = False
@@ -158,11 +160,16 @@ class Recovery:
         Raises:
           redis.RedisError: When the tracker's or the broker's Redis fails; nothing is lost.
         """
+        return self._recover(worker_id, self.store.registration(worker_id), process_gone, now, dry_run)
+
+    def _recover(
+        self, worker_id: str, raw: str | None, process_gone: bool = False, now: int | None = None, dry_run: bool = False
+    ) -> RecoveryReport:
+        """:meth:`recover_worker`, its registration (``raw``) read already."""
         report = RecoveryReport()
         if worker_id == self.own_worker_id():
             # Our own heartbeat is late: we are the one in trouble, not a corpse to recover.
             return report
-        raw = self.store.registration(worker_id)
         if raw is None:
             # Not registered (any more): declaring it dead only removes it from the deadlines.
             self.store.declare_dead(worker_id, self.digest, process_gone=False, retry_after=0, dry_run=dry_run)
