@@ -17,6 +17,8 @@ import pytest
 import redis
 from dramatiq.message import Message
 
+from dramatiq_tracker.inspect import Inspector
+from dramatiq_tracker.render import message_lines
 from dramatiq_tracker.store import TrackerStore
 
 from .conftest import Namespaces, events
@@ -110,6 +112,13 @@ def test_an_ack_sent_after_its_channel_closed_never_acks_another_delivery(
     # And the running message, completed before the redelivery of it started, ran once
     assert starts(redis_client, namespaces, running) == [worker.pid]
     assert "duplicate-dropped" in kinds(store, running)
+    # And operators see why in its history
+    with Inspector(client=redis_client, namespace=namespaces.tracker) as inspector:
+        view = inspector.message(running)
+    assert view is not None and view.history is not None
+    assert view.history.unconfirmed_by.startswith(worker.worker_id + "|")
+    assert (view.history.unconfirmed_attempt, view.history.unconfirmed_with) == (0, "ack")
+    assert any("unconfirmed: its channel closed" in line for line in message_lines(view, 0))
 
 
 def test_a_message_prefetched_on_a_closed_channel_does_not_run_beside_its_redelivery(
