@@ -149,3 +149,34 @@ def test_a_message_prefetched_on_a_closed_channel_does_not_run_beside_its_redeli
     wait_for(lambda: queue_counts(namespaces.queue) == (0, 0), BOUND + 10, message="queue drained")
     assert starts(redis_client, namespaces, prefetched) == [worker.pid]
     assert starts(redis_client, namespaces, running) == [worker.pid]
+
+
+def test_a_dead_workers_message_redelivered_again_while_it_runs_elsewhere_waits_for_that_run(
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    rabbitmq: object,
+) -> None:
+    store = TrackerStore(redis_client, namespaces.tracker)
+    # Given a message that runs again on a survivor after its worker was killed (claimed as its orphan)
+    spawn_worker(kind="rabbitmq", threads=2, broker_url=RABBITMQ_URL)
+    (first,) = wait_registered(store, 1)
+    seconds = RECONNECT + 4
+    message_id = send(rabbitmq, namespaces.queue, "sleep", seconds)
+    wait_for(lambda: starts(redis_client, namespaces, message_id), 20, message="running")
+    spawn_worker(kind="rabbitmq", threads=2, broker_url=RABBITMQ_URL)
+    spawn_worker(kind="rabbitmq", threads=2, broker_url=RABBITMQ_URL)
+    wait_registered(store, 3)
+    kill(first.pid)
+    wait_for(lambda: len(starts(redis_client, namespaces, message_id)) == 2, BOUND + 10, message="run again")
+    assert "recovered" in kinds(store, message_id)
+    survivor = starts(redis_client, namespaces, message_id)[1]
+
+    # When the survivor's connection is closed while it runs the message: RabbitMQ delivers it once more
+    assert close_rabbitmq_connections(survivor) >= 1
+
+    # Then that delivery waits for the survivor's run instead of running beside it, and is dropped after
+    wait_for(lambda: "duplicate-deferred" in kinds(store, message_id), RECONNECT, message="deferred")
+    assert starts(redis_client, namespaces, message_id) == [first.pid, survivor]
+    wait_for(lambda: "duplicate-dropped" in kinds(store, message_id), seconds + BOUND + 10, message="dropped")
+    assert starts(redis_client, namespaces, message_id) == [first.pid, survivor]

@@ -6,11 +6,18 @@
 -- ARGV[2] the previous attempt's "worker id|token|retries"
 -- ARGV[3] the new attempt's "worker id|token|retries"
 --
--- Returns 1 when taken, 0 when the index no longer names the previous attempt.
+-- The place is also taken when the index names no attempt: the claim of a dead
+-- worker's orphan removes its entry before the attempt that claimed it takes
+-- the place, and a running attempt the index does not name would not be waited
+-- for by a duplicate delivery.  An attempt of another worker named meanwhile
+-- keeps the place.
+--
+-- Returns 1 when taken, 0 when the index names another attempt.
 
 local running = KEYS[1]
 
-if redis.call("hget", running, ARGV[1]) == ARGV[2] then
+local current = redis.call("hget", running, ARGV[1])
+if not current or current == ARGV[2] then
     redis.call("hset", running, ARGV[1], ARGV[3])
     return 1
 end
