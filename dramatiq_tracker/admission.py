@@ -344,10 +344,13 @@ class Admission:
         return False
 
     def _take_place(self, delivery: Delivery, previous: str, owner: Owner) -> None:
-        self.store.take_running(delivery.message_id, previous, "%s|%s" % (delivery.worker_id, delivery.owner))
         if owner.worker_id == delivery.worker_id:
-            # begin_at_risk kept the previous attempt's record (same worker): the recorder writes ours.
+            # begin_at_risk kept the previous attempt's record (same worker): the recorder writes ours,
+            # and its place in the running index with it.  Taken here, the place could outlive an
+            # attempt that ends before the recorder writes it (its end is then never written).
             self.registry.unwritten(delivery)
+            return
+        self.store.take_running(delivery.message_id, previous, "%s|%s" % (delivery.worker_id, delivery.owner))
 
     def _alive(self, worker_id: str) -> bool:
         if worker_id == self.registry.worker_id:
