@@ -226,14 +226,15 @@ class Admission:
         behind = message.options.get(DEFERRED_OPTION)
         if behind and history.get("completed_by") == behind:
             return self._completed_before(
-                delivery, history.get("completed_with", ""), {"completed_by": str(behind)}, "the attempt it waited for"
+                delivery, history.get("completed_with", ""), str(behind), "completed_by", "the attempt it waited for"
             )
         unconfirmed = history.get("unconfirmed_by", "")
         if unconfirmed and self._redelivers(delivery, unconfirmed, history.get("unconfirmed_attempt", "")):
             return self._completed_before(
                 delivery,
                 history.get("unconfirmed_with", ""),
-                {"unconfirmed_by": unconfirmed},
+                unconfirmed,
+                "unconfirmed_by",
                 "an attempt whose RabbitMQ channel closed while it ran",
             )
 
@@ -283,38 +284,32 @@ class Admission:
             self._take_place(delivery, previous, Owner.parse(previous))
         return verdict
 
-    def _completed_before(self, delivery: Delivery, completion: str, details: dict[str, str], attempt: str) -> Verdict:
-        """A duplicate of an attempt that ended: dropped, or dead-lettered when it failed (its nack may
-        not have reached the broker)."""
-        message = delivery.message
-        by = next(iter(details.values()))
-        if completion == "nack":
-            self.events.emit(
-                DUPLICATE_DEAD_LETTERED,
-                "Dead-lettered duplicate delivery of message %r (actor %r): %s (%s) failed, and its own "
-                "dead-lettering may not have reached the broker.",
-                delivery.message_id,
-                message.actor_name,
-                attempt,
-                by,
-                **_fields(delivery),
-                details=details,
-            )
-            self._release_lock(delivery)
-            return "fail"
+    def _completed_before(self, delivery: Delivery, completion: str, by: str, detail: str, whose: str) -> Verdict:
+        """A duplicate of an attempt that ended: dropped, or dead-lettered when that attempt failed (its
+        nack may not have reached the broker).
+
+        Parameters:
+          completion(str): How that attempt ended: "ack" or "nack".
+          by(str): That attempt.
+          detail(str): The event detail that names it.
+          whose(str): What it was, for the event's text.
+        """
+        failed = completion == "nack"
         self.events.emit(
-            DUPLICATE_DROPPED,
-            "Dropped duplicate delivery of message %r (actor %r): %s (%s) completed.",
+            DUPLICATE_DEAD_LETTERED if failed else DUPLICATE_DROPPED,
+            "%s duplicate delivery of message %r (actor %r): %s (%s) %s.",
+            "Dead-lettered" if failed else "Dropped",
             delivery.message_id,
-            message.actor_name,
-            attempt,
+            delivery.message.actor_name,
+            whose,
             by,
+            "failed, and its own dead-lettering may not have reached the broker" if failed else "completed",
             **_fields(delivery),
-            details=details,
+            details={detail: by},
         )
         # (A newer attempt than the one it waited for, a zombie's, holds the lock: it is done.)
         self._release_lock(delivery)
-        return "skip"
+        return "fail" if failed else "skip"
 
     @staticmethod
     def _redelivers(delivery: Delivery, unconfirmed: str, attempt: str) -> bool:
@@ -350,7 +345,7 @@ class Admission:
             # attempt that ends before the recorder writes it (its end is then never written).
             self.registry.unwritten(delivery)
             return
-        self.store.take_running(delivery.message_id, previous, "%s|%s" % (delivery.worker_id, delivery.owner))
+        self.store.take_running(delivery.message_id, previous, delivery.running_entry)
 
     def _alive(self, worker_id: str) -> bool:
         if worker_id == self.registry.worker_id:

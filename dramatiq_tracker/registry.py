@@ -116,6 +116,11 @@ class Delivery:
         """``"<token>|<retries>"``: what the running index holds for it, after the worker id."""
         return "%x|%d" % (self.token, self.retries)
 
+    @property
+    def running_entry(self) -> str:
+        """``"<worker id>|<token>|<retries>"``: this attempt as the running index (and history) names it."""
+        return "%s|%s" % (self.worker_id, self.owner)
+
     def record(self, preview_length: int, keep_payload: bool, on_exhausted: str) -> InflightRecord:
         """The record written to Redis for this attempt.
 

@@ -258,6 +258,12 @@ class WorkerSession:
         """An attempt ran, but its ack or nack cannot reach RabbitMQ: the channel that delivered it
         closed meanwhile, and the server delivers the message again.  Noted in its history, so that
         the redelivery is dropped (or dead-lettered, after a failure) instead of run again."""
+        if delivery.zombie:
+            # Recovered elsewhere while this worker was presumed dead: the attempt that replaced it decides.
+            self.logger.debug(
+                "The %s of zombie message %r was not sent: its channel closed.", completion, delivery.message_id
+            )
+            return
         self.logger.warning(
             "The %s of message %r (actor %r) cannot reach RabbitMQ: the channel that delivered it closed while "
             "it ran.  The server delivers it again; that delivery will be %s.",
@@ -266,11 +272,8 @@ class WorkerSession:
             delivery.message.actor_name,
             "dead-lettered" if completion == "nack" else "dropped",
         )
-        if delivery.zombie:
-            # Recovered elsewhere while this worker was presumed dead: the attempt that replaced it decides.
-            return
         fields = {
-            "unconfirmed_by": "%s|%d" % (delivery.attempt_id, delivery.retries),
+            "unconfirmed_by": delivery.running_entry,
             "unconfirmed_attempt": str(delivery.attempt),
             "unconfirmed_with": completion,
         }
