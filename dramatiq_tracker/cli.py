@@ -86,8 +86,12 @@ class CommandError(Exception):
         self.code = code
 
 
-class _Terminated(Exception):
-    """SIGTERM: stop serving, as on Ctrl-C, but successfully."""
+class _Terminated(BaseException):
+    """SIGTERM: stop serving, as on Ctrl-C, but successfully.
+
+    A BaseException, as KeyboardInterrupt is: ``socketserver`` logs an ``Exception`` raised while it
+    handles a request and serves on.
+    """
 
 
 def main(argv: list[str] | None = None) -> int:

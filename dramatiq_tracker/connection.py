@@ -78,8 +78,9 @@ def client_from_url(url: str, *, setting: str = "url") -> redis.Redis:
             sentinel_options = {**_TIMEOUTS}
             if "sentinel_password" in query:
                 sentinel_options["password"] = query["sentinel_password"]  # type: ignore[assignment]
-            sentinel = redis.sentinel.Sentinel(hosts, sentinel_kwargs=sentinel_options, **options)  # type: ignore[no-untyped-call]
-            master: redis.Redis = sentinel.master_for(service)  # type: ignore[no-untyped-call]
+            # Typed as Any: redis-py's Sentinel is untyped before 8.2 and typed since.
+            sentinel_class: Any = redis.sentinel.Sentinel
+            master: redis.Redis = sentinel_class(hosts, sentinel_kwargs=sentinel_options, **options).master_for(service)
             return master
         if scheme not in ("redis", "rediss", "unix"):
             raise ValueError("unknown scheme %r (redis, rediss, unix, redis+cluster, redis+sentinel)" % scheme)

@@ -142,6 +142,7 @@ def test_an_unreachable_redis_is_up_0_not_an_error(exporter: Callable[..., str])
         assert b'href="/metrics"' in response.read()
     with pytest.raises(urllib.error.HTTPError) as raised:
         urllib.request.urlopen(base + "/nothing", timeout=10)
+    raised.value.close()
     assert raised.value.code == 404
 
 
