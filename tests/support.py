@@ -49,6 +49,11 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.0
         time.sleep(interval)
 
 
+def release(client: redis.Redis, report_prefix: str, message_id: str) -> None:
+    """Let a ``held`` (or ``fail_when_released``) message of tests/apps/worker_app.py end."""
+    client.set("%s:release:%s" % (report_prefix, message_id), 1, ex=600)
+
+
 def unique(prefix: str) -> str:
     return "%s-%s" % (prefix, uuid.uuid4().hex[:10])
 

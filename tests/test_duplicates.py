@@ -21,6 +21,7 @@ from .support import (
     kill,
     kinds,
     registered,
+    release,
     wait_for,
     wait_new_worker,
     wait_registered,
@@ -39,15 +40,19 @@ def start_long_message(
     spawn_worker: Callable[..., WorkerProcess],
     broker: object,
     store: TrackerStore,
-    seconds: float,
 ) -> tuple[str, int, str]:
+    """A ``held`` message running on a RabbitMQ worker, recorded: it runs until the test releases it."""
     spawn_worker(kind="rabbitmq", threads=2, broker_url=RABBITMQ_URL)
     (worker,) = wait_registered(store, 1)
-    message = Message(queue_name=namespaces.queue, actor_name="sleep", args=(seconds,), kwargs={}, options={})
+    message = Message(queue_name=namespaces.queue, actor_name="held", args=(HOLD_LIMIT,), kwargs={}, options={})
     message_id = broker.enqueue(message).message_id  # type: ignore[attr-defined]
     wait_for(lambda: len(events(redis_client, namespaces, "started")) == 1, 20, message="running")
     wait_for(lambda: message_id in store.inflight(worker.worker_id), 5, message="recorded")
     return message_id, worker.pid, worker.worker_id
+
+
+#: How long a held message runs if the test never releases it, in seconds.
+HOLD_LIMIT = 120
 
 
 def test_a_rabbitmq_redelivery_of_a_running_message_waits_for_it_instead_of_running_beside_it(
@@ -58,20 +63,20 @@ def test_a_rabbitmq_redelivery_of_a_running_message_waits_for_it_instead_of_runn
 ) -> None:
     store = TrackerStore(redis_client, namespaces.tracker)
     # Given a worker running a message that outlasts the worker's reconnection (its only consumer)
-    seconds = 12
-    message_id, pid, _ = start_long_message(redis_client, namespaces, spawn_worker, rabbitmq, store, seconds)
+    message_id, pid, _ = start_long_message(redis_client, namespaces, spawn_worker, rabbitmq, store)
 
     # When its connection is closed under it (as RabbitMQ's consumer_timeout does): the server redelivers
-    # to the worker's new channel (Dramatiq reopens it after 1 s to notice and 3 s of restart delay)
+    # to the worker's new channel (Dramatiq notices within 1 s and reopens after 3 s of restart delay)
     assert close_rabbitmq_connections(pid) >= 1
 
     # Then the redelivery is put off, not run beside the running copy
-    wait_for(lambda: "duplicate-deferred" in kinds(store, message_id), seconds, message="deferred")
+    wait_for(lambda: "duplicate-deferred" in kinds(store, message_id), 30, message="deferred")
     # And once the running copy completes, the put-off delivery is dropped: the message ran once.  Bound:
-    # the rest of the run, a put-off of heartbeat_timeout or two, the delay consumer's restart after its
-    # connection was closed (Dramatiq's 3 s), and slack for a loaded machine.
+    # a put-off of heartbeat_timeout or two, the delay consumer's restart after its connection was closed
+    # (Dramatiq's 3 s), and slack for a loaded machine.
+    release(redis_client, namespaces.report, message_id)
     put_off = FAST["heartbeat_timeout"] / 1000
-    wait_for(lambda: "duplicate-dropped" in kinds(store, message_id), seconds + 2 * put_off + 3 + 15, message="dropped")
+    wait_for(lambda: "duplicate-dropped" in kinds(store, message_id), 2 * put_off + 3 + 20, message="dropped")
     assert [e[0] for e in events(redis_client, namespaces, "started")] == [message_id]
     assert [e[0] for e in events(redis_client, namespaces, "done")] == [message_id]
 
@@ -84,9 +89,9 @@ def test_a_put_off_redelivery_is_not_lost_if_the_running_copy_then_dies(
 ) -> None:
     store = TrackerStore(redis_client, namespaces.tracker)
     # Given a running message whose redelivery was put off behind it
-    message_id, pid, worker_id = start_long_message(redis_client, namespaces, spawn_worker, rabbitmq, store, 60)
+    message_id, pid, worker_id = start_long_message(redis_client, namespaces, spawn_worker, rabbitmq, store)
     assert close_rabbitmq_connections(pid) >= 1
-    wait_for(lambda: "duplicate-deferred" in kinds(store, message_id), 10, message="deferred")
+    wait_for(lambda: "duplicate-deferred" in kinds(store, message_id), 30, message="deferred")
     spawn_worker(kind="rabbitmq", threads=2, broker_url=RABBITMQ_URL, slow_seconds=0.1)
     survivor = wait_new_worker(store, *[w for w in registered(store) if w.worker_id == worker_id])
 
@@ -115,7 +120,9 @@ def test_a_failing_message_whose_nack_is_lost_with_its_connection_still_reaches_
     # Given a worker running a message of an actor that will fail (max_retries=0), and a second worker
     spawn_worker(kind="rabbitmq", threads=2, broker_url=RABBITMQ_URL)
     (worker,) = wait_registered(store, 1)
-    message = Message(queue_name=namespaces.queue, actor_name="fail_slowly", args=(6,), kwargs={}, options={})
+    message = Message(
+        queue_name=namespaces.queue, actor_name="fail_when_released", args=(HOLD_LIMIT,), kwargs={}, options={}
+    )
     message_id = rabbitmq.enqueue(message).message_id  # type: ignore[attr-defined]
     wait_for(lambda: len(events(redis_client, namespaces, "started")) == 1, 20, message="running")
     spawn_worker(kind="rabbitmq", threads=2, broker_url=RABBITMQ_URL)
@@ -124,14 +131,15 @@ def test_a_failing_message_whose_nack_is_lost_with_its_connection_still_reaches_
     # When its connection is closed while it runs: the server redelivers it, and the failing copy's
     # nack never reaches the server ("not in known tags")
     assert close_rabbitmq_connections(worker.pid) >= 1
-    wait_for(lambda: "duplicate-deferred" in kinds(store, message_id), 15, message="deferred")
+    wait_for(lambda: "duplicate-deferred" in kinds(store, message_id), 30, message="deferred")
+    release(redis_client, namespaces.report, message_id)
 
     # Then the redelivery, put off behind the failing copy, is dead-lettered as the failure would have
     # been: the message ran once and ends in its dead-letter queue, as with plain Dramatiq
     channel = rabbitmq.channel  # type: ignore[attr-defined]
     wait_for(
         lambda: channel.queue_declare(namespaces.queue + ".XQ", passive=True).method.message_count == 1,
-        15,
+        30,
         message="dead-lettered",
     )
     assert "duplicate-dead-lettered" in kinds(store, message_id)

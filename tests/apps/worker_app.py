@@ -255,11 +255,28 @@ def flaky(index: int) -> None:
     _report("done")
 
 
-@declare(max_retries=0)
-def fail_slowly(seconds: float) -> None:
-    """Work for a while, then fail: dead-lettered."""
-    _report("started")
-    for _ in range(int(seconds * 20)):
+def _held_until_released(limit: float) -> None:
+    """Work until the test releases this message (``release(...)`` in tests/support.py), or ``limit`` s."""
+    message = CurrentMessage.get_current_message()
+    assert message is not None
+    key = "%s:release:%s" % (REPORT_PREFIX, message.message_id)
+    deadline = time.monotonic() + limit
+    while not report.exists(key) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+@declare(max_retries=0)
+def held(limit: float) -> None:
+    """Run until released: a message that outlasts whatever the test does to its worker meanwhile."""
+    _report("started")
+    _held_until_released(limit)
+    _report("done")
+
+
+@declare(max_retries=0)
+def fail_when_released(limit: float) -> None:
+    """Run until released, then fail: dead-lettered."""
+    _report("started")
+    _held_until_released(limit)
     _report("failed")
     raise RuntimeError("expected failure")
