@@ -27,8 +27,8 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dramatiq_tracker.dashboard import DashboardApp
 from dramatiq_tracker.events import RECOVERED, TrackerEvent
+from dramatiq_tracker.ops.dashboard import DashboardApp
 from dramatiq_tracker.store import TrackerStore
 from tests.dashboard_seed import SeedRecord, add_events, bury, recovery_events, register_worker
 from tests.dashboard_support import Client

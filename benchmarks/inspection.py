@@ -37,9 +37,9 @@ from collections.abc import Callable, Iterator
 
 import redis
 
-from dramatiq_tracker import cli
-from dramatiq_tracker.inspect import Inspector
 from dramatiq_tracker.keys import identity_digest
+from dramatiq_tracker.ops import cli
+from dramatiq_tracker.ops.inspection import Inspector
 from dramatiq_tracker.records import InflightRecord, WorkerInfo
 from dramatiq_tracker.store import TrackerStore
 from tests.support import RedisServer, delete_matching
@@ -94,7 +94,7 @@ def command(*args: str) -> Callable[[], None]:
 @contextlib.contextmanager
 def exporter(url: str, namespace: str) -> Iterator[str]:
     """The exporter's server in a thread of this process; yields its /metrics URL."""
-    from dramatiq_tracker.exporter import make_exporter_server
+    from dramatiq_tracker.ops.exporter import make_exporter_server
 
     inspector = Inspector(url=url, namespace=namespace)
     server = make_exporter_server(inspector, "127.0.0.1", 0)

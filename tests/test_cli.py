@@ -22,7 +22,8 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
 from dramatiq_tracker import TrackerMiddleware
-from dramatiq_tracker.cli import (
+from dramatiq_tracker.events import LOCK_DELETED, RECOVERED
+from dramatiq_tracker.ops.cli import (
     RET_ERROR,
     RET_INTERRUPTED,
     RET_NOT_FOUND,
@@ -31,8 +32,7 @@ from dramatiq_tracker.cli import (
     RET_USAGE,
     main,
 )
-from dramatiq_tracker.events import LOCK_DELETED, RECOVERED
-from dramatiq_tracker.inspect import ALIVE, DEAD, FENCED, RECOVERING, UNRESPONSIVE, Inspector
+from dramatiq_tracker.ops.inspection import ALIVE, DEAD, FENCED, RECOVERING, UNRESPONSIVE, Inspector
 from dramatiq_tracker.store import TrackerStore
 
 from .conftest import Namespaces
@@ -684,7 +684,7 @@ def test_corrupt_and_foreign_records_are_warned_about_skipped_and_left_alone(
 def test_the_exporter_without_prometheus_client_names_the_extra() -> None:
     code = (
         "import sys; sys.modules['prometheus_client'] = None\n"
-        "from dramatiq_tracker.cli import main\n"
+        "from dramatiq_tracker.ops.cli import main\n"
         "sys.exit(main(['exporter', '--port', '0', '--url', 'redis://127.0.0.1:1/0']))"
     )
     result = subprocess.run(

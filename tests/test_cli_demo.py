@@ -9,7 +9,7 @@ import sys
 import pytest
 import redis
 
-from dramatiq_tracker.cli import RET_ERROR, RET_OK, RET_USAGE, main
+from dramatiq_tracker.ops.cli import RET_ERROR, RET_OK, RET_USAGE, main
 
 from .support import ROOT
 

@@ -23,15 +23,21 @@ from dramatiq.brokers.redis import RedisBroker
 from markupsafe import escape
 
 from dramatiq_tracker import ConfigurationError, TrackerMiddleware
-from dramatiq_tracker.cli import build_parser
-from dramatiq_tracker.dashboard import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_REFRESH, DashboardApp, make_wsgi_middleware
-from dramatiq_tracker.dashboard.charts import nice_ceiling, timeline_chart
-from dramatiq_tracker.dashboard.formatting import duration
-from dramatiq_tracker.dashboard.pages import TimelineCache
 from dramatiq_tracker.events import ABORT_REQUESTED, LOCK_DELETED, TrackerEvent
-from dramatiq_tracker.inspect import Inspector
+from dramatiq_tracker.ops.cli import build_parser
+from dramatiq_tracker.ops.dashboard import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    DEFAULT_REFRESH,
+    DashboardApp,
+    make_wsgi_middleware,
+)
+from dramatiq_tracker.ops.dashboard.charts import nice_ceiling, timeline_chart
+from dramatiq_tracker.ops.dashboard.formatting import duration
+from dramatiq_tracker.ops.dashboard.pages import TimelineCache
+from dramatiq_tracker.ops.inspection import Inspector
+from dramatiq_tracker.ops.views import Timeline
 from dramatiq_tracker.store import TrackerStore
-from dramatiq_tracker.views import Timeline
 
 from .conftest import Namespaces
 from .dashboard_seed import HOSTILE, HOSTILE_ATTRIBUTE, SeedRecord, add_events, register_worker, showcase
@@ -457,12 +463,14 @@ def test_an_unreachable_redis_gives_a_page_that_says_so() -> None:
 
 
 def test_without_jinja2_the_import_names_the_extra() -> None:
-    code = "import sys; sys.modules['jinja2'] = None; import dramatiq_tracker.dashboard"
+    code = "import sys; sys.modules['jinja2'] = None; import dramatiq_tracker.ops.dashboard"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 1
     assert "pip install 'dramatiq-tracker[dashboard]'" in result.stderr and "ImportError" in result.stderr
     # And the rest of the package, the command line included, needs no Jinja2
-    code = "import sys; sys.modules['jinja2'] = None; from dramatiq_tracker.cli import main; main(['dashboard', '-h'])"
+    code = (
+        "import sys; sys.modules['jinja2'] = None; from dramatiq_tracker.ops.cli import main; main(['dashboard', '-h'])"
+    )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=ROOT).returncode == 0
 
 

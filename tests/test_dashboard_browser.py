@@ -19,9 +19,9 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
 from dramatiq_tracker import TrackerMiddleware
-from dramatiq_tracker.dashboard import DashboardApp, make_server
 from dramatiq_tracker.events import LOCK_DELETED
-from dramatiq_tracker.inspect import Inspector
+from dramatiq_tracker.ops.dashboard import DashboardApp, make_server
+from dramatiq_tracker.ops.inspection import Inspector
 from dramatiq_tracker.store import TrackerStore
 
 from .conftest import Namespaces

@@ -22,7 +22,7 @@ from .test_cli import start
 prometheus_client = pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from dramatiq_tracker.exporter import METRICS  # noqa: E402
+from dramatiq_tracker.ops.exporter import METRICS  # noqa: E402
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

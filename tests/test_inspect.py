@@ -12,9 +12,9 @@ from dramatiq.brokers.redis import RedisBroker
 
 from dramatiq_tracker import ConfigurationError, TrackerMiddleware, TrackerNotConfigured
 from dramatiq_tracker.events import LOCK_DELETED
-from dramatiq_tracker.inspect import ALIVE, DEAD, FENCED, RECOVERING, UNRESPONSIVE, Inspector
 from dramatiq_tracker.keys import identity_digest
-from dramatiq_tracker.operate import Operator, load_broker
+from dramatiq_tracker.ops.actions import Operator, load_broker
+from dramatiq_tracker.ops.inspection import ALIVE, DEAD, FENCED, RECOVERING, UNRESPONSIVE, Inspector
 from dramatiq_tracker.records import InflightRecord, WorkerInfo
 from dramatiq_tracker.store import TrackerStore
 

@@ -10,7 +10,7 @@ import redis
 
 from dramatiq_tracker import ConfigurationError
 from dramatiq_tracker.events import QUARANTINED, RECOVERED, WORKER_DEAD, TrackerEvent
-from dramatiq_tracker.inspect import ALIVE, Inspector
+from dramatiq_tracker.ops.inspection import ALIVE, Inspector
 from dramatiq_tracker.store import TrackerStore
 
 from .conftest import Namespaces

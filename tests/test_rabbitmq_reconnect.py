@@ -17,8 +17,8 @@ import pytest
 import redis
 from dramatiq.message import Message
 
-from dramatiq_tracker.inspect import Inspector
-from dramatiq_tracker.render import message_lines
+from dramatiq_tracker.ops.cli.output import message_lines
+from dramatiq_tracker.ops.inspection import Inspector
 from dramatiq_tracker.store import TrackerStore
 
 from .conftest import Namespaces, events

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from dramatiq_tracker.render import PLAIN, Column, Style, age, parse_duration, plural, table, use_colour
+from dramatiq_tracker.ops.cli.output import PLAIN, Column, Style, age, parse_duration, plural, table, use_colour
 
 
 @pytest.mark.parametrize(

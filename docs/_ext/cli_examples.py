@@ -31,7 +31,7 @@ ROOT = HERE.parent.parent
 PAGE = ROOT / "docs" / "cli.md"
 sys.path.insert(0, str(ROOT))
 
-from dramatiq_tracker.inspect import ALIVE, FENCED, UNRESPONSIVE, Inspector  # noqa: E402
+from dramatiq_tracker.ops.inspection import ALIVE, FENCED, UNRESPONSIVE, Inspector  # noqa: E402
 from tests.support import RedisServer, free_port, wait_for  # noqa: E402
 
 BLOCK = re.compile(r"(<!-- cli: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /cli -->)", flags=re.DOTALL)

@@ -17,8 +17,8 @@ from wsgiref.simple_server import make_server as _make_server
 import redis
 from dramatiq.logging import get_logger
 
-from ..errors import TrackerError
-from ..operate import load_broker
+from ...errors import TrackerError
+from ..actions import load_broker
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication

@@ -1,11 +1,11 @@
 """A web dashboard of a tracker namespace: which worker process runs which message now, what became of
 the messages of the workers that died, which uniqueness locks are held, and the events, updated live.
 
-It reads through :class:`~dramatiq_tracker.inspect.Inspector`, the same read path as the
+It reads through :class:`~dramatiq_tracker.ops.inspection.Inspector`, the same read path as the
 ``dramatiq-tracker`` command, and changes nothing unless its actions are enabled.  Mount it in an
 application, behind the application's own authentication::
 
-    from dramatiq_tracker.dashboard import DashboardApp
+    from dramatiq_tracker.ops.dashboard import DashboardApp
 
     application = DashboardApp(url="redis://localhost:6379/0", prefix="/tracker", app=application)
 

@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING, Any
 import dramatiq
 from dramatiq import Broker
 
-from .errors import ConfigurationError, TrackerNotConfigured
-from .events import ABORT_REQUESTED, LOCK_DELETED, TrackerEvent
-from .middleware import TrackerMiddleware, find_tracker
-from .settings import DEFAULT_EVENTS_MAXLEN
+from ..errors import ConfigurationError, TrackerNotConfigured
+from ..events import ABORT_REQUESTED, LOCK_DELETED, TrackerEvent
+from ..middleware import TrackerMiddleware, find_tracker
+from ..settings import DEFAULT_EVENTS_MAXLEN
 
 if TYPE_CHECKING:
-    from .inspect import Inspector
-    from .orphans import RecoveryReport
-    from .store import LockInfo
+    from ..orphans import RecoveryReport
+    from ..store import LockInfo
+    from .inspection import Inspector
 
 
 def load_broker(spec: str) -> Broker:

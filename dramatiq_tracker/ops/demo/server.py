@@ -15,7 +15,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..connection import URL_ENVIRONMENT_VARIABLE
+from ...connection import URL_ENVIRONMENT_VARIABLE
 from . import DemoError
 
 #: Asked for after the tracker's own variable, as most Redis tools do.

@@ -11,14 +11,14 @@ import time
 from collections.abc import Collection
 from pathlib import Path
 
-from ..host import HostFacts
-from ..records import CorruptRecord, WorkerInfo
-from ..store import TrackerStore
+from ...host import HostFacts
+from ...records import CorruptRecord, WorkerInfo
+from ...store import TrackerStore
 from . import DemoError
 from .environment import DemoConfig
 
 #: The module the ``dramatiq`` CLI imports in each demo worker.
-APP_MODULE = "dramatiq_tracker.demo.app"
+APP_MODULE = "dramatiq_tracker.ops.demo.app"
 
 #: How long a worker may take to boot and register with the tracker, in milliseconds.
 BOOT_TIMEOUT = 30_000

@@ -19,8 +19,8 @@ from typing import TextIO
 
 import redis
 
-from ..connection import client_from_url
-from ..errors import ConfigurationError
+from ...connection import client_from_url
+from ...errors import ConfigurationError
 from . import DemoError
 from .environment import DemoConfig
 from .narration import Narrator

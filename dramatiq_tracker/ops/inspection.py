@@ -5,7 +5,7 @@ This is the one read path of the ``dramatiq-tracker`` command, its Prometheus ex
 and its dashboard.  It needs no broker and no actor, only the tracker's Redis and
 namespace::
 
-    from dramatiq_tracker.inspect import Inspector
+    from dramatiq_tracker.ops.inspection import Inspector
 
     inspector = Inspector(url="redis://localhost:6379/0")
     for record in inspector.inflight(older_than=60_000).items:
@@ -26,14 +26,14 @@ from typing import Any, cast
 
 import redis
 
-from .connection import DEFAULT_URL, URL_ENVIRONMENT_VARIABLE, client_from_url, is_redis_client
-from .errors import ConfigurationError
-from .events import TrackerEvent
-from .host import HostFacts
-from .keys import SEQUENCE_FIELD, Keys, identity_digest, validate_namespace
-from .records import CorruptRecord, InflightRecord, WorkerInfo
-from .settings import DEFAULT_NAMESPACE
-from .store import InflightSummary, LockInfo, TrackerStore, parse_outbox_entry, text
+from ..connection import DEFAULT_URL, URL_ENVIRONMENT_VARIABLE, client_from_url, is_redis_client
+from ..errors import ConfigurationError
+from ..events import TrackerEvent
+from ..host import HostFacts
+from ..keys import SEQUENCE_FIELD, Keys, identity_digest, validate_namespace
+from ..records import CorruptRecord, InflightRecord, WorkerInfo
+from ..settings import DEFAULT_NAMESPACE
+from ..store import InflightSummary, LockInfo, TrackerStore, parse_outbox_entry, text
 from .views import (
     ALIVE,
     DEAD,

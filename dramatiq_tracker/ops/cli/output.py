@@ -2,8 +2,8 @@
 human units, colour on a terminal, and the one ``--json`` schema.
 
 Everything here is pure: it takes the inspection API's views
-(:mod:`dramatiq_tracker.views`) and returns lines of text or JSON-ready
-dictionaries; :mod:`dramatiq_tracker.cli` prints them.
+(:mod:`dramatiq_tracker.ops.views`) and returns lines of text or JSON-ready
+dictionaries; :mod:`dramatiq_tracker.ops.cli` prints them.
 
 The ``--json`` schema (version :data:`JSON_SCHEMA`) is one object per command::
 
@@ -26,13 +26,13 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .views import ALIVE, DEAD, FENCED, RECOVERING, UNRESPONSIVE
+from ..views import ALIVE, DEAD, FENCED, RECOVERING, UNRESPONSIVE
 
 if TYPE_CHECKING:
-    from .events import TrackerEvent
-    from .orphans import RecoveryReport
-    from .store import LockInfo
-    from .views import (
+    from ...events import TrackerEvent
+    from ...orphans import RecoveryReport
+    from ...store import LockInfo
+    from ..views import (
         ClusterStatus,
         HealthCheck,
         InflightView,

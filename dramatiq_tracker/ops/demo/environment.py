@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from ..settings import TrackerSettings
+from ...settings import TrackerSettings
 from . import DemoError
 
 #: The prefix of every environment variable the demo runner sets for its workers.

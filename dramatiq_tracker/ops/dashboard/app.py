@@ -15,12 +15,12 @@ import redis
 from dramatiq import Broker
 from dramatiq.logging import get_logger
 
-from .._version import __version__
-from ..connection import URL_ENVIRONMENT_VARIABLE
-from ..errors import ConfigurationError, TrackerError
-from ..inspect import Inspector
-from ..middleware import find_tracker
-from ..settings import DEFAULT_NAMESPACE
+from ..._version import __version__
+from ...connection import URL_ENVIRONMENT_VARIABLE
+from ...errors import ConfigurationError, TrackerError
+from ...middleware import find_tracker
+from ...settings import DEFAULT_NAMESPACE
+from ..inspection import Inspector
 from . import actions, formatting
 from .http import HTML, BadRequest, Request, Response
 from .pages import Pages, Rendered
@@ -120,7 +120,7 @@ class DashboardApp:
         self.guard = Guard(token=token, secret=secret)
         self.pages = Pages(inspector, broker)
         self.templates = jinja2.Environment(
-            loader=jinja2.PackageLoader("dramatiq_tracker.dashboard", "templates"),
+            loader=jinja2.PackageLoader("dramatiq_tracker.ops.dashboard", "templates"),
             autoescape=True,
             undefined=jinja2.StrictUndefined,
             trim_blocks=True,
@@ -128,7 +128,7 @@ class DashboardApp:
         )
         self.templates.filters.update(duration=formatting.duration, timestamp=formatting.timestamp)
         self.templates.globals.update(ago=formatting.ago, version=__version__)
-        files = importlib.resources.files("dramatiq_tracker.dashboard") / "static"
+        files = importlib.resources.files("dramatiq_tracker.ops.dashboard") / "static"
         self.static = {name: (files / name).read_bytes() for name in _STATIC}
         self.static_version = hashlib.sha1(b"".join(self.static.values())).hexdigest()[:12]
 

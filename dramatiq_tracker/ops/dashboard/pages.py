@@ -1,5 +1,5 @@
 """What each page of the dashboard shows, read through the inspection API (the same read path as the
-``dramatiq-tracker`` command), and the actions it may take through :class:`~dramatiq_tracker.operate.Operator`."""
+``dramatiq-tracker`` command), and the actions it may take through :class:`~dramatiq_tracker.ops.actions.Operator`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 
 from dramatiq import Broker
 
-from ..abort import find_abortable
-from ..events import (
+from ...abort import find_abortable
+from ...events import (
     ABORT_HONOURED,
     KINDS,
     LOCK_RELEASED,
@@ -21,9 +21,9 @@ from ..events import (
     WORKER_DEAD,
     TrackerEvent,
 )
-from ..inspect import DEAD, FENCED, RECOVERING, UNRESPONSIVE, Inspector
-from ..operate import Operator
-from ..store import LockInfo
+from ...store import LockInfo
+from ..actions import Operator
+from ..inspection import DEAD, FENCED, RECOVERING, UNRESPONSIVE, Inspector
 from ..views import InflightView, Timeline, WorkerView
 from .charts import timeline_chart
 from .http import Request

@@ -1,7 +1,7 @@
 """The Dramatiq app of ``dramatiq-tracker demo``, run by the ``dramatiq`` CLI in each demo worker.
 
 Its configuration comes from environment variables that the demo runner
-sets (see :class:`~dramatiq_tracker.demo.environment.DemoConfig`), so that
+sets (see :class:`~dramatiq_tracker.ops.demo.environment.DemoConfig`), so that
 every run has namespaces of its own.  The broker is built at import time,
 as the ``dramatiq`` CLI requires.
 """
@@ -15,7 +15,7 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 
-from ..middleware import TrackerMiddleware
+from ...middleware import TrackerMiddleware
 from .environment import QUEUE, DemoConfig
 from .journal import DONE, STARTED, record
 

@@ -6,7 +6,7 @@ demo's ``dramatiq`` worker processes run.
 
 from __future__ import annotations
 
-from ..errors import TrackerError
+from ...errors import TrackerError
 
 
 class DemoError(TrackerError):

@@ -1,7 +1,7 @@
 """What the dashboard may change when its actions are enabled: delete a uniqueness lock, recover dead
 workers now, cancel or abort a message.  Each is a GET that shows what it would do and asks to confirm,
 then a POST (with a CSRF token, checked by the application) that does it through
-:class:`~dramatiq_tracker.operate.Operator`, which writes it to the event stream with who did it."""
+:class:`~dramatiq_tracker.ops.actions.Operator`, which writes it to the event stream with who did it."""
 
 from __future__ import annotations
 

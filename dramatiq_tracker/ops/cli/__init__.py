@@ -4,9 +4,9 @@ Each subcommand is a subparser whose ``handler`` default takes the parsed
 arguments and returns an exit code; add one with a function like
 :func:`_add_demo` and one line in :func:`build_parser`.  Handlers import what
 they need when they run, so that ``--help`` stays fast.  This module only wires:
-the reads go through :class:`~dramatiq_tracker.inspect.Inspector`, the changes
-through :class:`~dramatiq_tracker.operate.Operator`, the output through
-:mod:`dramatiq_tracker.render` and the metrics through :mod:`dramatiq_tracker.exporter`.
+the reads go through :class:`~dramatiq_tracker.ops.inspection.Inspector`, the changes
+through :class:`~dramatiq_tracker.ops.actions.Operator`, the output through
+:mod:`dramatiq_tracker.ops.cli.output` and the metrics through :mod:`dramatiq_tracker.ops.exporter`.
 
 Exit codes (also in docs/cli.md):
 
@@ -37,16 +37,16 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from ._version import __version__
-from .demo.options import DEFAULT_DURATION, DEFAULT_MESSAGES, MAX_DURATION, MAX_MESSAGES, MIN_DURATION, DemoOptions
-from .errors import ConfigurationError, TrackerError
+from ..._version import __version__
+from ...errors import ConfigurationError, TrackerError
+from ..demo.options import DEFAULT_DURATION, DEFAULT_MESSAGES, MAX_DURATION, MAX_MESSAGES, MIN_DURATION, DemoOptions
 
 if TYPE_CHECKING:
     from dramatiq import Broker
 
-    from .inspect import Inspector
-    from .render import Style
-    from .views import Problem
+    from ..inspection import Inspector
+    from ..views import Problem
+    from .output import Style
 
     Commands = argparse._SubParsersAction[argparse.ArgumentParser]
 
@@ -190,7 +190,7 @@ def _positive_float(text: str) -> float:
 
 
 def _duration(text: str) -> int:
-    from .render import parse_duration
+    from .output import parse_duration
 
     try:
         return parse_duration(text)
@@ -239,8 +239,8 @@ def _parser(
 
 def _url_and_namespace(arguments: argparse.Namespace) -> tuple[str, str, str]:
     """The tracker's Redis URL, where it came from, and the namespace."""
-    from .connection import DEFAULT_URL
-    from .settings import DEFAULT_NAMESPACE
+    from ...connection import DEFAULT_URL
+    from ...settings import DEFAULT_NAMESPACE
 
     url, source = arguments.url, "--url"
     if not url:
@@ -271,8 +271,8 @@ class _Connection:
     """The inspector of a command, and where it reads."""
 
     def __init__(self, arguments: argparse.Namespace) -> None:
-        from .connection import client_from_url
-        from .inspect import Inspector
+        from ...connection import client_from_url
+        from ..inspection import Inspector
 
         url, source, namespace = _url_and_namespace(arguments)
         #: The URL as it may be printed; read by main() to say which Redis failed.
@@ -303,7 +303,7 @@ def _no_data(namespace: str, where: str) -> str:
 
 
 def _styles() -> tuple[Style, Style]:
-    from .render import Style, use_colour
+    from .output import Style, use_colour
 
     return Style(use_colour(sys.stdout)), Style(use_colour(sys.stderr))
 
@@ -322,7 +322,7 @@ def _output(
     notes: Sequence[str] = (),
 ) -> None:
     """Print JSON or text, then warnings and notes (more pages...) on stderr."""
-    from .render import dumps, problem_lines
+    from .output import dumps, problem_lines
 
     out, err = _styles()
     if arguments.json:
@@ -352,7 +352,7 @@ def _add_status(commands: Commands) -> None:
 
 
 def _status(arguments: argparse.Namespace) -> int:
-    from .render import envelope, status_lines
+    from .output import envelope, status_lines
 
     with _Connection(arguments) as connection:
         status = connection.inspector.status()
@@ -386,8 +386,8 @@ def _add_workers(commands: Commands) -> None:
 
 
 def _workers(arguments: argparse.Namespace) -> int:
-    from .render import envelope, worker_lines
-    from .views import Page, WorkerView
+    from ..views import Page, WorkerView
+    from .output import envelope, worker_lines
 
     with _Connection(arguments) as connection:
         inspector = connection.inspector
@@ -438,7 +438,7 @@ def _add_inflight(commands: Commands) -> None:
 
 
 def _inflight(arguments: argparse.Namespace) -> int:
-    from .render import envelope, inflight_lines
+    from .output import envelope, inflight_lines
 
     with _Connection(arguments) as connection:
         inspector = connection.inspector
@@ -481,8 +481,8 @@ def _add_message(commands: Commands) -> None:
 
 
 def _message(arguments: argparse.Namespace) -> int:
-    from .inspect import MESSAGE_EVENTS_SCANNED
-    from .render import envelope, message_lines
+    from ..inspection import MESSAGE_EVENTS_SCANNED
+    from .output import envelope, message_lines
 
     with _Connection(arguments) as connection:
         inspector = connection.inspector
@@ -520,7 +520,7 @@ def _add_orphans(commands: Commands) -> None:
 
 
 def _orphans(arguments: argparse.Namespace) -> int:
-    from .render import envelope, orphan_lines, plural
+    from .output import envelope, orphan_lines, plural
 
     with _Connection(arguments) as connection:
         inspector = connection.inspector
@@ -575,9 +575,9 @@ class _Application:
     """An application's broker and its tracker, loaded for ``recover`` and ``abort``."""
 
     def __init__(self, arguments: argparse.Namespace) -> None:
-        from .inspect import Inspector
-        from .middleware import find_tracker
-        from .operate import Operator, load_broker
+        from ...middleware import find_tracker
+        from ..actions import Operator, load_broker
+        from ..inspection import Inspector
 
         self.broker: Broker = load_broker(arguments.broker)
         self.tracker = find_tracker(self.broker)
@@ -611,7 +611,7 @@ def _add_recover(commands: Commands) -> None:
 
 
 def _recover(arguments: argparse.Namespace) -> int:
-    from .render import envelope, recovery_item, recovery_lines
+    from .output import envelope, recovery_item, recovery_lines
 
     with _Application(arguments) as application:
         report = application.operator.recover(dry_run=arguments.dry_run)
@@ -642,7 +642,7 @@ def _add_locks(commands: Commands) -> None:
 
 
 def _locks(arguments: argparse.Namespace) -> int:
-    from .render import envelope, lock_lines
+    from .output import envelope, lock_lines
 
     with _Connection(arguments) as connection:
         inspector = connection.inspector
@@ -678,8 +678,8 @@ def _add_unlock(commands: Commands) -> None:
 
 
 def _unlock(arguments: argparse.Namespace) -> int:
-    from .operate import Operator
-    from .render import envelope
+    from ..actions import Operator
+    from .output import envelope
 
     with _Connection(arguments) as connection:
         lock = Operator(connection.inspector, who=_who()).delete_lock(arguments.digest)
@@ -720,7 +720,7 @@ def _add_abort(commands: Commands) -> None:
 
 
 def _abort(arguments: argparse.Namespace) -> int:
-    from .render import envelope
+    from .output import envelope
 
     mode = "cancel" if arguments.cancel else "abort"
     with _Application(arguments) as application:
@@ -742,7 +742,7 @@ def _abort(arguments: argparse.Namespace) -> int:
 
 
 def _add_events(commands: Commands) -> None:
-    from .events import KINDS
+    from ...events import KINDS
 
     parser = _parser(
         commands,
@@ -767,8 +767,8 @@ def _add_events(commands: Commands) -> None:
 
 
 def _events(arguments: argparse.Namespace) -> int:
-    from .events import KINDS
-    from .render import dumps, envelope, event_line, jsonable
+    from ...events import KINDS
+    from .output import dumps, envelope, event_line, jsonable
 
     unknown = [kind for kind in arguments.kind if kind not in KINDS]
     if unknown:
@@ -856,7 +856,7 @@ def _add_watch(commands: Commands) -> None:
 
 
 def _watch(arguments: argparse.Namespace) -> int:
-    from .render import inflight_lines, status_lines, timestamp, worker_lines
+    from .output import inflight_lines, status_lines, timestamp, worker_lines
 
     out, _ = _styles()
     terminal = out.colour or sys.stdout.isatty()
@@ -927,7 +927,7 @@ def _add_check(commands: Commands) -> None:
 
 
 def _check(arguments: argparse.Namespace) -> int:
-    from .render import check_lines, envelope
+    from .output import check_lines, envelope
 
     with _Connection(arguments) as connection:
         inspector = connection.inspector
@@ -982,7 +982,7 @@ def _exporter(arguments: argparse.Namespace) -> int:
     import threading
 
     try:
-        from .exporter import make_exporter_server
+        from ..exporter import make_exporter_server
     except ImportError as e:
         raise CommandError(RET_ERROR, str(e)) from None
 
@@ -1057,7 +1057,7 @@ def _add_demo(commands: Commands) -> None:
 
 
 def _demo(arguments: argparse.Namespace) -> int:
-    from .demo.runner import run_demo
+    from ..demo.runner import run_demo
 
     options = DemoOptions(url=arguments.url, messages=arguments.messages, duration=arguments.duration)
     try:
@@ -1078,7 +1078,7 @@ def _add_dashboard(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         description=(
             "Serve the web dashboard of a tracker namespace with the standard library's WSGI server. "
             "It listens on 127.0.0.1 and only reads, unless told otherwise. Needs the `dashboard` extra "
-            "(Jinja2). To mount it in an application instead, see dramatiq_tracker.dashboard.DashboardApp."
+            "(Jinja2). To mount it in an application instead, see dramatiq_tracker.ops.dashboard.DashboardApp."
         ),
     )
     parser.add_argument("--url", help="the tracker's Redis URL (default: $DRAMATIQ_TRACKER_REDIS_URL, else the "
@@ -1117,7 +1117,7 @@ def _add_dashboard(commands: argparse._SubParsersAction[argparse.ArgumentParser]
 
 def _dashboard(arguments: argparse.Namespace) -> int:
     try:
-        from .dashboard.server import run
+        from ..dashboard.server import run
     except ImportError as e:
         print("dramatiq-tracker dashboard: %s" % e, file=sys.stderr)
         return RET_ERROR

@@ -1,7 +1,7 @@
 """A Prometheus exporter for a whole tracker namespace: ``dramatiq-tracker exporter``.
 
 One process serves ``/metrics`` for every worker of the namespace, read from the
-tracker's Redis on each scrape (:meth:`Inspector.status <dramatiq_tracker.inspect.Inspector.status>`,
+tracker's Redis on each scrape (:meth:`Inspector.status <dramatiq_tracker.ops.inspection.Inspector.status>`,
 which includes the counters): nothing is kept between scrapes, so any number of
 exporters may run, and none needs Dramatiq's multiprocess directory.  When Redis
 cannot be read, a scrape still answers, with ``dramatiq_tracker_up 0``.
@@ -20,7 +20,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from dramatiq.logging import get_logger
 
-from .events import KINDS
+from ..events import KINDS
 from .views import ALIVE, DEAD, FENCED, RECOVERING, UNRESPONSIVE
 
 try:
@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover - exercised by a test without the extra,
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-    from .inspect import Inspector
+    from .inspection import Inspector
 
 __all__ = ["DEFAULT_PORT", "METRICS", "TrackerCollector", "exporter_app", "make_exporter_server"]
 

@@ -1,4 +1,4 @@
-"""What the inspection API returns (:mod:`dramatiq_tracker.inspect`): typed views of the
+"""What the inspection API returns (:mod:`dramatiq_tracker.ops.inspection`): typed views of the
 tracker's Redis, the same for the command line, the exporter and the dashboard, and the
 schema of the command's ``--json`` output."""
 
@@ -8,8 +8,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Generic, TypeVar
 
-from .events import TrackerEvent
-from .store import LockInfo, to_int
+from ..events import TrackerEvent
+from ..store import LockInfo, to_int
 
 T = TypeVar("T")
 
@@ -339,7 +339,7 @@ class ClusterStatus:
 @dataclasses.dataclass(frozen=True)
 class HealthCheck:
     """Whether some workers are alive and heartbeating: a liveness probe's answer
-    (see :meth:`~dramatiq_tracker.inspect.Inspector.check`).
+    (see :meth:`~dramatiq_tracker.ops.inspection.Inspector.check`).
 
     Parameters:
       healthy(bool)
@@ -361,7 +361,7 @@ class HealthCheck:
 @dataclasses.dataclass(frozen=True)
 class Timeline:
     """Events counted over time, by kind, in buckets of equal width, oldest first (see
-    :meth:`~dramatiq_tracker.inspect.Inspector.timeline`).
+    :meth:`~dramatiq_tracker.ops.inspection.Inspector.timeline`).
 
     Parameters:
       start(int): When the first bucket begins, in server ms since the epoch.
