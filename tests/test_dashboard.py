@@ -33,8 +33,8 @@ from dramatiq_tracker.ops.dashboard import (
     make_wsgi_middleware,
 )
 from dramatiq_tracker.ops.dashboard.charts import nice_ceiling, timeline_chart
-from dramatiq_tracker.ops.dashboard.formatting import duration
 from dramatiq_tracker.ops.dashboard.pages import TimelineCache
+from dramatiq_tracker.ops.formatting import duration
 from dramatiq_tracker.ops.inspection import Inspector
 from dramatiq_tracker.ops.views import Timeline
 from dramatiq_tracker.store import TrackerStore

@@ -6,7 +6,8 @@ import io
 
 import pytest
 
-from dramatiq_tracker.ops.cli.output import PLAIN, Column, Style, age, parse_duration, plural, table, use_colour
+from dramatiq_tracker.ops.cli.output import PLAIN, Column, Style, plural, table, use_colour
+from dramatiq_tracker.ops.formatting import age, parse_duration
 
 
 @pytest.mark.parametrize(

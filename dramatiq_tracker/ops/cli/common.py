@@ -85,7 +85,7 @@ def positive_float(text: str) -> float:
 
 def duration(text: str) -> int:
     """An argument type: a human duration (``30s``, ``5m``), in milliseconds."""
-    from .output import parse_duration
+    from ..formatting import parse_duration
 
     try:
         return parse_duration(text)

@@ -1,9 +1,9 @@
 """How the ``dramatiq-tracker`` command shows what it read: aligned tables, ages in
-human units, colour on a terminal, and the one ``--json`` schema.
+human units (:mod:`dramatiq_tracker.ops.formatting`), colour on a terminal, and the one ``--json`` schema.
 
 Everything here is pure: it takes the inspection API's views
 (:mod:`dramatiq_tracker.ops.views`) and returns lines of text or JSON-ready
-dictionaries; :mod:`dramatiq_tracker.ops.cli` prints them.
+dictionaries; the subcommands print them (:mod:`dramatiq_tracker.ops.cli.common`).
 
 The ``--json`` schema (version :data:`JSON_SCHEMA`) is one object per command::
 
@@ -19,13 +19,12 @@ changes meaning without a new ``schema`` number.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
+from ..formatting import age, precise_timestamp
 from ..views import ALIVE, DEAD, FENCED, RECOVERING, UNRESPONSIVE
 
 if TYPE_CHECKING:
@@ -48,51 +47,12 @@ JSON_SCHEMA = 1
 #: How many unreadable entries are listed one per line before the rest are only counted.
 PROBLEMS_LISTED = 5
 
-# Durations -------------------------------------------------------------------------------
-
-_UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-
-
-def parse_duration(text: str) -> int:
-    """Read a human duration (``500ms``, ``30s``, ``5m``, ``1h30m``, ``1.5d``) as milliseconds.
-
-    Raises:
-      ValueError: When it is not one; a bare number is refused, since its unit would be a guess.
-    """
-    compact = text.strip().lower().replace(" ", "")
-    parts = _DURATION.findall(compact)
-    if not compact or "".join(number + unit for number, unit in parts) != compact:
-        raise ValueError("%r is not a duration: give a number and a unit, such as 500ms, 30s, 5m, 2h or 1d" % text)
-    return round(sum(float(number) * _UNITS[unit] for number, unit in parts))
-
-
-def age(ms: int | None) -> str:
-    """A duration in milliseconds, for humans: ``0.4s``, ``12s``, ``3m05s``, ``2h01m``, ``3d04h``; "-" for None."""
-    if ms is None:
-        return "-"
-    ms = max(0, int(ms))
-    if ms < 10_000:
-        return "%.1fs" % (ms / 1000)
-    seconds = ms // 1000
-    if seconds < 60:
-        return "%ds" % seconds
-    if seconds < 3600:
-        return "%dm%02ds" % divmod(seconds, 60)
-    if seconds < 86_400:
-        return "%dh%02dm" % (seconds // 3600, seconds % 3600 // 60)
-    return "%dd%02dh" % (seconds // 86_400, seconds % 86_400 // 3600)
+# Words -----------------------------------------------------------------------------------
 
 
 def plural(count: int, word: str) -> str:
     """``1 worker``, ``2 workers``, ``1 message``, ``0 messages``."""
     return "%d %s%s" % (count, word, "" if count == 1 else "s")
-
-
-def timestamp(ms: int) -> str:
-    """Milliseconds since the epoch as a UTC time, to the millisecond: ``2026-11-29 04:40:01.123``."""
-    moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.timezone.utc)
-    return moment.strftime("%Y-%m-%d %H:%M:%S.") + "%03d" % (ms % 1000)
 
 
 # Colour ----------------------------------------------------------------------------------
@@ -256,7 +216,7 @@ def status_lines(status: ClusterStatus, namespace: str, where: str, style: Style
     if status.orphans:
         orphans = style.warn(orphans)
     lines = [
-        "Namespace %s on %s, at %s UTC" % (style.bold(namespace), where, timestamp(status.at)),
+        "Namespace %s on %s, at %s UTC" % (style.bold(namespace), where, precise_timestamp(status.at)),
         "Workers:    %s" % states,
         "In flight:  %s, %s (%d in the outbox)" % (plural(status.inflight, "message"), orphans, status.outbox),
         "Locks:      %s held" % plural(status.locks, "uniqueness lock"),
@@ -427,7 +387,7 @@ def lock_lines(locks: Sequence[LockInfo], now: int, style: Style = PLAIN) -> lis
 
 def event_line(event: TrackerEvent, style: Style = PLAIN) -> str:
     """One event: its time (the reporter's clock, UTC), its kind, and its sentence."""
-    when = timestamp(event.at) if event.at else "-"
+    when = precise_timestamp(event.at) if event.at else "-"
     kind = event.kind.ljust(19)
     if event.kind in ("worker-dead", "quarantined", "zombie-detected", "deferral-failed"):
         kind = style.bad(kind)

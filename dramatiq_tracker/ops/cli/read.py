@@ -403,7 +403,8 @@ def add_watch(commands: Commands) -> None:
 
 
 def _watch(arguments: argparse.Namespace) -> int:
-    from .output import inflight_lines, status_lines, timestamp, worker_lines
+    from ..formatting import precise_timestamp
+    from .output import inflight_lines, status_lines, worker_lines
 
     out, _ = styles()
     terminal = out.colour or sys.stdout.isatty()
@@ -413,7 +414,7 @@ def _watch(arguments: argparse.Namespace) -> int:
             started = time.monotonic()
             lines = [
                 out.bold("dramatiq-tracker watch")
-                + " every %gs, Ctrl-C to quit; %s" % (arguments.interval, timestamp(int(time.time() * 1000)))
+                + " every %gs, Ctrl-C to quit; %s" % (arguments.interval, precise_timestamp(int(time.time() * 1000)))
             ]
             try:
                 status = inspector.status()

@@ -20,8 +20,9 @@ from ...connection import URL_ENVIRONMENT_VARIABLE
 from ...errors import ConfigurationError, TrackerError
 from ...middleware import find_tracker
 from ...settings import DEFAULT_NAMESPACE
+from .. import formatting
 from ..inspection import Inspector
-from . import actions, formatting
+from . import actions
 from .http import HTML, BadRequest, Request, Response
 from .pages import Pages, Rendered
 from .security import CSRF_FIELD, SESSION_COOKIE, TOKEN_COOKIE, Guard, cookie, secure
