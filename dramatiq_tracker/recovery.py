@@ -38,11 +38,12 @@ from .redelivery import EnqueueRedelivery
 if TYPE_CHECKING:
     from dramatiq import Broker
 
+    from .broker_store import BrokerStore
     from .events import Events
     from .orphans import Settlement
     from .redelivery import Redelivery
     from .settings import TrackerSettings
-    from .store import BrokerStore, TrackerStore
+    from .store import TrackerStore
 
 #: How many expired workers one read of the deadlines index returns.
 SWEEP_PAGE = 100

@@ -20,6 +20,7 @@ from dramatiq.logging import get_logger
 from dramatiq.middleware import SkipMessage
 
 from .abort import AbortBridge
+from .broker_store import BrokerStore
 from .brokers import RABBITMQ, REDIS, BrokerFacts, as_redis_broker
 from .channels import fetched_on_closed_channel, unwatch_channels, watch_channels
 from .claims import Claims
@@ -35,7 +36,7 @@ from .quarantine import Quarantine
 from .recovery import Recovery
 from .redelivery import redelivery_for
 from .session import WorkerSession
-from .store import BrokerStore, TrackerStore
+from .store import TrackerStore
 from .unique import QUIET_SKIP_ATTRIBUTE, DroppedDuplicate, UniqueAttempt, Uniqueness, quiet_skip
 
 if TYPE_CHECKING:

@@ -19,11 +19,12 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.errors import DecodeError
 from dramatiq.message import Message
 
+from ...broker_store import BrokerStore
 from ...brokers import consumer_queues
 from ...connection import delete_keys
 from ...keys import Keys
 from ...records import WorkerInfo
-from ...store import BrokerStore, TrackerStore
+from ...store import TrackerStore
 from . import DemoError
 from .environment import ACTOR_NAME, QUEUE, DemoConfig
 from .journal import DONE, STARTED, Event, Journal
