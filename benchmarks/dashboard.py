@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dramatiq_tracker.events import RECOVERED, TrackerEvent
 from dramatiq_tracker.ops.dashboard import DashboardApp
-from dramatiq_tracker.store import TrackerStore
+from dramatiq_tracker.ops.reads import InspectionStore
 from tests.dashboard_seed import SeedRecord, add_events, bury, recovery_events, register_worker
 from tests.dashboard_support import Client
 from tests.support import RedisServer
@@ -40,7 +40,7 @@ TARGET = 1.0
 
 
 def fill(client: redis.Redis, workers: int, records: int, locks: int, events: int) -> dict[str, str]:
-    store = TrackerStore(client, NAMESPACE)
+    store = InspectionStore(client, NAMESPACE)
     now = store.server_time()
     actors = ["send_invoice", "resize_image", "charge_card", "render_report", "export_csv"]
     for index in range(workers):

@@ -40,8 +40,8 @@ import redis
 from dramatiq_tracker.keys import identity_digest
 from dramatiq_tracker.ops import cli
 from dramatiq_tracker.ops.inspection import Inspector
+from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.records import InflightRecord, WorkerInfo
-from dramatiq_tracker.store import TrackerStore
 from tests.support import RedisServer, delete_matching
 
 #: What the targets are: each read under a second on a 2-core machine.
@@ -50,7 +50,7 @@ TARGET = 1.0
 
 def fill(client: redis.Redis, namespace: str, workers: int, records: int, dead: int) -> None:
     """Register the workers with their records; the first ``dead`` with a heartbeat that expires at once."""
-    store = TrackerStore(client, namespace)
+    store = InspectionStore(client, namespace)
     identity = "redis:redis://bench/0#dramatiq"
     now = store.server_time()
     for index in range(workers):

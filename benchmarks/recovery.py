@@ -66,9 +66,9 @@ from dramatiq.message import Message
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.records import WorkerInfo
 from dramatiq_tracker.settings import DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_SWEEP_INTERVAL
-from dramatiq_tracker.store import TrackerStore
 from tests.support import delete_matching, find_redis_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,7 +172,7 @@ class Run:
         self.tracker_namespace = self.namespace + "-tracker" if setup in ("tracker", "stop") else ""
         self.report_prefix = self.namespace + "-bench"
         self.client = redis.Redis.from_url(url)
-        self.store = TrackerStore(self.client, self.tracker_namespace) if self.tracker_namespace else None
+        self.store = InspectionStore(self.client, self.tracker_namespace) if self.tracker_namespace else None
         self.workers: list[WorkerProcess] = []
 
     # Workers and reports --------------------------------------------------------

@@ -1,11 +1,11 @@
-"""Every Redis operation of the tracker, one method each, and the typed contract of its Lua scripts.
+"""The core's Redis operations, one method each, and the typed contract of its Lua scripts.
 
-Hooks, threads, the recovery loop, the inspection API and the CLI all go
-through :class:`TrackerStore` (the tracker's Redis) or
-:class:`~dramatiq_tracker.broker_store.BrokerStore` (a RedisBroker's own
-keys); none of them formats a key or sends a command of its own.  Methods
-raise :class:`redis.RedisError` as redis-py does; deciding what an outage
-means is the caller's business.
+Hooks, threads and the recovery loop go through :class:`TrackerStore` (the
+tracker's Redis) or :class:`~dramatiq_tracker.broker_store.BrokerStore` (a
+RedisBroker's own keys); none of them formats a key or sends a command of
+its own.  The operator tools read through their own store, built on this one
+(:mod:`dramatiq_tracker.ops.reads`).  Methods raise :class:`redis.RedisError`
+as redis-py does; deciding what an outage means is the caller's business.
 
 Scripts are shipped in ``dramatiq_tracker/lua``, one per atomic operation,
 each headed by its KEYS/ARGV/return contract.  Every key a script touches is
@@ -20,9 +20,9 @@ import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Literal, cast, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from .keys import SEQUENCE_FIELD, Keys
+from .keys import Keys
 
 if TYPE_CHECKING:
     import redis
@@ -90,27 +90,37 @@ def to_int(value: Any) -> int:
         return 0
 
 
+#: The package whose ``lua/`` holds the core's scripts.
+CORE_SCRIPTS = "dramatiq_tracker"
+
+
 @functools.cache
-def script_source(name: str) -> str:
-    """The text of ``lua/<name>.lua``."""
-    return resources.files("dramatiq_tracker").joinpath("lua").joinpath(name + ".lua").read_text(encoding="utf-8")
+def script_source(name: str, package: str = CORE_SCRIPTS) -> str:
+    """The text of ``lua/<name>.lua`` in ``package``: the core's scripts, or those of the operator
+    tools (``dramatiq_tracker.ops``), which the core never runs."""
+    return resources.files(package).joinpath("lua").joinpath(name + ".lua").read_text(encoding="utf-8")
 
 
 class Scripts:
-    """The tracker's scripts registered on one Redis client.
+    """The scripts of one package's ``lua/`` registered on one Redis client.
 
     Registration only computes SHA1s; redis-py loads a script into the
     server on first use and again after a ``SCRIPT FLUSH`` or a restart.
+
+    Parameters:
+      client(redis.Redis)
+      package(str): Whose scripts: the core's by default.
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, package: str = CORE_SCRIPTS) -> None:
         self._client = client
+        self._package = package
         self._scripts: dict[str, Script] = {}
 
     def __call__(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         script = self._scripts.get(name)
         if script is None:
-            script = self._scripts[name] = self._client.register_script(script_source(name))
+            script = self._scripts[name] = self._client.register_script(script_source(name, self._package))
         return script(keys=list(keys), args=list(args))
 
 
@@ -234,32 +244,12 @@ def _lock_info(digest: str, fields: Mapping[Any, Any], ttl: Any) -> LockInfo:
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class InflightSummary:
-    """In-flight records counted on the server (see :meth:`TrackerStore.summarize_inflight`).
-
-    Parameters:
-      queues(dict): queue name -> (records, records of workers not alive, oldest start time in ms).
-      actors(dict): actor name -> records.
-      corrupt(list): (worker id, message id) of the records that could not be read.
-    """
-
-    queues: dict[str, tuple[int, int, int]]
-    actors: dict[str, int]
-    corrupt: list[tuple[str, str]]
-
-
 #: How many events one script call appends.
 EVENT_BATCH = 1000
 
 #: An in-flight record as scripts take it: message id, "token|retries" (the running index's
 #: owner, after the worker id), the record's JSON.
 RecordEntry = tuple[str, str, str]
-
-
-def _known(value: float) -> int | None:
-    """A number a script returned, None for its -1 (none)."""
-    return None if value < 0 else int(value)
 
 
 def _flat(entries: Iterable[tuple[Any, ...]]) -> list[Any]:
@@ -399,13 +389,6 @@ class TrackerStore:
         """Move a worker that cannot be recovered now out of the way of the others until ``until`` (server ms)."""
         self.client.zadd(self.keys.deadlines(identity), {worker_id: until}, xx=True)
 
-    def deadlines(self, identity: str) -> dict[str, int]:
-        """Every worker of one broker identity with its heartbeat deadline (server ms)."""
-        found = cast(
-            "list[tuple[Any, float]]", self.client.zrange(self.keys.deadlines(identity), 0, -1, withscores=True)
-        )
-        return {text(wid): int(score) for wid, score in found}
-
     def workers_on_host(self, hostname: str) -> dict[str, str]:
         """Raw registrations of the workers registered from ``hostname``, by worker id."""
         ids = [text(worker_id) for worker_id in self.client.smembers(self.keys.host(hostname))]
@@ -423,19 +406,6 @@ class TrackerStore:
         found = self.client.hmget(self.keys.workers, list(worker_ids))
         return {wid: text(raw) for wid, raw in zip(worker_ids, found, strict=True) if raw is not None}
 
-    def workers(self) -> dict[str, str]:
-        """Raw registrations of every registered worker, by worker id."""
-        return {text(wid): text(raw) for wid, raw in self.client.hgetall(self.keys.workers).items()}
-
-    def scan_workers(self, cursor: int = 0, count: int = 500) -> tuple[int, dict[str, str]]:
-        """A page of registrations: the next cursor (0 at the end) and raw registrations by worker id."""
-        cursor, found = self.client.hscan(self.keys.workers, cursor, count=count)
-        return int(cursor), {text(wid): text(raw) for wid, raw in cast("dict[Any, Any]", found).items()}
-
-    def identities(self) -> dict[str, str]:
-        """Every broker identity seen in the namespace, by digest."""
-        return {text(d): text(i) for d, i in self.client.hgetall(self.keys.identities).items()}
-
     def alive(self, worker_ids: Sequence[str]) -> list[bool]:
         """Whether each worker's heartbeat is fresh."""
         if not worker_ids:
@@ -445,137 +415,9 @@ class TrackerStore:
             pipe.exists(self.keys.heartbeat(worker_id))
         return [bool(found) for found in pipe.execute()]
 
-    def heartbeat_ttls(self, worker_ids: Sequence[str]) -> list[int | None]:
-        """Milliseconds until each worker's heartbeat expires; None where it has."""
-        if not worker_ids:
-            return []
-        pipe = self.client.pipeline(transaction=False)
-        for worker_id in worker_ids:
-            pipe.pttl(self.keys.heartbeat(worker_id))
-        return [ttl if ttl >= 0 else None for ttl in (to_int(v) for v in pipe.execute())]
-
-    def inflight(self, worker_id: str) -> dict[str, str]:
-        """A worker's raw in-flight records, by message id."""
-        records = self.client.hgetall(self.keys.inflight(worker_id))
-        found = {text(mid): text(raw) for mid, raw in records.items()}
-        found.pop(SEQUENCE_FIELD, None)
-        return found
-
-    def scan_inflight(self, worker_id: str, cursor: int = 0, count: int = 500) -> tuple[int, dict[str, str]]:
-        """A page of a worker's raw in-flight records: the next cursor (0 at the end) and records by message id."""
-        cursor, records = self.client.hscan(self.keys.inflight(worker_id), cursor, count=count)
-        found = {text(mid): text(raw) for mid, raw in cast("dict[Any, Any]", records).items()}
-        found.pop(SEQUENCE_FIELD, None)
-        return int(cursor), found
-
-    def scan_inflight_matching(
-        self,
-        worker_id: str,
-        cursor: int = 0,
-        count: int = 500,
-        *,
-        actor: str | None = None,
-        queue: str | None = None,
-        started_before: int | None = None,
-    ) -> tuple[int, dict[str, str]]:
-        """Like :meth:`scan_inflight`, but only the records of this actor, of this queue, started before
-        this time (ms), filtered on the server (``lua/scan_inflight.lua``); unreadable ones come too."""
-        args = [cursor, count, actor or "", queue or "", "" if started_before is None else started_before]
-        reply = self.scripts("scan_inflight", [self.keys.inflight(worker_id)], args)
-        pairs = [text(item) for item in reply[1:]]
-        return int(reply[0]), dict(zip(pairs[::2], pairs[1::2], strict=True))
-
-    def inflight_counts(self, worker_ids: Sequence[str]) -> list[int]:
-        """How many records each worker has in flight."""
-        if not worker_ids:
-            return []
-        pipe = self.client.pipeline(transaction=False)
-        for worker_id in worker_ids:
-            pipe.hlen(self.keys.inflight(worker_id))
-            pipe.hexists(self.keys.inflight(worker_id), SEQUENCE_FIELD)
-        replies = pipe.execute()
-        return [max(0, to_int(n) - int(bool(meta))) for n, meta in zip(replies[::2], replies[1::2], strict=True)]
-
-    def summarize_inflight(self, workers: Sequence[tuple[str, bool]]) -> InflightSummary:
-        """Count the records of some workers by queue and actor, on the server (``lua/summarize_inflight.lua``).
-
-        Parameters:
-          workers(list): (worker id, whether it is alive) of each worker; at most a hundred or so per
-            call, since the script blocks Redis while it reads them.
-        """
-        if not workers:
-            return InflightSummary({}, {}, [])
-        keys = [self.keys.inflight(worker_id) for worker_id, _ in workers]
-        found = json.loads(self.scripts("summarize_inflight", keys, ["0" if alive else "1" for _, alive in workers]))
-        queues = found.get("queues") or {}
-        return InflightSummary(
-            queues={name: (int(n), int(orphans), int(oldest)) for name, (n, orphans, oldest) in queues.items()},
-            actors={name: int(n) for name, n in (found.get("actors") or {}).items()},
-            corrupt=[(workers[int(index) - 1][0], str(message_id)) for index, message_id in found.get("corrupt") or []],
-        )
-
-    def worker_states(self, workers: Sequence[tuple[str, str]]) -> list[tuple[int | None, int | None, int | None, int]]:
-        """What the inspector needs to judge some workers (``lua/worker_states.lua``), in one call.
-
-        Parameters:
-          workers(list): (worker id, broker identity digest) of each; a hundred or so per call.
-
-        Returns:
-          list: Per worker, (last heartbeat, declared dead at, heartbeat deadline, records in flight);
-          server ms, None where there is none.
-        """
-        if not workers:
-            return []
-        k = self.keys
-        keys = [k.dead_workers]
-        for worker_id, identity in workers:
-            keys += [k.heartbeat(worker_id), k.deadlines(identity), k.inflight(worker_id)]
-        found = json.loads(self.scripts("worker_states", keys, [worker_id for worker_id, _ in workers]))
-        return [
-            (_known(beat), _known(declared), _known(deadline), int(records))
-            for beat, declared, deadline, records in found
-        ]
-
-    def oldest_inflight(self, worker_ids: Sequence[str], limit: int) -> list[tuple[str, str, int]]:
-        """The ``limit`` longest-running records of some workers, found on the server
-        (``lua/oldest_inflight.lua``): (worker id, message id, started_at), oldest first.
-
-        Parameters:
-          worker_ids(list[str]): At most a hundred or so per call, since the script blocks Redis
-            while it reads their records.
-          limit(int)
-        """
-        if not worker_ids or limit < 1:
-            return []
-        keys = [self.keys.inflight(worker_id) for worker_id in worker_ids]
-        found = json.loads(self.scripts("oldest_inflight", keys, [limit]))
-        return [(worker_ids[int(index) - 1], str(message_id), int(started)) for index, message_id, started in found]
-
-    def running_owner(self, message_id: str) -> str:
-        """The "worker id|token|retries" of the attempt recorded running a message, or ""."""
-        owner = self.client.hget(self.keys.running, message_id)
-        return text(owner) if owner is not None else ""
-
-    def dead_workers(self) -> dict[str, int]:
-        """Tombstoned worker ids with the server time they were declared dead."""
-        found = cast("list[tuple[Any, float]]", self.client.zrange(self.keys.dead_workers, 0, -1, withscores=True))
-        return {text(wid): int(score) for wid, score in found}
-
-    def message_history(self, message_id: str) -> dict[str, str]:
-        """What the tracker remembers of a message (recoveries, attempt, outcome, ...)."""
-        history = self.client.hgetall(self.keys.message(message_id))
-        return {text(field): text(value) for field, value in history.items()}
-
     def note_fenced(self, old_worker_id: str, new_worker_id: str, history_ttl: int) -> None:
         """Remember, for operators, that a worker declared dead while alive goes on as ``new_worker_id``."""
         self.client.set(self.keys.fenced_as(old_worker_id), new_worker_id, px=history_ttl)
-
-    def fenced_as(self, worker_ids: Sequence[str]) -> list[str]:
-        """The id each worker went on as after it was declared dead while alive, or ""."""
-        if not worker_ids:
-            return []
-        found = self.client.mget([self.keys.fenced_as(wid) for wid in worker_ids])
-        return [text(value) if value is not None else "" for value in found]
 
     def revoked(self, worker_id: str) -> dict[str, int]:
         """The messages recovered from a worker declared dead, with the attempt that superseded its copies."""
@@ -751,11 +593,6 @@ class TrackerStore:
         ]
         return sorted(found, key=lambda lock: lock.acquired_at)
 
-    def lock(self, digest: str) -> LockInfo | None:
-        """One uniqueness lock, or None."""
-        found = self.locks([digest])
-        return found[0] if found else None
-
     # Events -------------------------------------------------------------------------
 
     def append_events(self, entries: Sequence[Mapping[str, str]], counts: Mapping[str, int], maxlen: int) -> None:
@@ -772,35 +609,6 @@ class TrackerStore:
         entries = self.client.xrevrange(self.keys.events, max=before, min=after, count=count) or []
         return [(text(entry_id), {text(k): text(v) for k, v in (fields or {}).items()}) for entry_id, fields in entries]
 
-    def events_after(self, after: str, count: int) -> list[tuple[str, dict[str, str]]]:
-        """Up to ``count`` events written after the stream id ``after``, oldest first."""
-        entries = self.client.xrange(self.keys.events, min="(" + after, max="+", count=count) or []
-        return [(text(entry_id), {text(k): text(v) for k, v in (fields or {}).items()}) for entry_id, fields in entries]
-
-    def count_events(
-        self,
-        kinds: Sequence[str],
-        start: int,
-        step: int,
-        buckets: int,
-        *,
-        before: str = "+",
-        after: int | None = None,
-        count: int = 2000,
-    ) -> tuple[int, str, dict[str, list[int]]]:
-        """Count a batch of the newest events by kind, in ``buckets`` of ``step`` ms from ``start`` (ms), on
-        the server (``lua/count_events.lua``): those before the stream id ``before`` and written at or after
-        ``after`` (ms; default: ``start``).
-
-        Returns:
-          tuple: (entries read, the id of the oldest one read or "", kind -> counts, oldest bucket first).
-        """
-        args = [before, start if after is None else after, count, start, step, buckets, *kinds]
-        reply = self.scripts("count_events", [self.keys.events], args)
-        counts = [int(n) for n in reply[2:]]
-        by_kind = {kind: counts[i * buckets : (i + 1) * buckets] for i, kind in enumerate(kinds)}
-        return int(reply[0]), text(reply[1]), by_kind
-
     def record_sweep(self, duration_ms: int) -> None:
         """Count a sweep that recovered something, and how long it took."""
         pipe = self.client.pipeline(transaction=False)
@@ -808,10 +616,6 @@ class TrackerStore:
         pipe.hincrby(self.keys.counters, "sweep_ms", duration_ms)
         pipe.hset(self.keys.counters, "last_sweep_ms", duration_ms)
         pipe.execute()
-
-    def counters(self) -> dict[str, int]:
-        """How many times each kind of event happened, and the sweep statistics."""
-        return {text(k): to_int(v) for k, v in self.client.hgetall(self.keys.counters).items()}
 
     def broker_peers(self, broker_id: str) -> list[str]:
         """Ids of the workers registered with a RedisBroker ``broker_id``."""

@@ -13,7 +13,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from dramatiq_tracker import TrackerMiddleware
-from dramatiq_tracker.store import TrackerStore
+from dramatiq_tracker.ops.reads import InspectionStore
 
 from .support import (
     FAST,
@@ -127,9 +127,9 @@ def tracker(redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Na
 
 
 @pytest.fixture
-def store(redis_client: redis.Redis, namespaces: Namespaces) -> TrackerStore:
+def store(redis_client: redis.Redis, namespaces: Namespaces) -> InspectionStore:
     """The tracker's store on the test's namespace, to look at what workers wrote."""
-    return TrackerStore(redis_client, namespaces.tracker)
+    return InspectionStore(redis_client, namespaces.tracker)
 
 
 @pytest.fixture

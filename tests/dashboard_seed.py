@@ -18,8 +18,8 @@ from dramatiq_tracker.events import (
     TrackerEvent,
 )
 from dramatiq_tracker.keys import identity_digest
+from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.records import InflightRecord, WorkerInfo
-from dramatiq_tracker.store import TrackerStore
 
 #: What the seeded workers consume from.
 BROKER_IDENTITY = "redis://seeded:6379/0"
@@ -42,7 +42,7 @@ class SeedRecord:
 
 
 def register_worker(
-    store: TrackerStore,
+    store: InspectionStore,
     worker_id: str,
     records: Sequence[SeedRecord] = (),
     *,
@@ -96,12 +96,12 @@ def register_worker(
     return info
 
 
-def bury(store: TrackerStore, worker_id: str, declared_at: int) -> None:
+def bury(store: InspectionStore, worker_id: str, declared_at: int) -> None:
     """A tombstone: ``worker_id`` was declared dead at ``declared_at`` (server ms) and recovered."""
     store.client.zadd(store.keys.dead_workers, {worker_id: declared_at})
 
 
-def add_events(client: redis.Redis, store: TrackerStore, events: Iterable[tuple[int, TrackerEvent]]) -> None:
+def add_events(client: redis.Redis, store: InspectionStore, events: Iterable[tuple[int, TrackerEvent]]) -> None:
     """Append events to the stream with ids at the given times (ms, increasing), as if written then."""
     counts: dict[str, int] = {}
     last, sequence = -1, 0
@@ -196,7 +196,7 @@ def lock_released_event(message_id: str, dead_worker: str, digest: str, at: int)
     )
 
 
-def showcase(client: redis.Redis, store: TrackerStore, *, hostile: bool = False) -> dict[str, str]:
+def showcase(client: redis.Redis, store: InspectionStore, *, hostile: bool = False) -> dict[str, str]:
     """A namespace an operator might look at: three live workers running messages (one holding
     uniqueness locks), one unresponsive with orphans waiting, two dead ones whose orphans were
     recovered over the last hour (one a minute and a half ago, its messages now running elsewhere),

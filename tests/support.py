@@ -23,8 +23,8 @@ from dramatiq_tracker.brokers import BrokerFacts
 from dramatiq_tracker.connection import delete_keys
 from dramatiq_tracker.events import TrackerEvent
 from dramatiq_tracker.host import HostFacts
+from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.records import InflightRecord, WorkerInfo
-from dramatiq_tracker.store import TrackerStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -241,19 +241,25 @@ def rabbitmq_answers() -> bool:
 # The tracker's view, as a test reads it ----------------------------------------------------
 
 
-def registered(store: TrackerStore) -> list[WorkerInfo]:
+def reads(tracker: Any) -> InspectionStore:
+    """A TrackerMiddleware's Redis, read as the inspection API reads it (its own store has only the
+    operations of the core)."""
+    return InspectionStore(tracker.store.client, tracker.settings.namespace)
+
+
+def registered(store: InspectionStore) -> list[WorkerInfo]:
     """Every registered worker."""
     return [WorkerInfo.from_json(raw) for raw in store.workers().values()]
 
 
-def wait_registered(store: TrackerStore, count: int, timeout: float = 20) -> list[WorkerInfo]:
+def wait_registered(store: InspectionStore, count: int, timeout: float = 20) -> list[WorkerInfo]:
     """Wait until exactly ``count`` workers are registered; returns them."""
     return wait_for(
         lambda: len(registered(store)) == count and registered(store), timeout, message="%d workers" % count
     )
 
 
-def wait_new_worker(store: TrackerStore, *known: WorkerInfo, timeout: float = 20) -> WorkerInfo:
+def wait_new_worker(store: InspectionStore, *known: WorkerInfo, timeout: float = 20) -> WorkerInfo:
     """The next worker to register besides ``known`` ones."""
     ids = {info.worker_id for info in known}
     return wait_for(
@@ -261,13 +267,13 @@ def wait_new_worker(store: TrackerStore, *known: WorkerInfo, timeout: float = 20
     )
 
 
-def kinds(store: TrackerStore, message_id: str = "") -> list[str]:
+def kinds(store: InspectionStore, message_id: str = "") -> list[str]:
     """The kinds of the stream's events (about one message, if given), oldest first."""
     found = [TrackerEvent.from_fields(fields) for _, fields in store.events(10_000)]
     return [e.kind for e in reversed(found) if not message_id or e.message_id == message_id]
 
 
-def stream(store: TrackerStore) -> list[TrackerEvent]:
+def stream(store: InspectionStore) -> list[TrackerEvent]:
     """The stream's events, oldest first."""
     return [TrackerEvent.from_fields(fields) for _, fields in reversed(store.events(10_000))]
 
@@ -317,7 +323,7 @@ def dead_pid() -> int:
 
 def fake_dead_worker(
     broker: Any,
-    store: TrackerStore,
+    store: InspectionStore,
     queue: str,
     count: int,
     *,

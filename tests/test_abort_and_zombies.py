@@ -13,7 +13,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
 from dramatiq_tracker import TrackerMiddleware
-from dramatiq_tracker.store import TrackerStore
+from dramatiq_tracker.ops.reads import InspectionStore
 
 from .conftest import Namespaces, events
 from .support import (
@@ -85,7 +85,7 @@ def test_a_cancelled_message_whose_worker_dies_is_not_run_again_even_after_the_a
     redis_client: redis.Redis,
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
-    store: TrackerStore,
+    store: InspectionStore,
     producers: Callable[..., Producer],
     mode: str,
 ) -> None:
@@ -121,7 +121,7 @@ def test_a_cancel_sent_by_a_process_without_the_tracker_is_honoured_within_its_t
     redis_client: redis.Redis,
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
-    store: TrackerStore,
+    store: InspectionStore,
     producers: Callable[..., Producer],
 ) -> None:
     # Given a worker running a long message, cancelled by plain dramatiq-abort from an untracked process
@@ -147,7 +147,7 @@ def test_a_zombies_abortable_copy_is_aborted_when_it_learns_it_was_declared_dead
     redis_client: redis.Redis,
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
-    store: TrackerStore,
+    store: InspectionStore,
     producers: Callable[..., Producer],
 ) -> None:
     # Given a worker running an abortable message, and a live worker
@@ -183,7 +183,7 @@ def test_a_recovered_copy_put_off_behind_its_zombie_runs_when_the_zombie_fails_a
     redis_client: redis.Redis,
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
-    store: TrackerStore,
+    store: InspectionStore,
     producers: Callable[..., Producer],
 ) -> None:
     # Given the only worker of a queue, with threads to spare, running two abortable messages whose first

@@ -33,7 +33,7 @@ from dramatiq_tracker.ops.cli import (
     main,
 )
 from dramatiq_tracker.ops.inspection import ALIVE, DEAD, FENCED, RECOVERING, UNRESPONSIVE, Inspector
-from dramatiq_tracker.store import TrackerStore
+from dramatiq_tracker.ops.reads import InspectionStore
 
 from .conftest import Namespaces
 from .support import (
@@ -195,7 +195,7 @@ def test_every_listing_shows_live_workers_and_their_messages_as_text_and_json(
     producer: RedisBroker,
     redis_broker: RedisBroker,
     tracker: TrackerMiddleware,
-    store: TrackerStore,
+    store: InspectionStore,
     inspector: Inspector,
 ) -> None:
     # Given a worker running two slow messages and a unique one (its lock taken as it was sent)
@@ -312,7 +312,7 @@ def test_check_is_healthy_while_the_worker_lives_and_fails_at_once_when_it_is_si
     base: list[str],
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
-    store: TrackerStore,
+    store: InspectionStore,
 ) -> None:
     # Given one worker on this host, whose heartbeat would expire only after a minute
     spawn_worker(threads=1, env=SLOW_EXPIRY)
@@ -343,7 +343,7 @@ def test_check_is_healthy_while_the_worker_lives_and_fails_at_once_when_it_is_si
 
 
 def test_check_fails_for_a_worker_whose_heartbeat_expired(
-    base: list[str], spawn_worker: Callable[..., WorkerProcess], store: TrackerStore, inspector: Inspector
+    base: list[str], spawn_worker: Callable[..., WorkerProcess], store: InspectionStore, inspector: Inspector
 ) -> None:
     # Given a worker SIGKILLed, with nobody to recover it
     spawn_worker(threads=1)
@@ -363,7 +363,7 @@ def test_check_fails_for_a_fenced_worker_naming_the_id_it_goes_on_as(
     base: list[str],
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
-    store: TrackerStore,
+    store: InspectionStore,
     inspector: Inspector,
 ) -> None:
     # Given a worker stopped past its heartbeat timeout while another one sweeps, then resumed
@@ -423,7 +423,7 @@ def test_watch_redraws_the_screen_on_a_terminal_and_only_there(
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
     producer: RedisBroker,
-    store: TrackerStore,
+    store: InspectionStore,
 ) -> None:
     spawn_worker(threads=2, slow_seconds=60)
     (worker,) = wait_registered(store, 1)
@@ -462,7 +462,7 @@ def test_watch_redraws_the_screen_on_a_terminal_and_only_there(
 
 
 def test_events_follow_prints_an_event_written_after_it_started(
-    redis_url: str, base: list[str], store: TrackerStore
+    redis_url: str, base: list[str], store: InspectionStore
 ) -> None:
     # Given an event already written
     store.append_events([{"kind": RECOVERED, "text": "before", "message_id": "m1", "at": "1"}], {RECOVERED: 1}, 100)
@@ -504,7 +504,7 @@ def test_recover_dry_run_changes_nothing_and_recover_then_does_exactly_what_it_l
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
     producer: RedisBroker,
-    store: TrackerStore,
+    store: InspectionStore,
     inspector: Inspector,
 ) -> None:
     # Given a worker SIGKILLed with three messages running and nobody else to sweep
@@ -566,7 +566,7 @@ def test_abort_asks_dramatiq_abort_to_stop_a_running_message_and_remembers_it(
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
     producer: RedisBroker,
-    store: TrackerStore,
+    store: InspectionStore,
     inspector: Inspector,
     redis_client: redis.Redis,
 ) -> None:
@@ -607,7 +607,7 @@ def test_bad_input_is_one_line_on_stderr_with_a_documented_exit_code_and_nothing
     redis_client: redis.Redis,
     base: list[str],
     namespaces: Namespaces,
-    store: TrackerStore,
+    store: InspectionStore,
 ) -> None:
     # An unreachable Redis, a malformed URL, a bad namespace
     one_line_error(run("status", "--url", "redis://127.0.0.1:1/0"), RET_ERROR, "cannot read the tracker's Redis at")
@@ -656,7 +656,7 @@ def test_corrupt_and_foreign_records_are_warned_about_skipped_and_left_alone(
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
     producer: RedisBroker,
-    store: TrackerStore,
+    store: InspectionStore,
 ) -> None:
     spawn_worker(threads=2, slow_seconds=60)
     (worker,) = wait_registered(store, 1)
@@ -694,7 +694,7 @@ def test_the_exporter_without_prometheus_client_names_the_extra() -> None:
 
 
 def test_connection_settings_come_from_the_environment(
-    redis_url: str, namespaces: Namespaces, store: TrackerStore
+    redis_url: str, namespaces: Namespaces, store: InspectionStore
 ) -> None:
     store.acquire_lock("digest-1", "m1", 0, "until_executed", "charge", "q", "", None)
     tracker_env = {"DRAMATIQ_TRACKER_REDIS_URL": redis_url, "DRAMATIQ_TRACKER_NAMESPACE": namespaces.tracker}

@@ -15,7 +15,7 @@ from dramatiq_tracker import TrackerMiddleware
 from dramatiq_tracker.host import HostFacts
 
 from .conftest import Namespaces
-from .support import close_redis_broker, dead_pid, fake_dead_worker
+from .support import close_redis_broker, dead_pid, fake_dead_worker, reads
 
 
 def test_an_unreadable_record_of_a_dead_worker_is_skipped_and_its_message_still_delivered(
@@ -39,7 +39,7 @@ def test_an_unreadable_record_of_a_dead_worker_is_skipped_and_its_message_still_
     assert sorted(report.message_ids) == sorted(m.message_id for m in messages)
     assert redis_client.llen("%s:%s" % (namespaces.broker, queue)) == 4
     assert any("unreadable in-flight record" in r.getMessage() for r in caplog.records)
-    assert info.worker_id not in tracker.store.workers()
+    assert info.worker_id not in reads(tracker).workers()
 
 
 def test_an_undecodable_payload_is_moved_back_unchanged(
@@ -86,7 +86,7 @@ def test_an_orphan_whose_payload_is_gone_is_taken_out_of_the_acks_and_the_others
     assert len(queued) == 2 and gone not in queued
     acks = "%s:__acks__.%s.%s" % (namespaces.broker, info.broker_id, queue)
     assert redis_client.scard(acks) == 0
-    assert info.worker_id not in tracker.store.workers()
+    assert info.worker_id not in reads(tracker).workers()
 
 
 def test_an_unreadable_registration_is_reported_once_and_left_alone(
@@ -209,7 +209,7 @@ def test_unreadable_vanished_and_foreign_workers_never_keep_a_dead_worker_waitin
     assert tracker.store.due_workers(tracker.runtime.parts.digest, 1000) == []
     assert redis_client.zcard(deadlines) == 150
     # And the other app's dead workers are left to that app's sweepers
-    assert len([wid for wid in tracker.store.workers() if wid.startswith("foreign-")]) == 120
+    assert len([wid for wid in reads(tracker).workers() if wid.startswith("foreign-")]) == 120
 
 
 def dump(client: redis.Redis, *patterns: str) -> dict[bytes, object]:

@@ -36,8 +36,8 @@ from dramatiq_tracker.ops.dashboard.charts import nice_ceiling, timeline_chart
 from dramatiq_tracker.ops.dashboard.pages import TimelineCache
 from dramatiq_tracker.ops.formatting import duration
 from dramatiq_tracker.ops.inspection import Inspector
+from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.ops.views import Timeline
-from dramatiq_tracker.store import TrackerStore
 
 from .conftest import Namespaces
 from .dashboard_seed import HOSTILE, HOSTILE_ATTRIBUTE, SeedRecord, add_events, register_worker, showcase
@@ -78,7 +78,7 @@ def rows(reply: Reply, section: str) -> dict[str, str]:
 
 
 def test_the_overview_adds_up_the_namespace_and_says_what_became_of_the_last_dead_workers_messages(
-    redis_client: redis.Redis, store: TrackerStore, inspector: Inspector
+    redis_client: redis.Redis, store: InspectionStore, inspector: Inspector
 ) -> None:
     # Given a namespace with live, unresponsive and dead workers, locks and an hour of events
     names = showcase(redis_client, store)
@@ -119,7 +119,7 @@ def test_the_overview_adds_up_the_namespace_and_says_what_became_of_the_last_dea
 
 
 def test_every_page_shows_its_part_of_the_namespace(
-    redis_client: redis.Redis, store: TrackerStore, inspector: Inspector
+    redis_client: redis.Redis, store: InspectionStore, inspector: Inspector
 ) -> None:
     names = showcase(redis_client, store)
     client = dashboard(inspector)
@@ -173,7 +173,7 @@ def test_every_page_shows_its_part_of_the_namespace(
     assert client.request("POST", "/").status == 405
 
 
-def test_listings_are_paged_with_the_inspectors_cursors(store: TrackerStore, inspector: Inspector) -> None:
+def test_listings_are_paged_with_the_inspectors_cursors(store: InspectionStore, inspector: Inspector) -> None:
     now = store.server_time()
     register_worker(store, "w-1", [SeedRecord("m-%03d" % i, "a", "q", now) for i in range(70)])
     client = dashboard(inspector)
@@ -188,7 +188,7 @@ def test_listings_are_paged_with_the_inspectors_cursors(store: TrackerStore, ins
 
 
 def test_a_page_updates_itself_from_its_live_part(
-    redis_client: redis.Redis, store: TrackerStore, inspector: Inspector
+    redis_client: redis.Redis, store: InspectionStore, inspector: Inspector
 ) -> None:
     showcase(redis_client, store)
     client = dashboard(inspector)
@@ -208,7 +208,7 @@ def test_a_page_updates_itself_from_its_live_part(
 
 
 def test_message_data_and_names_are_escaped_everywhere(
-    redis_client: redis.Redis, store: TrackerStore, inspector: Inspector
+    redis_client: redis.Redis, store: InspectionStore, inspector: Inspector
 ) -> None:
     # Given markup in message arguments, actor, queue, host and worker names and event texts
     names = showcase(redis_client, store, hostile=True)
@@ -273,7 +273,7 @@ def test_every_answer_carries_the_security_headers(redis_client: redis.Redis, in
 
 
 def test_with_actions_disabled_the_action_endpoints_refuse_and_change_nothing(
-    store: TrackerStore, inspector: Inspector
+    store: InspectionStore, inspector: Inspector
 ) -> None:
     # Given a lock, and a read-only dashboard
     store.acquire_lock("d1", "m1", 0, "until_executed", "charge", "q", "", None)
@@ -298,7 +298,7 @@ def test_with_actions_disabled_the_action_endpoints_refuse_and_change_nothing(
 
 
 def test_a_lock_is_deleted_after_a_confirmation_with_the_csrf_token_of_the_session(
-    redis_client: redis.Redis, store: TrackerStore, inspector: Inspector
+    redis_client: redis.Redis, store: InspectionStore, inspector: Inspector
 ) -> None:
     store.acquire_lock("d1", "m1", 0, "until_executed", "charge", "q", "w1", None)
     client = dashboard(inspector, allow_actions=True)
@@ -345,7 +345,7 @@ def test_recovering_and_aborting_need_the_applications_broker(inspector: Inspect
 
 
 def test_recover_now_shows_what_it_would_do_then_does_it(
-    redis_broker: RedisBroker, tracker: TrackerMiddleware, store: TrackerStore, namespaces: Namespaces
+    redis_broker: RedisBroker, tracker: TrackerMiddleware, store: InspectionStore, namespaces: Namespaces
 ) -> None:
     # Given a dead worker of this host with two messages running, and a dashboard with the broker
     dead, _ = fake_dead_worker(redis_broker, store, namespaces.queue, 3, running=2)
@@ -489,7 +489,7 @@ def test_the_chart_is_plain_svg_with_text_escaped() -> None:
 
 
 def test_the_charts_counts_are_kept_for_the_buckets_that_ended_and_the_open_ones_read_again(
-    redis_client: redis.Redis, store: TrackerStore, inspector: Inspector
+    redis_client: redis.Redis, store: InspectionStore, inspector: Inspector
 ) -> None:
     now = store.server_time()
     kinds = ["recovered", "quarantined"]
@@ -523,7 +523,7 @@ def test_the_commands_defaults_are_the_dashboards() -> None:
 
 
 def test_the_command_serves_the_dashboard_on_localhost_until_interrupted(
-    redis_url: str, redis_client: redis.Redis, store: TrackerStore, namespaces: Namespaces
+    redis_url: str, redis_client: redis.Redis, store: InspectionStore, namespaces: Namespaces
 ) -> None:
     store.acquire_lock("d1", "m1", 0, "until_executed", "charge", "q", "", None)
     port = free_port()

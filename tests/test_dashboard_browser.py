@@ -22,7 +22,7 @@ from dramatiq_tracker import TrackerMiddleware
 from dramatiq_tracker.events import LOCK_DELETED
 from dramatiq_tracker.ops.dashboard import DashboardApp, make_server
 from dramatiq_tracker.ops.inspection import Inspector
-from dramatiq_tracker.store import TrackerStore
+from dramatiq_tracker.ops.reads import InspectionStore
 
 from .conftest import Namespaces
 from .dashboard_seed import HOSTILE, HOSTILE_ATTRIBUTE, showcase
@@ -127,7 +127,7 @@ def test_a_worker_killed_while_its_page_is_open_shows_dead_its_orphans_recovered
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
     unique_sender: Callable[[int], str],
-    store: TrackerStore,
+    store: InspectionStore,
     redis_client: redis.Redis,
 ) -> None:
     # Given a worker running two unique messages, each holding its lock, and a second worker idle
@@ -200,7 +200,7 @@ def test_message_data_shows_as_text_and_runs_nothing(
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
     producer: RedisBroker,
-    store: TrackerStore,
+    store: InspectionStore,
     redis_client: redis.Redis,
 ) -> None:
     # Given a real message whose arguments are markup, beside a namespace full of markup
@@ -247,7 +247,7 @@ def test_a_lock_is_deleted_through_the_page(
     serve: Callable[..., str],
     spawn_worker: Callable[..., WorkerProcess],
     unique_sender: Callable[[int], str],
-    store: TrackerStore,
+    store: InspectionStore,
     redis_client: redis.Redis,
     namespaces: Namespaces,
 ) -> None:
@@ -280,7 +280,7 @@ def test_a_lock_is_deleted_through_the_page(
 
 
 def test_a_read_only_dashboard_offers_no_action_and_its_endpoints_refuse(
-    chrome: Any, serve: Callable[..., str], store: TrackerStore, redis_client: redis.Redis, namespaces: Namespaces
+    chrome: Any, serve: Callable[..., str], store: InspectionStore, redis_client: redis.Redis, namespaces: Namespaces
 ) -> None:
     store.acquire_lock("feedc0ffee", "m-1", 0, "until_executed", "charge_card", "payments", "", None)
     base = serve(namespaces.tracker)
@@ -308,7 +308,7 @@ def test_screenshots_of_every_page(
 ) -> None:
     """Screenshots of a seeded namespace; written to docs/images/ with UPDATE_SCREENSHOTS=1."""
     namespace = unique("shop")
-    store = TrackerStore(redis_client, namespace)
+    store = InspectionStore(redis_client, namespace)
     try:
         names = showcase(redis_client, store)
         base = serve(namespace, allow_actions=True)

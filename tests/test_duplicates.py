@@ -10,7 +10,7 @@ import pytest
 import redis
 from dramatiq.message import Message
 
-from dramatiq_tracker.store import TrackerStore
+from dramatiq_tracker.ops.reads import InspectionStore
 
 from .conftest import Namespaces, events
 from .support import (
@@ -39,7 +39,7 @@ def start_long_message(
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
     broker: object,
-    store: TrackerStore,
+    store: InspectionStore,
 ) -> tuple[str, int, str]:
     """A ``held`` message running on a RabbitMQ worker, recorded: it runs until the test releases it."""
     spawn_worker(kind="rabbitmq", threads=2, broker_url=RABBITMQ_URL)
@@ -61,7 +61,7 @@ def test_a_rabbitmq_redelivery_of_a_running_message_waits_for_it_instead_of_runn
     spawn_worker: Callable[..., WorkerProcess],
     rabbitmq: object,
 ) -> None:
-    store = TrackerStore(redis_client, namespaces.tracker)
+    store = InspectionStore(redis_client, namespaces.tracker)
     # Given a worker running a message that outlasts the worker's reconnection (its only consumer)
     message_id, pid, _ = start_long_message(redis_client, namespaces, spawn_worker, rabbitmq, store)
 
@@ -87,7 +87,7 @@ def test_a_put_off_redelivery_is_not_lost_if_the_running_copy_then_dies(
     spawn_worker: Callable[..., WorkerProcess],
     rabbitmq: object,
 ) -> None:
-    store = TrackerStore(redis_client, namespaces.tracker)
+    store = InspectionStore(redis_client, namespaces.tracker)
     # Given a running message whose redelivery was put off behind it
     message_id, pid, worker_id = start_long_message(redis_client, namespaces, spawn_worker, rabbitmq, store)
     assert close_rabbitmq_connections(pid) >= 1
@@ -116,7 +116,7 @@ def test_a_failing_message_whose_nack_is_lost_with_its_connection_still_reaches_
     spawn_worker: Callable[..., WorkerProcess],
     rabbitmq: object,
 ) -> None:
-    store = TrackerStore(redis_client, namespaces.tracker)
+    store = InspectionStore(redis_client, namespaces.tracker)
     # Given a worker running a message of an actor that will fail (max_retries=0), and a second worker
     spawn_worker(kind="rabbitmq", threads=2, broker_url=RABBITMQ_URL)
     (worker,) = wait_registered(store, 1)

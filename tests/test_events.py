@@ -13,7 +13,7 @@ from dramatiq_tracker import ConfigurationError, TrackerMiddleware
 from dramatiq_tracker.events import RECOVERED, WORKER_DEAD, TrackerEvent
 
 from .conftest import Namespaces
-from .support import fake_dead_worker
+from .support import fake_dead_worker, reads
 
 
 def test_each_recovery_is_logged_streamed_and_passed_to_callbacks_identically(
@@ -50,7 +50,7 @@ def test_each_recovery_is_logged_streamed_and_passed_to_callbacks_identically(
     assert [r.levelno for r in lines] == [logging.DEBUG, logging.DEBUG, logging.WARNING]
     assert "2 of its messages settled" in lines[-1].getMessage()
     # And the counters count them
-    assert tracker.store.counters() == {RECOVERED: 2, WORKER_DEAD: 1}
+    assert reads(tracker).counters() == {RECOVERED: 2, WORKER_DEAD: 1}
     assert any("alerting is down" in (r.exc_text or "") for r in caplog.records)
 
 

@@ -13,7 +13,7 @@ import pytest
 from dramatiq.brokers.redis import RedisBroker
 
 from dramatiq_tracker.events import KINDS, RECOVERED
-from dramatiq_tracker.store import TrackerStore
+from dramatiq_tracker.ops.reads import InspectionStore
 
 from .conftest import Namespaces
 from .support import BOUND, ROOT, WorkerProcess, kill, send, wait_for, wait_new_worker, wait_registered
@@ -72,7 +72,7 @@ def test_a_scrape_shows_the_cluster_and_a_killed_workers_recovery(
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
     producer: RedisBroker,
-    store: TrackerStore,
+    store: InspectionStore,
 ) -> None:
     # Given a worker running two slow messages, and the exporter
     spawn_worker(threads=2, slow_seconds=60)

@@ -16,8 +16,8 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
 from dramatiq_tracker import DuplicateMessage, TrackerMiddleware
+from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.records import InflightRecord, WorkerInfo
-from dramatiq_tracker.store import TrackerStore
 
 from .conftest import Namespaces, events
 from .support import (
@@ -46,7 +46,7 @@ def test_a_worker_declared_dead_while_stopped_runs_none_of_its_prefetched_or_del
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
     producer: RedisBroker,
-    store: TrackerStore,
+    store: InspectionStore,
 ) -> None:
     # Given a worker with one thread, running a 6 s message, with 3 more prefetched and a delayed one held
     spawn_worker(threads=1, env={"dramatiq_queue_prefetch": "4"})
@@ -109,7 +109,7 @@ def test_a_late_completion_after_a_stall_at_start_never_releases_the_lock_of_the
     redis_client: redis.Redis,
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
-    store: TrackerStore,
+    store: InspectionStore,
 ) -> None:
     broker, actor = unique_producer(redis_url, namespaces)
     # Given a worker that stops right after starting a unique message, before its record is written
@@ -163,7 +163,7 @@ def test_a_recovered_copy_that_has_not_started_when_the_zombie_completes_its_mes
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
     producer: RedisBroker,
-    store: TrackerStore,
+    store: InspectionStore,
 ) -> None:
     # Given a live worker busy for 8 s with one thread, and another worker running a 3 s message
     victim, message_id = busy_survivor_and_victim(redis_client, namespaces, spawn_worker, producer, store, 3)
@@ -188,7 +188,7 @@ def test_a_message_a_stopped_worker_completes_as_it_resumes_is_not_run_again_by_
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
     producer: RedisBroker,
-    store: TrackerStore,
+    store: InspectionStore,
 ) -> None:
     # Given a live worker busy for 8 s, and another one running a 1.5 s message
     seconds = 1.5
@@ -222,7 +222,7 @@ def busy_survivor_and_victim(
     names: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
     producer: RedisBroker,
-    store: TrackerStore,
+    store: InspectionStore,
     seconds: float,
 ) -> tuple[WorkerInfo, str]:
     """A worker with one thread busy for 8 s (prefetching nothing), and a second one, the victim,

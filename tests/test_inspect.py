@@ -15,8 +15,8 @@ from dramatiq_tracker.events import LOCK_DELETED
 from dramatiq_tracker.keys import identity_digest
 from dramatiq_tracker.ops.actions import Operator, load_broker
 from dramatiq_tracker.ops.inspection import ALIVE, DEAD, FENCED, RECOVERING, UNRESPONSIVE, Inspector
+from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.records import InflightRecord, WorkerInfo
-from dramatiq_tracker.store import TrackerStore
 
 from .conftest import Namespaces, events
 from .support import BOUND, WorkerProcess, kill, send, wait_for, wait_new_worker, wait_registered
@@ -37,7 +37,7 @@ def test_workers_and_their_messages_in_flight_are_listed_filtered_and_paged(
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
     producer: RedisBroker,
-    store: TrackerStore,
+    store: InspectionStore,
     inspector: Inspector,
 ) -> None:
     # Given a worker running three slow messages
@@ -90,7 +90,7 @@ def test_a_killed_worker_is_unresponsive_with_its_orphans_waiting_then_dead_once
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
     producer: RedisBroker,
-    store: TrackerStore,
+    store: InspectionStore,
     inspector: Inspector,
 ) -> None:
     # Given a worker running two messages, SIGKILLed, with no other worker to sweep
@@ -137,7 +137,7 @@ def test_a_worker_declared_dead_while_stopped_shows_fenced_with_the_id_it_goes_o
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
     producer: RedisBroker,
-    store: TrackerStore,
+    store: InspectionStore,
     inspector: Inspector,
 ) -> None:
     spawn_worker(threads=1)
@@ -159,7 +159,7 @@ def test_a_worker_declared_dead_while_stopped_shows_fenced_with_the_id_it_goes_o
 
 
 def test_locks_are_listed_filtered_and_paged(
-    redis_url: str, namespaces: Namespaces, store: TrackerStore, inspector: Inspector
+    redis_url: str, namespaces: Namespaces, store: InspectionStore, inspector: Inspector
 ) -> None:
     for index in range(5):
         store.acquire_lock("digest-%d" % index, "m%d" % index, 0, "until_executed", "charge", "q", "", None)
@@ -187,7 +187,7 @@ def test_corrupt_and_foreign_entries_are_reported_and_skipped_and_left_alone(
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
     producer: RedisBroker,
-    store: TrackerStore,
+    store: InspectionStore,
     inspector: Inspector,
 ) -> None:
     spawn_worker(threads=2, slow_seconds=60)
@@ -213,7 +213,7 @@ def test_corrupt_and_foreign_entries_are_reported_and_skipped_and_left_alone(
 
 
 def test_events_newest_first_paged_back_and_followed(
-    namespaces: Namespaces, producer: RedisBroker, store: TrackerStore, inspector: Inspector
+    namespaces: Namespaces, producer: RedisBroker, store: InspectionStore, inspector: Inspector
 ) -> None:
     assert inspector.last_event_id() == "0" and not inspector.has_data()
     store.append_events([{"kind": "recovered", "text": "t%d" % i, "message_id": "m%d" % i} for i in range(5)], {}, 100)
@@ -244,7 +244,7 @@ def test_an_empty_namespace_reads_empty(inspector: Inspector) -> None:
     assert inspector.workers().items == [] and inspector.orphans().items == [] and inspector.counters().events == {}
 
 
-def test_an_operator_deletes_a_lock_and_the_stream_says_who(store: TrackerStore, inspector: Inspector) -> None:
+def test_an_operator_deletes_a_lock_and_the_stream_says_who(store: InspectionStore, inspector: Inspector) -> None:
     store.acquire_lock("digest-1", "m1", 0, "until_executed", "charge", "q", "", None)
     operator = Operator(inspector, who="alice")
 
@@ -272,7 +272,7 @@ def test_recovering_and_aborting_need_the_applications_broker(
         Operator(elsewhere, redis_broker).recover()
 
 
-def registered_worker(store: TrackerStore, worker_id: str, started: list[int], *, alive: bool = True) -> list[str]:
+def registered_worker(store: InspectionStore, worker_id: str, started: list[int], *, alive: bool = True) -> list[str]:
     """Register a worker (without a process) with records started at these times; returns their ids."""
     info = WorkerInfo(worker_id, "host", 1, "1", "boot", "ns", ("q",), "redis", "identity", "", "", 1, 0, "0", "0")
     records = [
@@ -284,7 +284,7 @@ def registered_worker(store: TrackerStore, worker_id: str, started: list[int], *
 
 
 def test_the_oldest_messages_in_flight_are_found_across_workers_oldest_first(
-    redis_client: redis.Redis, store: TrackerStore, inspector: Inspector
+    redis_client: redis.Redis, store: InspectionStore, inspector: Inspector
 ) -> None:
     # Given two workers whose records interleave in age, and an unreadable record
     now = inspector.server_time()
@@ -300,20 +300,22 @@ def test_the_oldest_messages_in_flight_are_found_across_workers_oldest_first(
     assert inspector.oldest(0).items == []
 
 
-def test_a_namespace_has_data_once_anything_of_a_tracker_was_written(store: TrackerStore, inspector: Inspector) -> None:
+def test_a_namespace_has_data_once_anything_of_a_tracker_was_written(
+    store: InspectionStore, inspector: Inspector
+) -> None:
     assert not inspector.has_data()
     store.acquire_lock("digest-1", "m1", 0, "until_executed", "charge", "q", "", None)
     assert inspector.has_data()
 
 
-def test_a_namespace_whose_workers_all_left_still_has_data(store: TrackerStore, inspector: Inspector) -> None:
+def test_a_namespace_whose_workers_all_left_still_has_data(store: InspectionStore, inspector: Inspector) -> None:
     registered_worker(store, "worker-a", [])
     info = WorkerInfo.from_json(store.registration("worker-a") or "")
     store.deregister(info, identity_digest("identity"))
     assert inspector.workers().items == [] and inspector.has_data()
 
 
-def test_a_check_judges_the_workers_of_a_host_or_one_worker(store: TrackerStore, inspector: Inspector) -> None:
+def test_a_check_judges_the_workers_of_a_host_or_one_worker(store: InspectionStore, inspector: Inspector) -> None:
     registered_worker(store, "worker-a", [])
     registered_worker(store, "worker-b", [], alive=False)
     wait_for(lambda: inspector.worker("worker-b").state == UNRESPONSIVE, 5, message="expired")
@@ -332,7 +334,7 @@ def test_a_check_judges_the_workers_of_a_host_or_one_worker(store: TrackerStore,
 
 
 def test_worker_states_are_read_on_the_server_with_odd_values_read_as_none(
-    redis_client: redis.Redis, store: TrackerStore, inspector: Inspector
+    redis_client: redis.Redis, store: InspectionStore, inspector: Inspector
 ) -> None:
     registered_worker(store, "worker-a", [inspector.server_time()] * 3)
     digest = identity_digest("identity")

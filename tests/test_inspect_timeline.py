@@ -11,7 +11,7 @@ import redis
 from dramatiq_tracker import ConfigurationError
 from dramatiq_tracker.events import QUARANTINED, RECOVERED, WORKER_DEAD, TrackerEvent
 from dramatiq_tracker.ops.inspection import ALIVE, Inspector
-from dramatiq_tracker.store import TrackerStore
+from dramatiq_tracker.ops.reads import InspectionStore
 
 from .conftest import Namespaces
 from .dashboard_seed import SeedRecord, add_events, recovery_events, register_worker
@@ -24,7 +24,7 @@ def inspector(redis_url: str, namespaces: Namespaces) -> Iterator[Inspector]:
 
 
 def test_the_timeline_counts_events_by_kind_in_buckets_aligned_on_their_width(
-    redis_client: redis.Redis, store: TrackerStore, inspector: Inspector
+    redis_client: redis.Redis, store: InspectionStore, inspector: Inspector
 ) -> None:
     # Given recoveries 50 and 10 minutes ago, a quarantine 10 minutes ago, and a recovery 2 hours ago
     now = store.server_time()
@@ -52,7 +52,7 @@ def test_the_timeline_counts_events_by_kind_in_buckets_aligned_on_their_width(
         inspector.timeline([RECOVERED], buckets=0)
 
 
-def test_running_says_where_each_message_runs_now_in_one_read(store: TrackerStore, inspector: Inspector) -> None:
+def test_running_says_where_each_message_runs_now_in_one_read(store: InspectionStore, inspector: Inspector) -> None:
     now = store.server_time()
     register_worker(store, "w1", [SeedRecord("m1", "charge", "q", now - 5_000, lock="d1|until_executed")], pid=11)
     register_worker(store, "w2", [SeedRecord("m2", "resize", "q", now - 1_000, attempt=1, recoveries=1)], pid=22)
@@ -67,7 +67,7 @@ def test_running_says_where_each_message_runs_now_in_one_read(store: TrackerStor
 
 
 def test_events_are_filtered_by_worker_and_by_time(
-    redis_client: redis.Redis, store: TrackerStore, inspector: Inspector
+    redis_client: redis.Redis, store: InspectionStore, inspector: Inspector
 ) -> None:
     now = store.server_time()
     add_events(redis_client, store, recovery_events("dead-1", "h", 1, [("m1", "a", "q")], now - 60_000))
@@ -80,7 +80,7 @@ def test_events_are_filtered_by_worker_and_by_time(
 
 
 def test_status_counts_plain_and_escaped_records_alike_and_reports_the_rest(
-    redis_client: redis.Redis, store: TrackerStore, inspector: Inspector
+    redis_client: redis.Redis, store: InspectionStore, inspector: Inspector
 ) -> None:
     # Records are summed on the server, plain ones by pattern and any other by decoding them
     now = store.server_time()
@@ -102,7 +102,7 @@ def test_status_counts_plain_and_escaped_records_alike_and_reports_the_rest(
 
 
 def test_inflight_filters_on_the_server_and_still_reports_unreadable_records(
-    redis_client: redis.Redis, store: TrackerStore, inspector: Inspector
+    redis_client: redis.Redis, store: InspectionStore, inspector: Inspector
 ) -> None:
     now = store.server_time()
     seeds = [SeedRecord("plain-%d" % i, "charge", "q", now - 1_000 * i) for i in range(1, 6)]

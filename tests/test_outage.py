@@ -11,11 +11,11 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
+from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.records import WorkerInfo
-from dramatiq_tracker.store import TrackerStore
 
 from .conftest import Namespaces, events
-from .support import RedisServer, WorkerProcess, close_redis_broker, wait_for
+from .support import RedisServer, WorkerProcess, close_redis_broker, reads, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def test_a_ten_second_outage_of_the_trackers_redis_loses_nothing_and_is_logged_o
     worker = spawn_worker(threads=4, tracker_url=tracker_server.url)
     producer = RedisBroker(url=redis_url, namespace=namespaces.broker)
     tracker_client = redis.Redis(port=tracker_server.port)
-    store = TrackerStore(tracker_client, namespaces.tracker)
+    store = InspectionStore(tracker_client, namespaces.tracker)
     (info,) = wait_for(lambda: [WorkerInfo.from_json(r) for r in store.workers().values()], 20, message="registered")
     ids = send_sleeps(producer, namespaces.queue, 0.2, 20)
 
@@ -115,7 +115,7 @@ def test_a_worker_starts_and_works_while_the_trackers_redis_is_down_and_register
         work.send(True)
         # Then it works, and registers with what it has in flight once Redis is up
         server.start()
-        store = tracker.store
+        store = reads(tracker)
         worker_id = tracker.worker_id
         assert worker_id is not None
         wait_for(lambda: worker_id in store.workers(), 5, message="registered")

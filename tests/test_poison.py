@@ -10,7 +10,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
-from dramatiq_tracker.store import TrackerStore
+from dramatiq_tracker.ops.reads import InspectionStore
 
 from .conftest import Namespaces, events
 from .support import RABBITMQ_URL, WorkerProcess, close_redis_broker, keep_a_worker_alive, kinds, wait_for
@@ -32,7 +32,7 @@ def test_a_message_that_kills_its_worker_runs_max_recoveries_plus_one_times_then
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
 ) -> None:
-    store = TrackerStore(redis_client, namespaces.tracker)
+    store = InspectionStore(redis_client, namespaces.tracker)
     # Given a message that SIGKILLs its worker after half a second of work, allowed 2 recoveries
     producer = RedisBroker(url=redis_url, namespace=namespaces.broker)
     message = Message(
@@ -99,7 +99,7 @@ def test_a_message_that_kills_its_worker_is_dead_lettered_on_rabbitmq_after_max_
     spawn_worker: Callable[..., WorkerProcess],
     rabbitmq: object,
 ) -> None:
-    store = TrackerStore(redis_client, namespaces.tracker)
+    store = InspectionStore(redis_client, namespaces.tracker)
     # Given workers whose default max_recoveries is 2, and a message that SIGKILLs its worker
     message = Message(queue_name=namespaces.queue, actor_name="suicide", args=(0.5,), kwargs={}, options={})
     message_id = rabbitmq.enqueue(message).message_id  # type: ignore[attr-defined]

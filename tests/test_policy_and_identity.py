@@ -17,7 +17,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage
 
-from dramatiq_tracker.store import TrackerStore
+from dramatiq_tracker.ops.reads import InspectionStore
 
 from .conftest import Namespaces, events, make_tracker
 from .support import (
@@ -26,6 +26,7 @@ from .support import (
     close_redis_broker,
     kill,
     kinds,
+    reads,
     send,
     wait_for,
     wait_new_worker,
@@ -39,7 +40,7 @@ def test_a_sweeper_that_does_not_import_an_at_most_once_actor_still_never_runs_i
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
     producer: RedisBroker,
-    store: TrackerStore,
+    store: InspectionStore,
 ) -> None:
     # Given a pool of workers that runs an at-most-once actor (max_recoveries=0), running one of its messages
     spawn_worker(threads=1, slow_seconds=60)
@@ -72,7 +73,7 @@ def test_every_app_sharing_a_namespace_recovers_its_own_dead_workers_within_the_
     redis_client: redis.Redis,
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
-    store: TrackerStore,
+    store: InspectionStore,
 ) -> None:
     # Given an app on one broker whose worker sweeps first and often (it would hold a shared lease forever)
     spawn_worker(threads=1, env={"TEST_SWEEP_INTERVAL": "50"})
@@ -169,7 +170,7 @@ def test_another_apps_sweeper_never_takes_an_orphan_its_broker_cannot_deliver(ap
     wait_for(lambda: first.started, 10, message="running")
     worker_id = first.tracker.worker_id
     assert worker_id is not None
-    wait_for(lambda: message.message_id in first.tracker.store.inflight(worker_id), 5, message="recorded")
+    wait_for(lambda: message.message_id in reads(first.tracker).inflight(worker_id), 5, message="recorded")
     other.worker.start()
 
     # When the first app's worker dies
@@ -179,7 +180,7 @@ def test_another_apps_sweeper_never_takes_an_orphan_its_broker_cannot_deliver(ap
     # Then the other app's sweeper left its orphan alone: it did not enqueue it onto its own broker,
     # where it would have been dead-lettered for want of its actor
     assert other.broker.dead_letters == []
-    assert message.message_id in first.tracker.store.inflight(worker_id)
+    assert message.message_id in reads(first.tracker).inflight(worker_id)
     assert "recovered" not in kinds(first.tracker.store, message.message_id)
 
 
@@ -194,7 +195,7 @@ def test_processes_of_one_app_on_an_opaque_broker_recover_each_other_given_a_bro
     wait_for(lambda: first.started, 10, message="running")
     worker_id = first.tracker.worker_id
     assert worker_id is not None
-    wait_for(lambda: message.message_id in first.tracker.store.inflight(worker_id), 5, message="recorded")
+    wait_for(lambda: message.message_id in reads(first.tracker).inflight(worker_id), 5, message="recorded")
     second.worker.start()
     other.worker.start()
     second.release.set()
@@ -253,7 +254,7 @@ def test_a_worker_that_died_while_the_trackers_redis_restarted_empty_is_still_re
 
     assert isinstance(tracker_server, RedisServer)
     tracker_client = redis.Redis(port=tracker_server.port)
-    store = TrackerStore(tracker_client, namespaces.tracker)
+    store = InspectionStore(tracker_client, namespaces.tracker)
     # Given a worker running 2 messages with 2 prefetched, and a live one, tracked in a Redis of their own
     spawn_worker(threads=2, slow_seconds=60, tracker_url=tracker_server.url)
     (victim,) = wait_registered(store, 1)
@@ -291,7 +292,7 @@ def test_a_retry_that_starts_before_its_failed_attempt_is_written_off_is_not_tak
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
     producer: RedisBroker,
-    store: TrackerStore,
+    store: InspectionStore,
 ) -> None:
     # Given a worker whose records lag a whole 1.5 s, and an at-most-once actor that fails its first try
     slow_writes = {"TEST_FLUSH_INTERVAL": "1500", "TEST_HEARTBEAT_INTERVAL": "2000", "TEST_HEARTBEAT_TIMEOUT": "4000"}

@@ -19,7 +19,7 @@ from dramatiq.message import Message
 
 from dramatiq_tracker.ops.cli.output import message_lines
 from dramatiq_tracker.ops.inspection import Inspector
-from dramatiq_tracker.store import TrackerStore
+from dramatiq_tracker.ops.reads import InspectionStore
 
 from .conftest import Namespaces, events
 from .support import (
@@ -75,7 +75,7 @@ def test_an_ack_sent_after_its_channel_closed_never_acks_another_delivery(
     spawn_worker: Callable[..., WorkerProcess],
     rabbitmq: object,
 ) -> None:
-    store = TrackerStore(redis_client, namespaces.tracker)
+    store = InspectionStore(redis_client, namespaces.tracker)
     # Given a worker (one thread, two prefetched) that ran a message (delivery tag 1) and runs a
     # second one (tag 2) when its connection is closed
     spawn_worker(kind="rabbitmq", threads=1, broker_url=RABBITMQ_URL)
@@ -127,7 +127,7 @@ def test_a_message_prefetched_on_a_closed_channel_does_not_run_beside_its_redeli
     spawn_worker: Callable[..., WorkerProcess],
     rabbitmq: object,
 ) -> None:
-    store = TrackerStore(redis_client, namespaces.tracker)
+    store = InspectionStore(redis_client, namespaces.tracker)
     # Given a worker (one thread) running a message and holding another, prefetched, not started
     spawn_worker(kind="rabbitmq", threads=1, broker_url=RABBITMQ_URL)
     (worker,) = wait_registered(store, 1)
@@ -157,7 +157,7 @@ def test_a_dead_workers_message_redelivered_again_while_it_runs_elsewhere_waits_
     spawn_worker: Callable[..., WorkerProcess],
     rabbitmq: object,
 ) -> None:
-    store = TrackerStore(redis_client, namespaces.tracker)
+    store = InspectionStore(redis_client, namespaces.tracker)
     # Given a message that runs again on a survivor after its worker was killed (claimed as its orphan)
     spawn_worker(kind="rabbitmq", threads=2, broker_url=RABBITMQ_URL)
     (first,) = wait_registered(store, 1)

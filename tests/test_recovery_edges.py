@@ -25,7 +25,7 @@ from dramatiq_tracker.host import HostFacts
 from dramatiq_tracker.unique import compute_digest
 
 from .conftest import Namespaces, make_tracker
-from .support import fake_dead_worker, kinds, wait_for
+from .support import fake_dead_worker, kinds, reads, wait_for
 
 
 def unique_options(actor: str, queue: str, index: int, mode: str = "until_executed") -> dict[str, object]:
@@ -66,7 +66,7 @@ def test_an_orphan_that_dramatiqs_maintenance_requeues_during_recovery_still_car
     assert (queued.options["tracker_attempt"], queued.options["tracker_recoveries"]) == (1, 1)
     assert queued.options["redis_message_id"] == queued_id.decode()
     # And its lock, passed to that attempt, is released when that attempt completes
-    lock = tracker.store.lock(digest)
+    lock = reads(tracker).lock(digest)
     assert lock is not None and lock.attempt == 1
     assert tracker.store.release_lock(digest, orphan.message_id, 1, "live-worker")
 
@@ -74,7 +74,7 @@ def test_an_orphan_that_dramatiqs_maintenance_requeues_during_recovery_still_car
 def test_an_older_attempt_releases_its_lock_only_from_a_worker_that_was_not_declared_dead(
     tracker: TrackerMiddleware, redis_client: redis.Redis
 ) -> None:
-    store = tracker.store
+    store = reads(tracker)
     digest = "d" * 32
     store.acquire_lock(digest, "m1", 2, "until_executed", "work", "q", "", None)
     redis_client.zadd(store.keys.dead_workers, {"zombie": 1})
@@ -189,7 +189,7 @@ def test_a_duplicate_that_cannot_be_put_off_is_dead_lettered_rather_than_run_bes
         # Given a message running, and a second delivery of it (as RabbitMQ redelivers on a connection loss)
         message = work.send()
         wait_for(lambda: runs, 5, message="running")
-        wait_for(lambda: message.message_id in tracker.store.inflight(tracker.worker_id or ""), 5, message="recorded")
+        wait_for(lambda: message.message_id in reads(tracker).inflight(tracker.worker_id or ""), 5, message="recorded")
         broker.fail = True
         broker.enqueue(message.copy(options={"tracker_attempt": 0}))
         # When the duplicate cannot be put off because the broker fails

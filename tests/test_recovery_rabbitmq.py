@@ -10,7 +10,7 @@ import pytest
 import redis
 from dramatiq.message import Message
 
-from dramatiq_tracker.store import TrackerStore
+from dramatiq_tracker.ops.reads import InspectionStore
 
 from .conftest import Namespaces, events
 from .support import BOUND, RABBITMQ_URL, WorkerProcess, kill, wait_for, wait_new_worker, wait_registered
@@ -24,7 +24,7 @@ def test_a_killed_workers_messages_come_back_once_from_rabbitmq_and_are_accounte
     spawn_worker: Callable[..., WorkerProcess],
     rabbitmq: object,
 ) -> None:
-    store = TrackerStore(redis_client, namespaces.tracker)
+    store = InspectionStore(redis_client, namespaces.tracker)
     # Given a worker process running 10 slow messages with 10 more prefetched from RabbitMQ
     spawn_worker(kind="rabbitmq", threads=10, slow_seconds=120, broker_url=RABBITMQ_URL)
     (victim,) = wait_registered(store, 1)

@@ -12,7 +12,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
 from dramatiq_tracker import Orphan, RecoveryReport, TrackerMiddleware
-from dramatiq_tracker.store import TrackerStore
+from dramatiq_tracker.ops.reads import InspectionStore
 
 from .conftest import Namespaces, events
 from .support import FAST, WorkerProcess, kill, process_gone, send, wait_for, wait_registered
@@ -27,7 +27,7 @@ def test_five_sweepers_racing_over_one_dead_workers_100_orphans_deliver_each_exa
     redis_client: redis.Redis,
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
-    store: TrackerStore,
+    store: InspectionStore,
     producer: RedisBroker,
 ) -> None:
     # Given a worker process that fetched 100 messages (50 running, 50 prefetched) and was SIGKILLed
@@ -81,7 +81,7 @@ def test_five_sweepers_racing_over_one_dead_workers_100_orphans_deliver_each_exa
     assert store.workers() == {}
 
 
-def test_the_sweep_lease_lets_one_worker_per_broker_identity_sweep_per_interval(store: TrackerStore) -> None:
+def test_the_sweep_lease_lets_one_worker_per_broker_identity_sweep_per_interval(store: InspectionStore) -> None:
     # Given one sweeper holding the lease of its broker identity
     assert store.acquire_lease("app-a", "first", 500)
     # Then another cannot take it, while the holder renews it

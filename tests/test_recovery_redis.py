@@ -13,8 +13,8 @@ import redis
 from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker
 
 from dramatiq_tracker.keys import identity_digest
+from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.records import WorkerInfo
-from dramatiq_tracker.store import TrackerStore
 
 from .conftest import Namespaces, events
 from .support import (
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 def start_victim(
     spawn_worker: Callable[..., WorkerProcess],
     producer: RedisBroker,
-    store: TrackerStore,
+    store: InspectionStore,
     client: redis.Redis,
     names: Namespaces,
     *,
@@ -58,7 +58,7 @@ def test_a_killed_workers_orphans_are_delivered_again_exactly_once_by_a_live_wor
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
     producer: RedisBroker,
-    store: TrackerStore,
+    store: InspectionStore,
 ) -> None:
     # Given a worker process running 10 slow messages with 10 more prefetched
     victim, ids = start_victim(spawn_worker, producer, store, redis_client, namespaces, threads=10, messages=20)
@@ -104,7 +104,7 @@ def test_a_stalled_workers_orphans_are_recovered_when_its_heartbeat_expires(
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
     producer: RedisBroker,
-    store: TrackerStore,
+    store: InspectionStore,
 ) -> None:
     # Given a worker running 3 slow messages, and a live one
     victim, ids = start_victim(spawn_worker, producer, store, redis_client, namespaces, threads=3, messages=3)
@@ -134,7 +134,7 @@ def test_a_restarted_worker_recovers_the_dead_processs_orphans_within_a_second_o
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
     producer: RedisBroker,
-    store: TrackerStore,
+    store: InspectionStore,
 ) -> None:
     # Given a worker with a long heartbeat timeout, running 4 messages with 4 prefetched, SIGKILLed
     slow_expiry = {
@@ -170,7 +170,7 @@ def test_a_gracefully_stopped_worker_leaves_no_orphans_and_no_registration(
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
     producer: RedisBroker,
-    store: TrackerStore,
+    store: InspectionStore,
 ) -> None:
     # Given a worker processing short messages, with more waiting
     worker = spawn_worker(threads=2, slow_seconds=0.3)

@@ -23,7 +23,7 @@ from dramatiq_tracker import Orphan, TrackerMiddleware
 from dramatiq_tracker.records import InflightRecord
 
 from .conftest import Namespaces, make_tracker
-from .support import BOUND, wait_for
+from .support import BOUND, reads, wait_for
 
 #: Two StubBrokers stand for two processes of one app: they share a broker identity.
 IDENTITY = "test-app"
@@ -85,7 +85,7 @@ def test_a_dead_workers_running_messages_are_enqueued_again_exactly_once(
     first.worker.start()
     ids = [first.work.send(index).message_id for index in range(3)]
     wait_for(lambda: len(started) == 3, 10, message="first busy")
-    store = first.tracker.store
+    store = reads(first.tracker)
     worker_id = first.tracker.worker_id
     assert worker_id is not None
     wait_for(lambda: len(store.inflight(worker_id)) == 3, 5, message="records written")
@@ -148,9 +148,9 @@ def test_messages_of_actors_that_opt_out_are_not_tracked(redis_url: str, namespa
         worker_id = tracker.worker_id
         assert worker_id is not None
         # When both are running, Then only the tracked one is recorded
-        wait_for(lambda: tracker.store.inflight(worker_id), 5, message="a record")
+        wait_for(lambda: reads(tracker).inflight(worker_id), 5, message="a record")
         time.sleep(0.1)
-        assert list(tracker.store.inflight(worker_id)) == [message.message_id]
+        assert list(reads(tracker).inflight(worker_id)) == [message.message_id]
     finally:
         gate.set()
         worker.stop()
@@ -177,7 +177,7 @@ def test_a_message_option_overrides_the_actor_option(redis_url: str, namespaces:
         assert running.acquire(timeout=5)
         worker_id = tracker.worker_id
         assert worker_id is not None
-        wait_for(lambda: list(tracker.store.inflight(worker_id)) == [message.message_id], 5, message="recorded")
+        wait_for(lambda: list(reads(tracker).inflight(worker_id)) == [message.message_id], 5, message="recorded")
     finally:
         gate.set()
         worker.stop()
@@ -228,7 +228,7 @@ def test_records_are_removed_when_messages_are_acked_nacked_or_skipped(
         worker.join()
         # When the recorder has flushed, Then nothing is left in flight
         time.sleep(0.2)
-        assert tracker.store.inflight(worker_id) == {}
+        assert reads(tracker).inflight(worker_id) == {}
         assert tracker.store.client.hlen(tracker.store.keys.running) == 0
         assert len(broker.dead_letters) == 5
     finally:
@@ -250,7 +250,7 @@ def test_an_at_most_once_message_of_a_dead_worker_is_dead_lettered_not_run_again
         worker_id = first.tracker.worker_id
         assert worker_id is not None
         # (its start was recorded before it ran, not in the background)
-        assert message.message_id in first.tracker.store.inflight(worker_id)
+        assert message.message_id in reads(first.tracker).inflight(worker_id)
         second.worker.start()
         second.release.set()
 
@@ -309,8 +309,8 @@ def test_a_record_written_before_its_message_runs_survives_a_registration_made_a
         worker_id = tracker.worker_id
         assert worker_id is not None
         wait_for(lambda: not session.recorder.needs_registration, 10, message="registered again")
-        wait_for(lambda: message.message_id in tracker.store.inflight(worker_id), 5, message="recorded")
-        assert message.message_id in tracker.store.inflight(worker_id)
+        wait_for(lambda: message.message_id in reads(tracker).inflight(worker_id), 5, message="recorded")
+        assert message.message_id in reads(tracker).inflight(worker_id)
     finally:
         release.set()
         worker.stop()

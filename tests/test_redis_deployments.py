@@ -16,8 +16,8 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
 from dramatiq_tracker import TrackerMiddleware
+from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.records import WorkerInfo
-from dramatiq_tracker.store import TrackerStore
 
 from .conftest import Namespaces, events
 from .servers import AclRedisServer, RedisClusterServers, RedisSentinelServers, TlsRedisServer
@@ -27,6 +27,7 @@ from .support import (
     WorkerProcess,
     fake_dead_worker,
     kill,
+    reads,
     send,
     wait_for,
     wait_new_worker,
@@ -39,9 +40,9 @@ def cluster_url(node_url: str) -> str:
 
 
 @pytest.fixture
-def cluster_store(redis_cluster: RedisClusterServers, namespaces: Namespaces) -> Iterator[TrackerStore]:
+def cluster_store(redis_cluster: RedisClusterServers, namespaces: Namespaces) -> Iterator[InspectionStore]:
     client = redis_cluster.client()
-    yield TrackerStore(client, namespaces.tracker)
+    yield InspectionStore(client, namespaces.tracker)
     client.close()
 
 
@@ -52,7 +53,7 @@ def test_on_a_redis_cluster_a_dead_workers_orphans_come_back_once_even_while_its
     spawn_worker: Callable[..., WorkerProcess],
     producer: RedisBroker,
     redis_cluster: RedisClusterServers,
-    cluster_store: TrackerStore,
+    cluster_store: InspectionStore,
 ) -> None:
     # Given workers whose tracker Redis is a 3-master cluster, reached through a node that does not own
     # the namespace's slot (the broker is a plain Redis)
@@ -111,7 +112,7 @@ def test_after_a_sentinel_failover_that_lost_writes_no_phantom_record_stays_and_
     hosts = ",".join("%s:%d" % address for address in sentinel.sentinel_addresses)
     url = "redis+sentinel://%s/%s" % (hosts, sentinel.service_name)
     master = sentinel.sentinel(socket_timeout=1).master_for(sentinel.service_name)
-    store = TrackerStore(master, namespaces.tracker)
+    store = InspectionStore(master, namespaces.tracker)
     # Given two workers tracked in a Sentinel-managed Redis, one busy with 4 messages
     spawn_worker(threads=4, slow_seconds=120, tracker_url=url)
     (victim,) = wait_registered(store, 1)
@@ -159,7 +160,7 @@ def test_the_trackers_redis_may_be_reached_over_tls(tls_redis: TlsRedisServer, n
         message = work.send(1)
         worker_id = tracker.worker_id
         assert worker_id is not None
-        wait_for(lambda: message.message_id in tracker.store.inflight(worker_id), 5, message="recorded over TLS")
+        wait_for(lambda: message.message_id in reads(tracker).inflight(worker_id), 5, message="recorded over TLS")
         info = WorkerInfo.from_json(tracker.store.registration(worker_id) or "")
         assert info.worker_id == worker_id
         wait_for(lambda: ran == [1], 5)

@@ -18,7 +18,7 @@ from dramatiq_tracker import ConfigurationError, DuplicateMessage, TrackerMiddle
 from dramatiq_tracker.unique import compute_digest, resolve_policy
 
 from .conftest import Namespaces, make_tracker
-from .support import wait_for
+from .support import reads, wait_for
 
 
 class App:
@@ -392,11 +392,11 @@ def test_operators_list_locks_and_delete_one_by_digest(app: App) -> None:
         "until_executed", "work", "default", "", 0,
     )  # fmt: skip
     assert lock.ttl is not None and 59_000 < lock.ttl <= 60_000
-    again = app.tracker.store.lock(lock.digest)
+    again = reads(app.tracker).lock(lock.digest)
     assert again is not None and again.message_id == lock.message_id and again.acquired_at == lock.acquired_at
     assert [each.digest for each in app.tracker.locks()] == [each.digest for each in locks]
     # When an operator deletes it, the duplicate can be sent
     assert app.tracker.delete_lock(lock.digest)
     assert not app.tracker.delete_lock(lock.digest)
-    assert app.tracker.store.lock(lock.digest) is None
+    assert reads(app.tracker).lock(lock.digest) is None
     work.send(1)

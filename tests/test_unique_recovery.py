@@ -16,7 +16,8 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from dramatiq_tracker import TrackerMiddleware
-from dramatiq_tracker.store import ClaimRequest, TrackerStore
+from dramatiq_tracker.ops.reads import InspectionStore
+from dramatiq_tracker.store import ClaimRequest
 from dramatiq_tracker.unique import compute_digest
 
 from .conftest import Namespaces, events
@@ -26,6 +27,7 @@ from .support import (
     close_redis_broker,
     fake_dead_worker,
     kill,
+    reads,
     wait_for,
     wait_new_worker,
     wait_registered,
@@ -55,7 +57,7 @@ def test_recovery_releases_exactly_the_locks_its_orphans_own(
     redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, mode: str, outcome: str
 ) -> None:
     tracker = tracker_for(redis_broker, redis_client, namespaces.tracker)
-    store = tracker.store
+    store = reads(tracker)
     queue = namespaces.queue
     # Given a dead worker running a unique message that holds its lock
     options = unique_options(mode, "work", queue, 0)
@@ -86,7 +88,7 @@ def test_a_sweep_racing_with_the_redelivered_start_leaves_the_new_attempts_lock_
     redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, mode: str
 ) -> None:
     tracker = tracker_for(redis_broker, redis_client, namespaces.tracker)
-    store = tracker.store
+    store = reads(tracker)
     queue = namespaces.queue
     options = unique_options(mode, "work", queue, 0)
     digest = str(options["unique_digest"])
@@ -194,7 +196,7 @@ def test_a_killed_worker_s_unique_messages_come_back_at_once_and_leave_no_lock(
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
 ) -> None:
-    store = TrackerStore(redis_client, namespaces.tracker)
+    store = InspectionStore(redis_client, namespaces.tracker)
     producer, actors = unique_producer(redis_url, namespaces)
     # Given a worker running an until_executed and a while_executing message, both locked, no TTL
     spawn_worker(threads=2, slow_seconds=120)
@@ -232,7 +234,7 @@ def test_a_zombies_late_completion_does_not_release_its_successors_lock(
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
 ) -> None:
-    store = TrackerStore(redis_client, namespaces.tracker)
+    store = InspectionStore(redis_client, namespaces.tracker)
     producer, actors = unique_producer(redis_url, namespaces)
     # Given a worker running an until_executed message for 3 s, and a live worker whose copy takes 5 s
     zombie = spawn_worker(threads=1, slow_seconds=3)

@@ -12,7 +12,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
 from dramatiq_tracker import TrackerMiddleware
-from dramatiq_tracker.store import TrackerStore
+from dramatiq_tracker.ops.reads import InspectionStore
 
 from .conftest import Namespaces, events
 from .support import (
@@ -46,7 +46,7 @@ def test_a_worker_whose_heartbeat_stalls_is_fenced_and_its_late_completion_chang
     spawn_worker: Callable[..., WorkerProcess],
     abortable: bool,
 ) -> None:
-    store = TrackerStore(redis_client, namespaces.tracker)
+    store = InspectionStore(redis_client, namespaces.tracker)
     env = {}
     if abortable:
         env = {"TEST_ABORTABLE": "1", "TEST_ABORT_NAMESPACE": "%s:aborts:" % namespaces.broker}

@@ -22,18 +22,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, cast
 
 import redis
 
 from ..connection import DEFAULT_URL, URL_ENVIRONMENT_VARIABLE, client_from_url, is_redis_client
 from ..errors import ConfigurationError
-from ..events import TrackerEvent
 from ..host import HostFacts
-from ..keys import SEQUENCE_FIELD, Keys, identity_digest, validate_namespace
+from ..keys import Keys, identity_digest, validate_namespace
 from ..records import CorruptRecord, InflightRecord, WorkerInfo
 from ..settings import DEFAULT_NAMESPACE
-from ..store import InflightSummary, LockInfo, TrackerStore, parse_outbox_entry, text
+from ..store import LockInfo, parse_outbox_entry
+from .reads import SCAN_COUNT, InflightSummary, InspectionStore, script_batches
+from .stream import StreamReads
 from .views import (
     ALIVE,
     DEAD,
@@ -76,22 +76,11 @@ __all__ = [
     "WorkerView",
 ]
 
-SEQUENCE_BYTES = SEQUENCE_FIELD.encode()
-
-#: How many registrations or records one ``HSCAN`` call asks for.
-SCAN_COUNT = 500
-#: How many workers' records one pipeline reads.
-PIPELINE_WORKERS = 100
-#: How many records one summary script reads, at most (unless one worker has more): it blocks Redis about
-#: 5 ms (measured: 9.7 ms per 5,000 records).
-SUMMARY_RECORDS = 2500
 #: How many of the newest events :meth:`Inspector.message` looks through for a message's own.
 MESSAGE_EVENTS_SCANNED = 2000
-#: How many stream entries one script call of :meth:`Inspector.timeline` counts: it blocks Redis about 2 ms.
-TIMELINE_BATCH = 2000
 
 
-class Inspector:
+class Inspector(StreamReads):
     """Read a tracker namespace.
 
     Parameters:
@@ -120,7 +109,8 @@ class Inspector:
             setting = "url" if url is not None else URL_ENVIRONMENT_VARIABLE
             url = url if url is not None else os.environ.get(URL_ENVIRONMENT_VARIABLE) or DEFAULT_URL
             client = client_from_url(url, setting=setting)
-        self.store = TrackerStore(client, namespace)
+        #: Every read of the namespace: the inspector sends no command of its own.
+        self.store = InspectionStore(client, namespace)
         #: The URL it was made from, or "" for a client given.
         self.url = url or ""
         self.namespace = namespace
@@ -146,19 +136,10 @@ class Inspector:
 
     # The namespace ------------------------------------------------------------------------
 
-    def server_time(self) -> int:
-        """The Redis server's clock, in ms since the epoch.
-
-        Raises:
-          redis.RedisError: When Redis cannot be reached (every method raises it then).
-        """
-        return self.store.server_time()
-
     def has_data(self) -> bool:
         """Whether anything of a tracker was ever written in this namespace: workers (every worker
         that ever registered leaves its broker identity), tombstones, events, counters or locks."""
-        k = self.keys
-        return bool(self.client.exists(k.workers, k.identities, k.dead_workers, k.events, k.counters, k.locks))
+        return self.store.has_data()
 
     # Workers ------------------------------------------------------------------------------
 
@@ -182,21 +163,13 @@ class Inspector:
 
     def dead_workers(self, *, limit: int = 100) -> list[WorkerView]:
         """Workers declared dead whose registration is gone (tombstones), newest first."""
-        tombstones = cast(
-            "list[tuple[Any, float]]",
-            self.client.zrevrange(self.keys.dead_workers, 0, limit - 1, withscores=True),
-        )
-        ids = [text(wid) for wid, _ in tombstones]
+        tombstones = self.store.tombstones(limit)
+        ids = [wid for wid, _ in tombstones]
         registered = self.store.registrations(ids)
         fenced = self.store.fenced_as(ids)
         return [
-            WorkerView(
-                worker_id=wid,
-                state=FENCED if new_id else DEAD,
-                declared_dead_at=int(score),
-                fenced_as=new_id,
-            )
-            for wid, (_, score), new_id in zip(ids, tombstones, fenced, strict=True)
+            WorkerView.tombstone(wid, declared, new_id)
+            for (wid, declared), new_id in zip(tombstones, fenced, strict=True)
             if wid not in registered
         ]
 
@@ -206,13 +179,11 @@ class Inspector:
         if registration is not None:
             views, _ = self._worker_views({worker_id: registration}, self.server_time())
             return views[0] if views else WorkerView(worker_id=worker_id, state=UNRESPONSIVE)
-        declared = self.client.zscore(self.keys.dead_workers, worker_id)
+        declared = self.store.declared_dead_at(worker_id)
         if declared is None:
             return None
         (new_id,) = self.store.fenced_as([worker_id])
-        return WorkerView(
-            worker_id=worker_id, state=FENCED if new_id else DEAD, declared_dead_at=int(declared), fenced_as=new_id
-        )
+        return WorkerView.tombstone(worker_id, declared, new_id)
 
     def workers_on_host(self, hostname: str) -> list[WorkerView]:
         """The workers registered from ``hostname``."""
@@ -250,7 +221,7 @@ class Inspector:
                 gone = here.process_is_gone(WorkerInfo.from_json(registrations[view.worker_id]).host)
             except CorruptRecord:
                 gone = False
-            reason = _unhealthy(view, gone)
+            reason = view.unhealthy(gone)
             if reason:
                 reasons.append(reason)
             else:
@@ -261,7 +232,7 @@ class Inspector:
                 reasons.append("worker %r is not registered in namespace %r" % (worker_id, self.namespace))
             else:
                 views.append(tombstone)
-                reasons.append(_unhealthy(tombstone, False))
+                reasons.append(tombstone.unhealthy(False))
         elif hostname and alive < min_workers:
             if not views:
                 reasons.append("no worker is registered from host %r in namespace %r" % (hostname, self.namespace))
@@ -282,37 +253,8 @@ class Inspector:
                 problems.append(Problem(self.keys.workers, worker_id, "registration of another worker id"))
                 continue
             infos.append(info)
-        states = []
-        for start in range(0, len(infos), PIPELINE_WORKERS):
-            batch = infos[start : start + PIPELINE_WORKERS]
-            states += self.store.worker_states([(i.worker_id, identity_digest(i.broker_identity)) for i in batch])
-        views = []
-        for info, (last_beat, declared, deadline, inflight) in zip(infos, states, strict=True):
-            if declared is not None:
-                state = RECOVERING
-            elif last_beat is not None:
-                state = ALIVE
-            else:
-                state = UNRESPONSIVE
-            views.append(
-                WorkerView(
-                    worker_id=info.worker_id,
-                    state=state,
-                    hostname=info.hostname,
-                    pid=info.pid,
-                    queues=info.queues,
-                    broker_kind=info.broker_kind,
-                    broker_identity=info.broker_identity,
-                    worker_threads=info.worker_threads,
-                    started_at=info.started_at,
-                    heartbeat_age=max(0, now - last_beat) if last_beat is not None else None,
-                    overdue=max(0, now - deadline) if deadline is not None and now > deadline else None,
-                    inflight=inflight,
-                    declared_dead_at=declared,
-                    tracker_version=info.tracker_version,
-                    dramatiq_version=info.dramatiq_version,
-                )
-            )
+        states = self.store.worker_states([(i.worker_id, identity_digest(i.broker_identity)) for i in infos])
+        views = [WorkerView.judge(info, state, now) for info, state in zip(infos, states, strict=True)]
         return views, problems
 
     # Messages in flight -------------------------------------------------------------------
@@ -364,7 +306,7 @@ class Inspector:
                 matches = []
                 for message_id, raw in sorted(raw_records.items()):
                     view = self._inflight_view(message_id, raw, workers[wid], now, problems)
-                    if view is not None and _matches(view, actor, queue, older_than):
+                    if view is not None and view.matches(actor, queue, older_than):
                         matches.append(view)
                 wanted = limit - len(items)
                 if len(matches) - skip > wanted:
@@ -388,46 +330,13 @@ class Inspector:
         except CorruptRecord as e:
             problems.append(Problem(self.keys.inflight(worker.worker_id), message_id, "unreadable record: %s" % e))
             return None
-        digest, mode = record.lock_digest_and_mode
-        return InflightView(
-            message_id=message_id,
-            worker_id=worker.worker_id,
-            worker_state=worker.state,
-            actor_name=record.actor_name,
-            queue_name=record.queue_name,
-            started_at=record.started_at,
-            running_for=max(0, now - record.started_at),
-            attempt=record.attempt,
-            recoveries=record.recoveries,
-            retries=record.retries,
-            max_recoveries=record.max_recoveries,
-            lock_digest=digest,
-            lock_mode=mode,
-            preview=record.preview,
-            hostname=worker.hostname,
-            pid=worker.pid,
-        )
+        return InflightView.of(record, worker, now)
 
     def _all_records(self, workers: Sequence[WorkerView]) -> Iterator[tuple[WorkerView, str, str]]:
         """Every record of these workers: (worker, message id, raw record)."""
-        small = [w for w in workers if 0 < w.inflight <= SCAN_COUNT * 4]
-        for start in range(0, len(small), PIPELINE_WORKERS):
-            batch = small[start : start + PIPELINE_WORKERS]
-            pipe = self.client.pipeline(transaction=False)
-            for worker in batch:
-                pipe.hgetall(self.keys.inflight(worker.worker_id))
-            for worker, records in zip(batch, pipe.execute(), strict=True):
-                for message_id, raw in records.items():
-                    if message_id != SEQUENCE_BYTES and message_id != SEQUENCE_FIELD:
-                        yield worker, text(message_id), text(raw)
-        for worker in (w for w in workers if w.inflight > SCAN_COUNT * 4):
-            scan = 0
-            while True:
-                scan, records = self.store.scan_inflight(worker.worker_id, scan, count=SCAN_COUNT)
-                for message_id, raw in records.items():
-                    yield worker, message_id, raw
-                if scan == 0:
-                    break
+        by_id = {worker.worker_id: worker for worker in workers}
+        for worker_id, message_id, raw in self.store.records_of([(w.worker_id, w.inflight) for w in workers]):
+            yield by_id[worker_id], message_id, raw
 
     def running(self, message_ids: Sequence[str]) -> dict[str, InflightView]:
         """Where these messages run now: their recorded attempts in flight, by message id.
@@ -438,26 +347,23 @@ class Inspector:
         """
         if not message_ids:
             return {}
-        owners = cast("list[Any]", self.client.hmget(self.keys.running, list(message_ids)))
+        owners = self.store.running_owners(message_ids)
         by_worker: dict[str, list[str]] = {}
         for message_id, owner in zip(message_ids, owners, strict=True):
             if owner is not None:
-                by_worker.setdefault(text(owner).split("|", 1)[0], []).append(message_id)
+                by_worker.setdefault(owner.split("|", 1)[0], []).append(message_id)
         if not by_worker:
             return {}
         now = self.server_time()
         views, _ = self._worker_views(self.store.registrations(sorted(by_worker)), now)
         workers = {view.worker_id: view for view in views}
-        pipe = self.client.pipeline(transaction=False)
         wanted = [(worker_id, ids) for worker_id, ids in sorted(by_worker.items()) if worker_id in workers]
-        for worker_id, ids in wanted:
-            pipe.hmget(self.keys.inflight(worker_id), ids)
         found: dict[str, InflightView] = {}
-        for (worker_id, ids), records in zip(wanted, pipe.execute() if wanted else [], strict=True):
+        for (worker_id, ids), records in zip(wanted, self.store.records(wanted), strict=True):
             for message_id, raw in zip(ids, records, strict=True):
                 if raw is None:
                     continue
-                view = self._inflight_view(message_id, text(raw), workers[worker_id], now, [])
+                view = self._inflight_view(message_id, raw, workers[worker_id], now, [])
                 if view is not None:
                     found[message_id] = view
         return found
@@ -473,7 +379,7 @@ class Inspector:
           limit(int): At most this many; ``Page.total`` says how many there are.
         """
         now = self.server_time()
-        views, problems = self._worker_views(self._all_registrations(), now)
+        views, problems = self._worker_views(self.store.all_registrations(), now)
         waiting = sorted((v for v in views if not v.alive), key=lambda v: v.worker_id)
         items: list[OrphanView] = []
         for worker, message_id, raw in self._all_records(waiting):
@@ -482,29 +388,14 @@ class Inspector:
             record = self._inflight_view(message_id, raw, worker, now, problems)
             if record is None:
                 continue
-            since = worker.overdue if worker.overdue is not None else 0
-            items.append(
-                OrphanView(
-                    message_id=message_id,
-                    worker_id=worker.worker_id,
-                    worker_state=worker.state,
-                    actor_name=record.actor_name,
-                    queue_name=record.queue_name,
-                    waiting_for=since,
-                    attempt=record.attempt,
-                    recoveries=record.recoveries,
-                    lock_digest=record.lock_digest,
-                    where="record",
-                )
-            )
+            items.append(OrphanView.of_record(record, worker))
         total = sum(worker.inflight for worker in waiting)
         for digest in sorted(self.store.identities()):
-            key = self.keys.outbox(digest)
-            total += int(self.client.hlen(key))
+            total += self.store.outbox_size(digest)
             if len(items) >= limit:
                 continue
-            for message_id, raw in self._scan_hash(key, limit - len(items)):
-                item = self._outbox_view(key, message_id, raw, now, problems)
+            for message_id, raw in self.store.outbox_entries(digest, limit - len(items)):
+                item = self._outbox_view(self.keys.outbox(digest), message_id, raw, now, problems)
                 if item is not None:
                     items.append(item)
         return Page(items, "", problems, total)
@@ -516,30 +407,7 @@ class Inspector:
         except (ValueError, KeyError, TypeError) as e:
             problems.append(Problem(key, message_id, "unreadable outbox entry: %s" % e))
             return None
-        return OrphanView(
-            message_id=message_id,
-            worker_id=worker_id,
-            worker_state="",
-            actor_name=record.actor_name,
-            queue_name=record.queue_name,
-            waiting_for=max(0, now - parked_at),
-            attempt=record.attempt,
-            recoveries=record.recoveries,
-            lock_digest=record.lock_digest_and_mode[0],
-            where="outbox",
-        )
-
-    def _scan_hash(self, key: str, limit: int) -> Iterator[tuple[str, str]]:
-        scan, given = 0, 0
-        while given < limit:
-            scan, found = self.client.hscan(key, scan, count=SCAN_COUNT)
-            for field, value in cast("dict[Any, Any]", found).items():
-                if given >= limit:
-                    return
-                given += 1
-                yield text(field), text(value)
-            if scan == 0:
-                return
+        return OrphanView.of_outbox(record, parked_at, now)
 
     # Locks --------------------------------------------------------------------------------
 
@@ -562,9 +430,8 @@ class Inspector:
           cursor(str): The cursor of the previous page.
         """
         now = self.server_time()
-        index = self.keys.locks
         start = int(cursor) if cursor.isdigit() else 0
-        total = int(self.client.zcard(index))
+        total = self.store.lock_count()
         items: list[LockInfo] = []
         while len(items) < limit and start < total:
             digests = self.store.lock_digests(start, SCAN_COUNT)
@@ -592,26 +459,17 @@ class Inspector:
         """Where a message runs now, what recovery did with it, and its recent events; None when
         the tracker knows nothing of it (never recorded running, recovered, or in an event)."""
         now = self.server_time()
-        k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hgetall(k.message(message_id))
-        pipe.pttl(k.message(message_id))
-        pipe.hget(k.running, message_id)
-        fields, ttl, owner = pipe.execute()
-        history = None
-        if fields:
-            decoded = {text(name): text(value) for name, value in fields.items()}
-            history = MessageHistory.from_fields(decoded, int(ttl) if int(ttl) >= 0 else None)
-        running_owner = text(owner) if owner is not None else ""
+        fields, ttl, running_owner = self.store.message_state(message_id)
+        history = MessageHistory.from_fields(fields, ttl) if fields else None
         running = None
         if running_owner:
             worker_id = running_owner.split("|", 1)[0]
-            raw = self.client.hget(k.inflight(worker_id), message_id)
+            raw = self.store.record(worker_id, message_id)
             registration = self.store.registration(worker_id)
             if raw is not None and registration is not None:
                 views, _ = self._worker_views({worker_id: registration}, now)
                 if views:
-                    running = self._inflight_view(message_id, text(raw), views[0], now, [])
+                    running = self._inflight_view(message_id, raw, views[0], now, [])
         lock = self.store.lock(running.lock_digest) if running is not None and running.lock_digest else None
         events = [
             event
@@ -622,102 +480,6 @@ class Inspector:
             return None
         return MessageView(message_id, history, running, running_owner, lock, events)
 
-    # Events and counters ------------------------------------------------------------------
-
-    def events(
-        self,
-        count: int = 50,
-        *,
-        kinds: Sequence[str] | None = None,
-        before: str = "+",
-        since: int | None = None,
-        worker_id: str | None = None,
-    ) -> list[TrackerEvent]:
-        """The newest events, newest first.
-
-        Parameters:
-          count(int): How many stream entries to read (fewer are returned with ``kinds`` or ``worker_id``).
-          kinds(list[str]): Only these kinds.
-          before(str): Only those before this stream id (exclusive), to page back.
-          since(int): Only those written at or after this time (server ms since the epoch).
-          worker_id(str): Only those about this worker (the dead one, the zombie).
-        """
-        maximum = before if before == "+" else "(" + before
-        entries = self.store.events(count, before=maximum, after="-" if since is None else str(since))
-        found = [TrackerEvent.from_fields(fields, entry_id) for entry_id, fields in entries]
-        return [
-            event
-            for event in found
-            if (not kinds or event.kind in kinds) and (worker_id is None or event.worker_id == worker_id)
-        ]
-
-    def timeline(
-        self,
-        kinds: Sequence[str],
-        *,
-        window: int = 3_600_000,
-        buckets: int = 60,
-        limit: int = 10_000,
-        since: int | None = None,
-    ) -> Timeline:
-        """Events of some kinds counted over the last ``window``, in ``buckets`` of equal width
-        aligned on multiples of their width (by the stream ids: the Redis server's clock).  They are
-        counted on the server, a batch of entries per script call; none is sent to the client.
-
-        Parameters:
-          kinds(list[str]): The kinds to count (``"recovered"``, ``"worker-dead"``, ...).
-          window(int): How far back, in milliseconds.
-          buckets(int): How many buckets.
-          limit(int): At most this many stream entries are read, the newest first; beyond it the
-            timeline is not ``complete``.
-          since(int): Count only the events written at or after this time (server ms): the buckets
-            before it stay 0 (for a caller that kept the counts of the buckets that ended).
-
-        Raises:
-          ConfigurationError: When ``window`` or ``buckets`` is not positive.
-        """
-        if buckets < 1 or window < buckets:
-            raise ConfigurationError("timeline", "needs at least one bucket of at least 1 ms")
-        step = window // buckets
-        end = -(-self.server_time() // step) * step
-        start = end - step * buckets
-        counts = {kind: [0] * buckets for kind in kinds}
-        before, read = "+", 0
-        while read < limit:
-            asked = min(TIMELINE_BATCH, limit - read)
-            found, oldest, batch = self.store.count_events(
-                kinds, start, step, buckets, before=before, after=max(start, since or 0), count=asked
-            )
-            for kind, series in batch.items():
-                counts[kind] = [a + b for a, b in zip(counts[kind], series, strict=True)]
-            read += found
-            if found < asked:
-                return Timeline(start, step, counts)
-            before = "(" + oldest
-        return Timeline(start, step, counts, complete=False)
-
-    def events_after(self, after: str, *, count: int = 100) -> list[TrackerEvent]:
-        """Events written after the stream id ``after`` ("0" for the oldest), oldest first: to follow
-        the stream, pass the id of the last event seen."""
-        entries = self.store.events_after(after, count)
-        return [TrackerEvent.from_fields(fields, entry_id) for entry_id, fields in entries]
-
-    def last_event_id(self) -> str:
-        """The stream id of the newest event, or "0" when there is none."""
-        newest = self.store.events(1)
-        return newest[0][0] if newest else "0"
-
-    def counters(self) -> Counters:
-        """What the tracker counted: events by kind, and its sweeps."""
-        found = self.store.counters()
-        sweep_fields = {"sweeps", "sweep_ms", "last_sweep_ms"}
-        return Counters(
-            events={kind: count for kind, count in found.items() if kind not in sweep_fields},
-            sweeps=found.get("sweeps", 0),
-            sweep_ms=found.get("sweep_ms", 0),
-            last_sweep_ms=found.get("last_sweep_ms", 0),
-        )
-
     # At a glance --------------------------------------------------------------------------
 
     def status(self) -> ClusterStatus:
@@ -725,11 +487,11 @@ class Inspector:
         orphans waiting, locks held, counters.  The records are counted on the server, a batch of
         workers per script call (see ``benchmarks/inspection.py`` for what it costs)."""
         now = self.server_time()
-        views, problems = self._worker_views(self._all_registrations(), now)
+        views, problems = self._worker_views(self.store.all_registrations(), now)
         states = {state: 0 for state in (ALIVE, UNRESPONSIVE, RECOVERING, DEAD, FENCED)}
         for view in views:
             states[view.state] += 1
-        for view in self.dead_workers(limit=int(self.client.zcard(self.keys.dead_workers)) or 1):
+        for view in self.dead_workers(limit=self.store.tombstone_count() or 1):
             states[view.state] += 1
         queues: dict[str, list[int]] = {}
         actors: dict[str, int] = {}
@@ -745,19 +507,14 @@ class Inspector:
                 Problem(self.keys.inflight(worker_id), message_id, "unreadable record")
                 for worker_id, message_id in summary.corrupt
             ]
-        pipe = self.client.pipeline(transaction=False)
-        for digest in sorted(self.store.identities()):
-            pipe.hlen(self.keys.outbox(digest))
-        pipe.zcount(self.keys.locks, now, "+inf")
-        *outboxes, locks = pipe.execute()
-        outbox = sum(int(n) for n in outboxes)
+        outbox, locks = self.store.outbox_and_lock_counts(sorted(self.store.identities()), now)
         return ClusterStatus(
             at=now,
             workers=states,
             inflight=sum(totals[0] for totals in queues.values()),
             orphans=sum(totals[1] for totals in queues.values()) + outbox,
             outbox=outbox,
-            locks=int(locks),
+            locks=locks,
             queues=[
                 QueueStatus(name, totals[0], totals[1], max(0, now - totals[2]))
                 for name, totals in sorted(queues.items())
@@ -776,20 +533,18 @@ class Inspector:
           limit(int): How many.
         """
         now = self.server_time()
-        views, problems = self._worker_views(self._all_registrations(), now)
+        views, problems = self._worker_views(self.store.all_registrations(), now)
         workers = {view.worker_id: view for view in views}
         found: list[tuple[str, str, int]] = []
-        for batch in _batches([v for v in views if v.inflight]):
+        for batch in script_batches([v for v in views if v.inflight], _records):
             found += self.store.oldest_inflight([view.worker_id for view in batch], limit)
         found = sorted(found, key=lambda entry: (entry[2], entry[1]))[: max(0, limit)]
-        pipe = self.client.pipeline(transaction=False)
-        for worker_id, message_id, _ in found:
-            pipe.hget(self.keys.inflight(worker_id), message_id)
+        records = self.store.records([(worker_id, [message_id]) for worker_id, message_id, _ in found])
         items = []
-        for (worker_id, message_id, _), raw in zip(found, pipe.execute() if found else [], strict=True):
+        for (worker_id, message_id, _), (raw,) in zip(found, records, strict=True):
             if raw is None:  # it completed since
                 continue
-            view = self._inflight_view(message_id, text(raw), workers[worker_id], now, problems)
+            view = self._inflight_view(message_id, raw, workers[worker_id], now, problems)
             if view is not None:
                 items.append(view)
         return Page(items, "", problems)
@@ -798,59 +553,12 @@ class Inspector:
         """The workers' records counted on the server, in batches of about :data:`SUMMARY_RECORDS`."""
         return [
             self.store.summarize_inflight([(view.worker_id, view.alive) for view in batch])
-            for batch in _batches(workers)
+            for batch in script_batches(workers, _records)
         ]
 
-    def _all_registrations(self) -> dict[str, str]:
-        """Every registration, read with ``HSCAN``."""
-        registrations: dict[str, str] = {}
-        scan = 0
-        while True:
-            scan, batch = self.store.scan_workers(scan, count=SCAN_COUNT)
-            registrations.update(batch)
-            if scan == 0:
-                return registrations
 
-
-def _unhealthy(view: WorkerView, process_gone: bool) -> str:
-    """Why a worker is not alive and heartbeating, or "" when it is."""
-    who = (
-        "worker %r (host %r, pid %d)" % (view.worker_id, view.hostname, view.pid)
-        if view.hostname
-        else ("worker %r" % view.worker_id)
-    )
-    if view.state == ALIVE:
-        return "%s is gone: its process exited (its heartbeat has not expired yet)" % who if process_gone else ""
-    if view.state == UNRESPONSIVE:
-        overdue = " %d ms ago" % view.overdue if view.overdue is not None else ""
-        return "%s is unresponsive: its heartbeat expired%s" % (who, overdue)
-    if view.state == RECOVERING:
-        return "%s was declared dead: its messages are being recovered" % who
-    if view.state == FENCED:
-        return "%s was declared dead while alive (fenced): its process goes on as worker %r" % (who, view.fenced_as)
-    return "%s was declared dead" % who
-
-
-def _batches(workers: Sequence[WorkerView]) -> list[list[WorkerView]]:
-    """Workers in batches of about :data:`SUMMARY_RECORDS` records and at most :data:`PIPELINE_WORKERS`
-    workers: what one read-only script call may read without blocking Redis long."""
-    batches: list[list[WorkerView]] = [[]]
-    records = 0
-    for worker in workers:
-        if batches[-1] and (records + worker.inflight > SUMMARY_RECORDS or len(batches[-1]) >= PIPELINE_WORKERS):
-            batches.append([])
-            records = 0
-        batches[-1].append(worker)
-        records += worker.inflight
-    return [batch for batch in batches if batch]
-
-
-def _matches(view: InflightView, actor: str | None, queue: str | None, older_than: int | None) -> bool:
-    return (
-        (actor is None or view.actor_name == actor)
-        and (queue is None or view.queue_name == queue)
-        and (older_than is None or view.running_for > older_than)
-    )
+def _records(worker: WorkerView) -> int:
+    return worker.inflight
 
 
 def _lock_matches(lock: LockInfo, actor: str | None, owner: str | None, older_than: int | None, now: int) -> bool:

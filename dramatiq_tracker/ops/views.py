@@ -1,15 +1,18 @@
 """What the inspection API returns (:mod:`dramatiq_tracker.ops.inspection`): typed views of the
 tracker's Redis, the same for the command line, the exporter and the dashboard, and the
-schema of the command's ``--json`` output."""
+schema of the command's ``--json`` output; each built, by the inspector, from the records it read."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ..events import TrackerEvent
 from ..store import LockInfo, to_int
+
+if TYPE_CHECKING:
+    from ..records import InflightRecord, WorkerInfo
 
 T = TypeVar("T")
 
@@ -101,6 +104,66 @@ class WorkerView:
     def alive(self) -> bool:
         return self.state == ALIVE
 
+    @classmethod
+    def judge(cls, info: WorkerInfo, state: tuple[int | None, int | None, int | None, int], now: int) -> WorkerView:
+        """A registered worker, judged by what ``lua/worker_states.lua`` read of it at ``now``.
+
+        Parameters:
+          state(tuple): (last heartbeat, declared dead at, heartbeat deadline, records in flight), server ms.
+        """
+        last_beat, declared, deadline, inflight = state
+        if declared is not None:
+            judged = RECOVERING
+        elif last_beat is not None:
+            judged = ALIVE
+        else:
+            judged = UNRESPONSIVE
+        return cls(
+            worker_id=info.worker_id,
+            state=judged,
+            hostname=info.hostname,
+            pid=info.pid,
+            queues=info.queues,
+            broker_kind=info.broker_kind,
+            broker_identity=info.broker_identity,
+            worker_threads=info.worker_threads,
+            started_at=info.started_at,
+            heartbeat_age=max(0, now - last_beat) if last_beat is not None else None,
+            overdue=max(0, now - deadline) if deadline is not None and now > deadline else None,
+            inflight=inflight,
+            declared_dead_at=declared,
+            tracker_version=info.tracker_version,
+            dramatiq_version=info.dramatiq_version,
+        )
+
+    @classmethod
+    def tombstone(cls, worker_id: str, declared_dead_at: int, fenced_as: str) -> WorkerView:
+        """A worker declared dead whose registration is gone; fenced when it went on as ``fenced_as``."""
+        return cls(
+            worker_id=worker_id,
+            state=FENCED if fenced_as else DEAD,
+            declared_dead_at=declared_dead_at,
+            fenced_as=fenced_as,
+        )
+
+    def unhealthy(self, process_gone: bool) -> str:
+        """Why this worker is not alive and heartbeating, or "" when it is."""
+        who = (
+            "worker %r (host %r, pid %d)" % (self.worker_id, self.hostname, self.pid)
+            if self.hostname
+            else ("worker %r" % self.worker_id)
+        )
+        if self.state == ALIVE:
+            return "%s is gone: its process exited (its heartbeat has not expired yet)" % who if process_gone else ""
+        if self.state == UNRESPONSIVE:
+            overdue = " %d ms ago" % self.overdue if self.overdue is not None else ""
+            return "%s is unresponsive: its heartbeat expired%s" % (who, overdue)
+        if self.state == RECOVERING:
+            return "%s was declared dead: its messages are being recovered" % who
+        if self.state == FENCED:
+            return "%s was declared dead while alive (fenced): its process goes on as worker %r" % (who, self.fenced_as)
+        return "%s was declared dead" % who
+
 
 @dataclasses.dataclass(frozen=True)
 class InflightView:
@@ -142,6 +205,37 @@ class InflightView:
     hostname: str
     pid: int
 
+    @classmethod
+    def of(cls, record: InflightRecord, worker: WorkerView, now: int) -> InflightView:
+        """A worker's record, at ``now`` (server ms)."""
+        digest, mode = record.lock_digest_and_mode
+        return cls(
+            message_id=record.message_id,
+            worker_id=worker.worker_id,
+            worker_state=worker.state,
+            actor_name=record.actor_name,
+            queue_name=record.queue_name,
+            started_at=record.started_at,
+            running_for=max(0, now - record.started_at),
+            attempt=record.attempt,
+            recoveries=record.recoveries,
+            retries=record.retries,
+            max_recoveries=record.max_recoveries,
+            lock_digest=digest,
+            lock_mode=mode,
+            preview=record.preview,
+            hostname=worker.hostname,
+            pid=worker.pid,
+        )
+
+    def matches(self, actor: str | None, queue: str | None, older_than: int | None) -> bool:
+        """Whether it is of this actor and this queue, running for longer than ``older_than`` ms (None: any)."""
+        return (
+            (actor is None or self.actor_name == actor)
+            and (queue is None or self.queue_name == queue)
+            and (older_than is None or self.running_for > older_than)
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class OrphanView:
@@ -172,6 +266,38 @@ class OrphanView:
     recoveries: int
     lock_digest: str
     where: str
+
+    @classmethod
+    def of_record(cls, record: InflightView, worker: WorkerView) -> OrphanView:
+        """The record of a worker that is not alive."""
+        return cls(
+            message_id=record.message_id,
+            worker_id=worker.worker_id,
+            worker_state=worker.state,
+            actor_name=record.actor_name,
+            queue_name=record.queue_name,
+            waiting_for=worker.overdue if worker.overdue is not None else 0,
+            attempt=record.attempt,
+            recoveries=record.recoveries,
+            lock_digest=record.lock_digest,
+            where="record",
+        )
+
+    @classmethod
+    def of_outbox(cls, record: InflightRecord, parked_at: int, now: int) -> OrphanView:
+        """An outbox entry: the record it was parked with, at ``parked_at`` (server ms)."""
+        return cls(
+            message_id=record.message_id,
+            worker_id=record.worker_id,
+            worker_state="",
+            actor_name=record.actor_name,
+            queue_name=record.queue_name,
+            waiting_for=max(0, now - parked_at),
+            attempt=record.attempt,
+            recoveries=record.recoveries,
+            lock_digest=record.lock_digest_and_mode[0],
+            where="outbox",
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -14,13 +15,14 @@ from ..brokers import REDIS, STUB, as_redis_broker, broker_kind
 from ..events import QUARANTINED, RECOVERED, TrackerEvent
 from ..keys import RedisBrokerKeys
 from ..middleware import find_tracker
+from ..ops.reads import InspectionStore
 from ..orphans import BROKER_REDELIVERS, REDELIVERED
 from ..store import text
 
 if TYPE_CHECKING:
     from dramatiq import Broker
 
-    from ..store import LockInfo, TrackerStore
+    from ..store import LockInfo
 from .config import _POLL, TrackerTestConfig, TrackerTestError
 from .runs import Run, read_runs
 
@@ -50,9 +52,10 @@ class TrackerChecks:
         self.config = config
         self.namespace = self.tracker.settings.namespace
 
-    @property
-    def store(self) -> TrackerStore:
-        return self.tracker.store
+    @functools.cached_property
+    def store(self) -> InspectionStore:
+        """The tracker's Redis, read as the inspection API reads it."""
+        return InspectionStore(self.tracker.store.client, self.namespace)
 
     # What is known --------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -21,13 +22,13 @@ from dramatiq.logging import get_logger
 from ..brokers import REDIS, STUB, as_redis_broker, broker_kind
 from ..host import HostFacts
 from ..middleware import find_tracker
+from ..ops.reads import InspectionStore
 from ..orphans import RecoveryReport
 from ..records import CorruptRecord, WorkerInfo
 
 if TYPE_CHECKING:
     from dramatiq import Broker, MessageProxy, Worker
 
-    from ..store import TrackerStore
 from .boot import boot_worker
 from .brokers import _running, _stopped, _unhook, start_worker, stop_worker
 from .config import (
@@ -154,9 +155,10 @@ class Crashes:
         #: Crashed and killed workers not recovered yet, by worker id.
         self.pending: dict[str, CrashedWorker] = {}
 
-    @property
-    def store(self) -> TrackerStore:
-        return self.tracker.store
+    @functools.cached_property
+    def store(self) -> InspectionStore:
+        """The tracker's Redis, read as the inspection API reads it."""
+        return InspectionStore(self.tracker.store.client, self.tracker.settings.namespace)
 
     # In-process workers ------------------------------------------------------------------
 

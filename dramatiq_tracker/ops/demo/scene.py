@@ -24,7 +24,7 @@ from ...brokers import consumer_queues
 from ...connection import delete_keys
 from ...keys import Keys
 from ...records import WorkerInfo
-from ...store import TrackerStore
+from ..reads import InspectionStore
 from . import DemoError
 from .environment import ACTOR_NAME, QUEUE, DemoConfig
 from .journal import DONE, STARTED, Event, Journal
@@ -59,7 +59,7 @@ class Scene:
         self.workdir = workdir
         self.narrator = narrator
         self.settings = config.tracker_settings()
-        self.store = TrackerStore(client, config.tracker_namespace)
+        self.store = InspectionStore(client, config.tracker_namespace)
         self.broker_store = BrokerStore(client, config.broker_namespace, config.tracker_namespace)
         self.journal = Journal(client, config.events_key)
         self.workers: list[DemoWorker] = []

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ...host import HostFacts
 from ...records import CorruptRecord, WorkerInfo
-from ...store import TrackerStore
+from ..reads import InspectionStore
 from . import DemoError
 from .environment import DemoConfig
 
@@ -30,7 +30,7 @@ STOP_TIMEOUT = 5_000
 POLL_INTERVAL = 20
 
 
-def registered_workers(store: TrackerStore) -> list[WorkerInfo]:
+def registered_workers(store: InspectionStore) -> list[WorkerInfo]:
     """The workers registered with the tracker, skipping unreadable registrations."""
     found = []
     for raw in store.workers().values():
@@ -82,11 +82,11 @@ class DemoWorker:
         """The pid of its worker process (not of the CLI process), once registered."""
         return self.info.pid if self.info else 0
 
-    def wait_registered(self, store: TrackerStore, known: Collection[str]) -> WorkerInfo:
+    def wait_registered(self, store: InspectionStore, known: Collection[str]) -> WorkerInfo:
         """Wait until the worker process registers with the tracker.
 
         Parameters:
-          store(TrackerStore): The demo's tracker store.
+          store(InspectionStore): The demo's tracker store.
           known(Collection[str]): Ids of the workers registered before this one started.
 
         Raises:
