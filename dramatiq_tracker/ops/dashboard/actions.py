@@ -5,8 +5,8 @@ then a POST (with a CSRF token, checked by the application) that does it through
 
 from __future__ import annotations
 
-from .http import Request
 from .pages import Pages, Rendered
+from .wsgi import Request
 
 #: The modes of an abort: dramatiq-abort's.
 ABORT_MODES = ("cancel", "abort")

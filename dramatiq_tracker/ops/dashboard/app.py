@@ -23,9 +23,9 @@ from ...settings import DEFAULT_NAMESPACE
 from .. import formatting
 from ..inspection import Inspector
 from . import actions
-from .http import HTML, BadRequest, Request, Response
 from .pages import Pages, Rendered
 from .security import CSRF_FIELD, SESSION_COOKIE, TOKEN_COOKIE, Guard, cookie, secure
+from .wsgi import HTML, BadRequest, Request, Response
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment

@@ -26,7 +26,7 @@ from ..actions import Operator
 from ..inspection import DEAD, FENCED, RECOVERING, UNRESPONSIVE, Inspector
 from ..views import InflightView, Timeline, WorkerView
 from .charts import timeline_chart
-from .http import Request
+from .wsgi import Request
 
 #: What the overview's chart counts: event kind and label, stacked bottom first.
 CHART_SERIES = ((RECOVERED, "recovered"), (QUARANTINED, "quarantined"), (ABORT_HONOURED, "not delivered (aborted)"))

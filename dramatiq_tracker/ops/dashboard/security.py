@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import secrets
 
-from .http import Request, Response
+from .wsgi import Request, Response
 
 #: The cookie holding the random session id that CSRF tokens are bound to.
 SESSION_COOKIE = "dramatiq_tracker_session"
