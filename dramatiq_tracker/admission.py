@@ -36,7 +36,6 @@ import redis
 from dramatiq.logging import get_logger
 from dramatiq.message import Message
 
-from .claims import Candidate
 from .events import (
     ABORT_HONOURED,
     DEFERRAL_FAILED,
@@ -47,7 +46,7 @@ from .events import (
 )
 from .host import HostFacts
 from .options import DEFERRED_OPTION, QUARANTINE_OPTION, REVOKED_OPTION
-from .orphans import BROKER_REDELIVERS, DROPPED, QUARANTINED_OUTCOME, REDELIVERED
+from .orphans import BROKER_REDELIVERS, DROPPED, QUARANTINED_OUTCOME, REDELIVERED, Candidate
 from .records import CorruptRecord, WorkerInfo
 from .unique import UNTIL_EXECUTED, UNTIL_EXECUTING, lock_of
 
@@ -56,10 +55,9 @@ if TYPE_CHECKING:
 
     from dramatiq import Broker
 
-    from .claims import Claims
     from .events import Events
     from .health import ConnectionHealth
-    from .orphans import LockCleaners, Settlement
+    from .orphans import Claims, LockCleaners, Settlement
     from .recorder import Recorder
     from .records import InflightRecord
     from .registry import Delivery, InflightRegistry

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from .keys import RedisBrokerKeys
-from .store import Scripts, text
+from .scripts import Scripts, text
 
 if TYPE_CHECKING:
     import redis

@@ -154,6 +154,43 @@ _RECORD_DEFAULTS: list[Any] = ["", "", 0, "", 0, "", 0, 0, 0, "", "", "", ""]
 
 
 @dataclasses.dataclass(frozen=True)
+class AttemptName:
+    """One attempt at processing a message, as the running index and the history name it:
+    ``"<worker id>|<token>|<retries>"``.
+
+    The token is unique within its worker (hexadecimal); ``retries`` is Dramatiq's retry count of
+    the attempt, so that a retry is never taken for a duplicate of the attempt it follows.
+
+    Parameters:
+      worker_id(str)
+      token(str)
+      retries(int)
+    """
+
+    worker_id: str
+    token: str
+    retries: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> AttemptName:
+        """Read a name back; a name without retries (``"<worker id>|<token>"``) has 0."""
+        head, _, last = text.rpartition("|")
+        worker_id, _, token = head.rpartition("|")
+        if not worker_id or not last.isdigit():
+            return cls(head, last, 0)
+        return cls(worker_id, token, int(last))
+
+    @property
+    def text(self) -> str:
+        return "%s|%s|%d" % (self.worker_id, self.token, self.retries)
+
+    @property
+    def attempt_id(self) -> str:
+        """``"<worker id>|<token>"``: the attempt, whatever its retries."""
+        return "%s|%s" % (self.worker_id, self.token)
+
+
+@dataclasses.dataclass(frozen=True)
 class InflightRecord:
     """One message being processed by one worker, as written to Redis.
 

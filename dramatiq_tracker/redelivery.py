@@ -33,9 +33,8 @@ from dramatiq.message import Message
 
 from .broker_store import BrokerStore, MoveAction, OrphanMove
 from .brokers import RABBITMQ, REDIS, as_redis_broker, consumer_queues
-from .claims import Candidate, Claims
 from .options import ATTEMPT_OPTION, QUARANTINE_OPTION, RECOVERIES_OPTION, attempt_of
-from .orphans import DROPPED, QUARANTINED_OUTCOME, REDELIVERED, LockCleaners, Orphan
+from .orphans import DROPPED, QUARANTINED_OUTCOME, REDELIVERED, Candidate, Claims, LockCleaners, Orphan
 from .records import CorruptRecord, InflightRecord, WorkerInfo
 from .store import parse_outbox_entry
 

@@ -22,17 +22,15 @@ from dramatiq.middleware import SkipMessage
 from .abort import AbortBridge
 from .broker_store import BrokerStore
 from .brokers import RABBITMQ, REDIS, BrokerFacts, as_redis_broker
-from .channels import fetched_on_closed_channel, unwatch_channels, watch_channels
-from .claims import Claims
 from .connection import resolve_client
 from .errors import TrackerError, TrackerNotConfigured
 from .events import EventCallbacks, Events
 from .health import ConnectionHealth
 from .keys import identity_digest
 from .options import ACTOR_OPTIONS, AT_RISK_MARKS, REVOKED_OPTION, SPECIAL_OPTIONS, UNIQUE_MARKS, attempt_of
-from .orphans import LockCleaner, LockCleaners, Settlement
+from .orphans import Claims, LockCleaner, LockCleaners, Quarantine, Settlement
 from .policies import Policies
-from .quarantine import Quarantine
+from .rabbitmq import fetched_on_closed_channel, unwatch_channels, watch_channels
 from .recovery import Recovery
 from .redelivery import redelivery_for
 from .session import WorkerSession

@@ -8,25 +8,24 @@ its own.  The operator tools read through their own store, built on this one
 as redis-py does; deciding what an outage means is the caller's business.
 
 Scripts are shipped in ``dramatiq_tracker/lua``, one per atomic operation,
-each headed by its KEYS/ARGV/return contract.  Every key a script touches is
-passed in ``KEYS``, and all of a namespace's keys share one hash tag, so
-they work on a Redis Cluster as on a single server.
+each headed by its KEYS/ARGV/return contract, and loaded by
+:mod:`dramatiq_tracker.scripts`.  Every key a script touches is passed in
+``KEYS``, and all of a namespace's keys share one hash tag, so they work on
+a Redis Cluster as on a single server.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from importlib import resources
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal
 
 from .keys import Keys
+from .scripts import Scripts, checked_reply, text, to_int
 
 if TYPE_CHECKING:
     import redis
-    from redis.commands.core import Script
 
     from .records import WorkerInfo
 
@@ -46,82 +45,6 @@ LockOutcome = Literal["deleted", "transferred", ""]
 Completion = Literal["ack", "nack", "void"]
 #: What taking a uniqueness lock found.
 LockStatus = Literal["acquired", "owned", "conflict"]
-
-
-def text(value: Any) -> str:
-    """Redis replies are bytes unless the client decodes them: make them str."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
-
-
-_allowed_replies: dict[int, frozenset[str]] = {}
-
-
-def _allowed(contract: Any) -> frozenset[str]:
-    # By identity: hashing a Literal type costs microseconds, and a sweep checks thousands of replies.
-    allowed = _allowed_replies.get(id(contract))
-    if allowed is None:
-        allowed = _allowed_replies[id(contract)] = frozenset(get_args(contract))
-    return allowed
-
-
-def _reply(value: Any, contract: Any) -> Any:
-    """A script's reply, checked against the ``Literal`` type of its contract.
-
-    Raises:
-      ValueError: When the script replied something its contract does not allow (a script of
-        another version of the package runs under the same name).
-    """
-    allowed = _allowed(contract)
-    if value in allowed:
-        return value
-    found = text(value) if value is not None else ""
-    if found not in allowed:
-        raise ValueError("unexpected script reply %r (expected one of %s)" % (found, ", ".join(sorted(allowed))))
-    return found
-
-
-def to_int(value: Any) -> int:
-    """A Redis reply (or a text) as an int; 0 when it is none or not a number."""
-    try:
-        return int(text(value) if value is not None else 0)
-    except ValueError:
-        return 0
-
-
-#: The package whose ``lua/`` holds the core's scripts.
-CORE_SCRIPTS = "dramatiq_tracker"
-
-
-@functools.cache
-def script_source(name: str, package: str = CORE_SCRIPTS) -> str:
-    """The text of ``lua/<name>.lua`` in ``package``: the core's scripts, or those of the operator
-    tools (``dramatiq_tracker.ops``), which the core never runs."""
-    return resources.files(package).joinpath("lua").joinpath(name + ".lua").read_text(encoding="utf-8")
-
-
-class Scripts:
-    """The scripts of one package's ``lua/`` registered on one Redis client.
-
-    Registration only computes SHA1s; redis-py loads a script into the
-    server on first use and again after a ``SCRIPT FLUSH`` or a restart.
-
-    Parameters:
-      client(redis.Redis)
-      package(str): Whose scripts: the core's by default.
-    """
-
-    def __init__(self, client: redis.Redis, package: str = CORE_SCRIPTS) -> None:
-        self._client = client
-        self._package = package
-        self._scripts: dict[str, Script] = {}
-
-    def __call__(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        script = self._scripts.get(name)
-        if script is None:
-            script = self._scripts[name] = self._client.register_script(script_source(name, self._package))
-        return script(keys=list(keys), args=list(args))
 
 
 # The contract of the scripts ---------------------------------------------------------------
@@ -300,7 +223,7 @@ class TrackerStore:
         ]  # fmt: skip
         args = [wid, info.to_json(), heartbeat_timeout, identity, info.broker_identity, len(zombies)]
         reply = self.scripts("register", keys, [*args, *_flat(zombies), *_flat(records)])
-        status: RegisterStatus = _reply(reply, RegisterStatus)
+        status: RegisterStatus = checked_reply(reply, RegisterStatus)
         return status
 
     def heartbeat(self, worker_id: str, identity: str, heartbeat_timeout: int, writes: tuple[int, int]) -> WriteStatus:
@@ -312,7 +235,7 @@ class TrackerStore:
         k = self.keys
         keys = [k.workers, k.deadlines(identity), k.dead_workers, k.heartbeat(worker_id), k.inflight(worker_id)]
         reply = self.scripts("heartbeat", keys, [worker_id, heartbeat_timeout, *writes])
-        status: WriteStatus = _reply(reply, WriteStatus)
+        status: WriteStatus = checked_reply(reply, WriteStatus)
         return status
 
     def flush(
@@ -333,7 +256,7 @@ class TrackerStore:
         keys = [k.workers, k.dead_workers, k.inflight(worker_id), k.running]
         keys += [k.message(message_id) for message_id, _, _ in ended]
         args = [worker_id, *writes, len(started), *_flat(started), *_flat(ended)]
-        status: WriteStatus = _reply(self.scripts("flush", keys, args), WriteStatus)
+        status: WriteStatus = checked_reply(self.scripts("flush", keys, args), WriteStatus)
         return status
 
     def begin_at_risk(
@@ -348,7 +271,7 @@ class TrackerStore:
         k = self.keys
         keys = [k.workers, k.dead_workers, k.inflight(worker_id), k.running, k.message(message_id)]
         reply = [text(item) for item in self.scripts("begin_at_risk", keys, [worker_id, owner, message_id, record])]
-        status: Literal["ok", "fenced", "unknown"] = _reply(reply[0], Literal["ok", "fenced", "unknown"])
+        status: Literal["ok", "fenced", "unknown"] = checked_reply(reply[0], Literal["ok", "fenced", "unknown"])
         if status != "ok":
             return status
         return AtRiskStart(reply[1], dict(zip(reply[2::2], reply[3::2], strict=True)))
@@ -437,7 +360,7 @@ class TrackerStore:
         k = self.keys
         keys = [k.workers, k.deadlines(identity), k.dead_workers, k.heartbeat(worker_id), k.inflight(worker_id)]
         reply = self.scripts("declare_dead", keys, [worker_id, int(process_gone), retry_after, int(dry_run)])
-        status: DeathStatus = _reply(reply[0], DeathStatus)
+        status: DeathStatus = checked_reply(reply[0], DeathStatus)
         if status != "dead":
             return DeclaredDead(status)
         flat = [text(item) for item in reply[2:]]
@@ -490,8 +413,8 @@ class TrackerStore:
                 attempt=int(attempt),
                 claim_age=int(age),
                 awaiting=awaiting == 1,
-                lock=_reply(lock, LockOutcome),
-                outcome=_reply(outcome, Outcome),
+                lock=checked_reply(lock, LockOutcome),
+                outcome=checked_reply(outcome, Outcome),
             )
             for running, taken, recoveries, attempt, age, awaiting, lock, outcome in replies
         ]
@@ -557,7 +480,7 @@ class TrackerStore:
         k = self.keys
         args = [digest, message_id, attempt, mode, actor_name, queue_name, worker_id, ttl or 0]
         reply = [text(item) for item in self.scripts("acquire_lock", [k.lock(digest), k.locks], args)]
-        status: LockStatus = _reply(reply[0], LockStatus)
+        status: LockStatus = checked_reply(reply[0], LockStatus)
         return status, (reply[1] if len(reply) > 1 else ""), (reply[2] if len(reply) > 2 else "")
 
     def release_lock(self, digest: str, message_id: str, attempt: int, worker_id: str) -> bool:

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ..keys import SEQUENCE_FIELD
-from ..store import LockInfo, Scripts, TrackerStore, text, to_int
+from ..scripts import Scripts, text, to_int
+from ..store import LockInfo, TrackerStore
 
 if TYPE_CHECKING:
     import redis

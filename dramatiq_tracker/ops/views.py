@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ..events import TrackerEvent
-from ..store import LockInfo, to_int
+from ..scripts import to_int
+from ..store import LockInfo
 
 if TYPE_CHECKING:
     from ..records import InflightRecord, WorkerInfo

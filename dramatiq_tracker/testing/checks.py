@@ -17,7 +17,7 @@ from ..keys import RedisBrokerKeys
 from ..middleware import find_tracker
 from ..ops.reads import InspectionStore
 from ..orphans import BROKER_REDELIVERS, REDELIVERED
-from ..store import text
+from ..scripts import text
 
 if TYPE_CHECKING:
     from dramatiq import Broker

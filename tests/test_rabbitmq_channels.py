@@ -1,4 +1,4 @@
-"""Which consumer may ack a RabbitMQ delivery: the pure logic of dramatiq_tracker.channels.
+"""Which consumer may ack a RabbitMQ delivery: the pure logic of dramatiq_tracker.rabbitmq.
 
 The behaviour with real workers and a real RabbitMQ is in tests/test_rabbitmq_reconnect.py.
 """
@@ -11,7 +11,7 @@ from typing import Any
 from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.message import Message
 
-from dramatiq_tracker.channels import ChannelConsumer, fetched_on_closed_channel, unwatch_channels, watch_channels
+from dramatiq_tracker.rabbitmq import ChannelConsumer, fetched_on_closed_channel, unwatch_channels, watch_channels
 
 
 class FakeConsumer(Consumer):
