@@ -51,7 +51,7 @@ def measure(server: RedisServer, kind: str, workers: int, messages: int, size: i
         broker.add_middleware(tracker)
         dramatiq.actor(lambda text: None, broker=broker, actor_name="work", queue_name="bench")
         tracker.before_worker_boot(broker, Worker(broker, worker_threads=8))
-        session = tracker.runtime._session
+        session = tracker._process
         assert session is not None
         session.recorder.stop()
         session.sweeper.stop()
@@ -79,7 +79,7 @@ def measure(server: RedisServer, kind: str, workers: int, messages: int, size: i
         for proxy in proxies:
             tracker.after_ack(broker, proxy)
         session.recorder.flush(everything=True)
-        tracker.runtime._session = None
+        tracker._process = None
     client.close()
     return (after - before) / (workers * messages), encoded
 

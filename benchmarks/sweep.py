@@ -116,7 +116,7 @@ def measure(url: str, workers: int, records: int, dead: int) -> tuple[float, int
     client: Any = broker.client
     try:
         orphans = fill(broker, tracker, workers, records, dead)
-        recovery = tracker.runtime.parts.recovery
+        recovery = tracker.wiring.recovery
         started = time.perf_counter()
         # What Sweeper.tick does, without its time budget: this measures the whole of one sweep.
         report = recovery.recover_local()

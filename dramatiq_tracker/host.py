@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import secrets
 import socket
 
 
@@ -69,6 +71,11 @@ class HostFacts:
             boot_id=_read("/proc/sys/kernel/random/boot_id"),
             pid_namespace=_pid_namespace(),
         )
+
+    def new_worker_id(self) -> str:
+        """``<hostname>-<pid>-<random>``: readable, and unique even when pids are reused."""
+        hostname = re.sub(r"[^A-Za-z0-9._-]", "_", self.hostname) or "host"
+        return "%s-%d-%s" % (hostname, self.pid, secrets.token_hex(3))
 
     @property
     def knows_processes(self) -> bool:

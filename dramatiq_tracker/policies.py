@@ -78,7 +78,8 @@ class Policies:
 
     def __init__(self, settings: TrackerSettings) -> None:
         self.settings = settings
-        self._by_actor: dict[str, ActorPolicy] = {}
+        #: Each actor's policy, resolved once: the per-message path looks it up here.
+        self.by_actor: dict[str, ActorPolicy] = {}
         self._declared: dict[str, Mapping[str, Any]] = {}
         self._lock = threading.Lock()
 
@@ -91,13 +92,13 @@ class Policies:
         policy = self._resolve(actor_name, True, options)
         with self._lock:
             self._declared[actor_name] = options
-            self._by_actor[actor_name] = policy
+            self.by_actor[actor_name] = policy
         return policy
 
     def of_actor(self, broker: Broker, actor_name: str) -> ActorPolicy:
         """The policy of an actor, from the cache; an actor declared before the middleware was
         added, or unknown in this process, is resolved the first time it is seen."""
-        policy = self._by_actor.get(actor_name)
+        policy = self.by_actor.get(actor_name)
         if policy is None:
             actor = broker.actors.get(actor_name)
             options = actor.options if actor is not None else {}
@@ -107,7 +108,7 @@ class Policies:
                 policy = self._resolve(actor_name, actor is not None, {})
             with self._lock:
                 self._declared.setdefault(actor_name, options)
-                self._by_actor[actor_name] = policy
+                self.by_actor[actor_name] = policy
         return policy
 
     def of_message(self, broker: Broker, actor_name: str, options: Mapping[str, Any]) -> ActorPolicy:

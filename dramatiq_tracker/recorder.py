@@ -25,35 +25,23 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import redis
 
 from .threads import PeriodicThread
 
 if TYPE_CHECKING:
+    from .broker_store import BrokerStore
+    from .events import Events
+    from .fencing import WorkerFencing
     from .health import ConnectionHealth
-    from .records import InflightRecord, WorkerInfo
-    from .registry import Delivery, InflightRegistry
+    from .host import HostFacts
+    from .records import WorkerInfo
+    from .registry import InflightRegistry
     from .settings import TrackerSettings
     from .store import TrackerStore, WriteStatus
-
-
-class RecorderHooks(Protocol):
-    """What the worker session does when the recorder learns something."""
-
-    def registered(self, info: WorkerInfo) -> None:
-        """The worker is registered (again) under ``info.worker_id``."""
-
-    def fenced(self, old_worker_id: str, zombies: list[Delivery], completed: list[tuple[str, int]]) -> None:
-        """The worker was declared dead while alive; it continues under a new id.
-
-        Parameters:
-          zombies(list[Delivery]): Its attempts still running.
-          completed(list[tuple[str, int]]): (message id, attempt) of those that succeeded since it
-            was last known alive: perhaps after it was declared dead.
-        """
 
 
 class Recorder(PeriodicThread):
@@ -65,9 +53,11 @@ class Recorder(PeriodicThread):
       health(ConnectionHealth)
       registry(InflightRegistry): The worker's in-memory truth.
       identity(str): The digest of the worker's broker identity.
-      describe(callable): Builds the record of an attempt.
-      new_worker_id(callable): Makes a fresh worker id.
-      hooks(RecorderHooks)
+      host(HostFacts): This process, to make a new worker id when it is fenced.
+      fencing(WorkerFencing): What the worker does when it learns it was declared dead while alive.
+      events(Events): Its events name the worker that reports them.
+      broker_store(BrokerStore|None): A RedisBroker's own keys, where the worker is noted so that
+        recovery survives the loss of the tracker's Redis.
     """
 
     def __init__(
@@ -77,9 +67,10 @@ class Recorder(PeriodicThread):
         health: ConnectionHealth,
         registry: InflightRegistry,
         identity: str,
-        describe: Callable[[Delivery], InflightRecord],
-        new_worker_id: Callable[[], str],
-        hooks: RecorderHooks,
+        host: HostFacts,
+        fencing: WorkerFencing,
+        events: Events,
+        broker_store: BrokerStore | None,
     ) -> None:
         super().__init__("dramatiq-tracker-recorder", settings.flush_interval)
         self.store = store
@@ -87,9 +78,10 @@ class Recorder(PeriodicThread):
         self.health = health
         self.registry = registry
         self.identity = identity
-        self.describe = describe
-        self._new_worker_id = new_worker_id
-        self.hooks = hooks
+        self.host = host
+        self.fencing = fencing
+        self.events = events
+        self.broker_store = broker_store
         #: When the last heartbeat that went through was sent (seconds since the epoch).  The
         #: per-message path compares it with the clock it reads anyway (see :meth:`ensure_alive`).
         self.last_beat = 0.0
@@ -144,7 +136,7 @@ class Recorder(PeriodicThread):
             self._resync_needed = True
             deliveries, zombies = self.registry.take_all()
             info = self.registry.info
-            records = [self.describe(d) for d in deliveries]
+            records = [self.registry.describe(d) for d in deliveries]
             sent = time.time()
             mark = self.registry.completed_mark()
             status = self.store.register(
@@ -163,7 +155,15 @@ class Recorder(PeriodicThread):
             self.last_beat = sent
             self._next_beat = time.monotonic() + self.settings.heartbeat_interval / 1000
         self.logger.debug("Registered worker %r with %d messages in flight.", info.worker_id, len(deliveries))
-        self.hooks.registered(info)
+        self._registered(info)
+
+    def _registered(self, info: WorkerInfo) -> None:
+        self.events.reporter = info.worker_id
+        if self.broker_store is not None and info.broker_id:
+            try:
+                self.broker_store.note_process(info.broker_id, info.to_json())
+            except redis.RedisError as e:
+                self.logger.warning("Could not note worker %r beside its broker's keys: %s.", info.worker_id, e)
 
     def flush(self, *, everything: bool = False) -> bool:
         """Write what started and ended since the last flush (``lua/flush.lua``).
@@ -186,7 +186,7 @@ class Recorder(PeriodicThread):
             ended = [(d.message_id, d.token_text, c) for d, c in pending.ended if d.worker_id == worker_id]
             if not started and not ended:
                 return False
-            records = [self.describe(d) for d in started]
+            records = [self.registry.describe(d) for d in started]
             mark = self.registry.completed_mark()
             try:
                 status = self.store.flush(
@@ -300,8 +300,8 @@ class Recorder(PeriodicThread):
                 return
             # Until the fencing is done, every start waits for it (see ensure_alive).
             self.last_beat = 0.0
-            old_id, zombies = self.registry.fence(self._new_worker_id())
-            self.hooks.fenced(old_id, zombies, self.registry.take_completed())
+            old_id, zombies = self.registry.fence(self.host.new_worker_id())
+            self.fencing.fenced(old_id, zombies, self.registry.take_completed())
             self.register()
 
     def stop_and_flush(self) -> None:

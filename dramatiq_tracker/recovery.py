@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from dramatiq.logging import get_logger
@@ -60,9 +59,10 @@ class Recovery:
       redelivery(Redelivery): How this broker's orphans are delivered again.
       settlement(Settlement): Reports what was done with them.
       events(Events)
-      own_worker_id(callable): This process's worker id while it runs one: a worker never
-        recovers itself.
       broker_store(BrokerStore|None): A RedisBroker's own keys, to find processes the tracker forgot.
+
+    The methods that recover take ``own``: the caller's worker id while it runs one (a worker never
+    recovers itself), else None.
     """
 
     def __init__(
@@ -74,7 +74,6 @@ class Recovery:
         redelivery: Redelivery,
         settlement: Settlement,
         events: Events,
-        own_worker_id: Callable[[], str | None],
         broker_store: BrokerStore | None = None,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
@@ -86,13 +85,12 @@ class Recovery:
         self.redelivery = redelivery
         self.settlement = settlement
         self.events = events
-        self.own_worker_id = own_worker_id
         #: A RedisBroker's own keys, where tracked processes are noted; None on other brokers.
         self.broker_store = broker_store
         self.host = HostFacts.current()
         self._reported: set[str] = set()
 
-    def sweep(self, *, budget: float | None = None, dry_run: bool = False) -> RecoveryReport:
+    def sweep(self, own: str | None = None, *, budget: float | None = None, dry_run: bool = False) -> RecoveryReport:
         """Recover every dead worker we can see: local ones at once, others when their heartbeat
         expired, forgotten ones from their broker's records, and orphans left in the outbox.
 
@@ -102,29 +100,34 @@ class Recovery:
             change nothing, run no lock cleaner, emit no event.
         """
         deadline = None if budget is None else time.monotonic() + budget
-        report = self.recover_local(dry_run=dry_run)
+        report = self.recover_local(own, dry_run=dry_run)
         # A dry run declares nobody dead: a local worker found gone is also due by its heartbeat.
-        report.extend(self.recover_expired(deadline=deadline, dry_run=dry_run, skip=set(report.dead_workers)))
+        report.extend(self.recover_expired(own, deadline=deadline, dry_run=dry_run, skip=set(report.dead_workers)))
         if not report.partial:
             if dry_run:
                 report.forgotten += self.forgotten()
             elif self.adopt_forgotten():
-                report.extend(self.recover_expired(deadline=deadline))
+                report.extend(self.recover_expired(own, deadline=deadline))
         report.extend(self.retry_outbox(dry_run=dry_run))
         report.dry_run = dry_run
         return report
 
-    def recover_local(self, *, dry_run: bool = False) -> RecoveryReport:
+    def recover_local(self, own: str | None = None, *, dry_run: bool = False) -> RecoveryReport:
         """Recover workers of this host whose process is gone, without waiting for their heartbeat."""
         report = RecoveryReport()
         for worker_id, raw in self.store.workers_on_host(self.host.hostname).items():
             info = self._parse(worker_id, raw)
             if info is not None and info.broker_identity == self.identity and self.host.process_is_gone(info.host):
-                report.extend(self._recover(worker_id, raw, process_gone=True, dry_run=dry_run))
+                report.extend(self._recover(worker_id, raw, own, process_gone=True, dry_run=dry_run))
         return report
 
     def recover_expired(
-        self, *, deadline: float | None = None, dry_run: bool = False, skip: set[str] | None = None
+        self,
+        own: str | None = None,
+        *,
+        deadline: float | None = None,
+        dry_run: bool = False,
+        skip: set[str] | None = None,
     ) -> RecoveryReport:
         """Recover workers of our broker identity whose heartbeat has expired, oldest first.
 
@@ -146,10 +149,16 @@ class Recovery:
                     report.partial = True
                     return report
                 seen.add(worker_id)
-                report.extend(self._recover(worker_id, registrations.get(worker_id), now=now, dry_run=dry_run))
+                report.extend(self._recover(worker_id, registrations.get(worker_id), own, now=now, dry_run=dry_run))
 
     def recover_worker(
-        self, worker_id: str, *, process_gone: bool = False, now: int | None = None, dry_run: bool = False
+        self,
+        worker_id: str,
+        own: str | None = None,
+        *,
+        process_gone: bool = False,
+        now: int | None = None,
+        dry_run: bool = False,
     ) -> RecoveryReport:
         """Recover one worker if it is dead.
 
@@ -161,14 +170,20 @@ class Recovery:
         Raises:
           redis.RedisError: When the tracker's or the broker's Redis fails; nothing is lost.
         """
-        return self._recover(worker_id, self.store.registration(worker_id), process_gone, now, dry_run)
+        return self._recover(worker_id, self.store.registration(worker_id), own, process_gone, now, dry_run)
 
     def _recover(
-        self, worker_id: str, raw: str | None, process_gone: bool = False, now: int | None = None, dry_run: bool = False
+        self,
+        worker_id: str,
+        raw: str | None,
+        own: str | None,
+        process_gone: bool = False,
+        now: int | None = None,
+        dry_run: bool = False,
     ) -> RecoveryReport:
         """:meth:`recover_worker`, its registration (``raw``) read already."""
         report = RecoveryReport()
-        if worker_id == self.own_worker_id():
+        if worker_id == own:
             # Our own heartbeat is late: we are the one in trouble, not a corpse to recover.
             return report
         if raw is None:

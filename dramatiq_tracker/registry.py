@@ -16,7 +16,8 @@ import itertools
 import threading
 from typing import TYPE_CHECKING
 
-from .records import InflightRecord, WorkerInfo, encode_payload, preview_of
+from .options import recoveries_of
+from .records import AttemptName, InflightRecord, WorkerInfo, encode_payload, preview_of
 from .unique import lock_of
 
 #: How many recent completions a worker remembers, in case it was declared dead while it ran
@@ -25,6 +26,8 @@ from .unique import lock_of
 RECENT_COMPLETIONS = 50_000
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from dramatiq import MessageProxy
 
     from .policies import ActorPolicy
@@ -117,9 +120,9 @@ class Delivery:
         return "%x|%d" % (self.token, self.retries)
 
     @property
-    def running_entry(self) -> str:
-        """``"<worker id>|<token>|<retries>"``: this attempt as the running index (and history) names it."""
-        return "%s|%s" % (self.worker_id, self.owner)
+    def name(self) -> AttemptName:
+        """This attempt as the running index (and the history) names it."""
+        return AttemptName(self.worker_id, self.token_text, self.retries)
 
     def record(self, preview_length: int, keep_payload: bool, on_exhausted: str) -> InflightRecord:
         """The record written to Redis for this attempt.
@@ -176,10 +179,20 @@ class InflightRegistry:
     Parameters:
       info(WorkerInfo): The registration; its ``worker_id`` changes if the worker is ever
         declared dead while alive (see :meth:`fence`).
+      preview_length(int): How many characters of a message's arguments its record keeps.
+      keep_payload(bool): Records keep the whole message (brokers that lose a dead consumer's messages).
+      callback_queue(callable): The queue of an ``on_recovery_exhausted`` actor, "" when not declared here.
     """
 
-    def __init__(self, info: WorkerInfo) -> None:
+    def __init__(
+        self, info: WorkerInfo, preview_length: int, keep_payload: bool, callback_queue: Callable[[str], str]
+    ) -> None:
         self.info = info
+        self._preview_length = preview_length
+        self._keep_payload = keep_payload
+        self._callback_queue = callback_queue
+        #: "actor|queue" of each ``on_recovery_exhausted`` actor whose queue is known.
+        self._callbacks: dict[str, str] = {}
         self._lock = threading.Lock()
         self._tokens = itertools.count(1)
         #: Every attempt running in this process, by token.
@@ -359,6 +372,20 @@ class InflightRegistry:
     def registered(self) -> None:
         with self._lock:
             self._writes = 0
+
+    def describe(self, delivery: Delivery) -> InflightRecord:
+        """The record of an attempt, with the policy that travels with it."""
+        name = delivery.policy.on_exhausted
+        on_exhausted = ""
+        if name:
+            on_exhausted = self._callbacks.get(name, "")
+            if not on_exhausted:
+                queue = self._callback_queue(name)
+                on_exhausted = "%s|%s" % (name, queue)
+                if queue:
+                    self._callbacks[name] = on_exhausted
+        delivery.recoveries = max(delivery.recoveries, recoveries_of(delivery.message.options))
+        return delivery.record(self._preview_length, self._keep_payload, on_exhausted)
 
     @staticmethod
     def entries(deliveries: list[Delivery], records: list[InflightRecord]) -> list[RecordEntry]:

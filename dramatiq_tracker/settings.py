@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,8 +39,62 @@ DEFAULT_EVENTS_MAXLEN = 10_000
 #: How many characters of a message's arguments its in-flight record keeps, for operators to see.
 DEFAULT_PREVIEW_LENGTH = 24
 
+#: How long a worker's presence may be gone, its heartbeat not renewed, before it is dead, in ms.
+DEFAULT_PRESENCE_GRACE = 1_000
+
 #: The smallest interval the tracker accepts, in milliseconds.
 MINIMUM_INTERVAL = 10
+
+#: The prefix of the environment variables that configure a ``TrackerMiddleware()`` and the command line.
+ENVIRONMENT_PREFIX = "DRAMATIQ_TRACKER_"
+
+#: The settings an environment variable may give (``DRAMATIQ_TRACKER_<NAME>``), and how each is read.
+ENVIRONMENT_SETTINGS = {
+    "namespace": str,
+    "heartbeat_interval": int,
+    "heartbeat_timeout": int,
+    "sweep_interval": int,
+    "max_recoveries": int,
+    "presence": bool,
+    "presence_grace": int,
+}
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def from_environment(given: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The settings that were not given (None), read from ``DRAMATIQ_TRACKER_<NAME>`` variables.
+
+    Parameters:
+      given(dict): Setting name -> value given to the middleware, None when not given.
+      environ(dict): The environment (``os.environ`` by default).
+
+    Raises:
+      ConfigurationError: When a variable's value is not a valid value of its setting; the error
+        names the variable.
+    """
+    environ = os.environ if environ is None else environ
+    found: dict[str, Any] = {}
+    for name, value in given.items():
+        variable = ENVIRONMENT_PREFIX + name.upper()
+        raw = environ.get(variable, "").strip() if value is None else ""
+        if value is not None or not raw or name not in ENVIRONMENT_SETTINGS:
+            if value is not None:
+                found[name] = value
+            continue
+        kind = ENVIRONMENT_SETTINGS[name]
+        if kind is bool:
+            if raw.lower() not in _TRUE + _FALSE:
+                raise ConfigurationError(variable, "must be 1 or 0 (true or false), got %r" % raw)
+            found[name] = raw.lower() in _TRUE
+        elif kind is int:
+            try:
+                found[name] = int(raw)
+            except ValueError:
+                raise ConfigurationError(variable, "must be an integer number, got %r" % raw) from None
+        else:
+            found[name] = raw
+    return found
 
 
 def _no_unique_defaults() -> Mapping[str, Any]:
@@ -75,6 +130,10 @@ class TrackerSettings:
     unique_defaults: Mapping[str, Any] = dataclasses.field(default_factory=_no_unique_defaults)
     #: Names the broker deployment this worker consumes from; None to derive it from the broker.
     broker_identity: str | None = None
+    #: Whether workers keep a presence connection, so that their death is known within about a second.
+    presence: bool = True
+    #: How long a worker's presence may be gone, its heartbeat not renewed, before it is dead, in ms.
+    presence_grace: int = DEFAULT_PRESENCE_GRACE
 
     def __post_init__(self) -> None:
         try:
@@ -88,6 +147,9 @@ class TrackerSettings:
         _require_int("max_recoveries", self.max_recoveries, 0)
         _require_int("flush_interval", self.flush_interval, 1)
         _require_int("history_ttl", self.history_ttl, 1)
+        _require_int("presence_grace", self.presence_grace, 100)
+        if not isinstance(self.presence, bool):
+            raise ConfigurationError("presence", "must be True or False, got %r" % (self.presence,))
         if isinstance(self.events_maxlen, bool) or not isinstance(self.events_maxlen, int) or self.events_maxlen < 1:
             raise ConfigurationError("events_maxlen", "must be a positive integer, got %r" % (self.events_maxlen,))
         if isinstance(self.preview_length, bool) or not isinstance(self.preview_length, int):
@@ -133,6 +195,17 @@ class TrackerSettings:
     def takeover_after(self) -> int:
         """How long a recovery interrupted midway waits before another sweeper finishes it, in ms."""
         return max(10_000, 2 * self.sweep_interval)
+
+    @property
+    def settle(self) -> int:
+        """How long after the tracker's Redis was restarted or failed over no death is judged by
+        presence or heartbeat, in ms: its workers reach it and heartbeat within one interval."""
+        return 2 * self.heartbeat_interval
+
+    @property
+    def presence_check_interval(self) -> int:
+        """How often the sweeping worker asks who lost their presence, in milliseconds."""
+        return max(MINIMUM_INTERVAL, min(self.presence_grace // 4, self.sweep_interval))
 
     @property
     def recovery_bound(self) -> int:

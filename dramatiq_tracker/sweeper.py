@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import redis
@@ -26,7 +25,9 @@ from .threads import PeriodicThread
 
 if TYPE_CHECKING:
     from .health import ConnectionHealth
+    from .recorder import Recorder
     from .recovery import Recovery
+    from .registry import InflightRegistry
     from .settings import TrackerSettings
     from .store import TrackerStore
 
@@ -39,7 +40,8 @@ class Sweeper(PeriodicThread):
       store(TrackerStore)
       settings(TrackerSettings)
       health(ConnectionHealth)
-      heartbeat_fresh(callable): Whether this worker's own heartbeat went through lately.
+      recorder(Recorder): This worker's recorder: whether its own heartbeat went through lately.
+      registry(InflightRegistry): This worker's registry: its id, which it never recovers.
     """
 
     def __init__(
@@ -48,14 +50,16 @@ class Sweeper(PeriodicThread):
         store: TrackerStore,
         settings: TrackerSettings,
         health: ConnectionHealth,
-        heartbeat_fresh: Callable[[], bool],
+        recorder: Recorder,
+        registry: InflightRegistry,
     ) -> None:
         super().__init__("dramatiq-tracker-sweeper", settings.sweep_interval)
         self.recovery = recovery
         self.store = store
         self.settings = settings
         self.health = health
-        self.heartbeat_fresh = heartbeat_fresh
+        self.recorder = recorder
+        self.registry = registry
         self.token = uuid.uuid4().hex
         self._booted = False
 
@@ -64,11 +68,17 @@ class Sweeper(PeriodicThread):
         """How long one sweep may take, in seconds: half the interval, well inside the lease."""
         return self.settings.sweep_interval / 2000
 
+    def heartbeat_fresh(self) -> bool:
+        """Whether this worker's heartbeat went through within ``heartbeat_timeout``: if not, it may
+        have been declared dead.  (A stricter bound would trip on ordinary scheduling delays.)"""
+        return time.time() - self.recorder.last_beat < self.settings.heartbeat_timeout / 1000
+
     def tick(self) -> None:
         started = time.monotonic()
         identity = self.recovery.digest
+        own = self.registry.worker_id
         try:
-            self.recovery.recover_local()
+            self.recovery.recover_local(own)
             if not self.heartbeat_fresh():
                 # A worker whose own heartbeat is late may be the one declared dead: it leaves
                 # judging others to healthy workers.
@@ -77,9 +87,9 @@ class Sweeper(PeriodicThread):
                 if self.health.settled_for(2 * self.settings.heartbeat_interval / 1000):
                     swept = time.monotonic()
                     deadline = swept + self.budget
-                    report = self.recovery.recover_expired(deadline=deadline)
+                    report = self.recovery.recover_expired(own, deadline=deadline)
                     if not report.partial and self.recovery.adopt_forgotten():
-                        report.extend(self.recovery.recover_expired(deadline=deadline))
+                        report.extend(self.recovery.recover_expired(own, deadline=deadline))
                     if report.dead_workers:
                         self.store.record_sweep(int((time.monotonic() - swept) * 1000))
                 self.recovery.retry_outbox()

@@ -510,7 +510,7 @@ QUIET_SKIP_ATTRIBUTE = "_tracker_quiet_skip"
 
 def quiet_skip(message: MessageProxy) -> None:
     """Mark a message the tracker skips on purpose: Dramatiq's own "was skipped" warning is left out
-    (see :class:`~dramatiq_tracker.runtime.QuietSkips`); the tracker says why itself."""
+    (see :class:`~dramatiq_tracker.wiring.QuietSkips`); the tracker says why itself."""
     setattr(message, QUIET_SKIP_ATTRIBUTE, True)
 
 

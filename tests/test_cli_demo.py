@@ -54,7 +54,8 @@ def test_the_package_runs_as_a_module() -> None:
 def test_the_demo_recovers_every_orphan_exactly_once_and_cleans_up(
     redis_url: str, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["demo", "--url", redis_url, "--messages", "6", "--duration", "2000"])
+    # Messages long enough that worker A still runs them once worker B is up, on a loaded machine too.
+    code = main(["demo", "--url", redis_url, "--messages", "6", "--duration", "5000"])
 
     out = capsys.readouterr().out
     assert code == RET_OK, out

@@ -100,7 +100,7 @@ def test_an_unreadable_registration_is_reported_once_and_left_alone(
     keys = tracker.store.keys
     redis_client.hset(keys.workers, "foreign", "{not json")
     redis_client.sadd(keys.host(here.hostname), "foreign")
-    redis_client.zadd(keys.deadlines(tracker.runtime.parts.digest), {"foreign": 0})
+    redis_client.zadd(keys.deadlines(tracker.identity_digest), {"foreign": 0})
 
     with caplog.at_level(logging.WARNING):
         tracker.recover()
@@ -192,7 +192,7 @@ def test_unreadable_vanished_and_foreign_workers_never_keep_a_dead_worker_waitin
         )
     # And more than a page of unreadable and vanished registrations due before a real dead worker
     keys = tracker.store.keys
-    deadlines = keys.deadlines(tracker.runtime.parts.digest)
+    deadlines = keys.deadlines(tracker.identity_digest)
     for index in range(150):
         redis_client.zadd(deadlines, {"corrupt-%d" % index: index, "vanished-%d" % index: index})
         redis_client.hset(keys.workers, "corrupt-%d" % index, "{not json")
@@ -206,7 +206,7 @@ def test_unreadable_vanished_and_foreign_workers_never_keep_a_dead_worker_waitin
     # and the unreadable ones are moved out of the way
     assert report.dead_workers == ["real-dead"]
     assert sorted(report.message_ids) == sorted(m.message_id for m in messages)
-    assert tracker.store.due_workers(tracker.runtime.parts.digest, 1000) == []
+    assert tracker.store.due_workers(tracker.identity_digest, 1000) == []
     assert redis_client.zcard(deadlines) == 150
     # And the other app's dead workers are left to that app's sweepers
     assert len([wid for wid in reads(tracker).workers() if wid.startswith("foreign-")]) == 120
@@ -263,7 +263,7 @@ def test_a_dry_run_lists_a_worker_both_gone_and_expired_once_as_the_sweep_recove
 ) -> None:
     # Given a dead worker of this host (its process gone) whose heartbeat has expired too
     info, messages = fake_dead_worker(redis_broker, tracker.store, namespaces.queue, 3, running=2)
-    keys, digest = tracker.store.keys, tracker.runtime.parts.digest
+    keys, digest = tracker.store.keys, tracker.identity_digest
     redis_client.delete(keys.heartbeat(info.worker_id))
     redis_client.zadd(keys.deadlines(digest), {info.worker_id: 0})
 

@@ -59,7 +59,7 @@ def test_the_stream_is_capped(redis_broker: RedisBroker, redis_client: redis.Red
     redis_broker.add_middleware(tracker)
     dramatiq.set_broker(redis_broker)
     for index in range(300):
-        tracker.runtime.parts.events.emit("test", "event %d", index)
+        tracker.wiring.events.emit("test", "event %d", index)
     assert 10 <= redis_client.xlen(tracker.store.keys.events) < 300
 
 

@@ -18,6 +18,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage
 
 from dramatiq_tracker.ops.reads import InspectionStore
+from dramatiq_tracker.testing.crashes import stop_tracking
 
 from .conftest import Namespaces, events, make_tracker
 from .support import (
@@ -135,12 +136,7 @@ class App:
 
     def die(self) -> None:
         """What SIGKILL does to the tracker: its threads stop, nothing is deregistered."""
-        session = self.tracker.runtime._session
-        assert session is not None
-        for thread in vars(session).values():
-            if isinstance(thread, threading.Thread):
-                thread.stop()  # type: ignore[attr-defined]
-        self.tracker.runtime._session = None
+        assert stop_tracking(self.tracker) is not None
 
     def close(self) -> None:
         self.release.set()

@@ -29,6 +29,7 @@ from .support import (
     close_rabbitmq_connections,
     kill,
     kinds,
+    release,
     wait_for,
     wait_new_worker,
     wait_registered,
@@ -39,6 +40,9 @@ pytestmark = [
     pytest.mark.rabbitmq,
     pytest.mark.skipif(not shutil.which("rabbitmqctl"), reason="needs rabbitmqctl to close a connection"),
 ]
+
+#: How long a held message runs if the test never releases it, in seconds.
+HOLD_LIMIT = 120
 
 #: How long a worker takes to open a new channel after its connection closed: noticing it (Dramatiq's
 #: worker_timeout, 1 s), Dramatiq's consumer restart delay (3 s), and slack for a loaded machine.
@@ -82,7 +86,7 @@ def test_an_ack_sent_after_its_channel_closed_never_acks_another_delivery(
     (worker,) = wait_registered(store, 1)
     first = send(rabbitmq, namespaces.queue, "fast", 0)
     wait_for(lambda: events(redis_client, namespaces, "done"), 20, message="first message done")
-    running = send(rabbitmq, namespaces.queue, "sleep", RECONNECT + 4)
+    running = send(rabbitmq, namespaces.queue, "held", HOLD_LIMIT)
     wait_for(lambda: starts(redis_client, namespaces, running), 20, message="running")
     assert close_rabbitmq_connections(worker.pid) >= 1
 
@@ -92,6 +96,7 @@ def test_an_ack_sent_after_its_channel_closed_never_acks_another_delivery(
 
     # When the running message ends (its ack carries tag 2 of the closed channel), and the worker is
     # killed as soon as it goes on to the next message
+    release(redis_client, namespaces.report, running)
     wait_for(lambda: [m for m, _, _ in events(redis_client, namespaces, "done")] == [first, running], RECONNECT + 4)
     wait_for(
         lambda: len(starts(redis_client, namespaces, running)) > 1 or starts(redis_client, namespaces, other),
@@ -131,7 +136,7 @@ def test_a_message_prefetched_on_a_closed_channel_does_not_run_beside_its_redeli
     # Given a worker (one thread) running a message and holding another, prefetched, not started
     spawn_worker(kind="rabbitmq", threads=1, broker_url=RABBITMQ_URL)
     (worker,) = wait_registered(store, 1)
-    running = send(rabbitmq, namespaces.queue, "sleep", RECONNECT + 2)
+    running = send(rabbitmq, namespaces.queue, "held", HOLD_LIMIT)
     wait_for(lambda: starts(redis_client, namespaces, running), 20, message="running")
     prefetched = send(rabbitmq, namespaces.queue, "fast", 0)
     wait_for(lambda: queue_counts(namespaces.queue) == (0, 2), 10, message="prefetched")
@@ -139,6 +144,7 @@ def test_a_message_prefetched_on_a_closed_channel_does_not_run_beside_its_redeli
     # When its connection is closed: RabbitMQ delivers both again, on the worker's new channel
     assert close_rabbitmq_connections(worker.pid) >= 1
     wait_for(lambda: queue_counts(namespaces.queue) == (0, 2), RECONNECT, message="new channel")
+    release(redis_client, namespaces.report, running)
 
     # Then the copy prefetched on the closed channel does not run: its redelivery does, once
     wait_for(
@@ -161,8 +167,7 @@ def test_a_dead_workers_message_redelivered_again_while_it_runs_elsewhere_waits_
     # Given a message that runs again on a survivor after its worker was killed (claimed as its orphan)
     spawn_worker(kind="rabbitmq", threads=2, broker_url=RABBITMQ_URL)
     (first,) = wait_registered(store, 1)
-    seconds = RECONNECT + 4
-    message_id = send(rabbitmq, namespaces.queue, "sleep", seconds)
+    message_id = send(rabbitmq, namespaces.queue, "held", HOLD_LIMIT)
     wait_for(lambda: starts(redis_client, namespaces, message_id), 20, message="running")
     spawn_worker(kind="rabbitmq", threads=2, broker_url=RABBITMQ_URL)
     spawn_worker(kind="rabbitmq", threads=2, broker_url=RABBITMQ_URL)
@@ -178,5 +183,6 @@ def test_a_dead_workers_message_redelivered_again_while_it_runs_elsewhere_waits_
     # Then that delivery waits for the survivor's run instead of running beside it, and is dropped after
     wait_for(lambda: "duplicate-deferred" in kinds(store, message_id), RECONNECT, message="deferred")
     assert starts(redis_client, namespaces, message_id) == [first.pid, survivor]
-    wait_for(lambda: "duplicate-dropped" in kinds(store, message_id), seconds + BOUND + 10, message="dropped")
+    release(redis_client, namespaces.report, message_id)
+    wait_for(lambda: "duplicate-dropped" in kinds(store, message_id), BOUND + 10, message="dropped")
     assert starts(redis_client, namespaces, message_id) == [first.pid, survivor]

@@ -41,7 +41,7 @@ def test_an_orphan_that_dramatiqs_maintenance_requeues_during_recovery_still_car
     digest = str(options["unique_digest"])
     tracker.store.acquire_lock(digest, orphan.message_id, 0, "until_executed", "work", queue, "", None)
     # Given Dramatiq's own maintenance requeues the dead process's messages between the claim and the move
-    redelivery = tracker.runtime.parts.recovery.redelivery
+    redelivery = tracker.wiring.recovery.redelivery
     original = redelivery.broker_store.settle  # type: ignore[attr-defined]
 
     def maintenance_first(*args: Any, **kwargs: Any) -> Any:
@@ -95,7 +95,7 @@ def test_a_sweeper_that_finishes_an_interrupted_recovery_runs_the_lock_cleaners_
     tracker.add_lock_cleaner(lambda orphan: cleaned.append(orphan.message_id))
     info, messages = fake_dead_worker(redis_broker, tracker.store, namespaces.queue, 2, running=1)
     # Given a sweeper claimed the running orphan long ago and stopped before moving it
-    parts = tracker.runtime.parts
+    parts = tracker.wiring
     declared = tracker.store.declare_dead(info.worker_id, parts.digest, process_gone=True, retry_after=0)
     candidates = parts.recovery.redelivery._found(
         info, parts.recovery.redelivery.parse_records(info, declared.records)
@@ -167,9 +167,9 @@ class FailingEnqueues(StubBroker):
 def test_a_duplicate_that_cannot_be_put_off_is_dead_lettered_rather_than_run_beside_its_twin(
     redis_url: str, namespaces: Namespaces, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dramatiq_tracker import admission
+    from dramatiq_tracker import at_risk
 
-    monkeypatch.setattr(admission, "DEFERRAL_RETRY_SECONDS", 0.3)
+    monkeypatch.setattr(at_risk, "DEFERRAL_RETRY_SECONDS", 0.3)
     broker = FailingEnqueues()
     broker.add_middleware(CurrentMessage())
     tracker = make_tracker(redis_url, namespaces.tracker)
@@ -302,7 +302,7 @@ def test_a_failing_lock_cleaner_is_always_reported_whatever_the_construction_ord
     redis_broker.add_middleware(tracker)
     dramatiq.set_broker(redis_broker)
     if when == "after-binding":
-        tracker.runtime.parts  # noqa: B018 - binds the machinery first
+        tracker.wiring  # noqa: B018 - binds the machinery first
         tracker.add_lock_cleaner(broken)
     fake_dead_worker(redis_broker, tracker.store, namespaces.queue, 1, running=1)
 

@@ -21,6 +21,7 @@ from dramatiq.middleware import CurrentMessage
 
 from dramatiq_tracker import Orphan, TrackerMiddleware
 from dramatiq_tracker.records import InflightRecord
+from dramatiq_tracker.testing.crashes import stop_tracking
 
 from .conftest import Namespaces, make_tracker
 from .support import BOUND, reads, wait_for
@@ -55,11 +56,7 @@ class App:
 
     def die(self) -> None:
         """What SIGKILL does to the tracker: its threads stop, nothing is deregistered."""
-        session = self.tracker.runtime._session
-        assert session is not None
-        for thread in (session.sweeper, session.recorder):
-            thread.stop()
-        self.tracker.runtime._session = None
+        assert stop_tracking(self.tracker) is not None
 
 
 @pytest.fixture
@@ -116,7 +113,7 @@ def test_a_dead_workers_running_messages_are_enqueued_again_exactly_once(
     assert sorted(o.message_id for o in first.cleaned + second.cleaned) == sorted(ids)
     assert all(o.running and o.worker_id == worker_id and o.recoveries == 1 for o in second.cleaned)
     # And nothing is left in the outbox
-    assert store.outbox(first.tracker.runtime.parts.digest) == {}
+    assert store.outbox(first.tracker.identity_digest) == {}
     assert worker_id in store.dead_workers() and worker_id not in store.workers()
 
 
@@ -287,9 +284,7 @@ def test_a_record_written_before_its_message_runs_survives_a_registration_made_a
     worker = Worker(broker, worker_threads=2, worker_timeout=50)
     worker.start()
     try:
-        session = tracker.runtime._session
-        assert session is not None
-        store = session.store
+        store = tracker.store
         register = store.register
 
         def slow_register(*args: object, **kwargs: object) -> object:
@@ -301,14 +296,16 @@ def test_a_record_written_before_its_message_runs_survives_a_registration_made_a
         monkeypatch.setattr(store, "register", slow_register)
 
         # When the worker registers again (a queue declared late, lost writes) just as a message starts
-        session.recorder.request_resync()
+        broker.declare_queue("declared_late")
         assert registering.wait(5)
         message = once.send(1)
 
         # Then, once both are done, the message's record is in Redis: it would be recovered
         worker_id = tracker.worker_id
         assert worker_id is not None
-        wait_for(lambda: not session.recorder.needs_registration, 10, message="registered again")
+        wait_for(
+            lambda: "declared_late" in (reads(tracker).registration(worker_id) or ""), 10, message="registered again"
+        )
         wait_for(lambda: message.message_id in reads(tracker).inflight(worker_id), 5, message="recorded")
         assert message.message_id in reads(tracker).inflight(worker_id)
     finally:

@@ -22,7 +22,7 @@ def complete(worker: InflightRegistry, index: int, *, succeeded: bool = True) ->
 
 
 def test_completions_a_write_proved_alive_are_forgotten_and_the_later_ones_kept() -> None:
-    worker = InflightRegistry(WorkerInfo.unknown("w1"))
+    worker = InflightRegistry(WorkerInfo.unknown("w1"), 24, False, lambda actor: "")
     before = [complete(worker, i) for i in range(3)]
     complete(worker, 9, succeeded=False)
     mark = worker.completed_mark()
@@ -35,7 +35,7 @@ def test_completions_a_write_proved_alive_are_forgotten_and_the_later_ones_kept(
 
 
 def test_recent_completions_are_bounded_during_a_long_outage() -> None:
-    worker = InflightRegistry(WorkerInfo.unknown("w1"))
+    worker = InflightRegistry(WorkerInfo.unknown("w1"), 24, False, lambda actor: "")
     limit = registry.RECENT_COMPLETIONS
     ids = [complete(worker, i) for i in range(limit + 10)]
     mark = worker.completed_mark()

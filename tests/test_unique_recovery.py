@@ -104,7 +104,7 @@ def test_a_sweep_racing_with_the_redelivered_start_leaves_the_new_attempts_lock_
     # When a late sweeper claims the same orphan of the same dead worker
     (claim,) = store.claim_orphans(
         info.worker_id,
-        tracker.runtime.parts.digest,
+        tracker.identity_digest,
         [ClaimRequest(orphan.message_id, 0, digest, mode, 3)],
         mode="deliver",
         history_ttl=60_000,

@@ -282,7 +282,7 @@ class TrackerChecks:
                     found.append("%s on worker %r" % (self.label(message_id), worker_id))
             running = self.store.client.hkeys(self.store.keys.running)
             found += ["%s in the running index" % self.label(text(m)) for m in running]
-            outbox = self.store.outbox(self.tracker.runtime.parts.digest)
+            outbox = self.store.outbox(self.tracker.identity_digest)
             found += ["%s in the outbox" % self.label(message_id) for message_id in outbox]
             return found
 

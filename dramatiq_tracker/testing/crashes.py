@@ -21,7 +21,7 @@ from dramatiq.logging import get_logger
 
 from ..brokers import REDIS, STUB, as_redis_broker, broker_kind
 from ..host import HostFacts
-from ..middleware import find_tracker
+from ..middleware import TrackerMiddleware, find_tracker
 from ..ops.reads import InspectionStore
 from ..orphans import RecoveryReport
 from ..records import CorruptRecord, WorkerInfo
@@ -42,6 +42,26 @@ from .config import (
 from .runs import RunRecorder, find_run_recorder
 
 # Crashes ------------------------------------------------------------------------------------------
+
+
+def stop_tracking(tracker: TrackerMiddleware, *, flush: bool = False) -> str | None:
+    """Do to an in-process tracker what a SIGKILL does: its threads stop, nothing is deregistered.
+
+    Its heartbeat stops, so it is declared dead once its heartbeat key expires, and its in-flight
+    records stay for recovery to find.  Hooks called later by its worker threads record nothing; a
+    Worker started afterwards begins a new worker process, under a new worker id.
+
+    Parameters:
+      flush(bool): Write what the recorder still holds in memory first, so that every message
+        running now is known to recovery, however soon after its start this is called.
+
+    Returns:
+      str|None: The worker id it had; None when no Worker was running.
+
+    Raises:
+      redis.RedisError: When ``flush`` cannot reach the tracker's Redis (the threads are stopped).
+    """
+    return tracker._abandon(flush=flush)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +229,7 @@ class Crashes:
                 # A dead consumer never acks: the StubBroker forgets these, so that join() does
                 # not wait for them; recovery enqueues them again.
                 broker.queues[message.queue_name].task_done()
-        worker_id = tracker.runtime.abandon_session(flush=flush)
+        worker_id = stop_tracking(tracker, flush=flush)
         # The process is gone: its threads take nothing more, what they held goes back (StubBroker)
         # or stays with the dead worker (RedisBroker), and its consumers stop before it is stopped
         # (a thread stuck in an abandoned actor would use up the stop's whole timeout).

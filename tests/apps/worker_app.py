@@ -163,7 +163,7 @@ if ABORTABLE:
 def _pause_heartbeat(seconds: float) -> None:
     """Stall this process's tracker heartbeat thread for ``seconds``, as a partition would, while
     everything else keeps running (a test hook: it reaches into the tracker's session)."""
-    session = tracker.runtime._session
+    session = tracker._process
     assert session is not None
     recorder = session.recorder
     original = recorder.beat

@@ -311,7 +311,7 @@ def _inspector(url: str | None, client: redis.Redis | None, namespace: str | Non
     tracker = find_tracker(broker)
     if url is None and client is None and not os.environ.get(URL_ENVIRONMENT_VARIABLE):
         # Bound to this broker (as declaring an actor would), whether or not it is the global one.
-        client = tracker.runtime.bind(broker).store.client
+        client = tracker.bind(broker).store.client
     return Inspector(url=url, client=client, namespace=namespace or tracker.settings.namespace)
 
 

@@ -1,0 +1,262 @@
+"""The tracked worker process: its registration, the Workers attached to it, its threads.
+
+One per process, however many embedded ``Worker`` objects run in it (they
+share the broker and its ``broker_id``): the registration consumes the union
+of their queues, and the last one to stop deregisters it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import dramatiq
+import redis
+from dramatiq.logging import get_logger
+
+from ._version import __version__
+from .at_risk import AtRiskStarts
+from .brokers import RABBITMQ, REDIS, consumed_queues
+from .fencing import WorkerFencing
+from .host import HostFacts
+from .recorder import Recorder
+from .records import WorkerInfo
+from .registry import Delivery, InflightRegistry
+from .sweeper import Sweeper
+
+if TYPE_CHECKING:
+    from dramatiq import Worker
+
+    from .wiring import Wiring
+
+
+class TrackedProcess:
+    """The registration, in-flight registry, recorder, sweeper and start decisions of one worker process.
+
+    Parameters:
+      wiring(Wiring): The tracker's machinery, bound to its broker.
+    """
+
+    def __init__(self, wiring: Wiring) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self.wiring = wiring
+        self.settings = settings = wiring.settings
+        self.store = wiring.store
+        self.host = HostFacts.current()
+        self._workers: list[Worker] = []
+        facts = wiring.facts
+        info = WorkerInfo(
+            worker_id=self.host.new_worker_id(),
+            hostname=self.host.hostname,
+            pid=self.host.pid,
+            process_started=self.host.process_started,
+            boot_id=self.host.boot_id,
+            pid_namespace=self.host.pid_namespace,
+            queues=(),
+            broker_kind=facts.kind,
+            broker_identity=facts.identity,
+            broker_id=facts.broker_id,
+            broker_namespace=facts.namespace,
+            worker_threads=0,
+            started_at=int(time.time() * 1000),
+            tracker_version=__version__,
+            dramatiq_version=dramatiq.__version__,
+        )
+        broker = wiring.broker
+        self.registry = InflightRegistry(
+            info,
+            settings.preview_length,
+            facts.kind not in (REDIS, RABBITMQ),
+            lambda actor_name: wiring.policies.callback_queue(broker, actor_name),
+        )
+        self.fencing = WorkerFencing(wiring.store, settings, wiring.health, self.registry, wiring.events, wiring.aborts)
+        self.recorder = Recorder(
+            wiring.store,
+            settings,
+            wiring.health,
+            self.registry,
+            wiring.digest,
+            self.host,
+            self.fencing,
+            wiring.events,
+            wiring.broker_store,
+        )
+        self.at_risk = AtRiskStarts(
+            broker,
+            wiring.store,
+            settings,
+            wiring.health,
+            self.registry,
+            self.recorder,
+            self.fencing,
+            wiring.claims,
+            wiring.cleaners,
+            wiring.settlement,
+            wiring.events,
+        )
+        self.sweeper = Sweeper(wiring.recovery, wiring.store, settings, wiring.health, self.recorder, self.registry)
+        wiring.health.on_reconnect.append(self.recorder.request_resync)
+
+    @property
+    def worker_id(self) -> str:
+        return self.registry.worker_id
+
+    # Workers ---------------------------------------------------------------------------
+
+    def attach(self, worker: Worker) -> bool:
+        """Add an embedded or CLI Worker to this process.
+
+        Returns:
+          bool: True for the first one: the process must be started.
+        """
+        first = not self._workers
+        self._workers.append(worker)
+        self._update_registration()
+        return first
+
+    def detach(self, worker: Worker) -> bool:
+        """Remove a Worker that stops.
+
+        Returns:
+          bool: True when it was the last one: the process must be stopped.
+        """
+        if worker in self._workers:
+            self._workers.remove(worker)
+        if self._workers:
+            self._update_registration()
+        return not self._workers
+
+    def is_last(self, worker: Worker) -> bool:
+        """Whether ``worker`` is the only Worker left in this process."""
+        return self._workers == [worker]
+
+    def queue_declared(self) -> None:
+        """A queue was declared after boot: consume it in the registration too."""
+        self._update_registration()
+
+    def _update_registration(self) -> None:
+        queues: set[str] = set()
+        threads = 0
+        for worker in self._workers:
+            whitelist = set(worker.consumer_whitelist) if worker.consumer_whitelist else None
+            queues.update(consumed_queues(self.wiring.broker, whitelist))
+            threads += worker.worker_threads
+        info = self.registry.info
+        if tuple(sorted(queues)) != info.queues or threads != info.worker_threads:
+            self.registry.update_info(
+                WorkerInfo(**{**info.__dict__, "queues": tuple(sorted(queues)), "worker_threads": threads})
+            )
+            if self.recorder.is_alive():
+                self.recorder.request_resync()
+
+    # Lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Register the worker, then start the tracker's threads.
+
+        Registration happens before the worker fetches anything, so that none
+        of its messages can belong to an unknown worker.  If the tracker's Redis
+        is down, the worker starts anyway and registers when it comes back.
+        """
+        try:
+            self.recorder.register()
+        except redis.RedisError as e:
+            self.wiring.health.failed("registering worker %r" % self.worker_id, e)
+        self.recorder.start()
+        self.sweeper.start()
+        info = self.registry.info
+        self.logger.info(
+            "Tracking worker %r (queues %s, broker %s).",
+            info.worker_id,
+            ", ".join(info.queues) or "none",
+            info.broker_identity,
+        )
+
+    def stop_sweeping(self) -> None:
+        """Stop recovering other workers: this one is shutting down."""
+        self.sweeper.stop()
+
+    def stop(self) -> None:
+        """Deregister the worker and stop the tracker's threads.
+
+        Messages still running (the shutdown timeout abandoned them) stay
+        registered and are recovered by the next sweep.
+        """
+        self.sweeper.stop()
+        try:
+            self.recorder.stop_and_flush()
+            info = self.registry.info
+            left = self.store.deregister(info, self.wiring.digest)
+            broker_store = self.wiring.broker_store
+            if not left and broker_store is not None and info.broker_id:
+                broker_store.forget_process(info.broker_id)
+        except redis.RedisError as e:
+            self.logger.warning(
+                "Could not deregister worker %r (%s); it will be recovered once its heartbeat expires.",
+                self.worker_id,
+                e,
+            )
+            return
+        if left:
+            self.logger.warning(
+                "Worker %r stopped with %d messages still running; they are recovered by the next sweep.",
+                self.worker_id,
+                left,
+            )
+        else:
+            self.logger.info("Worker %r deregistered.", self.worker_id)
+
+    def abandon(self, *, flush: bool) -> str:
+        """Stop this process's tracker threads without deregistering it, as a SIGKILL would (the
+        narrow hook :mod:`dramatiq_tracker.testing` uses to declare an in-process worker dead).
+
+        Parameters:
+          flush(bool): Write what the recorder still holds in memory first.
+
+        Returns:
+          str: The abandoned worker id.
+
+        Raises:
+          redis.RedisError: When ``flush`` cannot reach the tracker's Redis (the threads are stopped).
+        """
+        self.sweeper.stop()
+        if flush:
+            self.recorder.stop_and_flush()
+        else:
+            self.recorder.stop()
+        return self.worker_id
+
+    # Ends ------------------------------------------------------------------------------------
+
+    def end(self, delivery: Delivery, completion: str) -> None:
+        """Record that an attempt was acked or nacked; report a zombie's late completion."""
+        if not self.registry.end(delivery, "nack" if completion == "nack" else "ack"):
+            self.fencing.zombie_ended(delivery, completion)
+
+    def unconfirmed(self, delivery: Delivery, completion: str) -> None:
+        """An attempt ran, but its ack or nack cannot reach RabbitMQ: the channel that delivered it
+        closed meanwhile, and the server delivers the message again.  Noted in its history, so that
+        the redelivery is dropped (or dead-lettered, after a failure) instead of run again."""
+        if delivery.zombie:
+            # Recovered elsewhere while this worker was presumed dead: the attempt that replaced it decides.
+            self.logger.debug(
+                "The %s of zombie message %r was not sent: its channel closed.", completion, delivery.message_id
+            )
+            return
+        self.logger.warning(
+            "The %s of message %r (actor %r) cannot reach RabbitMQ: the channel that delivered it closed while "
+            "it ran.  The server delivers it again; that delivery will be %s.",
+            completion,
+            delivery.message_id,
+            delivery.message.actor_name,
+            "dead-lettered" if completion == "nack" else "dropped",
+        )
+        fields = {
+            "unconfirmed_by": delivery.name.text,
+            "unconfirmed_attempt": str(delivery.attempt),
+            "unconfirmed_with": completion,
+        }
+        try:
+            self.store.note_history(delivery.message_id, self.settings.history_ttl, fields)
+        except redis.RedisError as e:
+            self.wiring.health.failed("noting a completion its broker did not confirm", e)
