@@ -36,6 +36,7 @@ from .settings import (
     DEFAULT_HISTORY_TTL,
     DEFAULT_PREVIEW_LENGTH,
     TrackerSettings,
+    environment_variable,
     from_environment,
 )
 from .store import LockInfo, TrackerStore
@@ -135,31 +136,36 @@ class TrackerMiddleware(Middleware):
         presence_grace: int | None = None,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
-        configured = from_environment(
-            {
-                "namespace": namespace,
-                "heartbeat_interval": heartbeat_interval,
-                "heartbeat_timeout": heartbeat_timeout,
-                "sweep_interval": sweep_interval,
-                "max_recoveries": max_recoveries,
-                "presence": presence,
-                "presence_grace": presence_grace,
-            }
-        )
-        self.settings = TrackerSettings(
-            **configured,
-            flush_interval=flush_interval,
-            history_ttl=history_ttl,
-            events_maxlen=events_maxlen,
-            preview_length=preview_length,
-            unique_defaults={
-                "unique": unique,
-                "unique_ttl": unique_ttl,
-                "unique_on_conflict": unique_on_conflict,
-                "unique_delay": unique_delay,
-            },
-            broker_identity=broker_identity,
-        )
+        given = {
+            "namespace": namespace,
+            "heartbeat_interval": heartbeat_interval,
+            "heartbeat_timeout": heartbeat_timeout,
+            "sweep_interval": sweep_interval,
+            "max_recoveries": max_recoveries,
+            "presence": presence,
+            "presence_grace": presence_grace,
+        }
+        configured = from_environment(given)
+        try:
+            self.settings = TrackerSettings(
+                **configured,
+                flush_interval=flush_interval,
+                history_ttl=history_ttl,
+                events_maxlen=events_maxlen,
+                preview_length=preview_length,
+                unique_defaults={
+                    "unique": unique,
+                    "unique_ttl": unique_ttl,
+                    "unique_on_conflict": unique_on_conflict,
+                    "unique_delay": unique_delay,
+                },
+                broker_identity=broker_identity,
+            )
+        except ConfigurationError as e:
+            # A setting the environment gave is named by its variable.
+            if e.setting in configured and given.get(e.setting) is None:
+                raise ConfigurationError(environment_variable(e.setting), str(e).partition(": ")[2]) from None
+            raise
         if client is not None and url is not None:
             raise ConfigurationError("url", "give either client or url, not both")
         if client is not None and not is_redis_client(client):

@@ -62,6 +62,11 @@ ENVIRONMENT_SETTINGS = {
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
+def environment_variable(setting: str) -> str:
+    """The environment variable that gives ``setting``: ``DRAMATIQ_TRACKER_<SETTING>``."""
+    return ENVIRONMENT_PREFIX + setting.upper()
+
+
 def from_environment(given: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The settings that were not given (None), read from ``DRAMATIQ_TRACKER_<NAME>`` variables.
 
@@ -76,7 +81,7 @@ def from_environment(given: Mapping[str, Any], environ: Mapping[str, str] | None
     environ = os.environ if environ is None else environ
     found: dict[str, Any] = {}
     for name, value in given.items():
-        variable = ENVIRONMENT_PREFIX + name.upper()
+        variable = environment_variable(name)
         raw = environ.get(variable, "").strip() if value is None else ""
         if value is not None or not raw or name not in ENVIRONMENT_SETTINGS:
             if value is not None:

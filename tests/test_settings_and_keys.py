@@ -130,3 +130,67 @@ def test_the_middleware_declares_its_actor_options() -> None:
     broker.add_middleware(TrackerMiddleware())
     assert {"track", "max_recoveries"} <= broker.actor_options
     broker.close()
+
+
+def test_settings_not_given_come_from_the_environment_the_command_line_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given the variables a framework's settings (Django, Flask) or a deployment set
+    monkeypatch.setenv("DRAMATIQ_TRACKER_NAMESPACE", "from-env")
+    monkeypatch.setenv("DRAMATIQ_TRACKER_HEARTBEAT_INTERVAL", "2000")
+    monkeypatch.setenv("DRAMATIQ_TRACKER_HEARTBEAT_TIMEOUT", "9000")
+    monkeypatch.setenv("DRAMATIQ_TRACKER_SWEEP_INTERVAL", "3000")
+    monkeypatch.setenv("DRAMATIQ_TRACKER_MAX_RECOVERIES", "0")
+    monkeypatch.setenv("DRAMATIQ_TRACKER_PRESENCE", "off")
+    monkeypatch.setenv("DRAMATIQ_TRACKER_PRESENCE_GRACE", "1500")
+
+    # When the middleware is made without arguments, or with some
+    settings = TrackerMiddleware().settings
+    given = TrackerMiddleware(namespace="given", heartbeat_interval=1000, presence=True).settings
+
+    # Then what is not given comes from the environment, and what is given wins
+    assert (settings.namespace, settings.heartbeat_interval, settings.heartbeat_timeout) == ("from-env", 2000, 9000)
+    assert (settings.sweep_interval, settings.max_recoveries) == (3000, 0)
+    assert (settings.presence, settings.presence_grace) == (False, 1500)
+    assert (given.namespace, given.heartbeat_interval, given.heartbeat_timeout, given.presence) == (
+        "given",
+        1000,
+        9000,
+        True,
+    )
+
+
+def test_without_arguments_nor_environment_the_defaults_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("DRAMATIQ_TRACKER_"):
+            monkeypatch.delenv(name)
+    settings = TrackerMiddleware().settings
+    assert (settings.namespace, settings.heartbeat_interval, settings.heartbeat_timeout) == (
+        "dramatiq-tracker",
+        5000,
+        15000,
+    )
+    assert (settings.sweep_interval, settings.max_recoveries, settings.presence, settings.presence_grace) == (
+        5000,
+        3,
+        True,
+        1000,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("DRAMATIQ_TRACKER_HEARTBEAT_INTERVAL", "fast", "DRAMATIQ_TRACKER_HEARTBEAT_INTERVAL"),
+        ("DRAMATIQ_TRACKER_PRESENCE", "maybe", "DRAMATIQ_TRACKER_PRESENCE"),
+        ("DRAMATIQ_TRACKER_NAMESPACE", "a{b}", "DRAMATIQ_TRACKER_NAMESPACE"),
+        ("DRAMATIQ_TRACKER_HEARTBEAT_TIMEOUT", "10", "DRAMATIQ_TRACKER_HEARTBEAT_TIMEOUT"),
+    ],
+)
+def test_an_invalid_environment_variable_fails_at_construction_naming_it(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, named: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as raised:
+        TrackerMiddleware()
+    assert raised.value.setting == named
