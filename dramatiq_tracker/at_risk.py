@@ -73,6 +73,9 @@ Action = Literal["run", "drop", "dead-letter", "defer", "claim", "honour-abort"]
 #: How long a put-off duplicate's enqueue is retried while its broker fails, in seconds.
 DEFERRAL_RETRY_SECONDS = 5.0
 
+#: How often a start waiting for a worker's presence to come back looks again, in seconds.
+PRESENCE_POLL = 0.05
+
 
 @dataclasses.dataclass(frozen=True)
 class Start:
@@ -392,7 +395,36 @@ class AtRiskStarts:
             return bool(self.store.alive([worker_id])[0])
         if self.host.process_is_gone(info.host):
             return False
+        if self.settings.presence and not self._present(worker_id):
+            return False
         return bool(self.store.alive([worker_id])[0])
+
+    def _present(self, worker_id: str) -> bool:
+        """Whether presence says ``worker_id`` may be alive; one judged by presence whose presence stays
+        gone for half ``presence_grace`` is declared dead here (the broker's redelivery already says that
+        its connection closed: together they tell a death from a blip).  Unsure is alive: the delivery
+        is then put off, never run beside a copy that may still run."""
+        grace = self.settings.presence_grace // 2
+        deadline = time.monotonic() + (grace + self.settings.presence_check_interval) / 1000
+        identity, own = self.claims.identity, self.registry.worker_id
+        while True:
+            status, absences = self.store.check_presence(identity, self.settings.settle, own)
+            if status != "ok" or worker_id not in absences:
+                return True
+            if absences[worker_id] >= grace:
+                declared = self.store.declare_dead(
+                    worker_id,
+                    identity,
+                    reason="presence",
+                    retry_after=0,
+                    settle=self.settings.settle,
+                    grace=grace,
+                    caller=own,
+                )
+                return declared.status not in ("dead", "gone")
+            if time.monotonic() > deadline:
+                return True
+            time.sleep(PRESENCE_POLL)
 
     def _defer(self, delivery: Delivery, owner: AttemptName) -> Verdict:
         # Not run beside the attempt that is still running, and not lost if that one then dies:

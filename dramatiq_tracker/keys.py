@@ -11,6 +11,10 @@ digest of a broker identity, see :func:`identity_digest`)::
   $ns:workers                     HASH    worker id -> registration (JSON)
   $ns:identities                  HASH    <bid> -> broker identity (the text it digests)
   $ns:deadlines:<bid>             ZSET    worker id -> heartbeat deadline (server ms), per broker identity
+  $ns:present:<bid>               HASH    worker id -> its last heartbeat (server ms), of the workers whose
+                                          presence the server sees, per broker identity
+  $ns:absent:<bid>                HASH    worker id -> "since|beat": when a sweeper found its presence gone
+  $ns:server                      HASH    incarnation (the server's run and replication ids), since (ms)
   $ns:dead-workers                ZSET    worker id -> when it was declared dead (server ms)
   $ns:worker:<id>:heartbeat       STRING  present while the worker is alive (PX heartbeat_timeout)
   $ns:worker:<id>:inflight        HASH    message id -> in-flight record (JSON); field "__seq__": write count
@@ -26,6 +30,11 @@ digest of a broker identity, see :func:`identity_digest`)::
   $ns:sweep-lease:<bid>           STRING  owner token of the periodic sweeper of one broker identity
   $ns:events                      STREAM  what the tracker did and why (capped)
   $ns:counters                    HASH    event kind -> how many times it happened, and sweep statistics
+
+And one pub/sub channel per worker process (channels are not keys; on a Redis Cluster they are sharded,
+in the namespace's slot)::
+
+  $ns:presence:<id>                       the worker's presence: subscribed to while it lives
 
 Dramatiq's own RedisBroker keys are documented in ``dramatiq/brokers/redis/dispatch.lua``;
 :class:`RedisBrokerKeys` spells them for the scripts that move orphans back, plus the one key
@@ -110,6 +119,28 @@ class Keys:
     @property
     def running(self) -> str:
         return namespaced_key(self.namespace, "running")
+
+    def present(self, identity: str) -> str:
+        """The workers of one broker identity whose presence the server sees, with their last heartbeat."""
+        return namespaced_key(self.namespace, "present", identity)
+
+    def absent(self, identity: str) -> str:
+        """The workers of one broker identity whose presence a sweeper found gone, and since when."""
+        return namespaced_key(self.namespace, "absent", identity)
+
+    @property
+    def server(self) -> str:
+        """The incarnation of the server the namespace lives on, and when the namespace first saw it."""
+        return namespaced_key(self.namespace, "server")
+
+    @property
+    def presence_prefix(self) -> str:
+        """What every presence channel starts with: the worker id follows."""
+        return namespaced_key(self.namespace, "presence", "")
+
+    def presence_channel(self, worker_id: str) -> str:
+        """The pub/sub channel a worker process stays subscribed to while it lives (see presence.py)."""
+        return self.presence_prefix + worker_id
 
     def outbox(self, identity: str) -> str:
         """Orphans being re-enqueued onto the brokers of one identity (given by its digest)."""

@@ -191,7 +191,6 @@ class TrackerMiddleware(Middleware):
         self._process_lock = threading.Lock()
         # The per-message path reads these directly.
         self._by_actor = self.policies.by_actor
-        self._stale_after = self.settings.stale_after / 1000
         self._rabbit = False
         #: The uniqueness state of the message this thread processes, for its retries sent meanwhile.
         self._thread = threading.local()
@@ -391,7 +390,7 @@ class TrackerMiddleware(Middleware):
         if policy is not None and policy.unique is None and SPECIAL_OPTIONS.isdisjoint(message.options):
             process = self._process
             if process is None or (
-                not process.fencing.revoked and _time() - process.recorder.last_beat <= self._stale_after
+                not process.fencing.revoked and _time() - process.recorder.last_beat <= process.recorder.stale_after
             ):
                 return
         self._before_enqueue(broker, message, policy)
@@ -402,7 +401,7 @@ class TrackerMiddleware(Middleware):
         process = self._process
         if process is not None:
             recorder = process.recorder
-            if _time() - recorder.last_beat > self._stale_after:
+            if _time() - recorder.last_beat > recorder.stale_after:
                 recorder.ensure_alive()
             if process.fencing.is_stale(message.message_id, attempt_of(options)):
                 # A delayed copy this worker held before it was declared dead, moved to its queue
@@ -435,7 +434,7 @@ class TrackerMiddleware(Middleware):
         if process is not None and policy.track:
             now = _time()
             recorder = process.recorder
-            if now - recorder.last_beat > self._stale_after:
+            if now - recorder.last_beat > recorder.stale_after:
                 recorder.ensure_alive()
             attempt = attempt_of(options) if special else 0
             # Starts decided before they run: at most once, marked by the tracker, redelivered by
@@ -541,10 +540,11 @@ class TrackerMiddleware(Middleware):
         if delivery is not None:
             process = self._process
             if process is not None:
-                if delivery.succeeded and _time() - process.recorder.last_beat > self._stale_after:
+                recorder = process.recorder
+                if delivery.succeeded and _time() - recorder.last_beat > recorder.stale_after:
                     # Perhaps declared dead while it ran: if so, learn it now, so that this completion
                     # counts as a zombie's and the recovered copy is dropped before it starts.
-                    process.recorder.ensure_alive()
+                    recorder.ensure_alive()
                 process.end(delivery, completion)
 
 

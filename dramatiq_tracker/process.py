@@ -19,6 +19,7 @@ from .at_risk import AtRiskStarts
 from .brokers import RABBITMQ, REDIS, consumed_queues
 from .fencing import WorkerFencing
 from .host import HostFacts
+from .presence import Presence
 from .recorder import Recorder
 from .records import WorkerInfo
 from .registry import Delivery, InflightRegistry
@@ -70,6 +71,12 @@ class TrackedProcess:
             lambda actor_name: wiring.policies.callback_queue(broker, actor_name),
         )
         self.fencing = WorkerFencing(wiring.store, settings, wiring.health, self.registry, wiring.events, wiring.aborts)
+        self.presence: Presence | None = None
+        if settings.presence:
+            keys = wiring.store.keys
+            self.presence = Presence(
+                wiring.store.client, keys.presence_channel, lambda: self.recorder.presence_changed()
+            )
         self.recorder = Recorder(
             wiring.store,
             settings,
@@ -80,6 +87,7 @@ class TrackedProcess:
             self.fencing,
             wiring.events,
             wiring.broker_store,
+            self.presence,
         )
         self.at_risk = AtRiskStarts(
             broker,
@@ -163,6 +171,9 @@ class TrackedProcess:
         except redis.RedisError as e:
             self.wiring.health.failed("registering worker %r" % self.worker_id, e)
         self.recorder.start()
+        if self.presence is not None:
+            self.presence.follow(self.worker_id)
+            self.presence.start()
         self.sweeper.start()
         info = self.registry.info
         self.logger.info(
@@ -197,6 +208,9 @@ class TrackedProcess:
                 e,
             )
             return
+        finally:
+            if self.presence is not None:
+                self.presence.stop()
         if left:
             self.logger.warning(
                 "Worker %r stopped with %d messages still running; they are recovered by the next sweep.",
@@ -220,6 +234,8 @@ class TrackedProcess:
           redis.RedisError: When ``flush`` cannot reach the tracker's Redis (the threads are stopped).
         """
         self.sweeper.stop()
+        if self.presence is not None:
+            self.presence.stop()
         if flush:
             self.recorder.stop_and_flush()
         else:

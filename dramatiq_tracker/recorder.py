@@ -26,9 +26,10 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
+import redis.sentinel
 
 from .threads import PeriodicThread
 
@@ -38,10 +39,11 @@ if TYPE_CHECKING:
     from .fencing import WorkerFencing
     from .health import ConnectionHealth
     from .host import HostFacts
+    from .presence import Presence
     from .records import WorkerInfo
     from .registry import InflightRegistry
     from .settings import TrackerSettings
-    from .store import TrackerStore, WriteStatus
+    from .store import PresenceSeen, TrackerStore, WriteStatus
 
 
 class Recorder(PeriodicThread):
@@ -58,6 +60,7 @@ class Recorder(PeriodicThread):
       events(Events): Its events name the worker that reports them.
       broker_store(BrokerStore|None): A RedisBroker's own keys, where the worker is noted so that
         recovery survives the loss of the tracker's Redis.
+      presence(Presence|None): The worker's presence subscription, None when presence is off.
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class Recorder(PeriodicThread):
         fencing: WorkerFencing,
         events: Events,
         broker_store: BrokerStore | None,
+        presence: Presence | None = None,
     ) -> None:
         super().__init__("dramatiq-tracker-recorder", settings.flush_interval)
         self.store = store
@@ -82,9 +86,16 @@ class Recorder(PeriodicThread):
         self.fencing = fencing
         self.events = events
         self.broker_store = broker_store
+        self.presence = presence
         #: When the last heartbeat that went through was sent (seconds since the epoch).  The
         #: per-message path compares it with the clock it reads anyway (see :meth:`ensure_alive`).
         self.last_beat = 0.0
+        #: How old that heartbeat may be before a message starts without asking Redis whether this
+        #: worker was declared dead meanwhile, in seconds: shorter while its presence is gone.
+        self.stale_after = settings.stale_after / 1000
+        self._presence_gap = False
+        #: The Sentinel-managed master the client last talked to (host, port), if it is one.
+        self._master: tuple[str, int] | None = None
         self._next_beat = 0.0
         self._resync_needed = True
         self._last_attempt = 0.0
@@ -139,12 +150,13 @@ class Recorder(PeriodicThread):
             records = [self.registry.describe(d) for d in deliveries]
             sent = time.time()
             mark = self.registry.completed_mark()
-            status = self.store.register(
+            status, seen = self.store.register(
                 info,
                 self.identity,
                 self.settings.heartbeat_timeout,
                 self.registry.entries(deliveries, records),
                 [(d.message_id, d.owner) for d in zombies],
+                present=self._present(),
             )
             if status == "fenced":
                 self.fence(info.worker_id)
@@ -153,7 +165,8 @@ class Recorder(PeriodicThread):
             self.registry.alive_at(mark)
             self._resync_needed = False
             self.last_beat = sent
-            self._next_beat = time.monotonic() + self.settings.heartbeat_interval / 1000
+            self._schedule_beat()
+            self._presence_seen(seen)
         self.logger.debug("Registered worker %r with %d messages in flight.", info.worker_id, len(deliveries))
         self._registered(info)
 
@@ -211,18 +224,93 @@ class Recorder(PeriodicThread):
           redis.RedisError: When the tracker's Redis is unreachable.
         """
         with self._lock:
+            self._follow_master()
             worker_id = self.registry.worker_id
             sent = time.time()
             mark = self.registry.completed_mark()
-            self._next_beat = time.monotonic() + self.settings.heartbeat_interval / 1000
-            status = self.store.heartbeat(
-                worker_id, self.identity, self.settings.heartbeat_timeout, self.registry.expected_writes()
+            self._schedule_beat()
+            status, seen = self.store.heartbeat(
+                worker_id,
+                self.identity,
+                self.settings.heartbeat_timeout,
+                self.registry.expected_writes(),
+                present=self._present(),
             )
             if status in ("ok", "diverged"):
                 self.last_beat = sent
                 self.registry.alive_at(mark)
+                self._presence_seen(seen)
             self._handle(worker_id, status)
             return status
+
+    # Presence ------------------------------------------------------------------------
+
+    def _present(self) -> bool:
+        return self.presence is not None and self.presence.subscribed
+
+    def presence_changed(self) -> None:
+        """The presence subscription dropped, or was made (again): called by the presence thread.
+
+        A sweeper that saw the gap takes the worker for dead unless its heartbeat is renewed within
+        ``presence_grace`` of it: heartbeat at once, and, until the server sees the subscription
+        again, every half grace; messages then start only if the last heartbeat is that recent too.
+        """
+        if not self._present():
+            self._begin_gap()
+        self._next_beat = 0.0
+        self.wake()
+
+    def _presence_seen(self, seen: PresenceSeen) -> None:
+        presence = self.presence
+        if presence is None:
+            return
+        if seen == "seen":
+            presence.seen()
+            self._end_gap()
+        elif seen == "unseen":
+            self._begin_gap()
+            presence.unseen()
+        elif presence.disabled:
+            # Given up: sweepers no longer judge this worker by presence.
+            self._end_gap()
+
+    def _begin_gap(self) -> None:
+        self._presence_gap = True
+        self.stale_after = min(self.settings.stale_after, self.settings.presence_grace // 2) / 1000
+
+    def _end_gap(self) -> None:
+        if self._presence_gap:
+            self._presence_gap = False
+            self.stale_after = self.settings.stale_after / 1000
+            self._schedule_beat()
+
+    def _schedule_beat(self) -> None:
+        interval = self.settings.heartbeat_interval
+        if self._presence_gap:
+            interval = min(interval, self.settings.presence_grace // 2)
+        self._next_beat = time.monotonic() + interval / 1000
+
+    def _follow_master(self) -> None:
+        """With a Sentinel-managed tracker Redis, ask the Sentinels which server is the master, at each
+        heartbeat: after a failover, connections (the presence one too) go to the new master at once
+        instead of writing to the old one until Sentinel demotes it (about ten seconds)."""
+        pool = getattr(self.store.client, "connection_pool", None)
+        if not isinstance(pool, redis.sentinel.SentinelConnectionPool):
+            return
+        # Untyped before redis-py 8.2.
+        discover: Any = pool.get_master_address
+        address = tuple(discover())
+        if self._master is not None and address != self._master:
+            self.logger.info(
+                "The tracker's Redis master moved from %s:%s to %s:%s (a failover); reconnecting to it.",
+                *self._master,
+                *address,
+            )
+            pool.disconnect()
+            if self.presence is not None:
+                self.presence.reconnect()
+            self.request_resync()
+        self._master = address
 
     def _handle(self, worker_id: str, status: WriteStatus) -> None:
         if status == "ok":
@@ -275,7 +363,7 @@ class Recorder(PeriodicThread):
         started = time.monotonic()
         try:
             with self._lock:
-                if time.time() - self.last_beat <= self.settings.stale_after / 1000:
+                if time.time() - self.last_beat <= self.stale_after:
                     return
                 if self._resync_needed:
                     self.register()
@@ -301,6 +389,8 @@ class Recorder(PeriodicThread):
             # Until the fencing is done, every start waits for it (see ensure_alive).
             self.last_beat = 0.0
             old_id, zombies = self.registry.fence(self.host.new_worker_id())
+            if self.presence is not None:
+                self.presence.follow(self.registry.worker_id)
             self.fencing.fenced(old_id, zombies, self.registry.take_completed())
             self.register()
 

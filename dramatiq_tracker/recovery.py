@@ -42,10 +42,13 @@ if TYPE_CHECKING:
     from .orphans import Settlement
     from .redelivery import Redelivery
     from .settings import TrackerSettings
-    from .store import TrackerStore
+    from .store import DeathReason, DeclaredDead, TrackerStore
 
 #: How many expired workers one read of the deadlines index returns.
 SWEEP_PAGE = 100
+
+#: How each reason of a death reads in the worker-dead event.
+_WHY = {"process": "process gone", "presence": "presence gone", "heartbeat": "heartbeat expired"}
 
 
 class Recovery:
@@ -118,7 +121,7 @@ class Recovery:
         for worker_id, raw in self.store.workers_on_host(self.host.hostname).items():
             info = self._parse(worker_id, raw)
             if info is not None and info.broker_identity == self.identity and self.host.process_is_gone(info.host):
-                report.extend(self._recover(worker_id, raw, own, process_gone=True, dry_run=dry_run))
+                report.extend(self._recover(worker_id, raw, own, reason="process", dry_run=dry_run))
         return report
 
     def recover_expired(
@@ -156,7 +159,7 @@ class Recovery:
         worker_id: str,
         own: str | None = None,
         *,
-        process_gone: bool = False,
+        reason: DeathReason = "heartbeat",
         now: int | None = None,
         dry_run: bool = False,
     ) -> RecoveryReport:
@@ -164,31 +167,34 @@ class Recovery:
 
         Parameters:
           worker_id(str)
-          process_gone(bool): True when the caller saw its process gone; its heartbeat is then ignored.
+          reason(str): Why it would be dead: "process" (the caller saw its process gone on this host;
+            its heartbeat is then ignored), "presence" or "heartbeat".
           dry_run(bool): Only say what would be done.
 
         Raises:
           redis.RedisError: When the tracker's or the broker's Redis fails; nothing is lost.
         """
-        return self._recover(worker_id, self.store.registration(worker_id), own, process_gone, now, dry_run)
+        return self._recover(worker_id, self.store.registration(worker_id), own, reason, now, dry_run)
 
     def _recover(
         self,
         worker_id: str,
         raw: str | None,
         own: str | None,
-        process_gone: bool = False,
+        reason: DeathReason = "heartbeat",
         now: int | None = None,
         dry_run: bool = False,
+        grace: int | None = None,
     ) -> RecoveryReport:
-        """:meth:`recover_worker`, its registration (``raw``) read already."""
+        """:meth:`recover_worker`, its registration (``raw``) read already (``grace``: the presence
+        grace that applies, for a death by presence)."""
         report = RecoveryReport()
         if worker_id == own:
             # Our own heartbeat is late: we are the one in trouble, not a corpse to recover.
             return report
         if raw is None:
             # Not registered (any more): declaring it dead only removes it from the deadlines.
-            self.store.declare_dead(worker_id, self.digest, process_gone=False, retry_after=0, dry_run=dry_run)
+            self._declare(worker_id, "heartbeat", own, retry_after=0, dry_run=dry_run)
             return report
         info = self._parse(worker_id, raw)
         if info is None:
@@ -206,8 +212,8 @@ class Recovery:
             )
             return report
 
-        declared = self.store.declare_dead(
-            worker_id, self.digest, process_gone=process_gone, retry_after=self.settings.takeover_after, dry_run=dry_run
+        declared = self._declare(
+            worker_id, reason, own, retry_after=self.settings.takeover_after, dry_run=dry_run, grace=grace
         )
         if declared.status != "dead":
             return report
@@ -226,7 +232,7 @@ class Recovery:
         report.recovered += recovered.orphans
         outcomes = [orphan.outcome for orphan in recovered.orphans]
         quarantined, dropped = outcomes.count(QUARANTINED_OUTCOME), outcomes.count(DROPPED)
-        reason = "process gone" if process_gone else "heartbeat expired"
+        why = _WHY[reason]
         summary = EventSpec(
             WORKER_DEAD,
             "Worker %r (host %r, pid %d) is dead (%s); %d of its messages settled in %d ms "
@@ -235,7 +241,7 @@ class Recovery:
                 worker_id,
                 info.hostname,
                 info.pid,
-                reason,
+                why,
                 len(outcomes),
                 (time.monotonic() - started) * 1000,
                 len(outcomes) - quarantined - dropped,
@@ -245,7 +251,7 @@ class Recovery:
             ),
             {"worker_id": worker_id},
             {
-                "reason": reason,
+                "reason": why,
                 "hostname": info.hostname,
                 "pid": str(info.pid),
                 "settled": str(len(outcomes)),
@@ -255,6 +261,59 @@ class Recovery:
         # One line per orphan at debug; the worker-dead event, in the same round trip, sums them up.
         self.settlement.report(recovered.orphans, int(time.time() * 1000), log_level=logging.DEBUG, summary=summary)
         return report
+
+    def recover_absent(self, own: str | None = None, *, booting: bool = False) -> RecoveryReport:
+        """Recover workers of our broker identity whose presence has been gone for ``presence_grace``,
+        their heartbeat not renewed meanwhile (``lua/check_presence.lua``).  Nothing is judged while
+        the server is new to the namespace, or when the caller's own presence or heartbeat is not
+        on it.
+
+        Parameters:
+          booting(bool): The caller just started: a worker of its own hostname (the process it
+            replaces, when a container restarts) is dead once its presence has been gone for a quarter
+            of the grace, so that its orphans are recovered at once.
+        """
+        report = RecoveryReport()
+        status, absences = self.store.check_presence(self.digest, self.settings.settle, own)
+        if status != "ok":
+            self.logger.debug("Presence not judged now: %s.", status)
+            return report
+        grace, local_grace = self.settings.presence_grace, self.settings.presence_grace // 4
+        candidates = [w for w, absent_for in absences.items() if absent_for >= (local_grace if booting else grace)]
+        if not candidates:
+            return report
+        registrations = self.store.registrations(candidates)
+        for worker_id in candidates:
+            raw = registrations.get(worker_id)
+            applies = grace
+            if absences[worker_id] < grace:
+                info = self._parse(worker_id, raw) if raw is not None else None
+                if info is None or info.hostname != self.host.hostname:
+                    continue
+                applies = local_grace
+            report.extend(self._recover(worker_id, raw, own, reason="presence", grace=applies))
+        return report
+
+    def _declare(
+        self,
+        worker_id: str,
+        reason: DeathReason,
+        own: str | None,
+        *,
+        retry_after: int,
+        dry_run: bool,
+        grace: int | None = None,
+    ) -> DeclaredDead:
+        return self.store.declare_dead(
+            worker_id,
+            self.digest,
+            reason=reason,
+            retry_after=retry_after,
+            settle=self.settings.settle,
+            grace=self.settings.presence_grace if grace is None else grace,
+            caller=own,
+            dry_run=dry_run,
+        )
 
     def forgotten(self) -> list[str]:
         """The worker ids :meth:`adopt_forgotten` would adopt now (a dry run)."""

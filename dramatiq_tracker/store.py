@@ -21,20 +21,30 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+import redis
+import redis.cluster
+
 from .keys import Keys
 from .scripts import Scripts, checked_reply, text, to_int
 
 if TYPE_CHECKING:
-    import redis
-
     from .records import WorkerInfo
 
 #: What a write of a worker's records says about the worker.
 WriteStatus = Literal["ok", "fenced", "unknown", "diverged"]
 #: What registering says: "fenced" when the worker id was declared dead.
 RegisterStatus = Literal["ok", "fenced"]
-#: What declaring a worker dead found.
-DeathStatus = Literal["dead", "alive", "gone"]
+#: What a heartbeat or a registration says of the worker's presence: "seen" (the server has its
+#: subscriber), "unseen" (it claimed one and the server has none), "" (it claimed none).
+PresenceSeen = Literal["seen", "unseen", ""]
+#: Why a worker would be dead: its process was seen gone on this host, its presence is gone, or its
+#: heartbeat expired (see ``lua/declare_dead.lua``).
+DeathReason = Literal["process", "presence", "heartbeat"]
+#: What declaring a worker dead found; "unsure" when the server is new to the namespace or the
+#: caller's own heartbeat is not on it.
+DeathStatus = Literal["dead", "alive", "gone", "unsure"]
+#: What a presence check found (see :meth:`TrackerStore.check_presence`).
+PresenceStatus = Literal["ok", "settling", "unsure"]
 #: How ``lua/claim_orphans.lua`` claims a broker's orphans (see the script).
 ClaimMode = Literal["deliver", "park", "await"]
 #: The fate of an orphan, decided when it is claimed; "" while its broker's redelivery is awaited.
@@ -191,6 +201,8 @@ class TrackerStore:
         self.client = client
         self.keys = Keys(namespace)
         self.scripts = Scripts(client)
+        #: Presence channels are sharded on a Redis Cluster (they live in the namespace's slot).
+        self.sharded = isinstance(client, redis.cluster.RedisCluster)
 
     # Worker lifecycle ------------------------------------------------------
 
@@ -207,7 +219,9 @@ class TrackerStore:
         heartbeat_timeout: int,
         records: Sequence[RecordEntry] = (),
         zombies: Sequence[tuple[str, str]] = (),
-    ) -> RegisterStatus:
+        *,
+        present: bool = False,
+    ) -> tuple[RegisterStatus, PresenceSeen]:
         """Register ``info`` (or re-synchronise it) with everything it has in flight.
 
         Parameters:
@@ -215,28 +229,75 @@ class TrackerStore:
           records(list): (message id, "token|retries", record JSON) of each attempt in flight.
           zombies(list): (message id, "token|retries") of attempts still running here that were
             recovered while this process was presumed dead.
+          present(bool): The worker's presence connection confirmed its subscription.
         """
         wid, k = info.worker_id, self.keys
         keys = [
-            k.workers, k.identities, k.deadlines(identity), k.dead_workers,
-            k.heartbeat(wid), k.inflight(wid), k.running, *self._worker_keys(info),
+            k.workers, k.identities, k.deadlines(identity), k.dead_workers, k.heartbeat(wid), k.inflight(wid),
+            k.running, k.present(identity), k.absent(identity), k.server, *self._worker_keys(info),
         ]  # fmt: skip
-        args = [wid, info.to_json(), heartbeat_timeout, identity, info.broker_identity, len(zombies)]
-        reply = self.scripts("register", keys, [*args, *_flat(zombies), *_flat(records)])
-        status: RegisterStatus = checked_reply(reply, RegisterStatus)
-        return status
+        args = [
+            wid,
+            info.to_json(),
+            heartbeat_timeout,
+            identity,
+            info.broker_identity,
+            *self._presence_args(wid, present),
+        ]
+        reply = self.scripts("register", keys, [*args, len(zombies), *_flat(zombies), *_flat(records)])
+        return checked_reply(reply[0], RegisterStatus), checked_reply(reply[1], PresenceSeen)
 
-    def heartbeat(self, worker_id: str, identity: str, heartbeat_timeout: int, writes: tuple[int, int]) -> WriteStatus:
-        """Refresh a worker's heartbeat and check that its records are what it wrote.
+    def heartbeat(
+        self, worker_id: str, identity: str, heartbeat_timeout: int, writes: tuple[int, int], *, present: bool = False
+    ) -> tuple[WriteStatus, PresenceSeen]:
+        """Refresh a worker's heartbeat and check that its records are what it wrote, and that the
+        server sees its presence.
 
         Parameters:
           writes(tuple): The lowest and highest write count the worker expects.
+          present(bool): The worker's presence connection confirmed its subscription.
         """
         k = self.keys
-        keys = [k.workers, k.deadlines(identity), k.dead_workers, k.heartbeat(worker_id), k.inflight(worker_id)]
-        reply = self.scripts("heartbeat", keys, [worker_id, heartbeat_timeout, *writes])
-        status: WriteStatus = checked_reply(reply, WriteStatus)
-        return status
+        keys = [
+            k.workers, k.deadlines(identity), k.dead_workers, k.heartbeat(worker_id), k.inflight(worker_id),
+            k.present(identity), k.absent(identity), k.server,
+        ]  # fmt: skip
+        args = [worker_id, heartbeat_timeout, *writes, *self._presence_args(worker_id, present)]
+        reply = self.scripts("heartbeat", keys, args)
+        return checked_reply(reply[0], WriteStatus), checked_reply(reply[1], PresenceSeen)
+
+    def _presence_args(self, worker_id: str, present: bool) -> list[str]:
+        return [self.keys.presence_channel(worker_id) if present else "", "1" if self.sharded else "0"]
+
+    def check_presence(self, identity: str, settle: int, caller: str | None) -> tuple[PresenceStatus, dict[str, int]]:
+        """Note which workers of one broker identity lost their presence, and say for how long it has
+        been gone, their heartbeat not renewed meanwhile (``lua/check_presence.lua``).
+
+        Parameters:
+          settle(int): How long after the namespace first saw this server nothing is judged, in ms.
+          caller(str|None): The caller's worker id: its own presence and heartbeat must be on this server.
+
+        Returns:
+          tuple: "ok" and worker id -> how long its presence has been gone (ms); or "settling" or
+          "unsure" and nothing.
+        """
+        k = self.keys
+        keys = [k.present(identity), k.absent(identity), k.server]
+        if caller:
+            keys.append(k.heartbeat(caller))
+        args = [k.presence_prefix, "1" if self.sharded else "0", settle, caller or ""]
+        reply = [text(item) for item in self.scripts("check_presence", keys, args)]
+        absences = {worker_id: to_int(age) for worker_id, age in zip(reply[1::2], reply[2::2], strict=True)}
+        return checked_reply(reply[0], PresenceStatus), absences
+
+    def presence(self, worker_ids: Sequence[str]) -> list[int]:
+        """How many subscribers each worker's presence channel has (``PUBSUB NUMSUB``, or
+        ``SHARDNUMSUB`` on a Redis Cluster, on the node of the namespace's slot)."""
+        if not worker_ids:
+            return []
+        channels = [self.keys.presence_channel(worker_id) for worker_id in worker_ids]
+        reply = self.scripts("count_presence", [self.keys.server], ["1" if self.sharded else "0", *channels])
+        return [to_int(count) for count in reply]
 
     def flush(
         self,
@@ -292,7 +353,10 @@ class TrackerStore:
           int: How many messages were still in flight; the worker then stays, to be recovered.
         """
         wid, k = info.worker_id, self.keys
-        keys = [k.workers, k.deadlines(identity), k.heartbeat(wid), k.inflight(wid), *self._worker_keys(info)]
+        keys = [
+            k.workers, k.deadlines(identity), k.heartbeat(wid), k.inflight(wid),
+            k.present(identity), k.absent(identity), *self._worker_keys(info),
+        ]  # fmt: skip
         return to_int(self.scripts("deregister", keys, [wid]))
 
     # Reading ------------------------------------------------------------------
@@ -350,16 +414,38 @@ class TrackerStore:
     # Recovery -------------------------------------------------------------------
 
     def declare_dead(
-        self, worker_id: str, identity: str, *, process_gone: bool, retry_after: int, dry_run: bool = False
+        self,
+        worker_id: str,
+        identity: str,
+        *,
+        reason: DeathReason,
+        retry_after: int,
+        settle: int,
+        grace: int,
+        caller: str | None = None,
+        dry_run: bool = False,
     ) -> DeclaredDead:
         """Confirm a worker's death and fence it (``lua/declare_dead.lua``).
 
         Parameters:
+          reason(str): Why it would be dead: "process", "presence" or "heartbeat".
+          retry_after(int): When to look at it again should the recovery be interrupted, in ms.
+          settle(int): How long after the namespace first saw this server no death is judged by
+            presence or heartbeat, in ms.
+          grace(int): How long its presence must have been gone, for "presence", in ms.
+          caller(str|None): The caller's worker id: its own heartbeat must be on this server.
           dry_run(bool): Only say what it would find; change nothing.
         """
         k = self.keys
-        keys = [k.workers, k.deadlines(identity), k.dead_workers, k.heartbeat(worker_id), k.inflight(worker_id)]
-        reply = self.scripts("declare_dead", keys, [worker_id, int(process_gone), retry_after, int(dry_run)])
+        keys = [
+            k.workers, k.deadlines(identity), k.dead_workers, k.heartbeat(worker_id), k.inflight(worker_id),
+            k.present(identity), k.absent(identity), k.server,
+        ]  # fmt: skip
+        if caller:
+            keys.append(k.heartbeat(caller))
+        channel = k.presence_channel(worker_id)
+        args = [worker_id, reason, retry_after, int(dry_run), settle, grace, channel, "1" if self.sharded else "0"]
+        reply = self.scripts("declare_dead", keys, args)
         status: DeathStatus = checked_reply(reply[0], DeathStatus)
         if status != "dead":
             return DeclaredDead(status)
@@ -423,8 +509,8 @@ class TrackerStore:
         """Forget a dead worker whose orphans were settled, keeping its tombstone."""
         wid, k = info.worker_id, self.keys
         keys = [
-            k.workers, k.deadlines(identity), k.dead_workers, k.heartbeat(wid),
-            k.inflight(wid), k.running, *self._worker_keys(info),
+            k.workers, k.deadlines(identity), k.dead_workers, k.heartbeat(wid), k.inflight(wid), k.running,
+            k.present(identity), k.absent(identity), *self._worker_keys(info),
         ]  # fmt: skip
         return bool(self.scripts("finish_recovery", keys, [wid, history_ttl]))
 

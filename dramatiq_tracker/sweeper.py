@@ -1,10 +1,15 @@
 """The thread that runs recovery in a worker process.
 
-Each tick recovers dead workers of this host whose process is gone, then,
-if this worker holds the sweep lease of its broker identity, workers whose
-heartbeat expired.  The first tick, at boot, does both without the lease.
-Right after an outage of the tracker's Redis, expired heartbeats are not
-trusted until live workers have had two heartbeat intervals to renew theirs.
+Every ``sweep_interval`` it recovers dead workers of this host whose process
+is gone, then, if this worker holds the sweep lease of its broker identity,
+workers whose heartbeat expired.  In between, every quarter of
+``presence_grace``, the lease holder asks which workers lost their presence
+(:mod:`dramatiq_tracker.presence`) and recovers those gone for the whole
+grace.  The first sweep, at boot, does all of it without the lease.  Right
+after an outage of the tracker's Redis, expired heartbeats are not trusted
+until live workers have had two heartbeat intervals to renew theirs; right
+after a restart or a failover of the server, the server itself refuses to
+judge anyone by presence or heartbeat for as long (see ``lua/_server.lua``).
 
 Each broker identity has its own lease, so that several apps sharing a
 namespace each sweep their own dead workers, and a sweep stops when it has
@@ -53,7 +58,8 @@ class Sweeper(PeriodicThread):
         recorder: Recorder,
         registry: InflightRegistry,
     ) -> None:
-        super().__init__("dramatiq-tracker-sweeper", settings.sweep_interval)
+        interval = settings.presence_check_interval if settings.presence else settings.sweep_interval
+        super().__init__("dramatiq-tracker-sweeper", interval)
         self.recovery = recovery
         self.store = store
         self.settings = settings
@@ -62,6 +68,10 @@ class Sweeper(PeriodicThread):
         self.registry = registry
         self.token = uuid.uuid4().hex
         self._booted = False
+        self._next_sweep = 0.0
+        #: Until when (``time.monotonic()``) this worker holds the sweep lease, and is booting.
+        self._lease_until = 0.0
+        self._boot_until = 0.0
 
     @property
     def budget(self) -> float:
@@ -75,35 +85,58 @@ class Sweeper(PeriodicThread):
 
     def tick(self) -> None:
         started = time.monotonic()
-        identity = self.recovery.digest
-        own = self.registry.worker_id
         try:
-            self.recovery.recover_local(own)
-            if not self.heartbeat_fresh():
-                # A worker whose own heartbeat is late may be the one declared dead: it leaves
-                # judging others to healthy workers.
-                self.store.release_lease(identity, self.token)
-            elif not self._booted or self._holds_lease():
-                if self.health.settled_for(2 * self.settings.heartbeat_interval / 1000):
-                    swept = time.monotonic()
-                    deadline = swept + self.budget
-                    report = self.recovery.recover_expired(own, deadline=deadline)
-                    if not report.partial and self.recovery.adopt_forgotten():
-                        report.extend(self.recovery.recover_expired(own, deadline=deadline))
-                    if report.dead_workers:
-                        self.store.record_sweep(int((time.monotonic() - swept) * 1000))
-                self.recovery.retry_outbox()
-            self._booted = True
+            if started >= self._next_sweep:
+                self._next_sweep = started + self.settings.sweep_interval / 1000
+                self._sweep()
+            elif self.settings.presence and started < self._lease_until and self._may_judge():
+                self.recovery.recover_absent(self.registry.worker_id, booting=started < self._boot_until)
+            else:
+                # Nothing asked of the tracker's Redis: this tick says nothing about it.
+                return
         except redis.RedisError as e:
             self.health.failed("sweeping for dead workers", e)
         else:
             self.health.succeeded(started)
 
+    def _may_judge(self) -> bool:
+        # Right after an outage of its own, a worker does not judge others: they may be reconnecting.
+        return self.heartbeat_fresh() and self.health.settled_for(2 * self.settings.heartbeat_interval / 1000)
+
+    def _sweep(self) -> None:
+        identity = self.recovery.digest
+        own = self.registry.worker_id
+        self.recovery.recover_local(own)
+        if not self.heartbeat_fresh():
+            # A worker whose own heartbeat is late may be the one declared dead: it leaves
+            # judging others to healthy workers.
+            self._lease_until = 0.0
+            self.store.release_lease(identity, self.token)
+        elif not self._booted or self._holds_lease():
+            if self.health.settled_for(2 * self.settings.heartbeat_interval / 1000):
+                swept = time.monotonic()
+                deadline = swept + self.budget
+                report = self.recovery.recover_expired(own, deadline=deadline)
+                if self.settings.presence and not report.partial:
+                    report.extend(self.recovery.recover_absent(own, booting=not self._booted))
+                if not report.partial and self.recovery.adopt_forgotten():
+                    report.extend(self.recovery.recover_expired(own, deadline=deadline))
+                if report.dead_workers:
+                    self.store.record_sweep(int((time.monotonic() - swept) * 1000))
+            self.recovery.retry_outbox()
+        if not self._booted:
+            # At boot, presence is checked without the lease until the next sweep, and the process this
+            # one replaces on its host (a container that restarted) is recovered at once.
+            self._boot_until = time.monotonic() + self.settings.sweep_interval / 1000
+            self._lease_until = max(self._lease_until, self._boot_until)
+        self._booted = True
+
     def _holds_lease(self) -> bool:
-        # A bit shorter than the interval, so that the holder's next tick finds it free or renews it.
-        return self.store.acquire_lease(
-            self.recovery.digest, self.token, max(1, self.settings.sweep_interval * 9 // 10)
-        )
+        # A bit shorter than the interval, so that the holder's next sweep finds it free or renews it.
+        duration = max(1, self.settings.sweep_interval * 9 // 10)
+        held = self.store.acquire_lease(self.recovery.digest, self.token, duration)
+        self._lease_until = time.monotonic() + duration / 1000 if held else 0.0
+        return held
 
     def stop(self, timeout: float | None = 5.0) -> None:
         super().stop(timeout)

@@ -83,6 +83,7 @@ def spawn_worker(redis_url: str, namespaces: Namespaces, tmp_path: Path) -> Iter
     def spawn(
         *, kind: str = "redis", threads: int = 4, slow_seconds: float = 60, broker_url: str | None = None,
         tracker_url: str | None = None, env: dict[str, str] | None = None, queues: list[str] | None = None,
+        isolation: str = "",
     ) -> WorkerProcess:  # fmt: skip
         settings = {"TEST_%s" % key.upper(): str(value) for key, value in FAST.items()}
         full_env = {
@@ -100,7 +101,7 @@ def spawn_worker(redis_url: str, namespaces: Namespaces, tmp_path: Path) -> Iter
         }
         extra = ["--queues", *queues] if queues else None
         log_path = tmp_path / ("worker-%d.log" % len(started))
-        worker = WorkerProcess(full_env, threads=threads, log_path=log_path, extra=extra)
+        worker = WorkerProcess(full_env, threads=threads, log_path=log_path, extra=extra, isolation=isolation)
         started.append(worker)
         return worker
 

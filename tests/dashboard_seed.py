@@ -88,7 +88,7 @@ def register_worker(
             preview=seed.preview,
         )
         entries.append((seed.message_id, "%d|0" % index, record.to_json()))
-    status = store.register(info, identity_digest(BROKER_IDENTITY), heartbeat_timeout, entries)
+    status, _ = store.register(info, identity_digest(BROKER_IDENTITY), heartbeat_timeout, entries)
     if status != "ok":
         raise RuntimeError("cannot register %r: %s" % (worker_id, status))
     if not alive:

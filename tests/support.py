@@ -141,16 +141,78 @@ def find_redis_url() -> tuple[str, Any]:
     return "unix://%s" % server.socket_file, server
 
 
-class WorkerProcess:
-    """A real ``dramatiq`` CLI process (one worker process) running ``tests/apps/worker_app.py``."""
+#: Where a worker process may run, as seen from the tests: here; in a new pid namespace with the same
+#: hostname (a restarted container); or in new UTS and pid namespaces under another hostname (another
+#: host: the tracker cannot tell from /proc that its process is gone).  The last two need root (unshare).
+ISOLATIONS = ("", "container", "host")
 
-    def __init__(self, env: dict[str, str], *, threads: int, log_path: Path, extra: list[str] | None = None) -> None:
+
+def isolated(command: list[str], isolation: str) -> list[str]:
+    """``command`` run in the namespaces of ``isolation`` (see :data:`ISOLATIONS`)."""
+    if not isolation:
+        return command
+    unshare = ["unshare", "--pid", "--fork", "--mount-proc"]
+    if isolation == "container":
+        return [*unshare, *command]
+    script = 'hostname "$1" && shift && exec "$@"'
+    return ["unshare", "--uts", *unshare[1:], "sh", "-c", script, "sh", unique("otherhost"), *command]
+
+
+def can_isolate() -> bool:
+    """Whether this process may make namespaces (root, and unshare installed)."""
+    return shutil.which("unshare") is not None and os.geteuid() == 0
+
+
+def host_pid(root_pid: int, namespace_pid: int) -> int:
+    """The pid, as seen here, of the process a pid namespace made under ``root_pid`` knows as ``namespace_pid``."""
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("NSpid:"):
+                pids = [int(pid) for pid in line.split()[1:]]
+                if len(pids) > 1 and pids[-1] == namespace_pid and _descends_from(pids[0], root_pid):
+                    return pids[0]
+    raise LookupError("no process %d in a pid namespace under %d" % (namespace_pid, root_pid))
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            stat = Path("/proc/%d/stat" % pid).read_text()
+        except OSError:
+            return False
+        pid = int(stat.rpartition(")")[2].split()[1])
+    return pid == ancestor
+
+
+class WorkerProcess:
+    """A real ``dramatiq`` CLI process (one worker process) running ``tests/apps/worker_app.py``.
+
+    Parameters:
+      isolation(str): Where it runs (see :data:`ISOLATIONS`).
+    """
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        threads: int,
+        log_path: Path,
+        extra: list[str] | None = None,
+        isolation: str = "",
+    ) -> None:
         self.log_path = log_path
-        command = [
+        self.isolation = isolation
+        command = isolated([
             sys.executable, "-m", "dramatiq", "tests.apps.worker_app",
             "--processes", "1", "--threads", str(threads), "--worker-shutdown-timeout", "5000",
             *(extra or []),
-        ]  # fmt: skip
+        ], isolation)  # fmt: skip
         self.log = open(log_path, "ab")  # noqa: SIM115 - closed in close()
         full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
         # A session of its own, so that close() can kill the CLI parent and its worker processes together.
@@ -161,6 +223,10 @@ class WorkerProcess:
     @property
     def parent_pid(self) -> int:
         return self.process.pid
+
+    def pid_of(self, info: WorkerInfo) -> int:
+        """The pid, as seen here, of the worker process that registered ``info``."""
+        return host_pid(self.process.pid, info.pid) if self.isolation else info.pid
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -378,5 +444,5 @@ def fake_dead_worker(
             max_recoveries=3,
         )
         entries.append((message.message_id, "%s|0" % index, record.to_json()))
-    assert store.register(info, identity_digest(facts.identity), 60_000, entries) == "ok"
+    assert store.register(info, identity_digest(facts.identity), 60_000, entries)[0] == "ok"
     return info, messages

@@ -279,7 +279,7 @@ def registered_worker(store: InspectionStore, worker_id: str, started: list[int]
         InflightRecord("%s-m%d" % (worker_id, i), worker_id, "actor", "q", str(i), at) for i, at in enumerate(started)
     ]
     entries = [(r.message_id, "%s|0" % r.token, r.to_json()) for r in records]
-    assert store.register(info, identity_digest("identity"), 60_000 if alive else 1, entries) == "ok"
+    assert store.register(info, identity_digest("identity"), 60_000 if alive else 1, entries)[0] == "ok"
     return [r.message_id for r in records]
 
 

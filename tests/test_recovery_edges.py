@@ -96,7 +96,9 @@ def test_a_sweeper_that_finishes_an_interrupted_recovery_runs_the_lock_cleaners_
     info, messages = fake_dead_worker(redis_broker, tracker.store, namespaces.queue, 2, running=1)
     # Given a sweeper claimed the running orphan long ago and stopped before moving it
     parts = tracker.wiring
-    declared = tracker.store.declare_dead(info.worker_id, parts.digest, process_gone=True, retry_after=0)
+    declared = tracker.store.declare_dead(
+        info.worker_id, parts.digest, reason="process", retry_after=0, settle=0, grace=0
+    )
     candidates = parts.recovery.redelivery._found(
         info, parts.recovery.redelivery.parse_records(info, declared.records)
     )[0]  # type: ignore[attr-defined]

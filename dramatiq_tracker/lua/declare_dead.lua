@@ -5,37 +5,66 @@
 -- KEYS[3] dead_workers  ZSET    worker id -> when it was declared dead
 -- KEYS[4] heartbeat     STRING  the worker's heartbeat
 -- KEYS[5] inflight      HASH    the worker's message id -> in-flight record; "__seq__" -> write count
+-- KEYS[6] presence      HASH    worker id -> its last heartbeat, of the workers whose presence this server
+--                               saw (see heartbeat), of the caller's broker identity
+-- KEYS[7] absent        HASH    worker id -> "since|beat" (see check_presence)
+-- KEYS[8] server        HASH    incarnation and since (see the fragment _server)
+-- KEYS[9] caller        STRING  the caller's own heartbeat (optional: an operator's command has none)
 --
 -- ARGV[1] worker id
--- ARGV[2] "1" when the caller saw its process gone (the heartbeat may
---         still be fresh), "0" when death is judged by the heartbeat only
+-- ARGV[2] why it would be dead: "process" (the caller saw its process gone
+--         on this host: its heartbeat may still be fresh), "presence" (its
+--         presence has been gone for presence_grace, see check_presence), or
+--         "heartbeat" (its heartbeat expired)
 -- ARGV[3] retry_after (ms): when to look at this worker again should the
 --         recovery that follows be interrupted
 -- ARGV[4] "1" for a dry run: tell, change nothing
+-- ARGV[5] settle (ms): how long after the namespace first saw this server a
+--         death may be judged by presence or heartbeat
+-- ARGV[6] presence_grace (ms)
+-- ARGV[7] the worker's presence channel
+-- ARGV[8] "1" when presence channels are sharded (Redis Cluster)
 --
 -- Returns {"gone"} when the worker is not registered (its deadline entry is
--- removed, so that it never blocks the others), {"alive"} when its heartbeat
--- is fresh and its process was not seen gone (its deadline is set to its
--- heartbeat's expiry), else {"dead", registration,
--- message id, record, message id, record, ...}.  A dead worker's heartbeat
--- is deleted and its id is tombstoned, so that should it be alive after all,
--- its next heartbeat tells it so.
+-- removed, so that it never blocks the others); {"unsure"} when this server
+-- is new to the namespace (a restart, a failover: workers may not have
+-- reached it yet) or the caller's own heartbeat is not on it, for a death
+-- judged by presence or heartbeat; {"alive"} when the reason does not hold
+-- (its heartbeat is fresh, or its presence is back or was not gone long
+-- enough, or it heartbeat since); else {"dead", registration, message id,
+-- record, message id, record, ...}.  A dead worker's heartbeat is deleted
+-- and its id is tombstoned, so that should it be alive after all, its next
+-- heartbeat tells it so.
+
+-- include: _server
 
 local workers, deadlines, dead_workers, heartbeat, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local presence, absent, server, caller = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 
-local worker_id = ARGV[1]
+local worker_id, reason = ARGV[1], ARGV[2]
 local dry_run = ARGV[4] == "1"
 local registration = redis.call("hget", workers, worker_id)
 if not registration then
     if not dry_run then
         redis.call("zrem", deadlines, worker_id)
+        redis.call("hdel", presence, worker_id)
+        redis.call("hdel", absent, worker_id)
     end
     return {"gone"}
 end
 local time = redis.call("time")
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
-if ARGV[2] ~= "1" then
+if reason ~= "process" then
+    if now - server_since(server, now) < tonumber(ARGV[5]) then
+        return {"unsure"}
+    end
+    if caller and redis.call("exists", caller) == 0 then
+        return {"unsure"}
+    end
+end
+
+if reason == "heartbeat" then
     local remaining = redis.call("pttl", heartbeat)
     if remaining > 0 then
         -- Alive: its deadline follows its heartbeat, should the two have drifted apart.
@@ -44,10 +73,19 @@ if ARGV[2] ~= "1" then
         end
         return {"alive"}
     end
+elseif reason == "presence" then
+    local beat = redis.call("hget", presence, worker_id)
+    local since, seen_beat = string.match(redis.call("hget", absent, worker_id) or "", "^(%d+)|(.*)$")
+    local count = redis.call("pubsub", ARGV[8] == "1" and "shardnumsub" or "numsub", ARGV[7])[2]
+    if count > 0 or not beat or not since or seen_beat ~= beat or now - tonumber(since) < tonumber(ARGV[6]) then
+        return {"alive"}
+    end
 end
 
 if not dry_run then
     redis.call("del", heartbeat)
+    redis.call("hdel", presence, worker_id)
+    redis.call("hdel", absent, worker_id)
     redis.call("zadd", dead_workers, "nx", now, worker_id)
     redis.call("zadd", deadlines, now + tonumber(ARGV[3]), worker_id)
 end

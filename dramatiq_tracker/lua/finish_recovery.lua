@@ -6,8 +6,10 @@
 -- KEYS[4] heartbeat     STRING  the worker's heartbeat
 -- KEYS[5] inflight      HASH    the worker's message id -> in-flight record
 -- KEYS[6] running       HASH    message id -> "worker id|token|retries", all workers
--- KEYS[7] host          SET     worker ids registered from the worker's host
--- KEYS[8] broker        SET     worker ids sharing its broker_id (optional)
+-- KEYS[7] presence      HASH    worker id -> its last heartbeat, of the workers whose presence is seen
+-- KEYS[8] absent        HASH    worker id -> "since|beat" (see check_presence)
+-- KEYS[9] host          SET     worker ids registered from the worker's host
+-- KEYS[10] broker       SET     worker ids sharing its broker_id (optional)
 --
 -- ARGV[1] worker id
 -- ARGV[2] history_ttl (ms): tombstones of workers dead for longer are pruned
@@ -17,7 +19,7 @@
 -- Returns 1, or 0 when the worker was not declared dead (nothing done).
 
 local workers, deadlines, dead_workers, heartbeat = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local inflight, running, host, broker = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local inflight, running, presence, absent, host, broker = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 
 local worker_id = ARGV[1]
 if not redis.call("zscore", dead_workers, worker_id) then
@@ -33,6 +35,8 @@ for _, message_id in ipairs(redis.call("hkeys", inflight)) do
 end
 redis.call("del", heartbeat, inflight)
 redis.call("hdel", workers, worker_id)
+redis.call("hdel", presence, worker_id)
+redis.call("hdel", absent, worker_id)
 redis.call("zrem", deadlines, worker_id)
 redis.call("srem", host, worker_id)
 if broker then

@@ -64,6 +64,8 @@ tracker = TrackerMiddleware(
     flush_interval=int(os.environ.get("TEST_FLUSH_INTERVAL", "20")),
     max_recoveries=int(os.environ.get("TEST_MAX_RECOVERIES", "3")),
     preview_length=int(os.environ.get("TEST_PREVIEW_LENGTH", "24")),
+    presence=os.environ.get("TEST_PRESENCE", "1") == "1",
+    presence_grace=int(os.environ.get("TEST_PRESENCE_GRACE", "1000")),
 )
 broker.add_middleware(tracker)
 dramatiq.set_broker(broker)
