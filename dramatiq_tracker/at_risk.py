@@ -61,8 +61,9 @@ if TYPE_CHECKING:
     from .orphans import Claims, LockCleaners, Settlement
     from .recorder import Recorder
     from .registry import Delivery, InflightRegistry
+    from .scripts import AtRiskStart
     from .settings import TrackerSettings
-    from .store import AtRiskStart, TrackerStore
+    from .store import TrackerStore
 
 #: What happens to a delivery before it runs: None to run it, "skip" (ack it unrun) or "fail" (dead-letter it).
 Verdict = Literal["skip", "fail"] | None

@@ -29,7 +29,7 @@ from dramatiq.message import Message
 from .events import ABORT_HONOURED, LOCK_CLEANER_FAILED, LOCK_RELEASED, QUARANTINED, RECOVERED, EventSpec
 from .options import MAX_RECOVERIES, attempt_of
 from .records import WorkerInfo
-from .store import ClaimMode, ClaimReply, ClaimRequest
+from .scripts import ClaimMode, ClaimReply, ClaimRequest
 from .unique import lock_of
 
 if TYPE_CHECKING:
@@ -39,8 +39,9 @@ if TYPE_CHECKING:
     from .events import Events
     from .policies import ActorPolicy, Policies
     from .records import InflightRecord
+    from .scripts import LockOutcome
     from .settings import TrackerSettings
-    from .store import LockOutcome, TrackerStore
+    from .store import TrackerStore
 
 #: Outcomes of a recovered orphan: delivered again.
 REDELIVERED = "redelivered"

@@ -42,8 +42,9 @@ if TYPE_CHECKING:
     from .presence import Presence
     from .records import WorkerInfo
     from .registry import InflightRegistry
+    from .scripts import PresenceSeen, WriteStatus
     from .settings import TrackerSettings
-    from .store import PresenceSeen, TrackerStore, WriteStatus
+    from .store import TrackerStore
 
 
 class Recorder(PeriodicThread):

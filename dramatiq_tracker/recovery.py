@@ -41,8 +41,9 @@ if TYPE_CHECKING:
     from .events import Events
     from .orphans import Settlement
     from .redelivery import Redelivery
+    from .scripts import DeathReason, DeclaredDead
     from .settings import TrackerSettings
-    from .store import DeathReason, DeclaredDead, TrackerStore
+    from .store import TrackerStore
 
 #: How many expired workers one read of the deadlines index returns.
 SWEEP_PAGE = 100

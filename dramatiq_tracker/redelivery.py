@@ -41,8 +41,9 @@ from .store import parse_outbox_entry
 if TYPE_CHECKING:
     from dramatiq import Broker
 
+    from .scripts import ClaimReply
     from .settings import TrackerSettings
-    from .store import ClaimReply, TrackerStore
+    from .store import TrackerStore
 
 #: What RedisBroker recovery does with an orphan, by outcome.
 _REDIS_ACTIONS: dict[str, MoveAction] = {"deliver": "requeue", "quarantine": "deadletter", "drop": "drop"}

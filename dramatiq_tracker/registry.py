@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from dramatiq import MessageProxy
 
     from .policies import ActorPolicy
-    from .store import Completion, RecordEntry
+    from .scripts import Completion, RecordEntry
     from .unique import UniqueAttempt
 
 

@@ -25,113 +25,31 @@ import redis
 import redis.cluster
 
 from .keys import Keys
-from .scripts import Scripts, checked_reply, text, to_int
+from .scripts import (
+    AtRiskStart,
+    ClaimMode,
+    ClaimReply,
+    ClaimRequest,
+    Completion,
+    DeathReason,
+    DeathStatus,
+    DeclaredDead,
+    LockOutcome,
+    LockStatus,
+    Outcome,
+    PresenceSeen,
+    PresenceStatus,
+    RecordEntry,
+    RegisterStatus,
+    Scripts,
+    WriteStatus,
+    checked_reply,
+    text,
+    to_int,
+)
 
 if TYPE_CHECKING:
     from .records import WorkerInfo
-
-#: What a write of a worker's records says about the worker.
-WriteStatus = Literal["ok", "fenced", "unknown", "diverged"]
-#: What registering says: "fenced" when the worker id was declared dead.
-RegisterStatus = Literal["ok", "fenced"]
-#: What a heartbeat or a registration says of the worker's presence: "seen" (the server has its
-#: subscriber), "unseen" (it claimed one and the server has none), "" (it claimed none).
-PresenceSeen = Literal["seen", "unseen", ""]
-#: Why a worker would be dead: its process was seen gone on this host, its presence is gone, or its
-#: heartbeat expired (see ``lua/declare_dead.lua``).
-DeathReason = Literal["process", "presence", "heartbeat"]
-#: What declaring a worker dead found; "unsure" when the server is new to the namespace or the
-#: caller's own heartbeat is not on it.
-DeathStatus = Literal["dead", "alive", "gone", "unsure"]
-#: What a presence check found (see :meth:`TrackerStore.check_presence`).
-PresenceStatus = Literal["ok", "settling", "unsure"]
-#: How ``lua/claim_orphans.lua`` claims a broker's orphans (see the script).
-ClaimMode = Literal["deliver", "park", "await"]
-#: The fate of an orphan, decided when it is claimed; "" while its broker's redelivery is awaited.
-Outcome = Literal["deliver", "quarantine", "drop", ""]
-#: What a claim did to an orphan's uniqueness lock.
-LockOutcome = Literal["deleted", "transferred", ""]
-#: How an attempt ended, for a duplicate waiting behind it ("void": a zombie's failure, which decides nothing).
-Completion = Literal["ack", "nack", "void"]
-#: What taking a uniqueness lock found.
-LockStatus = Literal["acquired", "owned", "conflict"]
-
-
-# The contract of the scripts ---------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class DeclaredDead:
-    """What :meth:`TrackerStore.declare_dead` found.
-
-    Parameters:
-      status(str): "dead", "alive" (heartbeat fresh) or "gone" (not registered).
-      registration(str): The raw registration JSON of a dead worker.
-      records(dict[str, str]): The raw in-flight records of a dead worker, by message id.
-    """
-
-    status: DeathStatus
-    registration: str = ""
-    records: dict[str, str] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class ClaimRequest:
-    """One orphan to claim, with what ``lua/claim_orphans.lua`` needs to decide its fate.
-
-    Parameters:
-      message_id(str)
-      attempt(int): The attempt of the copy found (0 when unknown).
-      digest(str): Its uniqueness lock digest, or "".
-      mode(str): Its lock mode, or "".
-      max_recoveries(int): Its poison limit.
-      aborted(bool): dramatiq-abort holds a cancel or abort request for it.
-    """
-
-    message_id: str
-    attempt: int = 0
-    digest: str = ""
-    mode: str = ""
-    max_recoveries: int = 2**31
-    aborted: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class ClaimReply:
-    """What claiming one orphan decided (see ``lua/claim_orphans.lua``).
-
-    Parameters:
-      running(bool): It was being processed, not only prefetched.
-      taken(bool): This call took its record.
-      recoveries(int): Its recovery count.
-      attempt(int): The attempt of its next delivery.
-      claim_age(int): For a running orphan another caller took, how long ago, in ms.
-      awaiting(bool): Its recovery is counted when the broker redelivers it.
-      lock(str): What happened to its uniqueness lock.
-      outcome(str): Its fate, "" while awaiting.
-    """
-
-    running: bool
-    taken: bool
-    recoveries: int
-    attempt: int
-    claim_age: int
-    awaiting: bool
-    lock: LockOutcome
-    outcome: Outcome
-
-
-@dataclasses.dataclass(frozen=True)
-class AtRiskStart:
-    """What :meth:`TrackerStore.begin_at_risk` found.
-
-    Parameters:
-      previous_owner(str): "worker id|token|retries" of another attempt recorded running the message, or "".
-      history(dict[str, str]): The message's history (recoveries, attempt, awaiting_from, abort, ...).
-    """
-
-    previous_owner: str
-    history: dict[str, str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,10 +97,6 @@ def _lock_info(digest: str, fields: Mapping[Any, Any], ttl: Any) -> LockInfo:
 
 #: How many events one script call appends.
 EVENT_BATCH = 1000
-
-#: An in-flight record as scripts take it: message id, "token|retries" (the running index's
-#: owner, after the worker id), the record's JSON.
-RecordEntry = tuple[str, str, str]
 
 
 def _flat(entries: Iterable[tuple[Any, ...]]) -> list[Any]:

@@ -17,7 +17,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from dramatiq_tracker import TrackerMiddleware
 from dramatiq_tracker.ops.reads import InspectionStore
-from dramatiq_tracker.store import ClaimRequest
+from dramatiq_tracker.scripts import ClaimRequest
 from dramatiq_tracker.unique import compute_digest
 
 from .conftest import Namespaces, events
