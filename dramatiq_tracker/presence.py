@@ -232,7 +232,9 @@ class Presence(threading.Thread):
             now = time.monotonic()
             if self._pinged_at is not None and now - self._pinged_at > PONG_TIMEOUT:
                 raise redis.ConnectionError("the presence connection did not answer a ping")
-            if self._pinged_at is None and now - self._last_ping >= PING_INTERVAL:
+            # (A Cluster client pings on a connection of its own, not the shard's: its sharded
+            # subscription is watched through its reads only.)
+            if not self.sharded and self._pinged_at is None and now - self._last_ping >= PING_INTERVAL:
                 self._pubsub.ping()
                 self._pinged_at = self._last_ping = now
         except (redis.RedisError, OSError) as e:

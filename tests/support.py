@@ -80,12 +80,21 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A throwaway redis-server that a test starts, stops and restarts itself."""
+    """A throwaway redis-server that a test starts, stops and restarts itself.
 
-    def __init__(self, port: int | None = None) -> None:
+    Parameters:
+      port(int): Its port; a free one by default.
+      persistent(bool): Keep what it holds across a restart (an AOF written at every command); by
+        default it starts again empty.
+      options(list[str]): More ``redis-server`` options (``["--timeout", "1"]``).
+    """
+
+    def __init__(self, port: int | None = None, *, persistent: bool = False, options: list[str] | None = None) -> None:
         self.port = port or free_port()
         self.directory = tempfile.mkdtemp(prefix="tracker-redis-")
         self.process: subprocess.Popen[bytes] | None = None
+        self.persistent = persistent
+        self.options = options or []
 
     @property
     def url(self) -> str:
@@ -97,8 +106,9 @@ class RedisServer:
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
             "--dir", self.directory,
+            *self.options,
         ]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         with contextlib.closing(redis.Redis(port=self.port)) as client:

@@ -9,12 +9,16 @@ namespace with the same hostname), where the same-host check of /proc cannot see
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.message import Message
 
 from dramatiq_tracker.events import TrackerEvent
 from dramatiq_tracker.keys import identity_digest
@@ -23,10 +27,13 @@ from dramatiq_tracker.records import WorkerInfo
 
 from .conftest import Namespaces, events
 from .support import (
+    RABBITMQ_URL,
     WorkerProcess,
     can_isolate,
     kill,
+    kinds,
     registered,
+    release,
     send,
     stream,
     wait_for,
@@ -52,16 +59,37 @@ SETTLE = 2 * 2.0
 #: orphans, and a fetch by the survivor's consumer (Dramatiq polls an idle queue at most every second),
 #: with slack for a loaded machine; far below heartbeat_timeout.
 PRESENCE_BOUND = 1.0 + 0.25 + 1.0 + 6.0
+#: A restarted worker's bound: its boot (a dramatiq process, 1-2 s, more on a loaded machine), a quarter
+#: of the grace after it first finds its predecessor's presence gone, and the fetch.
+BOOT_BOUND = 4.0 + 0.25 + 0.25 + 1.0 + 6.0
+#: On RabbitMQ the server redelivers at once; the tracker waits for half the grace (the redelivery
+#: already says the connection closed), then the claim; with slack for a loaded machine.
+RABBITMQ_BOUND = 0.5 + 0.25 + 5.0
+#: The package's default timings.
+DEFAULT_TIMINGS = {
+    "TEST_HEARTBEAT_INTERVAL": "5000",
+    "TEST_HEARTBEAT_TIMEOUT": "15000",
+    "TEST_SWEEP_INTERVAL": "5000",
+    "TEST_FLUSH_INTERVAL": "50",
+    "TEST_PRESENCE_GRACE": "1000",
+}
+DEFAULT_SETTLE = 2 * 5.0
 
 
-def wait_settled(store: InspectionStore) -> None:
+def wait_settled(store: InspectionStore, settle: float = SETTLE) -> None:
     """Wait until the server is not new to the namespace any more (see lua/_server.lua)."""
 
     def settled() -> bool:
         since = store.client.hget(store.keys.server, "since")
-        return since is not None and store.server_time() - int(since) >= SETTLE * 1000
+        return since is not None and store.server_time() - int(since) >= settle * 1000
 
-    wait_for(settled, SETTLE + 10, interval=0.1, message="the namespace to settle on its server")
+    wait_for(settled, settle + 10, interval=0.1, message="the namespace to settle on its server")
+
+
+def enqueue(broker: Any, queue_name: str, actor_name: str, *args: object) -> str:
+    """Send one message; returns its id."""
+    message = Message(queue_name=queue_name, actor_name=actor_name, args=args, kwargs={}, options={})
+    return str(broker.enqueue(message).message_id)
 
 
 def present(store: InspectionStore, info: WorkerInfo) -> bool:
@@ -109,3 +137,113 @@ def test_a_worker_killed_where_its_process_cannot_be_seen_is_recovered_within_it
     assert event is not None and event.details["reason"] == "presence gone"
     assert sorted(m for m, pid, _ in events(redis_client, namespaces, "started") if pid == survivor.pid) == sorted(sent)
     assert [w.worker_id for w in registered(store)] == [survivor.worker_id]
+
+
+def test_a_restarted_container_recovers_its_predecessors_orphans_at_boot(
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    producer: RedisBroker,
+) -> None:
+    store = InspectionStore(redis_client, namespaces.tracker)
+    # Given the only worker, in a container, running two messages
+    victim_process = spawn_worker(threads=2, env=PRESENCE_TIMINGS, isolation="container")
+    (victim,) = wait_registered(store, 1)
+    send(producer, namespaces.queue, "slow", 2)
+    wait_for(lambda: len(events(redis_client, namespaces, "started")) == 2, 20, message="running")
+    wait_for(lambda: present(store, victim), 10, message="its presence seen")
+    wait_settled(store)
+
+    # When it is SIGKILLed and its container restarts: same hostname, a new pid namespace
+    killed = time.time()
+    kill(victim_process.pid_of(victim))
+    spawn_worker(threads=2, env=PRESENCE_TIMINGS, isolation="container")
+    wait_new_worker(store, victim)
+
+    # Then the new worker recovers its predecessor's orphans as soon as it boots (a quarter of the
+    # grace after it first finds its presence gone), not after heartbeat_timeout (pids repeat across
+    # containers: the starts after the kill are the successor's)
+    def restarted() -> list[float]:
+        return [at for _, _, at in events(redis_client, namespaces, "started") if at > killed]
+
+    wait_for(lambda: len(restarted()) == 2, BOOT_BOUND, message="orphans restarted by the successor")
+    event = dead_event(store, victim.worker_id)
+    assert event is not None and event.details["reason"] == "presence gone"
+    print("restarted %.2f s after the kill" % (max(restarted()) - killed))
+
+
+@pytest.mark.parametrize("stall", ["sigstop", "gil"])
+def test_a_ten_second_stall_keeps_the_socket_open_and_is_no_death(
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    producer: RedisBroker,
+    stall: str,
+) -> None:
+    store = InspectionStore(redis_client, namespaces.tracker)
+    # Given a worker on another host, at the default timings, and a live peer (consuming another queue)
+    victim_process = spawn_worker(threads=2, env=DEFAULT_TIMINGS, isolation="host")
+    (victim,) = wait_registered(store, 1)
+    spawn_worker(threads=2, env={**DEFAULT_TIMINGS, "TEST_QUEUE": namespaces.queue + "_other"})
+    peer = wait_new_worker(store, victim)
+    wait_for(lambda: present(store, victim) and present(store, peer), 15, message="their presence seen")
+    wait_settled(store, DEFAULT_SETTLE)
+    pid = victim_process.pid_of(victim)
+
+    # When the worker process stalls for 10 s (frozen, or a C call holding the GIL), below heartbeat_timeout
+    if stall == "sigstop":
+        message_id = enqueue(producer, namespaces.queue, "held", 60)
+        wait_for(lambda: len(events(redis_client, namespaces, "started")) == 1, 20, message="running")
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(10)
+        os.kill(pid, signal.SIGCONT)
+        release(redis_client, namespaces.report, message_id)
+    else:
+        message_id = enqueue(producer, namespaces.queue, "hold_gil", 10)
+        wait_for(lambda: len(events(redis_client, namespaces, "started")) == 1, 20, message="running")
+
+    # Then it completes on its worker, once, and nobody was declared dead
+    wait_for(lambda: events(redis_client, namespaces, "done"), 30, message="done")
+    # (beyond what presence needs to judge: a grace, a check and a sweep)
+    time.sleep(2)
+    assert [(m, p) for m, p, _ in events(redis_client, namespaces, "started")] == [(message_id, victim.pid)]
+    assert "worker-dead" not in kinds(store) and "recovered" not in kinds(store)
+    assert {w.worker_id for w in registered(store)} == {victim.worker_id, peer.worker_id}
+
+
+@pytest.mark.rabbitmq
+def test_on_rabbitmq_the_redelivery_of_a_dead_workers_message_runs_at_once_not_put_off(
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    rabbitmq: object,
+) -> None:
+    store = InspectionStore(redis_client, namespaces.tracker)
+    # Given a worker on another host running a message, and a live peer
+    victim_process = spawn_worker(
+        kind="rabbitmq", threads=1, broker_url=RABBITMQ_URL, env=PRESENCE_TIMINGS, isolation="host"
+    )
+    (victim,) = wait_registered(store, 1)
+    message_id = enqueue(rabbitmq, namespaces.queue, "slow", 0)
+    wait_for(lambda: len(events(redis_client, namespaces, "started")) == 1, 20, message="running")
+    spawn_worker(kind="rabbitmq", threads=1, broker_url=RABBITMQ_URL, env=PRESENCE_TIMINGS)
+    peer = wait_new_worker(store, victim)
+    wait_for(lambda: present(store, victim) and present(store, peer), 10, message="their presence seen")
+    wait_settled(store)
+
+    # When the worker is SIGKILLed: RabbitMQ delivers its message again at once
+    killed = time.time()
+    kill(victim_process.pid_of(victim))
+
+    # Then the redelivery runs on the peer within about half the grace, as a recovery, not put off
+    # behind a copy that looks alive until heartbeat_timeout
+    wait_for(
+        lambda: any(pid == peer.pid for _, pid, _ in events(redis_client, namespaces, "started")),
+        RABBITMQ_BOUND,
+        message="run again on the peer",
+    )
+    restarted = next(at for _, pid, at in events(redis_client, namespaces, "started") if pid == peer.pid)
+    print("restarted %.2f s after the kill" % (restarted - killed))
+    assert "duplicate-deferred" not in kinds(store, message_id)
+    wait_for(lambda: "recovered" in kinds(store, message_id), 5, message="counted as a recovery")
+    assert victim.worker_id in store.dead_workers()

@@ -282,3 +282,14 @@ def fail_when_released(limit: float) -> None:
     _held_until_released(limit)
     _report("failed")
     raise RuntimeError("expected failure")
+
+
+@declare(max_retries=0)
+def hold_gil(seconds: float) -> None:
+    """Hold the GIL for ``seconds`` (a C call that never releases it): every thread of this process
+    stops, the tracker's too, while its sockets stay open."""
+    import ctypes
+
+    _report("started")
+    ctypes.PyDLL(None).sleep(int(seconds))
+    _report("done")
