@@ -139,7 +139,7 @@ def make_stub_broker(
 
     Parameters:
       app(Broker): The application's broker: its middleware, in order, with the test tracker in place
-        of its tracker (see :func:`~dramatiq_tracker.testing.broker_middleware`; ``config.app_middleware``).
+        of its tracker (see ``broker_middleware()``; ``config.app_middleware``).
       like(TrackerMiddleware): The tracker whose settings are kept (default: ``app``'s).
       middleware(list[Middleware]): More middleware, just before the tracker.
 

@@ -204,7 +204,7 @@ def provide_checks(request: pytest.FixtureRequest, broker_fixture: str = "tracke
 
 
 def redis_url_fixture(url: str | None = None) -> Any:
-    """A session-scoped fixture: the URL of the test Redis (:func:`provide_redis_url`)."""
+    """A session-scoped fixture: the URL of the test Redis (``provide_redis_url``)."""
 
     @pytest.fixture(scope="session")
     def tracker_redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
@@ -235,7 +235,7 @@ def namespace_fixture(client_fixture: str = "tracker_redis", prefix: str = "trac
 
 def broker_fixture(kind: str, **options: Any) -> Any:
     """A fixture: a broker of ``kind`` ("stub" or "redis", on a namespace of its own) with a tracker on the
-    test's namespace (:func:`provide_broker`, whose keyword arguments ``options`` are).
+    test's namespace (``provide_broker``, whose keyword arguments ``options`` are).
 
     Raises:
       TrackerTestError: When ``kind`` is not "stub" or "redis".
@@ -251,7 +251,7 @@ def broker_fixture(kind: str, **options: Any) -> Any:
 
 
 def selected_broker_fixture() -> Any:
-    """The ``tracker_broker`` fixture (:func:`provide_selected_broker`)."""
+    """The ``tracker_broker`` fixture (``provide_selected_broker``)."""
 
     @pytest.fixture
     def tracker_broker(request: pytest.FixtureRequest) -> Broker:
