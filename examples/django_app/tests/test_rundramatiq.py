@@ -7,21 +7,13 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from invoices.tasks import render_invoice
 
 from dramatiq_tracker.ops import Inspector
 
-from .test_settings import _reads_the_environment
-
 SITE = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.skipif(
-    not _reads_the_environment(),
-    reason="needs dramatiq-tracker's core: TrackerMiddleware() reading DRAMATIQ_TRACKER_NAMESPACE (#21); "
-    "without it the workers would use the default namespace of a shared Redis",
-)
 def test_rundramatiq_runs_tracked_workers_on_the_namespace_of_the_environment(
     tracker_redis_broker, tracker_redis, tracker_namespace, tracker_redis_url, tmp_path
 ):

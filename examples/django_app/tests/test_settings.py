@@ -2,22 +2,14 @@
 environment."""
 
 import dramatiq
-import pytest
 from django_dramatiq.apps import DjangoDramatiqConfig
 from django_dramatiq.utils import load_middleware
 from djangoshop.alerts import on_tracker_event
 from djangoshop.apps import DramatiqConfig
 
-from dramatiq_tracker import TrackerMiddleware, find_tracker
+from dramatiq_tracker import find_tracker
 
 TRACKER = "dramatiq_tracker.TrackerMiddleware"
-
-
-def _reads_the_environment() -> bool:
-    """Whether TrackerMiddleware() reads DRAMATIQ_TRACKER_NAMESPACE (dramatiq-tracker's core, #21)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DRAMATIQ_TRACKER_NAMESPACE", "probe")
-        return TrackerMiddleware().settings.namespace == "probe"
 
 
 def test_the_broker_of_the_site_has_the_tracker_with_the_options_of_the_appconfig():
@@ -32,11 +24,6 @@ def test_the_broker_of_the_site_has_the_tracker_with_the_options_of_the_appconfi
     assert DjangoDramatiqConfig.get_middleware_kwargs(TRACKER) == {}
 
 
-@pytest.mark.xfail(
-    not _reads_the_environment(),
-    reason="needs dramatiq-tracker's core: TrackerMiddleware() reading DRAMATIQ_TRACKER_* (#21)",
-    strict=True,
-)
 def test_the_environment_configures_the_tracker_as_it_does_the_command(monkeypatch):
     # Given the environment of a deployment (the dramatiq-tracker command reads the same variables)
     monkeypatch.setenv("DRAMATIQ_TRACKER_NAMESPACE", "djangoshop-production")
