@@ -3,7 +3,7 @@
 
     python3 dev.py demo          # watch a worker get SIGKILLed and its messages recovered
     python3 dev.py test          # run the whole test suite (in parallel)
-    python3 dev.py test-examples # the example applications' own tests (examples/, pytest plugin)
+    python3 dev.py test-examples # each example application's own tests (examples/*, pytest plugin)
     python3 dev.py lint          # ruff and mypy
     python3 dev.py test-newest   # the suite against the newest releases of dramatiq, redis-py, dramatiq-abort
     python3 dev.py docs          # build the documentation site into site/ (strict)
@@ -198,10 +198,7 @@ def main(argv: list[str]) -> int:
     if command == "test":
         return subprocess.call(pytest_command(python, extra), cwd=ROOT)
     if command == "test-examples":
-        # Each example is a project of its own (its own pytest.ini); the root suite does not collect it.
-        return subprocess.call(
-            [str(python), "-m", "pytest", "-p", "no:cacheprovider", "examples/shop", *extra], cwd=ROOT
-        )
+        return test_examples(python, extra)
     if command == "build":
         return build(python)
     for step in (["ruff", "check", "."], ["ruff", "format", "--check", "."], ["mypy"]):
@@ -209,6 +206,29 @@ def main(argv: list[str]) -> int:
         if code:
             return code
     return 0
+
+
+def test_examples(python: Path, extra: list[str]) -> int:
+    """Each example's own suite, one pytest session per example: each is a project of its own (its own
+    pytest.ini, which the root suite does not collect).  An example's ``requirements.txt`` (Django,
+    Flask) is installed first, under the pinned constraints, when it changed."""
+    examples = sorted(path.parent for path in (ROOT / "examples").glob("*/pytest.ini"))
+    requirements = [example / "requirements.txt" for example in examples if (example / "requirements.txt").exists()]
+    stamp = python.parent.parent / (".examples-" + _fingerprint(*(r.read_text() for r in requirements)))
+    if requirements and not stamp.exists():
+        print("Installing the examples' requirements ...", flush=True)
+        pip_install(python, [argument for r in requirements for argument in ("-r", str(r))], {}, ROOT)
+        for old in stamp.parent.glob(".examples-*"):
+            old.unlink()
+        stamp.touch()
+    failed = []
+    for example in examples:
+        print("::: %s" % example.relative_to(ROOT), flush=True)
+        if subprocess.call([str(python), "-m", "pytest", "-p", "no:cacheprovider", str(example), *extra], cwd=ROOT):
+            failed.append(example.name)
+    if failed:
+        print("Failed: %s." % ", ".join(failed))
+    return 1 if failed else 0
 
 
 def test_newest(extra: list[str]) -> int:

