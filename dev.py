@@ -252,13 +252,14 @@ def test_newest(extra: list[str]) -> int:
 
 
 def lock() -> int:
-    """Resolve the dev and docs extras afresh in a throwaway virtualenv and pin every release in
-    constraints/pinned.txt."""
+    """Resolve the dev and docs extras and the examples' requirements afresh in a throwaway virtualenv
+    and pin every release in constraints/pinned.txt."""
     with tempfile.TemporaryDirectory(prefix="dramatiq-tracker-lock-") as temporary:
         python = Path(temporary) / "venv" / BIN_DIR / "python"
         venv.EnvBuilder(with_pip=True).create(python.parent.parent)
-        print("Resolving the newest releases of the dev and docs extras ...", flush=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", ".[dev,docs]"], cwd=ROOT, check=True)
+        print("Resolving the newest releases of the dev and docs extras and the examples' requirements ...", flush=True)
+        examples = [argument for r in sorted(ROOT.glob("examples/*/requirements.txt")) for argument in ("-r", str(r))]
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", ".[dev,docs]", *examples], cwd=ROOT, check=True)
         frozen = subprocess.run(
             [str(python), "-m", "pip", "freeze", "--exclude", "dramatiq-tracker"],
             capture_output=True,
@@ -268,7 +269,7 @@ def lock() -> int:
     pins = sorted((line for line in frozen.splitlines() if "==" in line), key=_name)
     header = (
         "# Every release the project's environments install, pinned: `python3 dev.py lock` rewrites\n"
-        "# this file from a fresh resolution of the dev and docs extras.\n"
+        "# this file from a fresh resolution of the dev and docs extras and the examples' requirements.\n"
         "# `python3 dev.py test-newest` lets %s float to their newest releases.\n" % ", ".join(FLOATING)
     )
     CONSTRAINTS.parent.mkdir(exist_ok=True)

@@ -1,17 +1,67 @@
 """dramatiq-tracker: track in-flight Dramatiq messages per worker and deliver a
-dead worker's orphans again within seconds, exactly once."""
+dead worker's orphans again within seconds, exactly once.
+
+The public names are loaded when first used (PEP 562): importing the package,
+as pytest does for the plugin of every environment it runs in, costs nothing
+until one of them is.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .errors import ConfigurationError, DuplicateMessage, TrackerError, TrackerNotConfigured, UniqueKeyError
-from .events import TrackerEvent
-from .keys import Keys, namespaced_key
-from .middleware import Tracker, TrackerMiddleware, find_tracker, recover
-from .options import ATTEMPT_OPTION, RECOVERIES_OPTION
-from .orphans import LockCleaner, Orphan, RecoveryReport
-from .store import LockInfo
-from .unique import UNTIL_EXECUTED, UNTIL_EXECUTING, UNTIL_EXPIRED, WHILE_EXECUTING
+
+if TYPE_CHECKING:
+    from .errors import ConfigurationError, DuplicateMessage, TrackerError, TrackerNotConfigured, UniqueKeyError
+    from .events import TrackerEvent
+    from .keys import Keys, namespaced_key
+    from .middleware import Tracker, TrackerMiddleware, find_tracker, recover
+    from .options import ATTEMPT_OPTION, RECOVERIES_OPTION
+    from .orphans import LockCleaner, Orphan, RecoveryReport
+    from .store import LockInfo
+    from .unique import UNTIL_EXECUTED, UNTIL_EXECUTING, UNTIL_EXPIRED, WHILE_EXECUTING
+
+#: Each public name, and the module that defines it.
+_PUBLIC = {
+    "Tracker": "middleware",
+    "TrackerMiddleware": "middleware",
+    "find_tracker": "middleware",
+    "recover": "middleware",
+    "LockCleaner": "orphans",
+    "Orphan": "orphans",
+    "RecoveryReport": "orphans",
+    "ATTEMPT_OPTION": "options",
+    "RECOVERIES_OPTION": "options",
+    "TrackerEvent": "events",
+    "LockInfo": "store",
+    "UNTIL_EXECUTED": "unique",
+    "UNTIL_EXECUTING": "unique",
+    "UNTIL_EXPIRED": "unique",
+    "WHILE_EXECUTING": "unique",
+    "Keys": "keys",
+    "namespaced_key": "keys",
+    "ConfigurationError": "errors",
+    "DuplicateMessage": "errors",
+    "TrackerError": "errors",
+    "TrackerNotConfigured": "errors",
+    "UniqueKeyError": "errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError("module %r has no attribute %r" % (__name__, name))
+    value = getattr(importlib.import_module("." + module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])
+
 
 __all__ = [
     "__version__",
