@@ -53,17 +53,11 @@ from .records import AttemptName, CorruptRecord, WorkerInfo
 from .unique import UNTIL_EXECUTED, UNTIL_EXECUTING, lock_of
 
 if TYPE_CHECKING:
-    from dramatiq import Broker
-
-    from .events import Events
     from .fencing import WorkerFencing
-    from .health import ConnectionHealth
-    from .orphans import Claims, LockCleaners, Settlement
     from .recorder import Recorder
     from .registry import Delivery, InflightRegistry
     from .scripts import AtRiskStart
-    from .settings import TrackerSettings
-    from .store import TrackerStore
+    from .wiring import Wiring
 
 #: What happens to a delivery before it runs: None to run it, "skip" (ack it unrun) or "fail" (dead-letter it).
 Verdict = Literal["skip", "fail"] | None
@@ -196,45 +190,18 @@ class AtRiskStarts:
     """Records at-risk deliveries before they run, decides their fate and carries it out.
 
     Parameters:
-      broker(Broker)
-      store(TrackerStore)
-      settings(TrackerSettings)
-      health(ConnectionHealth)
+      wiring(Wiring): The tracker's machinery.
       registry(InflightRegistry): This worker's deliveries.
       recorder(Recorder): Told what a write outside its thread found.
       fencing(WorkerFencing): Which copies are stale.
-      claims(Claims)
-      cleaners(LockCleaners)
-      settlement(Settlement)
-      events(Events)
     """
 
-    def __init__(
-        self,
-        broker: Broker,
-        store: TrackerStore,
-        settings: TrackerSettings,
-        health: ConnectionHealth,
-        registry: InflightRegistry,
-        recorder: Recorder,
-        fencing: WorkerFencing,
-        claims: Claims,
-        cleaners: LockCleaners,
-        settlement: Settlement,
-        events: Events,
-    ) -> None:
+    def __init__(self, wiring: Wiring, registry: InflightRegistry, recorder: Recorder, fencing: WorkerFencing) -> None:
         self.logger = get_logger(__name__, type(self))
-        self.broker = broker
-        self.store = store
-        self.settings = settings
-        self.health = health
-        self.registry = registry
-        self.recorder = recorder
-        self.fencing = fencing
-        self.claims = claims
-        self.cleaners = cleaners
-        self.settlement = settlement
-        self.events = events
+        self.broker, self.store, self.settings = wiring.broker, wiring.store, wiring.settings
+        self.health, self.events, self.claims = wiring.health, wiring.events, wiring.claims
+        self.cleaners, self.settlement = wiring.cleaners, wiring.settlement
+        self.registry, self.recorder, self.fencing = registry, recorder, fencing
         self.host = HostFacts.current()
 
     def admit(self, delivery: Delivery) -> Verdict:

@@ -31,12 +31,8 @@ from dramatiq.logging import get_logger
 from .events import STALE_SKIPPED, ZOMBIE_ABORTED, ZOMBIE_COMPLETION, ZOMBIE_DETECTED
 
 if TYPE_CHECKING:
-    from .abort import AbortBridge
-    from .events import Events
-    from .health import ConnectionHealth
     from .registry import Delivery, InflightRegistry
-    from .settings import TrackerSettings
-    from .store import TrackerStore
+    from .wiring import Wiring
 
 #: How often a fenced worker looks whether the recovery of its old identity is over, in seconds.
 _FENCE_POLL = 0.05
@@ -46,30 +42,15 @@ class WorkerFencing:
     """What this worker process does once it learns it was declared dead while alive.
 
     Parameters:
-      store(TrackerStore)
-      settings(TrackerSettings)
-      health(ConnectionHealth)
+      wiring(Wiring): The tracker's machinery (dramatiq-abort among it, to abort zombie copies).
       registry(InflightRegistry): This process's attempts.
-      events(Events)
-      aborts(AbortBridge): dramatiq-abort, to abort zombie copies.
     """
 
-    def __init__(
-        self,
-        store: TrackerStore,
-        settings: TrackerSettings,
-        health: ConnectionHealth,
-        registry: InflightRegistry,
-        events: Events,
-        aborts: AbortBridge,
-    ) -> None:
+    def __init__(self, wiring: Wiring, registry: InflightRegistry) -> None:
         self.logger = get_logger(__name__, type(self))
-        self.store = store
-        self.settings = settings
-        self.health = health
+        self.store, self.settings, self.health = wiring.store, wiring.settings, wiring.health
+        self.events, self.aborts = wiring.events, wiring.aborts
         self.registry = registry
-        self.events = events
-        self.aborts = aborts
         #: Messages recovered from this worker while it was presumed dead, with the attempt that
         #: superseded the copies it fetched before.
         self.revoked: dict[str, int] = {}

@@ -70,39 +70,16 @@ class TrackedProcess:
             facts.kind not in (REDIS, RABBITMQ),
             lambda actor_name: wiring.policies.callback_queue(broker, actor_name),
         )
-        self.fencing = WorkerFencing(wiring.store, settings, wiring.health, self.registry, wiring.events, wiring.aborts)
+        self.fencing = WorkerFencing(wiring, self.registry)
         self.presence: Presence | None = None
         if settings.presence:
             keys = wiring.store.keys
             self.presence = Presence(
                 wiring.store.client, keys.presence_channel, lambda: self.recorder.presence_changed()
             )
-        self.recorder = Recorder(
-            wiring.store,
-            settings,
-            wiring.health,
-            self.registry,
-            wiring.digest,
-            self.host,
-            self.fencing,
-            wiring.events,
-            wiring.broker_store,
-            self.presence,
-        )
-        self.at_risk = AtRiskStarts(
-            broker,
-            wiring.store,
-            settings,
-            wiring.health,
-            self.registry,
-            self.recorder,
-            self.fencing,
-            wiring.claims,
-            wiring.cleaners,
-            wiring.settlement,
-            wiring.events,
-        )
-        self.sweeper = Sweeper(wiring.recovery, wiring.store, settings, wiring.health, self.recorder, self.registry)
+        self.recorder = Recorder(wiring, self.registry, self.host, self.fencing, self.presence)
+        self.at_risk = AtRiskStarts(wiring, self.registry, self.recorder, self.fencing)
+        self.sweeper = Sweeper(wiring, self.recorder, self.registry)
         wiring.health.on_reconnect.append(self.recorder.request_resync)
 
     @property

@@ -34,60 +34,41 @@ import redis.sentinel
 from .threads import PeriodicThread
 
 if TYPE_CHECKING:
-    from .broker_store import BrokerStore
-    from .events import Events
     from .fencing import WorkerFencing
-    from .health import ConnectionHealth
     from .host import HostFacts
     from .presence import Presence
     from .records import WorkerInfo
     from .registry import InflightRegistry
     from .scripts import PresenceSeen, WriteStatus
-    from .settings import TrackerSettings
-    from .store import TrackerStore
+    from .wiring import Wiring
 
 
 class Recorder(PeriodicThread):
     """Writes a worker's registry, heartbeats, and re-registers it whenever Redis may have lost it.
 
     Parameters:
-      store(TrackerStore)
-      settings(TrackerSettings)
-      health(ConnectionHealth)
+      wiring(Wiring): The tracker's machinery: its events name the worker that reports them, and on
+        RedisBroker the worker is noted beside the broker's keys, so that recovery survives the loss
+        of the tracker's Redis.
       registry(InflightRegistry): The worker's in-memory truth.
-      identity(str): The digest of the worker's broker identity.
       host(HostFacts): This process, to make a new worker id when it is fenced.
       fencing(WorkerFencing): What the worker does when it learns it was declared dead while alive.
-      events(Events): Its events name the worker that reports them.
-      broker_store(BrokerStore|None): A RedisBroker's own keys, where the worker is noted so that
-        recovery survives the loss of the tracker's Redis.
       presence(Presence|None): The worker's presence subscription, None when presence is off.
     """
 
     def __init__(
         self,
-        store: TrackerStore,
-        settings: TrackerSettings,
-        health: ConnectionHealth,
+        wiring: Wiring,
         registry: InflightRegistry,
-        identity: str,
         host: HostFacts,
         fencing: WorkerFencing,
-        events: Events,
-        broker_store: BrokerStore | None,
         presence: Presence | None = None,
     ) -> None:
-        super().__init__("dramatiq-tracker-recorder", settings.flush_interval)
-        self.store = store
-        self.settings = settings
-        self.health = health
-        self.registry = registry
-        self.identity = identity
-        self.host = host
-        self.fencing = fencing
-        self.events = events
-        self.broker_store = broker_store
-        self.presence = presence
+        super().__init__("dramatiq-tracker-recorder", wiring.settings.flush_interval)
+        self.store, self.settings, self.health = wiring.store, wiring.settings, wiring.health
+        self.identity, self.events, self.broker_store = wiring.digest, wiring.events, wiring.broker_store
+        self.registry, self.host, self.fencing, self.presence = registry, host, fencing, presence
+        settings = self.settings
         #: When the last heartbeat that went through was sent (seconds since the epoch).  The
         #: per-message path compares it with the clock it reads anyway (see :meth:`ensure_alive`).
         self.last_beat = 0.0

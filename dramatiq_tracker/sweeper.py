@@ -29,43 +29,26 @@ import redis
 from .threads import PeriodicThread
 
 if TYPE_CHECKING:
-    from .health import ConnectionHealth
     from .recorder import Recorder
-    from .recovery import Recovery
     from .registry import InflightRegistry
-    from .settings import TrackerSettings
-    from .store import TrackerStore
+    from .wiring import Wiring
 
 
 class Sweeper(PeriodicThread):
     """Runs :class:`~dramatiq_tracker.recovery.Recovery` every ``sweep_interval``.
 
     Parameters:
-      recovery(Recovery)
-      store(TrackerStore)
-      settings(TrackerSettings)
-      health(ConnectionHealth)
+      wiring(Wiring): The tracker's machinery.
       recorder(Recorder): This worker's recorder: whether its own heartbeat went through lately.
       registry(InflightRegistry): This worker's registry: its id, which it never recovers.
     """
 
-    def __init__(
-        self,
-        recovery: Recovery,
-        store: TrackerStore,
-        settings: TrackerSettings,
-        health: ConnectionHealth,
-        recorder: Recorder,
-        registry: InflightRegistry,
-    ) -> None:
+    def __init__(self, wiring: Wiring, recorder: Recorder, registry: InflightRegistry) -> None:
+        settings = wiring.settings
         interval = settings.presence_check_interval if settings.presence else settings.sweep_interval
         super().__init__("dramatiq-tracker-sweeper", interval)
-        self.recovery = recovery
-        self.store = store
-        self.settings = settings
-        self.health = health
-        self.recorder = recorder
-        self.registry = registry
+        self.recovery, self.store, self.settings, self.health = wiring.recovery, wiring.store, settings, wiring.health
+        self.recorder, self.registry = recorder, registry
         self.token = uuid.uuid4().hex
         self._booted = False
         self._next_sweep = 0.0
