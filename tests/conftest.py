@@ -75,8 +75,18 @@ def events(client: redis.Redis, names: Namespaces, event: str) -> list[tuple[str
     return found
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    # Keep each phase's report on the test, so that fixtures know at teardown whether it failed.
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, "report_" + report.when, report)
+
+
 @pytest.fixture
-def spawn_worker(redis_url: str, namespaces: Namespaces, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+def spawn_worker(
+    redis_url: str, namespaces: Namespaces, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., WorkerProcess]]:
     """Start real ``dramatiq`` worker processes of tests/apps/worker_app.py; all are killed after the test."""
     started: list[WorkerProcess] = []
 
@@ -108,6 +118,11 @@ def spawn_worker(redis_url: str, namespaces: Namespaces, tmp_path: Path) -> Iter
     yield spawn
     for worker in started:
         worker.close()
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        # The workers' logs, for a failure that only a loaded machine shows (tmp_path is not kept for long).
+        for index, worker in enumerate(started):
+            print("----- worker %d log (%s) -----\n%s" % (index, worker.log_path, worker.output()[-20000:]))
 
 
 @pytest.fixture

@@ -26,6 +26,9 @@
 -- ARGV[9 .. 9+2Z-1] zombie attempts, as pairs: message id, "token|retries"
 -- ARGV[9+2Z ..] in-flight records, as triples: message id, "token|retries", record (JSON)
 --
+-- An in-flight record takes its message's place in the running index unless
+-- another worker's attempt holds it.
+--
 -- Zombie attempts are copies this process still runs of messages that were
 -- recovered from it while it was presumed dead.  They get no record (they
 -- are nobody's orphans) but a place in the running index, unless another
@@ -95,6 +98,11 @@ for i = 9, first_record - 1, 2 do
 end
 for i = first_record, #ARGV, 3 do
     redis.call("hset", inflight, ARGV[i], ARGV[i + 2])
-    redis.call("hset", running, ARGV[i], prefix .. ARGV[i + 1])
+    -- Another attempt that the index names keeps its place: this one may be a redelivery whose fate is
+    -- being decided, put off behind it (as in flush).
+    local owner = redis.call("hget", running, ARGV[i])
+    if not owner or string.sub(owner, 1, #prefix) == prefix then
+        redis.call("hset", running, ARGV[i], prefix .. ARGV[i + 1])
+    end
 end
 return {"ok", seen}
