@@ -11,12 +11,15 @@ shares one hash tag, so all of the tracker's scripts run on a Cluster.
 from __future__ import annotations
 
 import os
+import threading
 import urllib.parse
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.cluster
 import redis.sentinel
+from dramatiq.logging import get_logger
 
 from .brokers import REDIS, as_redis_broker, broker_kind
 from .errors import ConfigurationError
@@ -113,3 +116,55 @@ def delete_keys(client: redis.Redis, pattern: str) -> int:
     if batch:
         deleted += int(client.delete(*batch))
     return deleted
+
+
+class MasterWatch:
+    """Which server a Sentinel-managed client's master is, asked of the Sentinels, and followed.
+
+    After ``SENTINEL FAILOVER`` the old master keeps taking writes from the clients connected to it until
+    Sentinel demotes it, about ten seconds later; a worker that stayed there would see its heartbeat expire
+    on the new master, and a sweeper that stayed there would judge, by the presence it sees there, workers
+    that moved.  So each heartbeat, and each judgment of a death, asks first; when the master moved,
+    every connection goes to the new one at once, and the listeners are told (the presence connection
+    subscribes again there, the worker writes its state again).
+
+    Parameters:
+      client(redis.Redis): The tracker's client; a no-op unless its pool is Sentinel-managed.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.logger = get_logger(__name__, type(self))
+        pool = getattr(client, "connection_pool", None)
+        self.pool = pool if isinstance(pool, redis.sentinel.SentinelConnectionPool) else None
+        #: Called, without arguments, once every connection moved to a new master.
+        self.on_change: list[Callable[[], None]] = []
+        self._address: tuple[Any, ...] | None = None
+        self._lock = threading.Lock()
+
+    def moved(self) -> bool:
+        """Ask the Sentinels for the master; when it is not the one the client talked to, move there.
+
+        Returns:
+          bool: True when the master moved (a failover): nothing may be judged on what the old one said.
+
+        Raises:
+          redis.RedisError: When no Sentinel answers.
+        """
+        if self.pool is None:
+            return False
+        # Untyped before redis-py 8.2.
+        discover: Any = self.pool.get_master_address
+        address = tuple(discover())
+        with self._lock:
+            previous, self._address = self._address, address
+        if previous is None or previous == address:
+            return False
+        self.logger.info(
+            "The tracker's Redis master moved from %s to %s (a failover); reconnecting to it.",
+            ":".join(map(str, previous)),
+            ":".join(map(str, address)),
+        )
+        self.pool.disconnect()
+        for listener in self.on_change:
+            listener()
+        return True

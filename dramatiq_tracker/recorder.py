@@ -26,10 +26,9 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import redis
-import redis.sentinel
 
 from .threads import PeriodicThread
 
@@ -68,6 +67,8 @@ class Recorder(PeriodicThread):
         self.store, self.settings, self.health = wiring.store, wiring.settings, wiring.health
         self.identity, self.events, self.broker_store = wiring.digest, wiring.events, wiring.broker_store
         self.registry, self.host, self.fencing, self.presence = registry, host, fencing, presence
+        self.master = wiring.master
+        self.master.on_change.append(self.master_moved)
         settings = self.settings
         #: When the last heartbeat that went through was sent (seconds since the epoch).  The
         #: per-message path compares it with the clock it reads anyway (see :meth:`ensure_alive`).
@@ -76,8 +77,6 @@ class Recorder(PeriodicThread):
         #: worker was declared dead meanwhile, in seconds: shorter while its presence is gone.
         self.stale_after = settings.stale_after / 1000
         self._presence_gap = False
-        #: The Sentinel-managed master the client last talked to (host, port), if it is one.
-        self._master: tuple[str, int] | None = None
         self._next_beat = 0.0
         self._resync_needed = True
         self._last_attempt = 0.0
@@ -274,25 +273,14 @@ class Recorder(PeriodicThread):
 
     def _follow_master(self) -> None:
         """With a Sentinel-managed tracker Redis, ask the Sentinels which server is the master, at each
-        heartbeat: after a failover, connections (the presence one too) go to the new master at once
-        instead of writing to the old one until Sentinel demotes it (about ten seconds)."""
-        pool = getattr(self.store.client, "connection_pool", None)
-        if not isinstance(pool, redis.sentinel.SentinelConnectionPool):
-            return
-        # Untyped before redis-py 8.2.
-        discover: Any = pool.get_master_address
-        address = tuple(discover())
-        if self._master is not None and address != self._master:
-            self.logger.info(
-                "The tracker's Redis master moved from %s:%s to %s:%s (a failover); reconnecting to it.",
-                *self._master,
-                *address,
-            )
-            pool.disconnect()
-            if self.presence is not None:
-                self.presence.reconnect()
-            self.request_resync()
-        self._master = address
+        heartbeat (see :class:`~dramatiq_tracker.connection.MasterWatch`)."""
+        self.master.moved()
+
+    def master_moved(self) -> None:
+        """Every connection moved to a new master: subscribe there, and write this worker's state again."""
+        if self.presence is not None:
+            self.presence.reconnect()
+        self.request_resync()
 
     def _handle(self, worker_id: str, status: WriteStatus) -> None:
         if status == "ok":

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from dramatiq import Broker
 
     from .broker_store import BrokerStore
+    from .connection import MasterWatch
     from .events import Events
     from .orphans import Settlement
     from .redelivery import Redelivery
@@ -63,6 +64,8 @@ class Recovery:
       redelivery(Redelivery): How this broker's orphans are delivered again.
       settlement(Settlement): Reports what was done with them.
       events(Events)
+      master(MasterWatch): With a Sentinel-managed Redis, which server is the master: asked before a
+        death is judged by presence or heartbeat, which the old master of a failover would misjudge.
       broker_store(BrokerStore|None): A RedisBroker's own keys, to find processes the tracker forgot.
 
     The methods that recover take ``own``: the caller's worker id while it runs one (a worker never
@@ -78,6 +81,7 @@ class Recovery:
         redelivery: Redelivery,
         settlement: Settlement,
         events: Events,
+        master: MasterWatch,
         broker_store: BrokerStore | None = None,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
@@ -89,6 +93,7 @@ class Recovery:
         self.redelivery = redelivery
         self.settlement = settlement
         self.events = events
+        self.master = master
         #: A RedisBroker's own keys, where tracked processes are noted; None on other brokers.
         self.broker_store = broker_store
         self.host = HostFacts.current()
@@ -213,6 +218,9 @@ class Recovery:
             )
             return report
 
+        if reason != "process" and not dry_run and self.master.moved():
+            # A failover: what the old master said of presence and heartbeats decides nothing.
+            return report
         declared = self._declare(
             worker_id, reason, own, retry_after=self.settings.takeover_after, dry_run=dry_run, grace=grace
         )

@@ -17,7 +17,7 @@ import dramatiq
 from .abort import AbortBridge
 from .broker_store import BrokerStore
 from .brokers import REDIS, BrokerFacts, as_redis_broker
-from .connection import resolve_client
+from .connection import MasterWatch, resolve_client
 from .errors import TrackerError
 from .events import EventCallbacks, Events
 from .health import ConnectionHealth
@@ -46,6 +46,8 @@ class Wiring:
     #: The short digest of the broker identity: the suffix of its deadlines, lease and outbox keys.
     digest: str
     store: TrackerStore
+    #: With a Sentinel-managed Redis, which server is the master (a no-op otherwise).
+    master: MasterWatch
     broker_store: BrokerStore | None
     health: ConnectionHealth
     events: Events
@@ -81,13 +83,15 @@ def build(
     settlement = Settlement(events, Quarantine(broker, policies))
     claims = Claims(broker, store, settings, digest, policies, aborts)
     redelivery = redelivery_for(facts.kind, broker, store, settings, claims, lock_cleaners)
-    recovery = Recovery(broker, store, settings, facts.identity, redelivery, settlement, events, broker_store)
+    master = MasterWatch(client)
+    recovery = Recovery(broker, store, settings, facts.identity, redelivery, settlement, events, master, broker_store)
     return Wiring(
         broker=broker,
         settings=settings,
         facts=facts,
         digest=digest,
         store=store,
+        master=master,
         broker_store=broker_store,
         health=health,
         events=events,
