@@ -19,7 +19,8 @@ and carries it out:
   put off (enqueued again later), never run beside it;
 - the orphan of a dead worker (a sweeper left it awaiting this redelivery, or
   the previous attempt's worker is dead) is claimed now, like a sweeper would
-  (:class:`~dramatiq_tracker.orphans.Claims`): run, quarantined or dropped;
+  (:class:`~dramatiq_tracker.orphans.Claims`): run, quarantined or dropped; a
+  copy whose orphan another copy or a sweeper took over is dropped;
 - a message whose cancel or abort the tracker remembers does not run.
 
 Such a start fails closed: when it cannot be recorded or decided (the tracker's
@@ -206,7 +207,7 @@ class AtRiskStarts:
         self.logger = get_logger(__name__, type(self))
         self.broker, self.store, self.settings = wiring.broker, wiring.store, wiring.settings
         self.health, self.events, self.claims = wiring.health, wiring.events, wiring.claims
-        self.cleaners, self.settlement = wiring.cleaners, wiring.settlement
+        self.cleaners, self.settlement, self.master = wiring.cleaners, wiring.settlement, wiring.master
         self.registry, self.recorder, self.fencing = registry, recorder, fencing
         self.host = HostFacts.current()
 
@@ -409,6 +410,8 @@ class AtRiskStarts:
             if worker_id not in absences:
                 return True if self.store.presence_seen(identity, worker_id) else None
             if absences[worker_id] >= grace:
+                if self.master.moved():
+                    return True
                 declared = self.store.declare_dead(
                     worker_id,
                     identity,
@@ -520,7 +523,22 @@ class AtRiskStarts:
         )
         ((orphan, reply),) = self.claims.claim(worker, [candidate], "deliver")
         if not reply.taken:
-            return None
+            # Another copy of the orphan (a twin put-off copy, the broker's redelivery) or a sweeper took
+            # it, and delivers it under a new attempt: this copy is a duplicate of that one.
+            self.events.emit(
+                DUPLICATE_DROPPED,
+                "Dropped message %r (actor %r), attempt %d: another copy of dead worker %r's orphan took it over "
+                "(attempt %d).",
+                delivery.message_id,
+                message.actor_name,
+                delivery.attempt,
+                dead_worker_id,
+                reply.attempt,
+                **_fields(delivery),
+                details={"taken_by_attempt": str(reply.attempt)},
+            )
+            self._release_lock(delivery)
+            return "skip"
         delivery.recoveries = orphan.recoveries
         delivery.attempt = orphan.attempt
         self.cleaners.clean(orphan)
