@@ -11,8 +11,10 @@ worker process's threads and registration live in :mod:`dramatiq_tracker.process
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +57,22 @@ _time = time.time
 #: The attribute of a message proxy that holds its delivery, and that of an untracked unique one.
 _DELIVERY = "_tracker_delivery"
 _UNIQUE = "_tracker_unique"
+
+#: Every tracker of this process, told when the process forks (see :func:`_after_fork_in_child`).
+_trackers: weakref.WeakSet[TrackerMiddleware] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """An actor forked a child (``multiprocessing`` with fork, ``os.fork``): the child is no tracked
+    worker.  Without this, its sends would heartbeat under its parent's worker id, it could wait forever
+    on a lock a tracker thread held at the fork, and its copy of the presence connection would keep a
+    dead parent present."""
+    for tracker in list(_trackers):
+        tracker._forget_process_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class TrackerMiddleware(Middleware):
@@ -189,6 +207,7 @@ class TrackerMiddleware(Middleware):
         )
         self._process: TrackedProcess | None = None
         self._process_lock = threading.Lock()
+        _trackers.add(self)
         # The per-message path reads these directly.
         self._by_actor = self.policies.by_actor
         self._rabbit = False
@@ -376,6 +395,12 @@ class TrackerMiddleware(Middleware):
         with self._process_lock:
             process, self._process = self._process, None
         return process.abandon(flush=flush) if process is not None else None
+
+    def _forget_process_in_child(self) -> None:
+        process, self._process = self._process, None
+        self._process_lock = threading.Lock()
+        if process is not None:
+            process.forget_in_child()
 
     # Hooks: each message ----------------------------------------------------------------
 

@@ -144,6 +144,22 @@ class Presence(threading.Thread):
         self._changed.set()
         self.on_change()
 
+    def close_inherited(self) -> None:
+        """In a child process forked from this one: close the child's copy of the presence connection's
+        socket, without a word on it, so that the connection ends when this process dies, however long
+        the child lives.  (Only the last copy of a socket to close ends the connection.)"""
+        pubsub = self._pubsub
+        if pubsub is None:
+            return
+        connections = [getattr(pubsub, "connection", None)]
+        connections += [
+            getattr(node, "connection", None) for node in getattr(pubsub, "node_pubsub_mapping", {}).values()
+        ]
+        for connection in connections:
+            sock = getattr(connection, "_sock", None)
+            if sock is not None:
+                sock.close()
+
     def stop(self, timeout: float | None = 5.0) -> None:
         """Unsubscribe and close the connection (at shutdown)."""
         with self._lock:

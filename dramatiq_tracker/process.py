@@ -171,6 +171,7 @@ class TrackedProcess:
         registered and are recovered by the next sweep.
         """
         self.sweeper.stop()
+        self.wiring.master.on_change.remove(self.recorder.master_moved)
         try:
             self.recorder.stop_and_flush()
             info = self.registry.info
@@ -211,6 +212,7 @@ class TrackedProcess:
           redis.RedisError: When ``flush`` cannot reach the tracker's Redis (the threads are stopped).
         """
         self.sweeper.stop()
+        self.wiring.master.on_change.remove(self.recorder.master_moved)
         if self.presence is not None:
             self.presence.stop()
         if flush:
@@ -218,6 +220,12 @@ class TrackedProcess:
         else:
             self.recorder.stop()
         return self.worker_id
+
+    def forget_in_child(self) -> None:
+        """This process was forked (an actor's child): the child is no tracked worker, and must hold no
+        copy of the parent's presence connection, which would keep a dead parent present."""
+        if self.presence is not None:
+            self.presence.close_inherited()
 
     # Ends ------------------------------------------------------------------------------------
 

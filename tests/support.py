@@ -152,8 +152,8 @@ def find_redis_url() -> tuple[str, Any]:
 
 
 #: Where a worker process may run, as seen from the tests: here; in a new pid namespace with the same
-#: hostname (a restarted container); or in new UTS and pid namespaces under another hostname (another
-#: host: the tracker cannot tell from /proc that its process is gone).  The last two need root (unshare).
+#: hostname (a restarted container); or in a new UTS namespace under another hostname (another host: the
+#: tracker cannot tell from /proc that its process is gone).  The last two need root (unshare).
 ISOLATIONS = ("", "container", "host")
 
 
@@ -161,11 +161,10 @@ def isolated(command: list[str], isolation: str) -> list[str]:
     """``command`` run in the namespaces of ``isolation`` (see :data:`ISOLATIONS`)."""
     if not isolation:
         return command
-    unshare = ["unshare", "--pid", "--fork", "--mount-proc"]
     if isolation == "container":
-        return [*unshare, *command]
+        return ["unshare", "--pid", "--fork", "--mount-proc", *command]
     script = 'hostname "$1" && shift && exec "$@"'
-    return ["unshare", "--uts", *unshare[1:], "sh", "-c", script, "sh", unique("otherhost"), *command]
+    return ["unshare", "--uts", "sh", "-c", script, "sh", unique("otherhost"), *command]
 
 
 def can_isolate() -> bool:
@@ -236,7 +235,7 @@ class WorkerProcess:
 
     def pid_of(self, info: WorkerInfo) -> int:
         """The pid, as seen here, of the worker process that registered ``info``."""
-        return host_pid(self.process.pid, info.pid) if self.isolation else info.pid
+        return host_pid(self.process.pid, info.pid) if self.isolation == "container" else info.pid
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -293,3 +293,38 @@ def hold_gil(seconds: float) -> None:
     _report("started")
     ctypes.PyDLL(None).sleep(int(seconds))
     _report("done")
+
+
+@declare(max_retries=2, min_backoff=10, max_backoff=50, max_recoveries=0)
+def stall_then_fail(pause: float) -> None:
+    """At most once after a crash, retried by Dramatiq: its first try stalls this worker's heartbeat past
+    heartbeat_timeout (it is declared dead while alive), then fails; a retry succeeds."""
+    _report("started")
+    message = CurrentMessage.get_current_message()
+    if message is not None and not message.options.get("retries"):
+        _pause_heartbeat(pause)
+        time.sleep(pause + 0.5)
+        raise RuntimeError("first try fails")
+    _report("done")
+
+
+@declare(max_retries=0)
+def fork_and_hold(limit: float) -> None:
+    """Fork a child (multiprocessing, fork) that outlives this worker process, sending messages now and
+    then through the broker it inherited; then run until released."""
+    import multiprocessing
+
+    def child() -> None:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            broker.enqueue(
+                dramatiq.Message(queue_name=QUEUE + "_child", actor_name="fast", args=(0,), kwargs={}, options={})
+            )
+            time.sleep(0.5)
+
+    process = multiprocessing.get_context("fork").Process(target=child, daemon=False)
+    process.start()
+    report.rpush("%s:forked" % REPORT_PREFIX, str(process.pid))
+    _report("started")
+    _held_until_released(limit)
+    _report("done")
