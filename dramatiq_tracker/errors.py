@@ -52,3 +52,16 @@ class DuplicateMessage(TrackerError, MiddlewareError):
 
 class UniqueKeyError(TrackerError, MiddlewareError):
     """Raised by ``send()`` when a message's uniqueness key cannot be computed."""
+
+
+class RecoveryTakenOver(TrackerError):
+    """Raised inside a sweeper whose claim on a dead worker's recovery another sweeper took over
+    (it stalled past ``takeover_after``): it must do nothing more for that worker.
+
+    Parameters:
+      worker_id(str): The dead worker.
+    """
+
+    def __init__(self, worker_id: str) -> None:
+        super().__init__("The recovery of worker %r was taken over by another sweeper." % worker_id)
+        self.worker_id = worker_id

@@ -17,6 +17,8 @@ before its next start), :class:`WorkerFencing` takes over:
 
 The worker continues under a new identity (see
 :meth:`~dramatiq_tracker.recorder.Recorder.fence`).
+
+Sweepers are fenced too: see :mod:`dramatiq_tracker.recovery_claim`.
 """
 
 from __future__ import annotations

@@ -174,6 +174,10 @@ class Keys:
     def revoked(self, worker_id: str) -> str:
         return namespaced_key(self.namespace, "worker", worker_id, "revoked")
 
+    def recovery(self, worker_id: str) -> str:
+        """HASH: the claim a sweeper holds on a dead worker's recovery (see ``lua/_recovery.lua``)."""
+        return namespaced_key(self.namespace, "worker", worker_id, "recovery")
+
     def fenced_as(self, worker_id: str) -> str:
         return namespaced_key(self.namespace, "worker", worker_id, "fenced-as")
 

@@ -11,10 +11,8 @@ worker process's threads and registration live in :mod:`dramatiq_tracker.process
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +28,7 @@ from .events import EventCallback, EventCallbacks, TrackerEvent
 from .options import ACTOR_OPTIONS, AT_RISK_MARKS, REVOKED_OPTION, SPECIAL_OPTIONS, UNIQUE_MARKS, attempt_of
 from .orphans import LockCleaner, RecoveryReport
 from .policies import Policies
-from .process import TrackedProcess
+from .process import TrackedProcess, forget_at_fork
 from .rabbitmq import fetched_on_closed_channel, unwatch_channels, watch_channels
 from .settings import (
     DEFAULT_EVENTS_MAXLEN,
@@ -57,22 +55,6 @@ _time = time.time
 #: The attribute of a message proxy that holds its delivery, and that of an untracked unique one.
 _DELIVERY = "_tracker_delivery"
 _UNIQUE = "_tracker_unique"
-
-#: Every tracker of this process, told when the process forks (see :func:`_after_fork_in_child`).
-_trackers: weakref.WeakSet[TrackerMiddleware] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    """An actor forked a child (``multiprocessing`` with fork, ``os.fork``): the child is no tracked
-    worker.  Without this, its sends would heartbeat under its parent's worker id, it could wait forever
-    on a lock a tracker thread held at the fork, and its copy of the presence connection would keep a
-    dead parent present."""
-    for tracker in list(_trackers):
-        tracker._forget_process_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class TrackerMiddleware(Middleware):
@@ -207,7 +189,7 @@ class TrackerMiddleware(Middleware):
         )
         self._process: TrackedProcess | None = None
         self._process_lock = threading.Lock()
-        _trackers.add(self)
+        forget_at_fork(self)
         # The per-message path reads these directly.
         self._by_actor = self.policies.by_actor
         self._rabbit = False
@@ -397,6 +379,7 @@ class TrackerMiddleware(Middleware):
         return process.abandon(flush=flush) if process is not None else None
 
     def _forget_process_in_child(self) -> None:
+        # (see forget_at_fork)
         process, self._process = self._process, None
         self._process_lock = threading.Lock()
         if process is not None:

@@ -20,6 +20,10 @@ dead-letter path instead of being delivered again, and the actor named by
 from __future__ import annotations
 
 import dataclasses
+import os
+import queue
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +43,7 @@ if TYPE_CHECKING:
     from .events import Events
     from .policies import ActorPolicy, Policies
     from .records import InflightRecord
+    from .recovery_claim import RecoveryClaim
     from .scripts import LockOutcome
     from .settings import TrackerSettings
     from .store import TrackerStore
@@ -152,42 +157,116 @@ def _fields(orphan: Orphan) -> dict[str, Any]:
 class LockCleaners:
     """Run every registered lock cleaner on an orphan, each isolated from the others.
 
-    A cleaner that raises is always reported, at warning level (a ``lock-cleaner-failed``
-    event, and the log line that comes with it); the other cleaners still run and the orphan
-    is still delivered again.
+    A cleaner that raises, or does not return within ``timeout``, is always reported, at warning
+    level (a ``lock-cleaner-failed`` event, and the log line that comes with it); the other cleaners
+    still run and the orphan is still delivered again.  A cleaner that hangs is left behind (it runs
+    on a thread of its own) so that it cannot hold its orphan back for ever.
 
     Parameters:
       events(Events): Where failures are reported.
       cleaners(list[callable]): The middleware's list of cleaners.
+      timeout(int): How long one cleaner call may take, in milliseconds.
     """
 
-    def __init__(self, events: Events, cleaners: list[LockCleaner]) -> None:
+    def __init__(self, events: Events, cleaners: list[LockCleaner], timeout: int) -> None:
         self.events = events
         #: The middleware's own list: cleaners added later count too.
         self._cleaners = cleaners
+        self.timeout = timeout / 1000
+        self._local = threading.local()
 
     def __len__(self) -> int:
         return len(self._cleaners)
 
-    def clean(self, orphan: Orphan) -> None:
+    def clean(self, orphan: Orphan, claim: RecoveryClaim | None = None) -> None:
+        """Call each cleaner on ``orphan``.
+
+        Parameters:
+          claim(RecoveryClaim|None): A sweeper's claim on the recovery of the orphan's worker: each
+            call is noted under it before it is made, and not made when it was made already (by the
+            sweeper this one took the recovery over from); it is renewed while a call runs.
+
+        Raises:
+          RecoveryTakenOver: When another sweeper took the claim over: no cleaner is called after.
+        """
         for cleaner in tuple(self._cleaners):
-            try:
-                cleaner(orphan)
-            except Exception as e:
-                name = getattr(cleaner, "__qualname__", repr(cleaner))
+            name = getattr(cleaner, "__qualname__", repr(cleaner))
+            if claim is not None and not claim.note_call(orphan.message_id, name):
+                continue
+            error = self._call(cleaner, orphan, claim)
+            if error:
                 self.events.emit(
                     LOCK_CLEANER_FAILED,
-                    "Lock cleaner %r failed for message %r (actor %r) orphaned by worker %r: %s: %s. "
+                    "Lock cleaner %r failed for message %r (actor %r) orphaned by worker %r: %s. "
                     "The message is delivered anyway.",
                     name,
                     orphan.message_id,
                     orphan.actor_name,
                     orphan.worker_id,
-                    type(e).__name__,
-                    e,
+                    error,
                     **_fields(orphan),
-                    details={"cleaner": name, "error": "%s: %s" % (type(e).__name__, e)},
+                    details={"cleaner": name, "error": error},
                 )
+
+    def _call(self, cleaner: LockCleaner, orphan: Orphan, claim: RecoveryClaim | None) -> str:
+        """Make one call on this thread's cleaner thread; what went wrong, or ""."""
+        runner: _CallThread | None = getattr(self._local, "runner", None)
+        if runner is None or runner.pid != os.getpid():
+            runner = self._local.runner = _CallThread()
+        call = runner.submit(lambda: cleaner(orphan))
+        deadline = time.monotonic() + self.timeout
+        wait = self.timeout / 4 if claim is None else min(self.timeout, claim.lease) / 4
+        try:
+            while not call.done.wait(max(0.0, min(wait, deadline - time.monotonic()))):
+                if claim is not None:
+                    claim.check()
+                if time.monotonic() >= deadline:
+                    self._abandon(runner)
+                    return "it did not return within %d ms, and was left running" % (self.timeout * 1000)
+        except BaseException:
+            self._abandon(runner)
+            raise
+        if call.error is not None:
+            return "%s: %s" % (type(call.error).__name__, call.error)
+        return ""
+
+    def _abandon(self, runner: _CallThread) -> None:
+        self._local.runner = None
+        runner.close()
+
+
+class _Call:
+    def __init__(self, function: Callable[[], None]) -> None:
+        self.function = function
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+class _CallThread:
+    """A daemon thread that makes one call at a time for the thread that owns it, so that its owner
+    may stop waiting for a call that hangs."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="dramatiq-tracker-cleaner", daemon=True).start()
+
+    def submit(self, function: Callable[[], None]) -> _Call:
+        call = _Call(function)
+        self._calls.put(call)
+        return call
+
+    def close(self) -> None:
+        """The thread ends once its current call returns."""
+        self._calls.put(None)
+
+    def _run(self) -> None:
+        while (call := self._calls.get()) is not None:
+            try:
+                call.function()
+            except BaseException as e:  # reported by the caller, which may be gone
+                call.error = e
+            call.done.set()
 
 
 _LOCK_TEXT = {
@@ -410,14 +489,23 @@ class Claims:
         self._warned: set[str] = set()
 
     def claim(
-        self, worker: WorkerInfo, candidates: Sequence[Candidate], mode: ClaimMode, *, dry_run: bool = False
+        self,
+        worker: WorkerInfo,
+        candidates: Sequence[Candidate],
+        mode: ClaimMode,
+        *,
+        claim: RecoveryClaim | None = None,
+        dry_run: bool = False,
     ) -> list[tuple[Orphan, ClaimReply]]:
         """Claim orphans of a dead worker, in batches; one result per candidate, in order.
 
         Parameters:
+          claim(RecoveryClaim|None): A sweeper's claim on the worker's recovery, under which the orphans
+            are claimed; None for a start that claims the orphan it is about to run.
           dry_run(bool): Only say what the claim would decide.
 
         Raises:
+          RecoveryTakenOver: When another sweeper took the claim over.
           redis.RedisError: When the tracker's Redis fails; what was claimed stays claimed,
             and a later claim of the same worker reports it again, without counting it twice.
         """
@@ -432,6 +520,7 @@ class Claims:
                 batch,
                 mode=mode,
                 history_ttl=self.settings.history_ttl,
+                claim=claim.token if claim is not None else "",
                 dry_run=dry_run,
             )
         return [

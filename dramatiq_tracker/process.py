@@ -7,8 +7,10 @@ of their queues, and the last one to stop deregisters it.
 
 from __future__ import annotations
 
+import os
 import time
-from typing import TYPE_CHECKING
+import weakref
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 import redis
@@ -29,6 +31,30 @@ if TYPE_CHECKING:
     from dramatiq import Worker
 
     from .wiring import Wiring
+
+
+#: What holds a tracked process in this process, told when the process forks (see forget_at_fork).
+_holders: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def forget_at_fork(holder: Any) -> None:
+    """Have ``holder._forget_process_in_child()`` called in every child forked from this process.
+
+    An actor that forks (``multiprocessing`` with fork, ``os.fork``) makes a child that is no tracked
+    worker.  Without this, its sends would heartbeat under its parent's worker id, it could wait for
+    ever on a lock a tracker thread held at the fork, and its copy of the presence connection would
+    keep a dead parent present.
+    """
+    _holders.add(holder)
+
+
+def _after_fork_in_child() -> None:
+    for holder in list(_holders):
+        holder._forget_process_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class TrackedProcess:

@@ -4,14 +4,17 @@ A worker is dead when its heartbeat key has expired on the tracker's Redis
 (the server's clock decides), or at once when it ran on this host and its
 process is gone.  Recovery then goes, for each dead worker:
 
-1. ``declare_dead``: confirm the death and fence the worker, atomically;
+1. ``declare_dead``: confirm the death, fence the worker and claim its
+   recovery (:class:`~dramatiq_tracker.recovery_claim.RecoveryClaim`), atomically;
 2. the broker's :class:`~dramatiq_tracker.redelivery.Redelivery` claims each
-   orphan atomically (:mod:`dramatiq_tracker.claims`), runs the lock
-   cleaners and delivers it again, exactly once however many sweepers race;
+   orphan atomically (:class:`~dramatiq_tracker.orphans.Claims`), runs the
+   lock cleaners and delivers it again, under the claim;
 3. ``finish_recovery``: forget the worker, keeping its tombstone.
 
 An interrupted recovery leaves the worker registered and due again after
-``takeover_after``, so the next sweep finishes it.  Only workers of the same
+``takeover_after``: the next sweep takes the claim over and finishes it, each
+step done once however many sweepers race or stall.  One that runs out of its
+budget lets the claim go, and the next sweep goes on at once.  Only workers of the same
 broker identity are recovered (they share the queues); each identity has its
 own index of deadlines, so that workers of other apps sharing the namespace
 never delay ours.  On RedisBroker, dead processes the tracker's Redis forgot
@@ -27,11 +30,13 @@ from typing import TYPE_CHECKING
 
 from dramatiq.logging import get_logger
 
+from .errors import RecoveryTakenOver
 from .events import WORKER_ADOPTED, WORKER_DEAD, EventSpec
 from .host import HostFacts
 from .keys import identity_digest
 from .orphans import DROPPED, QUARANTINED_OUTCOME, RecoveryReport
 from .records import CorruptRecord, WorkerInfo
+from .recovery_claim import RecoveryClaim
 from .redelivery import EnqueueRedelivery
 
 if TYPE_CHECKING:
@@ -117,7 +122,7 @@ class Recovery:
                 report.forgotten += self.forgotten()
             elif self.adopt_forgotten():
                 report.extend(self.recover_expired(own, deadline=deadline))
-        report.extend(self.retry_outbox(dry_run=dry_run))
+        report.extend(self.retry_outbox(own, dry_run=dry_run))
         report.dry_run = dry_run
         return report
 
@@ -221,9 +226,13 @@ class Recovery:
         if reason != "process" and not dry_run and self.master.moved():
             # A failover: what the old master said of presence and heartbeats decides nothing.
             return report
+        token, started = "" if dry_run else RecoveryClaim.new_token(), time.monotonic()
         declared = self._declare(
-            worker_id, reason, own, retry_after=self.settings.takeover_after, dry_run=dry_run, grace=grace
+            worker_id, reason, own, retry_after=self.settings.takeover_after, dry_run=dry_run, grace=grace, claim=token
         )
+        if declared.status == "claimed":
+            self.logger.debug("Dead worker %r is being recovered by another sweeper.", worker_id)
+            return report
         if declared.status != "dead":
             return report
         if dry_run:
@@ -231,12 +240,27 @@ class Recovery:
             report.recovered += self.redelivery.recover(info, declared.records, dry_run=True).orphans
             return report
 
-        started = time.monotonic()
-        recovered = self.redelivery.recover(info, declared.records)
-        if recovered.complete:
-            self.store.finish_recovery(info, self.digest, self.settings.history_ttl)
-            if self.broker_store is not None and info.broker_id:
+        claim = RecoveryClaim(self.store, self.settings, self.digest, worker_id, token, started)
+        try:
+            recovered = self.redelivery.recover(info, declared.records, claim=claim)
+            if not recovered.complete:
+                report.partial = True
+                claim.release()
+            elif (
+                self.store.finish_recovery(info, self.digest, self.settings.history_ttl, claim.token)
+                and self.broker_store is not None
+                and info.broker_id
+            ):
                 self.broker_store.forget_process(info.broker_id)
+        except RecoveryTakenOver:
+            # This sweeper stalled past takeover_after (or its Redis did not answer): another one
+            # finishes the recovery, and this one does nothing more for the worker.
+            self.logger.warning(
+                "The recovery of dead worker %r was taken over by another sweeper while this one stalled; "
+                "it goes on there.",
+                worker_id,
+            )
+            return report
         report.dead_workers.append(worker_id)
         report.recovered += recovered.orphans
         outcomes = [orphan.outcome for orphan in recovered.orphans]
@@ -256,7 +280,7 @@ class Recovery:
                 len(outcomes) - quarantined - dropped,
                 quarantined,
                 dropped,
-                "" if recovered.complete else "; another sweeper is finishing the rest",
+                "" if recovered.complete else "; the next sweep settles the rest",
             ),
             {"worker_id": worker_id},
             {
@@ -312,6 +336,7 @@ class Recovery:
         retry_after: int,
         dry_run: bool,
         grace: int | None = None,
+        claim: str = "",
     ) -> DeclaredDead:
         return self.store.declare_dead(
             worker_id,
@@ -321,6 +346,8 @@ class Recovery:
             settle=self.settings.settle,
             grace=self.settings.presence_grace if grace is None else grace,
             caller=own,
+            claim=claim,
+            history_ttl=self.settings.history_ttl,
             dry_run=dry_run,
         )
 
@@ -389,11 +416,12 @@ class Recovery:
                 self.broker_store.forget_process(info.broker_id)
         return adopted
 
-    def retry_outbox(self, *, dry_run: bool = False) -> RecoveryReport:
+    def retry_outbox(self, own: str | None = None, *, dry_run: bool = False) -> RecoveryReport:
         """Finish re-enqueueing orphans that a stopped sweeper left in the outbox."""
         report = RecoveryReport()
         if isinstance(self.redelivery, EnqueueRedelivery):
-            report.recovered += self.redelivery.retry_outbox(self.settings.takeover_after, dry_run=dry_run)
+            grace = self.settings.takeover_after
+            report.recovered += self.redelivery.retry_outbox(grace, own or "", dry_run=dry_run)
             if report.recovered and not dry_run:
                 self.settlement.report(report.recovered, int(time.time() * 1000))
         return report

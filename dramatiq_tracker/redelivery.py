@@ -13,8 +13,12 @@
   again.  The record waits in an outbox until the enqueue is confirmed.
 
 Each orphan's fate is decided once, atomically with its claim
-(:mod:`dramatiq_tracker.claims`): delivered again, quarantined (recovered
-more than ``max_recoveries`` times), or dropped (cancelled or aborted).
+(:class:`~dramatiq_tracker.orphans.Claims`): delivered again, quarantined
+(recovered more than ``max_recoveries`` times), or dropped (cancelled or
+aborted).  A sweeper does all of it under its claim on the dead worker's
+recovery (:class:`~dramatiq_tracker.recovery_claim.RecoveryClaim`): should another
+take it over, it stops, and the other does every step it did not, lock
+cleaners included, none twice.
 """
 
 from __future__ import annotations
@@ -33,9 +37,11 @@ from dramatiq.message import Message
 
 from .broker_store import BrokerStore, MoveAction, OrphanMove
 from .brokers import RABBITMQ, REDIS, as_redis_broker, consumer_queues
+from .errors import RecoveryTakenOver
 from .options import ATTEMPT_OPTION, QUARANTINE_OPTION, RECOVERIES_OPTION, attempt_of
 from .orphans import DROPPED, QUARANTINED_OUTCOME, REDELIVERED, Candidate, Claims, LockCleaners, Orphan
 from .records import CorruptRecord, InflightRecord, WorkerInfo
+from .recovery_claim import RecoveryClaim
 from .store import parse_outbox_entry
 
 if TYPE_CHECKING:
@@ -98,14 +104,26 @@ class Redelivery:
         self.claims = claims
         self.cleaners = cleaners
 
-    def recover(self, worker: WorkerInfo, raw_records: Mapping[str, str], *, dry_run: bool = False) -> Recovered:
+    def recover(
+        self,
+        worker: WorkerInfo,
+        raw_records: Mapping[str, str],
+        *,
+        claim: RecoveryClaim | None = None,
+        dry_run: bool = False,
+    ) -> Recovered:
         """Settle a dead worker's orphans.
 
         Parameters:
+          claim(RecoveryClaim): The caller's claim on the worker's recovery (None for a dry run).
           dry_run(bool): Only say what would be done with them (``outcome``); change nothing,
             run no lock cleaner.
 
+        Returns:
+          Recovered: Not complete when the claim's budget ran out: the next holder goes on.
+
         Raises:
+          RecoveryTakenOver: When another sweeper took the claim over; it goes on.
           redis.RedisError: When Redis fails midway; the worker stays dead and
             registered, so the next sweep finishes the job without duplicates.
         """
@@ -154,7 +172,14 @@ class RedisRedelivery(Redelivery):
         peers = [wid for wid in self.store.broker_peers(worker.broker_id) if wid != worker.worker_id]
         return bool(peers) and any(self.store.alive(peers))
 
-    def recover(self, worker: WorkerInfo, raw_records: Mapping[str, str], *, dry_run: bool = False) -> Recovered:
+    def recover(
+        self,
+        worker: WorkerInfo,
+        raw_records: Mapping[str, str],
+        *,
+        claim: RecoveryClaim | None = None,
+        dry_run: bool = False,
+    ) -> Recovered:
         if self._process_alive_elsewhere(worker):
             # Its running messages are its own zombies now, and it completes them itself:
             # nothing is moved, counted or unlocked.
@@ -167,8 +192,8 @@ class RedisRedelivery(Redelivery):
         records = self.parse_records(worker, raw_records)
         found, superseded = self._found(worker, records)
         decodable = [c for c in found if c.message is not None]
-        claims = self.claims.claim(worker, decodable, "deliver", dry_run=dry_run)
-        if dry_run:
+        claims = self.claims.claim(worker, decodable, "deliver", claim=claim, dry_run=dry_run)
+        if dry_run or claim is None:
             return Recovered([orphan for orphan, reply in claims if not reply.running or reply.taken])
         claimed = dict(zip((c.redis_message_id for c in decodable), claims, strict=True))
 
@@ -184,14 +209,23 @@ class RedisRedelivery(Redelivery):
                 moves.append(OrphanMove(candidate.queue_name, redis_id, "requeue"))
                 continue
             orphan, reply = claimed[redis_id]
-            if orphan.running and not self._settles(orphan, reply):
-                complete = False
+            if reply.by_start:
+                # A copy of it started elsewhere and took it over (a put-off copy whose twin died here):
+                # this one is stale.
+                moves.append(OrphanMove(candidate.queue_name, redis_id, "drop"))
                 continue
+            if orphan.running:
+                if orphans and claim.over_budget:
+                    # Claimed, not moved: the next holder of the claim goes on from here.
+                    complete = False
+                    continue
+                self.cleaners.clean(orphan, claim)
             moves.append(self._move(candidate.message, orphan, reply))
             moved[redis_id] = (candidate.message, orphan)
             orphans[redis_id] = orphan
 
         # Dead letters are stamped with this process's clock, as Dramatiq's own nack does.
+        claim.check()
         settled = self.broker_store.settle(worker.broker_id, moves, int(time.time() * 1000))
         raced = [
             (orphan.queue_name, rid, encode_recovered(message, orphan, redis_message_id=rid))
@@ -253,15 +287,6 @@ class RedisRedelivery(Redelivery):
             )
         return [c for c in found if c.message is None or id(c) in kept_ids], superseded
 
-    def _settles(self, orphan: Orphan, reply: ClaimReply) -> bool:
-        # Only the sweeper that took a running orphan cleans its locks and settles it, so that a
-        # cleaner never runs after the orphan started again elsewhere; unless that sweeper stopped
-        # midway long ago, and this one finishes its job, cleaners included.
-        if reply.taken or reply.claim_age >= self.settings.takeover_after:
-            self.cleaners.clean(orphan)
-            return True
-        return False
-
     def _move(self, message: Message[Any], orphan: Orphan, reply: ClaimReply) -> OrphanMove:
         """How to settle an orphan: requeued under a new redis message id with its marks,
         dead-lettered with them, or dropped."""
@@ -304,9 +329,17 @@ def _age_rank(candidate: Candidate) -> tuple[int, int, int]:
 class RabbitmqRedelivery(Redelivery):
     """RabbitMQ redelivers by itself: settle the books, never re-publish."""
 
-    def recover(self, worker: WorkerInfo, raw_records: Mapping[str, str], *, dry_run: bool = False) -> Recovered:
+    def recover(
+        self,
+        worker: WorkerInfo,
+        raw_records: Mapping[str, str],
+        *,
+        claim: RecoveryClaim | None = None,
+        dry_run: bool = False,
+    ) -> Recovered:
         records = self.parse_records(worker, raw_records)
-        claimed = self.claims.claim(worker, [self.candidate(r) for r in records.values()], "await", dry_run=dry_run)
+        candidates = [self.candidate(r) for r in records.values()]
+        claimed = self.claims.claim(worker, candidates, "await", claim=claim, dry_run=dry_run)
         recovered, awaiting = [], 0
         for orphan, reply in claimed:
             if reply.awaiting:
@@ -325,37 +358,90 @@ class RabbitmqRedelivery(Redelivery):
 
 
 class EnqueueRedelivery(Redelivery):
-    """Enqueue the stored payload again, for brokers that lose a dead consumer's messages."""
+    """Enqueue the stored payload again, for brokers that lose a dead consumer's messages.
 
-    def recover(self, worker: WorkerInfo, raw_records: Mapping[str, str], *, dry_run: bool = False) -> Recovered:
+    Claimed records wait in the outbox, under the claim's token, until they are enqueued; a sweeper
+    that takes the recovery over takes them from there.
+    """
+
+    def __init__(
+        self, broker: Broker, store: TrackerStore, settings: TrackerSettings, claims: Claims, cleaners: LockCleaners
+    ) -> None:
+        super().__init__(broker, store, settings, claims, cleaners)
+        self._undecodable: set[str] = set()
+
+    def recover(
+        self,
+        worker: WorkerInfo,
+        raw_records: Mapping[str, str],
+        *,
+        claim: RecoveryClaim | None = None,
+        dry_run: bool = False,
+    ) -> Recovered:
         records = self.parse_records(worker, raw_records)
-        claimed = self.claims.claim(worker, [self.candidate(r) for r in records.values()], "park", dry_run=dry_run)
-        if dry_run:
+        candidates = [self.candidate(r) for r in records.values()]
+        claimed = self.claims.claim(worker, candidates, "park", claim=claim, dry_run=dry_run)
+        if dry_run or claim is None:
             return Recovered([orphan for orphan, reply in claimed if reply.taken])
-        recovered = []
-        for (orphan, reply), record in zip(claimed, records.values(), strict=True):
-            if reply.taken:
-                self.cleaners.clean(orphan)
-                if self.enqueue(orphan, record):
-                    recovered.append(orphan)
-        # Orphans another sweeper took wait in the outbox; that sweeper or retry_outbox() ends them.
+        return self.send_parked(worker, claim, {orphan.message_id: orphan for orphan, reply in claimed if reply.taken})
+
+    def send_parked(self, worker: WorkerInfo, claim: RecoveryClaim, taken: Mapping[str, Orphan]) -> Recovered:
+        """Clean and enqueue again every orphan of ``worker`` parked in the outbox: those this claim
+        just took, and those a sweeper it took the recovery over from left there.
+
+        Parameters:
+          taken(dict[str, Orphan]): The orphans this claim took, by message id.
+        """
+        parked = self._parked(worker.worker_id)
+        # What was decided for those parked by another sweeper, without counting them again.
+        others = [self.candidate(record) for message_id, record in parked.items() if message_id not in taken]
+        decided = {orphan.message_id: orphan for orphan, _ in self.claims.claim(worker, others, "park", claim=claim)}
+        recovered: list[Orphan] = []
+        for message_id, record in parked.items():
+            if recovered and claim.over_budget:
+                return Recovered(recovered, complete=False)
+            orphan = taken.get(message_id) or decided[message_id]
+            self.cleaners.clean(orphan, claim)
+            if self.enqueue(orphan, record, claim):
+                recovered.append(orphan)
         return Recovered(recovered)
 
-    def enqueue(self, orphan: Orphan, record: InflightRecord) -> bool:
-        """Enqueue one parked orphan again (or drop it), then take it out of the outbox.
+    def _parked(self, worker_id: str) -> dict[str, InflightRecord]:
+        """The records of ``worker_id``'s orphans parked in the outbox, by message id."""
+        parked = {}
+        for message_id, entry in self.store.outbox(self.claims.identity).items():
+            try:
+                _, raw, parked_by = parse_outbox_entry(entry)
+                if parked_by == worker_id:
+                    parked[message_id] = InflightRecord.from_json(raw, message_id=message_id, worker_id=worker_id)
+            except (ValueError, KeyError, TypeError, CorruptRecord) as e:
+                self.logger.warning("Skipping unreadable outbox entry of message %r: %s.", message_id, e)
+        return parked
+
+    def enqueue(self, orphan: Orphan, record: InflightRecord, claim: RecoveryClaim) -> bool:
+        """Take one parked orphan from the outbox under ``claim``, enqueue it again (or drop it),
+        then remove it from the outbox.
 
         Returns:
-          bool: False when its payload does not decode: it stays in the outbox for an operator.
+          bool: False when its payload does not decode (it stays in the outbox for an operator), or
+            when it was not in the outbox any more (enqueued by the sweeper this one took over from).
+
+        Raises:
+          RecoveryTakenOver: When another sweeper took the claim over.
         """
         message = orphan.message
         if message is None:
-            self.logger.error(
-                "Cannot deliver message %r (actor %r) orphaned by worker %r again: its payload does not decode. "
-                "Its record stays in the outbox for an operator.",
-                record.message_id,
-                record.actor_name,
-                orphan.worker_id,
-            )
+            if record.message_id not in self._undecodable:
+                self._undecodable.add(record.message_id)
+                self.logger.error(
+                    "Cannot deliver message %r (actor %r) orphaned by worker %r again: its payload does not "
+                    "decode. Its record stays in the outbox for an operator.",
+                    record.message_id,
+                    record.actor_name,
+                    orphan.worker_id,
+                )
+            return False
+        if claim.take_parked(record.message_id) is None:
             return False
         if orphan.outcome != DROPPED:
             # To the canonical queue now, even if it was consumed from a delay queue.  A quarantined
@@ -367,36 +453,40 @@ class EnqueueRedelivery(Redelivery):
         self.store.unpark(self.claims.identity, record.message_id)
         return True
 
-    def retry_outbox(self, grace: int, *, dry_run: bool = False) -> list[Orphan]:
-        """Re-enqueue orphans left in the outbox by a sweeper that stopped midway.
+    def retry_outbox(self, grace: int, holder: str = "", *, dry_run: bool = False) -> list[Orphan]:
+        """Enqueue again orphans left in the outbox for ``grace`` by a sweeper that stopped midway,
+        taking over its claim on their worker's recovery (unless it still renews it).
 
         Parameters:
-          dry_run(bool): Only list those it would re-enqueue.
+          holder(str): The caller's worker id, or "".
+          dry_run(bool): Only list those it would enqueue.
         """
-        recovered = []
         now = self.store.server_time()
-        identity = self.claims.identity
-        for message_id, entry in self.store.outbox(identity).items():
+        stale: dict[str, dict[str, InflightRecord]] = {}
+        for message_id, entry in self.store.outbox(self.claims.identity).items():
             try:
                 parked_at, raw_record, worker_id = parse_outbox_entry(entry)
                 record = InflightRecord.from_json(raw_record, message_id=message_id, worker_id=worker_id)
             except (ValueError, KeyError, TypeError, CorruptRecord) as e:
                 self.logger.warning("Skipping unreadable outbox entry of message %r: %s.", message_id, e)
                 continue
-            if now - parked_at < grace:
-                continue
+            if now - parked_at >= grace and message_id not in self._undecodable:
+                stale.setdefault(worker_id, {})[message_id] = record
+        recovered: list[Orphan] = []
+        for worker_id, records in stale.items():
+            worker = WorkerInfo.unknown(worker_id)
             if dry_run:
-                claimed = self.claims.claim(
-                    WorkerInfo.unknown(worker_id), [self.candidate(record)], "park", dry_run=True
-                )
-                recovered.append(claimed[0][0])
+                candidates = [self.candidate(record) for record in records.values()]
+                recovered += [orphan for orphan, _ in self.claims.claim(worker, candidates, "park", dry_run=True)]
                 continue
-            if self.store.repark(identity, message_id, entry) is None:
+            claim = RecoveryClaim.take(self.store, self.settings, self.claims.identity, worker_id, holder)
+            if claim is None:
                 continue
-            claimed = self.claims.claim(WorkerInfo.unknown(worker_id), [self.candidate(record)], "park")
-            (orphan, _) = claimed[0]
-            if self.enqueue(orphan, record):
-                recovered.append(orphan)
+            try:
+                recovered += self.send_parked(worker, claim, {}).orphans
+            except RecoveryTakenOver:
+                continue
+            claim.release()
         return recovered
 
 

@@ -116,8 +116,11 @@ PresenceSeen = Literal["seen", "unseen", ""]
 #: heartbeat expired (see ``lua/declare_dead.lua``).
 DeathReason = Literal["process", "presence", "heartbeat"]
 #: What declaring a worker dead found; "unsure" when the server is new to the namespace or the
-#: caller's own heartbeat is not on it.
-DeathStatus = Literal["dead", "alive", "gone", "unsure"]
+#: caller's own heartbeat is not on it; "claimed" when it is dead and another sweeper is recovering it.
+DeathStatus = Literal["dead", "alive", "gone", "unsure", "claimed"]
+#: What renewing a recovery claim said: "renewed"; "called" when the lock cleaner call it was to note
+#: was made already; "lost" when another sweeper took the claim over (see ``lua/renew_recovery.lua``).
+RenewStatus = Literal["renewed", "called", "lost"]
 #: What a presence check found (see :meth:`TrackerStore.check_presence`).
 PresenceStatus = Literal["ok", "settling", "unsure"]
 #: How ``lua/claim_orphans.lua`` claims a broker's orphans (see the script).
@@ -140,7 +143,9 @@ class DeclaredDead:
     """What :meth:`TrackerStore.declare_dead` found.
 
     Parameters:
-      status(str): "dead", "alive" (heartbeat fresh) or "gone" (not registered).
+      status(str): "dead" (its recovery claimed by the caller, if it asked), "alive" (heartbeat fresh),
+        "gone" (not registered), "unsure" (see :data:`DeathStatus`) or "claimed" (another sweeper
+        holds its recovery).
       registration(str): The raw registration JSON of a dead worker.
       records(dict[str, str]): The raw in-flight records of a dead worker, by message id.
     """
@@ -180,7 +185,7 @@ class ClaimReply:
       taken(bool): This call took its record.
       recoveries(int): Its recovery count.
       attempt(int): The attempt of its next delivery.
-      claim_age(int): For a running orphan another caller took, how long ago, in ms.
+      by_start(bool): A starting copy took it earlier, and runs it: the dead worker's copies are stale.
       awaiting(bool): Its recovery is counted when the broker redelivers it.
       lock(str): What happened to its uniqueness lock.
       outcome(str): Its fate, "" while awaiting.
@@ -190,7 +195,7 @@ class ClaimReply:
     taken: bool
     recoveries: int
     attempt: int
-    claim_age: int
+    by_start: bool
     awaiting: bool
     lock: LockOutcome
     outcome: Outcome

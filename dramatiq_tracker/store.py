@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import redis
 import redis.cluster
 
+from .errors import RecoveryTakenOver
 from .keys import Keys
 from .scripts import (
     AtRiskStart,
@@ -341,6 +342,8 @@ class TrackerStore:
         settle: int,
         grace: int,
         caller: str | None = None,
+        claim: str = "",
+        history_ttl: int = 0,
         dry_run: bool = False,
     ) -> DeclaredDead:
         """Confirm a worker's death and fence it (``lua/declare_dead.lua``).
@@ -352,17 +355,23 @@ class TrackerStore:
             presence or heartbeat, in ms.
           grace(int): How long its presence must have been gone, for "presence", in ms.
           caller(str|None): The caller's worker id: its own heartbeat must be on this server.
+          claim(str): A token to claim the recovery of the worker under, if it is dead (see
+            :class:`~dramatiq_tracker.recovery_claim.RecoveryClaim`); "" to only declare it dead.
+          history_ttl(int): How long the claim is kept, in ms.
           dry_run(bool): Only say what it would find; change nothing.
         """
         k = self.keys
         keys = [
             k.workers, k.deadlines(identity), k.dead_workers, k.heartbeat(worker_id), k.inflight(worker_id),
-            k.present(identity), k.absent(identity), k.server,
+            k.present(identity), k.absent(identity), k.server, k.recovery(worker_id),
         ]  # fmt: skip
         if caller:
             keys.append(k.heartbeat(caller))
         channel = k.presence_channel(worker_id)
-        args = [worker_id, reason, retry_after, int(dry_run), settle, grace, channel, "1" if self.sharded else "0"]
+        args = [
+            worker_id, reason, retry_after, int(dry_run), settle, grace, channel, "1" if self.sharded else "0",
+            claim, caller or "", history_ttl or retry_after,
+        ]  # fmt: skip
         reply = self.scripts("declare_dead", keys, args)
         status: DeathStatus = checked_reply(reply[0], DeathStatus)
         if status != "dead":
@@ -378,18 +387,23 @@ class TrackerStore:
         *,
         mode: ClaimMode,
         history_ttl: int,
+        claim: str = "",
         dry_run: bool = False,
     ) -> list[ClaimReply]:
         """Claim a dead worker's orphans, counting each recovery once, giving each moved copy a new
         attempt and releasing the uniqueness locks they own, atomically (``lua/claim_orphans.lua``).
 
         Parameters:
+          claim(str): The sweeper's recovery claim token; "" for a start that claims its own orphan.
           dry_run(bool): Decide and reply as a claim would; change nothing (a plan).
+
+        Raises:
+          RecoveryTakenOver: When the claim token is not the worker's recovery claim any more.
         """
         if not requests:
             return []
         k = self.keys
-        keys = [k.inflight(worker_id), k.running, k.outbox(identity), k.revoked(worker_id)]
+        keys = [k.inflight(worker_id), k.running, k.outbox(identity), k.revoked(worker_id), k.recovery(worker_id)]
         orphans = []
         for request in requests:
             keys.append(k.message(request.message_id))
@@ -405,8 +419,11 @@ class TrackerStore:
                     int(request.aborted),
                 ]
             )
-        args = [worker_id, history_ttl, mode, json.dumps(orphans), int(dry_run)]
-        reply = json.loads(self.scripts("claim_orphans", keys, args))
+        args = [worker_id, history_ttl, mode, json.dumps(orphans), int(dry_run), claim]
+        raw = self.scripts("claim_orphans", keys, args)
+        if text(raw) == "fenced":
+            raise RecoveryTakenOver(worker_id)
+        reply = json.loads(raw)
         # An empty Lua table encodes as an object.
         replies = reply if isinstance(reply, list) else []
         return [
@@ -415,22 +432,23 @@ class TrackerStore:
                 taken=taken == 1,
                 recoveries=int(recoveries),
                 attempt=int(attempt),
-                claim_age=int(age),
+                by_start=by_start == 1,
                 awaiting=awaiting == 1,
                 lock=checked_reply(lock, LockOutcome),
                 outcome=checked_reply(outcome, Outcome),
             )
-            for running, taken, recoveries, attempt, age, awaiting, lock, outcome in replies
+            for running, taken, recoveries, attempt, by_start, awaiting, lock, outcome in replies
         ]
 
-    def finish_recovery(self, info: WorkerInfo, identity: str, history_ttl: int) -> bool:
-        """Forget a dead worker whose orphans were settled, keeping its tombstone."""
+    def finish_recovery(self, info: WorkerInfo, identity: str, history_ttl: int, claim: str = "") -> bool:
+        """Forget a dead worker whose orphans were settled, keeping its tombstone; under the
+        caller's recovery claim token, unless it is "" (an operator).  False when nothing was done."""
         wid, k = info.worker_id, self.keys
         keys = [
             k.workers, k.deadlines(identity), k.dead_workers, k.heartbeat(wid), k.inflight(wid), k.running,
-            k.present(identity), k.absent(identity), *self._worker_keys(info),
+            k.present(identity), k.absent(identity), k.recovery(wid), *self._worker_keys(info),
         ]  # fmt: skip
-        return bool(self.scripts("finish_recovery", keys, [wid, history_ttl]))
+        return bool(self.scripts("finish_recovery", keys, [wid, history_ttl, claim]))
 
     def adopt_worker(self, info: WorkerInfo, identity: str) -> bool:
         """Register, due for recovery, a dead worker the tracker's Redis forgot (``lua/adopt_worker.lua``)."""
@@ -446,10 +464,21 @@ class TrackerStore:
         """Orphans claimed for re-enqueueing onto one broker identity and not yet confirmed, by message id."""
         return {text(mid): text(raw) for mid, raw in self.client.hgetall(self.keys.outbox(identity)).items()}
 
-    def repark(self, identity: str, message_id: str, entry: str) -> str | None:
-        """Take over a stale outbox entry; returns the renewed entry, or None if someone else did."""
-        renewed = self.scripts("repark_outbox", [self.keys.outbox(identity)], [message_id, entry])
-        return text(renewed) if renewed else None
+    def repark(self, identity: str, message_id: str, worker_id: str, claim: str) -> str | None:
+        """Take a dead worker's orphan parked in the outbox, under the caller's recovery claim token,
+        right before enqueueing it again (``lua/repark_outbox.lua``).
+
+        Returns:
+          str|None: The entry, or None when it is not there any more (it was enqueued).
+
+        Raises:
+          RecoveryTakenOver: When the claim token is not the worker's recovery claim any more.
+        """
+        keys = [self.keys.outbox(identity), self.keys.recovery(worker_id)]
+        entry = text(self.scripts("repark_outbox", keys, [message_id, claim]))
+        if entry == "fenced":
+            raise RecoveryTakenOver(worker_id)
+        return None if entry == "gone" else entry
 
     def unpark(self, identity: str, message_id: str) -> None:
         """Remove an orphan from the outbox once it has been re-enqueued."""

@@ -106,7 +106,7 @@ class Sweeper(PeriodicThread):
                     report.extend(self.recovery.recover_expired(own, deadline=deadline))
                 if report.dead_workers:
                     self.store.record_sweep(int((time.monotonic() - swept) * 1000))
-            self.recovery.retry_outbox()
+            self.recovery.retry_outbox(own)
         if not self._booted:
             # At boot, presence is checked without the lease until the next sweep, and the process this
             # one replaces on its host (a container that restarted) is recovered at once.

@@ -79,7 +79,7 @@ def build(
     health = ConnectionHealth()
     events = Events(store, health, settings.events_maxlen, callbacks)
     aborts = AbortBridge(broker, _AbortMemory(store, settings.history_ttl).remember)
-    lock_cleaners = LockCleaners(events, cleaners)
+    lock_cleaners = LockCleaners(events, cleaners, settings.takeover_after)
     settlement = Settlement(events, Quarantine(broker, policies))
     claims = Claims(broker, store, settings, digest, policies, aborts)
     redelivery = redelivery_for(facts.kind, broker, store, settings, claims, lock_cleaners)

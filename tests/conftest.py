@@ -87,13 +87,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def spawn_worker(
     redis_url: str, namespaces: Namespaces, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start real ``dramatiq`` worker processes of tests/apps/worker_app.py; all are killed after the test."""
+    """Start real ``dramatiq`` worker processes of tests/apps/worker_app.py (or ``app``); all are killed after
+    the test."""
     started: list[WorkerProcess] = []
 
     def spawn(
         *, kind: str = "redis", threads: int = 4, slow_seconds: float = 60, broker_url: str | None = None,
         tracker_url: str | None = None, env: dict[str, str] | None = None, queues: list[str] | None = None,
-        isolation: str = "",
+        isolation: str = "", app: str = "tests.apps.worker_app",
     ) -> WorkerProcess:  # fmt: skip
         settings = {"TEST_%s" % key.upper(): str(value) for key, value in FAST.items()}
         full_env = {
@@ -111,7 +112,7 @@ def spawn_worker(
         }
         extra = ["--queues", *queues] if queues else None
         log_path = tmp_path / ("worker-%d.log" % len(started))
-        worker = WorkerProcess(full_env, threads=threads, log_path=log_path, extra=extra, isolation=isolation)
+        worker = WorkerProcess(full_env, threads=threads, log_path=log_path, extra=extra, isolation=isolation, app=app)
         started.append(worker)
         return worker
 

@@ -204,6 +204,7 @@ class WorkerProcess:
 
     Parameters:
       isolation(str): Where it runs (see :data:`ISOLATIONS`).
+      app(str): The module it runs, another app of tests/apps/ if given.
     """
 
     def __init__(
@@ -214,11 +215,12 @@ class WorkerProcess:
         log_path: Path,
         extra: list[str] | None = None,
         isolation: str = "",
+        app: str = "tests.apps.worker_app",
     ) -> None:
         self.log_path = log_path
         self.isolation = isolation
         command = isolated([
-            sys.executable, "-m", "dramatiq", "tests.apps.worker_app",
+            sys.executable, "-m", "dramatiq", app,
             "--processes", "1", "--threads", str(threads), "--worker-shutdown-timeout", "5000",
             *(extra or []),
         ], isolation)  # fmt: skip

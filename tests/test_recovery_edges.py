@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 import dramatiq
@@ -22,6 +23,7 @@ from dramatiq.results.backends import StubBackend
 
 from dramatiq_tracker import TrackerMiddleware
 from dramatiq_tracker.host import HostFacts
+from dramatiq_tracker.recovery_claim import RecoveryClaim
 from dramatiq_tracker.unique import compute_digest
 
 from .conftest import Namespaces, make_tracker
@@ -96,14 +98,18 @@ def test_a_sweeper_that_finishes_an_interrupted_recovery_runs_the_lock_cleaners_
     info, messages = fake_dead_worker(redis_broker, tracker.store, namespaces.queue, 2, running=1)
     # Given a sweeper claimed the running orphan long ago and stopped before moving it
     parts = tracker.wiring
+    token = RecoveryClaim.new_token()
     declared = tracker.store.declare_dead(
-        info.worker_id, parts.digest, reason="process", retry_after=0, settle=0, grace=0
+        info.worker_id, parts.digest, reason="process", retry_after=10_000, settle=0, grace=0, claim=token
     )
+    claim = RecoveryClaim(tracker.store, parts.settings, parts.digest, info.worker_id, token, time.monotonic())
     candidates = parts.recovery.redelivery._found(
         info, parts.recovery.redelivery.parse_records(info, declared.records)
     )[0]  # type: ignore[attr-defined]
-    parts.claims.claim(info, [c for c in candidates if c.message_id == messages[0].message_id], "deliver")
-    redis_client.hset(tracker.store.keys.message(messages[0].message_id), "orphaned_at", 0)
+    running = [c for c in candidates if c.message_id == messages[0].message_id]
+    parts.claims.claim(info, running, "deliver", claim=claim)
+    # (its claim went takeover_after without renewal)
+    redis_client.hset(tracker.store.keys.recovery(info.worker_id), "renewed", 0)
 
     # When another sweeper takes the job over
     report = tracker.recover()

@@ -4,9 +4,10 @@
 --
 -- KEYS[1] inflight      HASH    the dead worker's message id -> in-flight record
 -- KEYS[2] running       HASH    message id -> "worker id|token|retries", all workers
--- KEYS[3] outbox        HASH    message id -> {"parked_at", "record", "worker"} (JSON), of the caller's broker identity
+-- KEYS[3] outbox        HASH    message id -> {"parked_at", "record", "worker", "token"} (JSON), of the caller's broker identity
 -- KEYS[4] revoked       HASH    the dead worker's message id -> the attempt that superseded its copies
--- KEYS[5..] per orphan, in ARGV order: its history HASH, then, only if it has a lock,
+-- KEYS[5] recovery      HASH    the dead worker's recovery claim (see the fragment _recovery)
+-- KEYS[6..] per orphan, in ARGV order: its history HASH, then, only if it has a lock,
 --           its lock HASH and the locks ZSET (lock digest -> expiry), so that no lock
 --           key is ever touched where no unique message is involved
 --
@@ -25,6 +26,12 @@
 --         digest or "", lock mode or "", max_recoveries, 1 when a cancel or
 --         abort of it is pending (else 0)
 -- ARGV[5] "1" for a dry run: decide and reply as a claim would, write nothing
+-- ARGV[6] the sweeper's recovery claim token; "" for a start that claims the orphan it is
+--         about to run (a broker's redelivery, a put-off copy whose twin died)
+--
+-- A sweeper claims only under its recovery claim: when the token is not the
+-- claim's any more (another sweeper took the recovery over), the reply is
+-- "fenced" and nothing is done.
 --
 -- An orphan was running when the dead worker has a record for it, or when
 -- an earlier claim from the same worker said so (its history names the
@@ -51,14 +58,14 @@
 --
 -- History fields: recoveries, attempt, orphaned_from (the dead worker that
 -- last moved it), orphaned_at (server ms), orphaned_running (1 when it was
--- running), outcome, awaiting_from (a dead worker whose orphan the broker
+-- running), orphaned_by ("sweep", or "start" when a starting copy took it:
+-- that copy runs it, and the dead worker's copies of it are stale), outcome,
+-- awaiting_from (a dead worker whose orphan the broker
 -- has yet to redeliver).
 --
 -- Returns a JSON array with, per orphan, [running (0/1), taken (0/1),
--- recoveries, attempt, claim age, awaiting (0/1), lock outcome, outcome]: the
--- claim age (ms)
--- tells a caller that did not take a running orphan how long ago another one
--- did, so that it may finish the job of a sweeper that stopped midway;
+-- recoveries, attempt, by start (0/1), awaiting (0/1), lock outcome, outcome]:
+-- by start is 1 when a starting copy took it earlier (it runs there);
 -- awaiting is 1 when the recovery is left for the broker's redelivery
 -- (outcome ""); the lock outcome is "deleted", "transferred" or "".
 
@@ -68,6 +75,12 @@ local worker_id = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local mode = ARGV[3]
 local dry_run = ARGV[5] == "1"
+local token = ARGV[6]
+
+if token ~= "" and not dry_run and redis.call("hget", KEYS[5], "token") ~= token then
+    return "fenced"
+end
+local taker = token ~= "" and "sweep" or "start"
 
 -- Every write goes through here: a dry run (a plan) reads and decides, and changes nothing.
 local function write(...)
@@ -84,7 +97,7 @@ local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 -- The history fields a claim reads, in one call.
 local function read(history)
     local h = redis.call("hmget", history, "recoveries", "attempt", "orphaned_from", "outcome", "orphaned_running",
-        "awaiting_from", "abort", "orphaned_at")
+        "awaiting_from", "abort", "orphaned_at", "orphaned_by")
     return {
         recoveries = tonumber(h[1] or "0") or 0,
         attempt = tonumber(h[2] or "0") or 0,
@@ -94,6 +107,7 @@ local function read(history)
         awaiting_from = h[6],
         abort = h[7],
         orphaned_at = tonumber(h[8] or "0") or 0,
+        orphaned_by = h[9],
     }
 end
 
@@ -126,7 +140,7 @@ local function move(history, h, message_id, current, max_recoveries, aborted, wa
     write(
         "hset", history,
         "recoveries", recoveries, "attempt", attempt, "orphaned_from", worker_id, "orphaned_at", now,
-        "orphaned_running", was_running and 1 or 0, "outcome", outcome
+        "orphaned_running", was_running and 1 or 0, "orphaned_by", taker, "outcome", outcome
     )
     if h.awaiting_from then
         write("hdel", history, "awaiting_from")
@@ -174,7 +188,7 @@ for start = 1, #ids, 1000 do
 end
 local unrecorded, unindexed, seen = {}, {}, {}
 
-local key = 5
+local key = 6
 for i, orphan in ipairs(orphans) do
     local message_id, current, digest, lock_mode = orphan[1], tonumber(orphan[2]) or 0, orphan[3], orphan[4]
     local max_recoveries, aborted = tonumber(orphan[5]), orphan[6] == 1
@@ -193,7 +207,7 @@ for i, orphan in ipairs(orphans) do
     end
     seen[message_id] = true
     local h = read(history)
-    local was_running, taken, awaiting, owns_locks = 0, 0, 0, false
+    local was_running, taken, awaiting, owns_locks, by_start = 0, 0, 0, false, 0
     local recoveries, attempt, outcome = h.recoveries, current, ""
 
     if record then
@@ -215,13 +229,17 @@ for i, orphan in ipairs(orphans) do
             owns_locks = ours or not owner
         end
         if mode == "park" then
-            write("hset", outbox, message_id, cjson.encode({parked_at = now, record = record, worker = worker_id}))
+            local entry = {parked_at = now, record = record, worker = worker_id, token = token}
+            write("hset", outbox, message_id, cjson.encode(entry))
         end
     elseif h.orphaned_from == worker_id then
         -- Another caller moved it from this worker already: report what it decided.
         was_running = h.orphaned_running
         recoveries, attempt, outcome = h.recoveries, h.attempt, h.outcome
         owns_locks = true
+        if h.orphaned_by == "start" then
+            by_start = 1
+        end
     elseif mode == "deliver" and h.awaiting_from == worker_id then
         -- The broker's redelivery of an orphan a sweeper left awaiting is starting.
         was_running, taken = 1, 1
@@ -237,11 +255,7 @@ for i, orphan in ipairs(orphans) do
     if owns_locks and lock then
         lock_outcome = release(lock, locks, digest, lock_mode, message_id, attempt, outcome)
     end
-    local age = 0
-    if was_running == 1 and taken == 0 then
-        age = now - h.orphaned_at
-    end
-    result[#result + 1] = {was_running, taken, recoveries, attempt, age, awaiting, lock_outcome, outcome}
+    result[#result + 1] = {was_running, taken, recoveries, attempt, by_start, awaiting, lock_outcome, outcome}
 end
 
 for start = 1, #unrecorded, 1000 do

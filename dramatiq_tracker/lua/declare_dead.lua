@@ -9,7 +9,8 @@
 --                               saw (see heartbeat), of the caller's broker identity
 -- KEYS[7] absent        HASH    worker id -> "since|beat" (see check_presence)
 -- KEYS[8] server        HASH    incarnation and since (see the fragment _server)
--- KEYS[9] caller        STRING  the caller's own heartbeat (optional: an operator's command has none)
+-- KEYS[9] recovery      HASH    the worker's recovery claim (see the fragment _recovery)
+-- KEYS[10] caller       STRING  the caller's own heartbeat (optional: an operator's command has none)
 --
 -- ARGV[1] worker id
 -- ARGV[2] why it would be dead: "process" (the caller saw its process gone
@@ -24,6 +25,10 @@
 -- ARGV[6] presence_grace (ms)
 -- ARGV[7] the worker's presence channel
 -- ARGV[8] "1" when presence channels are sharded (Redis Cluster)
+-- ARGV[9] a claim token: the caller recovers the worker if it is dead, and claims its recovery
+--         (see the fragment _recovery); "" to only declare it dead (a start that takes one orphan)
+-- ARGV[10] the caller's worker id, or ""
+-- ARGV[11] history_ttl (ms): how long the claim is kept
 --
 -- Returns {"gone"} when the worker is not registered (its deadline entry is
 -- removed, so that it never blocks the others); {"unsure"} when this server
@@ -32,14 +37,17 @@
 -- judged by presence or heartbeat; {"alive"} when the reason does not hold
 -- (its heartbeat is fresh, or its presence is back or was not gone long
 -- enough, or it heartbeat since); else {"dead", registration, message id,
--- record, message id, record, ...}.  A dead worker's heartbeat is deleted
+-- record, message id, record, ...}, the claim taken; {"claimed"} when it is dead
+-- but another sweeper holds the claim on its recovery, renewed within
+-- retry_after (that sweeper is recovering it).  A dead worker's heartbeat is deleted
 -- and its id is tombstoned, so that should it be alive after all, its next
 -- heartbeat tells it so.
 
 -- include: _server
+-- include: _recovery
 
 local workers, deadlines, dead_workers, heartbeat, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local presence, absent, server, caller = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local presence, absent, server, recovery, caller = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 
 local worker_id, reason = ARGV[1], ARGV[2]
 local dry_run = ARGV[4] == "1"
@@ -80,6 +88,14 @@ elseif reason == "presence" then
     if count > 0 or not beat or not since or seen_beat ~= beat or now - tonumber(since) < tonumber(ARGV[6]) then
         return {"alive"}
     end
+end
+
+local token = ARGV[9]
+if not dry_run and token ~= "" then
+    if claimed_by_another(recovery, token, now, tonumber(ARGV[3])) then
+        return {"claimed"}
+    end
+    take_claim(recovery, token, ARGV[10], now, ARGV[11])
 end
 
 if not dry_run then

@@ -1,0 +1,336 @@
+"""Sweepers are fenced: a slow, frozen or killed sweeper never makes a dead worker's orphan run twice,
+never leaves one uncleaned, and never cleans one after it started again elsewhere.
+
+Each test runs three real worker processes of tests/apps/fencing_app.py, all of one broker identity:
+a victim running three messages, and two sweepers.  The victim is SIGKILLed; one sweeper claims its
+orphans (the pid of the first lock cleaner call names it) and is then slowed down (a 5 s cleaner),
+frozen (SIGSTOP in its first cleaner call, SIGCONT 13 s later, past ``takeover_after``) or killed
+(SIGKILL in its first cleaner call), while the other one may take the recovery over.
+
+Whatever happens, after one death:
+
+- each orphan runs again exactly once (two runs in all: the killed one and the recovered one);
+- each orphan's lock cleaners are called exactly once (a call interrupted by a stop or a kill counts
+  as its one call: the takeover does not call them again; what an interrupted call still does after
+  SIGCONT is a known residual window, so calls are judged by when they *start*);
+- no cleaner call starts after its orphan's recovered run started.
+
+"redis" is a RedisBroker (orphans moved back from the dead process's acks); "outbox" a broker class
+the tracker does not know (a RedisBroker behind a wrapper), recovered through the outbox: the stored
+payload is enqueued again.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+import redis
+from dramatiq.brokers.redis import RedisBroker
+
+from dramatiq_tracker.ops.reads import InspectionStore
+from dramatiq_tracker.records import WorkerInfo
+
+from .conftest import Namespaces
+from .support import BOUND, FAST, WorkerProcess, kill, registered, send, wait_for, wait_new_worker, wait_registered
+
+pytestmark = pytest.mark.slow
+
+APP = "tests.apps.fencing_app"
+#: The tracker's takeover_after at the test timings: max(10 s, 2 sweep intervals), in seconds.
+TAKEOVER = max(10_000, 2 * FAST["sweep_interval"]) / 1000
+#: How long the claiming sweeper stays frozen: past takeover_after, with a sweep or two of slack.
+FREEZE = TAKEOVER + 3
+#: How long a message's first run lasts (it is killed long before) and its recovered run.
+FIRST_SECONDS, RECOVERED_SECONDS = 60.0, 0.2
+ORPHANS = 3
+#: A dramatiq process's boot on a loaded machine.
+BOOT = 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """A run of ``hold`` (phase "run") or a lock cleaner call's start or end, as the app reported it."""
+
+    phase: str
+    message_id: str
+    pid: int
+    attempt: int
+    at: float
+    recovered: bool = False
+
+
+def runs(client: redis.Redis, names: Namespaces) -> list[Record]:
+    return [
+        Record("run", r["message_id"], r["pid"], r["attempt"], r["at"], r["recovered"])
+        for r in map(json.loads, client.lrange("%s:runs" % names.report, 0, -1))
+    ]
+
+
+def cleaner_calls(client: redis.Redis, names: Namespaces, phase: str = "start") -> list[Record]:
+    return [
+        Record(r["phase"], r["message_id"], r["pid"], r["attempt"], r["at"])
+        for r in map(json.loads, client.lrange("%s:cleaner" % names.report, 0, -1))
+        if r["phase"] == phase or not phase
+    ]
+
+
+def timeline(client: redis.Redis, names: Namespaces, ids: list[str], origin: float) -> str:
+    """Every run and cleaner call, oldest first, in seconds since ``origin`` (the kill)."""
+    short = {mid: "m%d" % i for i, mid in enumerate(ids)}
+    records = sorted([*runs(client, names), *cleaner_calls(client, names, phase="")], key=lambda r: r.at)
+    return "\n".join(
+        "%+7.2f s  %-13s %s pid %d attempt %d"
+        % (
+            r.at - origin,
+            "run (recovered)" if r.recovered else r.phase if r.phase == "run" else "cleaner " + r.phase,
+            short.get(r.message_id, r.message_id),
+            r.pid,
+            r.attempt,
+        )
+        for r in records
+    )
+
+
+@dataclasses.dataclass
+class Scene:
+    """A victim killed while running three messages, and two sweepers to recover them."""
+
+    client: redis.Redis
+    names: Namespaces
+    store: InspectionStore
+    victim: WorkerInfo
+    ids: list[str]
+    killed_at: float = 0.0
+    #: When the claiming sweeper was resumed (SIGCONT), if it was frozen.
+    resumed_at: float = 0.0
+
+    def first_cleaner_call(self) -> Record:
+        """The first lock cleaner call after the kill: its pid is the claiming sweeper's."""
+        return wait_for(
+            lambda: next(iter(cleaner_calls(self.client, self.names)), None),
+            BOUND + 10,
+            message="the first lock cleaner call",
+        )
+
+    def wait_settled(self, bound: float) -> None:
+        """Wait until every orphan ran again, then until nothing more can happen: twice takeover_after
+        after the last run started, and takeover_after (and a few sweeps) after the last thing any
+        sweeper did that the app saw (a cleaner call's start or end, a resume)."""
+        wait_for(
+            lambda: all(n >= 2 for n in self.run_counts().values()) and len(self.run_counts()) == ORPHANS,
+            bound,
+            interval=0.1,
+            message="every orphan to run again",
+        )
+        cap = time.time() + 4 * TAKEOVER
+        while time.time() < cap:
+            last_run = max(r.at for r in runs(self.client, self.names))
+            activity = [r.at for r in cleaner_calls(self.client, self.names, phase="")]
+            last = max([last_run, self.resumed_at, *activity])
+            until = max(last_run + 2 * TAKEOVER + 1, last + TAKEOVER + 2)
+            if time.time() >= until:
+                return
+            # Not an event awaited: the absence of any late duplicate, for as long as one could come.
+            time.sleep(min(0.5, until - time.time()))
+
+    def run_counts(self) -> collections.Counter[str]:
+        return collections.Counter(r.message_id for r in runs(self.client, self.names))
+
+    def assert_fenced(self) -> None:
+        """Exactly one redelivery and one cleaner call per orphan, every call started before the run.
+
+        All three are checked before failing, so that a failure says everything that went wrong."""
+        all_runs = runs(self.client, self.names)
+        starts = cleaner_calls(self.client, self.names)
+        first = [r for r in all_runs if not r.recovered]
+        assert sorted(r.message_id for r in first) == sorted(self.ids)
+        assert {r.pid for r in first} == {self.victim.pid}
+        problems = []
+        counts = collections.Counter(r.message_id for r in all_runs)
+        if counts != dict.fromkeys(self.ids, 2):
+            problems.append("runs per orphan (2 expected): %s" % self.describe(counts))
+        cleaned = collections.Counter(c.message_id for c in starts)
+        if cleaned != dict.fromkeys(self.ids, 1):
+            problems.append("cleaner calls per orphan (1 expected): %s" % self.describe(cleaned))
+        problems += [
+            "%s: a cleaner call (pid %d) started %.2f s after its recovered run started (pid %d)"
+            % (self.short(c.message_id), c.pid, c.at - r.at, r.pid)
+            for c in starts
+            for r in all_runs
+            if r.recovered and r.message_id == c.message_id and c.at > r.at
+        ]
+        assert not problems, "\n".join(problems)
+
+    def short(self, message_id: str) -> str:
+        return "m%d" % self.ids.index(message_id) if message_id in self.ids else message_id
+
+    def describe(self, counts: collections.Counter[str]) -> str:
+        return ", ".join("%s=%d" % (self.short(mid), counts.get(mid, 0)) for mid in self.ids)
+
+
+def kill_the_victim(
+    redis_client: redis.Redis,
+    names: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    producer: RedisBroker,
+    kind: str,
+    env: dict[str, str],
+) -> Scene:
+    """Start a victim running three messages and two sweepers, all of one broker identity; SIGKILL the victim."""
+    store = InspectionStore(redis_client, names.tracker)
+    env = {"TEST_BROKER_IDENTITY": "fencing-test-%s" % names.tracker, **env}
+    spawn_worker(kind=kind, threads=ORPHANS, env=env, app=APP)
+    (victim,) = wait_registered(store, 1, timeout=BOOT)
+    ids = send(producer, names.queue, "hold", ORPHANS, FIRST_SECONDS, RECOVERED_SECONDS)
+    scene = Scene(redis_client, names, store, victim, ids)
+    wait_for(lambda: len(runs(redis_client, names)) == ORPHANS, BOOT, message="three messages running")
+    wait_for(lambda: len(store.inflight(victim.worker_id)) == ORPHANS, 5, message="their records written")
+    assert {r.pid for r in runs(redis_client, names)} == {victim.pid}
+    for _ in range(2):
+        spawn_worker(kind=kind, threads=ORPHANS, env=env, app=APP)
+    first = wait_new_worker(store, victim, timeout=BOOT)
+    wait_new_worker(store, victim, first, timeout=BOOT)
+    scene.killed_at = time.time()
+    kill(victim.pid)
+    return scene
+
+
+@pytest.fixture
+def scene_of(
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    producer: RedisBroker,
+) -> Callable[..., Scene]:
+    def make(kind: str, **env: str) -> Scene:
+        return kill_the_victim(redis_client, namespaces, spawn_worker, producer, kind, env)
+
+    return make
+
+
+def freeze_in_first_cleaner_call(scene: Scene) -> int:
+    """The claiming sweeper stopped itself in its first cleaner call (TEST_CLEANER_SIGNAL=stop): resume it
+    FREEZE seconds after that call started.  Returns its pid."""
+    call = scene.first_cleaner_call()
+    try:
+        time.sleep(max(0.0, call.at + FREEZE - time.time()))
+    finally:
+        scene.resumed_at = time.time()
+        os.kill(call.pid, signal.SIGCONT)
+    return call.pid
+
+
+# The sanity of the app -----------------------------------------------------------------------------
+
+
+def test_the_outbox_app_runs_messages_on_a_broker_class_the_tracker_does_not_know(
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    producer: RedisBroker,
+    store: InspectionStore,
+) -> None:
+    spawn_worker(
+        kind="outbox", threads=2, env={"TEST_BROKER_IDENTITY": "fencing-test-%s" % namespaces.tracker}, app=APP
+    )
+    (worker,) = wait_registered(store, 1, timeout=BOOT)
+    (message_id,) = send(producer, namespaces.queue, "hold", 1, 0, 0)
+    wait_for(lambda: runs(redis_client, namespaces), BOOT, message="the message ran")
+    (run,) = runs(redis_client, namespaces)
+    assert (run.message_id, run.pid, run.recovered) == (message_id, worker.pid, False)
+    # Recovered through the outbox: the tracker does not know the broker, and keeps each payload
+    assert worker.broker_kind == "other" and worker.broker_identity == "fencing-test-%s" % namespaces.tracker
+    assert [w.worker_id for w in registered(store)] == [worker.worker_id]
+
+
+# 1. A slow or frozen sweeper does not deliver again what another one delivered -------------------------
+
+
+@pytest.mark.parametrize("kind", ["outbox"])
+def test_a_slow_lock_cleaner_does_not_let_another_sweeper_deliver_the_orphans_again(
+    scene_of: Callable[..., Scene], kind: str
+) -> None:
+    # Given a victim killed with three orphans, and sweepers whose lock cleaner takes 5 s per orphan:
+    # the claiming sweeper's recovery lasts longer than takeover_after
+    cleaner_seconds = 5
+    scene = scene_of(kind, TEST_CLEANER_SECONDS=str(cleaner_seconds))
+    try:
+        claimer = scene.first_cleaner_call().pid
+        print("claiming sweeper: pid %d" % claimer)
+        # When every orphan ran again and nothing more happens
+        scene.wait_settled(BOUND + ORPHANS * cleaner_seconds + 2 * TAKEOVER + 10)
+    finally:
+        print(timeline(scene.client, scene.names, scene.ids, scene.killed_at))
+    # Then each ran again once, its cleaner called once, before it started again
+    scene.assert_fenced()
+
+
+@pytest.mark.parametrize("kind", ["outbox"])
+def test_a_sweeper_frozen_right_after_its_claim_delivers_nothing_twice(
+    scene_of: Callable[..., Scene], kind: str
+) -> None:
+    # Given a victim killed with three orphans, and the sweeper that claims them frozen (SIGSTOP) right
+    # after its claim, as its first lock cleaner call starts, for longer than takeover_after
+    scene = scene_of(kind, TEST_CLEANER_SIGNAL="stop")
+    try:
+        claimer = freeze_in_first_cleaner_call(scene)
+        print("claiming sweeper: pid %d, resumed %.2f s after the kill" % (claimer, scene.resumed_at - scene.killed_at))
+        # When it resumes, every orphan ran again and nothing more happens
+        scene.wait_settled(BOUND + 2 * TAKEOVER + 10)
+    finally:
+        print(timeline(scene.client, scene.names, scene.ids, scene.killed_at))
+    # Then each ran again once, its cleaner called once, before it started again
+    scene.assert_fenced()
+
+
+# 2. A takeover calls the cleaners the stopped sweeper never called --------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["outbox", "redis"])
+def test_a_takeover_after_the_claiming_sweeper_died_calls_every_lock_cleaner_once(
+    scene_of: Callable[..., Scene], kind: str
+) -> None:
+    # Given a victim killed with three orphans, and the sweeper that claims them killed (SIGKILL) in
+    # its first lock cleaner call
+    scene = scene_of(kind, TEST_CLEANER_SECONDS="1", TEST_CLEANER_SIGNAL="kill")
+    try:
+        claimer = scene.first_cleaner_call().pid
+        print("claiming sweeper: pid %d, killed in its first cleaner call" % claimer)
+        # When the survivor takes the recovery over, and nothing more happens
+        scene.wait_settled(BOUND + 2 * TAKEOVER + 10)
+    finally:
+        print(timeline(scene.client, scene.names, scene.ids, scene.killed_at))
+    # Then each orphan ran again once, on the survivor, and every one of them had its cleaner called
+    # once: the killed call counts as its orphan's one call, the others the survivor made
+    scene.assert_fenced()
+    assert claimer not in {r.pid for r in runs(scene.client, scene.names)}
+
+
+# 3. A resumed sweeper does not clean what started again elsewhere ---------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["redis", "outbox"])
+def test_a_sweeper_resumed_after_the_takeover_calls_no_cleaner_of_an_orphan_that_restarted(
+    scene_of: Callable[..., Scene], kind: str
+) -> None:
+    # Given a victim killed with three orphans, and the sweeper that claims them frozen (SIGSTOP) in its
+    # first lock cleaner call (each takes 0.5 s), until 13 s later: the takeover (after 10 s) cleans and
+    # delivers them again meanwhile
+    scene = scene_of(kind, TEST_CLEANER_SECONDS="0.5", TEST_CLEANER_SIGNAL="stop")
+    try:
+        claimer = freeze_in_first_cleaner_call(scene)
+        print("claiming sweeper: pid %d, resumed %.2f s after the kill" % (claimer, scene.resumed_at - scene.killed_at))
+        # When it resumes, every orphan ran again and nothing more happens
+        scene.wait_settled(BOUND + 2 * TAKEOVER + 10)
+    finally:
+        print(timeline(scene.client, scene.names, scene.ids, scene.killed_at))
+    # Then no cleaner call started after its orphan restarted, and the interrupted call was the only
+    # one of its orphan (the takeover did not call it again)
+    scene.assert_fenced()
