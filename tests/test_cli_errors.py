@@ -219,3 +219,15 @@ def test_arguments_a_command_cannot_use_exit_2_with_one_line(redis_url: str, nam
     one_line_error(run("dashboard", "--allowed-host", "bad host"), RET_USAGE, "allowed_hosts")
     one_line_error(run("dashboard", "--keyfile", "k.pem"), RET_USAGE, "--keyfile needs a --certfile")
     one_line_error(run("dashboard", "--certfile", "/nonexistent.pem"), RET_USAGE, "/nonexistent.pem")
+
+
+def test_the_demo_says_in_one_line_that_its_redis_cannot_be_reached_whatever_its_kind() -> None:
+    for kind, url in UNREACHABLE.items():
+        secret = (
+            url.replace("://", "://user:pw-in-userinfo@", 1) + ("&" if "?" in url else "?") + "password=pw-in-query"
+        )
+        result = run("demo", "--url", secret, "--messages", "1")
+        assert result.returncode == RET_ERROR and "Traceback" not in result.stderr, (kind, result.stderr)
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("dramatiq-tracker demo: ") and "Redis" in line, (kind, line)
+        no_secret(result.stdout, result.stderr)

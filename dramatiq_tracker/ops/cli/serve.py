@@ -6,11 +6,10 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-import redis
-
 from ...errors import TrackerError
 from ..demo.options import DEFAULT_DURATION, DEFAULT_MESSAGES, MAX_DURATION, MAX_MESSAGES, MIN_DURATION, DemoOptions
 from ..failures import CLIENT_ERRORS, explain
+from ..urls import redact
 from .common import RET_ERROR, RET_FAILED, RET_OK, CommandError, Connection, add_parser, bounded_int, no_data
 
 if TYPE_CHECKING:
@@ -141,8 +140,12 @@ def _demo(arguments: argparse.Namespace) -> int:
     options = DemoOptions(url=arguments.url, messages=arguments.messages, duration=arguments.duration)
     try:
         return RET_OK if run_demo(options) else RET_FAILED
-    except (TrackerError, redis.RedisError) as e:
+    except TrackerError as e:
         print("dramatiq-tracker demo: %s" % e, file=sys.stderr)
+        return RET_ERROR
+    except CLIENT_ERRORS as e:
+        where = redact(arguments.url) if arguments.url else "its Redis"
+        print("dramatiq-tracker demo: %s" % explain(e, where).replace("the tracker's Redis", "Redis"), file=sys.stderr)
         return RET_ERROR
 
 
