@@ -24,6 +24,7 @@ from markupsafe import escape
 
 from dramatiq_tracker import ConfigurationError, TrackerMiddleware
 from dramatiq_tracker.events import ABORT_REQUESTED, LOCK_DELETED, TrackerEvent
+from dramatiq_tracker.keys import identity_digest
 from dramatiq_tracker.ops.cli import build_parser
 from dramatiq_tracker.ops.dashboard import (
     DEFAULT_HOST,
@@ -40,7 +41,15 @@ from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.ops.views import Timeline
 
 from .conftest import Namespaces
-from .dashboard_seed import HOSTILE, HOSTILE_ATTRIBUTE, SeedRecord, add_events, register_worker, showcase
+from .dashboard_seed import (
+    BROKER_IDENTITY,
+    HOSTILE,
+    HOSTILE_ATTRIBUTE,
+    SeedRecord,
+    add_events,
+    register_worker,
+    showcase,
+)
 from .dashboard_support import Client, Reply
 from .support import ROOT, close_redis_broker, fake_dead_worker, free_port, wait_for
 
@@ -375,9 +384,14 @@ def test_recover_now_shows_what_it_would_do_then_does_it(
     client = logged_in(Client(app))
     assert app.inspector.namespace == namespaces.tracker  # the broker's tracker's
 
+    # (and a registration no sweep finds, which it says it leaves out, and why)
+    register_worker(store, "w-stranded", [SeedRecord("m-x", "a", "q", store.server_time())], alive=False)
+    store.client.zrem(store.keys.deadlines(identity_digest(BROKER_IDENTITY)), "w-stranded")
     plan = client.get("/recover")
     assert plan.status == 200 and dead.worker_id in plan.text and plan.text.count("redelivered") == 3
     assert store.registration(dead.worker_id) is not None  # a plan changes nothing
+    left_out = plan.text.split('id="left-out"', 1)[1].split("</div>", 1)[0]
+    assert "w-stranded" in left_out and "no heartbeat deadline" in left_out
 
     done = client.post("/recover", {"csrf_token": plan.csrf()})
     assert done.status == 200 and "1 worker(s) declared dead, 3 message(s) settled" in done.text

@@ -194,6 +194,8 @@ _NO_DEADLINE = (
 
 def _stopping_at(raw: str) -> tuple[int, str]:
     """A registration's ``stopping_at`` (0 when absent), and what is wrong with it, if anything."""
+    if '"stopping_at"' not in raw:  # most registrations: not parsed a second time
+        return 0, ""
     try:
         value = json.loads(raw).get("stopping_at", 0)
     except (ValueError, AttributeError):

@@ -35,7 +35,9 @@ def recover(pages: Pages, request: Request) -> Rendered:
         return _unavailable("Recovering needs the application's broker: start the dashboard with --broker.")
     operator = pages.operator(request)
     if request.method == "GET":
-        return Rendered("confirm.html", {"action": "recover", "plan": operator.recover(dry_run=True)}, live=False)
+        plan = operator.recover(dry_run=True)
+        context = {"action": "recover", "plan": plan, "left_out": operator.left_out(plan)}
+        return Rendered("confirm.html", context, live=False)
     return Rendered("done.html", {"action": "recover", "report": operator.recover()}, live=False)
 
 
