@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from dramatiq_tracker.connection import delete_keys
 from dramatiq_tracker.keys import identity_digest
 from dramatiq_tracker.ops.inspection import ALIVE, GONE, STOPPING, UNRESPONSIVE, Inspector, Unswept
 from dramatiq_tracker.ops.reads import InspectionStore
@@ -21,6 +22,7 @@ from dramatiq_tracker.ops.views import LATENCY_BOUNDS, PRESENCE_LOST
 
 from .conftest import Namespaces
 from .dashboard_seed import BROKER_IDENTITY, LATENCY_COUNTERS, SeedRecord, register_worker
+from .servers import RedisClusterServers
 from .support import wait_for
 
 
@@ -188,3 +190,28 @@ def test_the_recovery_latency_reads_as_cumulative_buckets(
     assert (counters.recovery_latency_sum_ms, counters.recovery_latency_count) == (20_000, 8)
     # Its fields are no event kinds
     assert dict(counters.events) == {"recovered": 8}
+
+
+def test_on_a_redis_cluster_a_workers_sharded_presence_is_counted_on_the_namespaces_node(
+    redis_cluster: RedisClusterServers, namespaces: Namespaces
+) -> None:
+    # Given a tracker namespace on a Redis Cluster, and a worker present through a sharded subscription
+    client = redis_cluster.client()
+    store = InspectionStore(client, namespaces.tracker)
+    try:
+        now = store.server_time()
+        register_worker(store, "w-present", [SeedRecord("m-1", "a", "q", now)])
+        client.hset(store.presence.present(DIGEST), "w-present", now)
+        subscriber = client.pubsub()
+        subscriber.ssubscribe(store.presence.channel_prefix + "w-present")
+        with Inspector(client=client, namespace=namespaces.tracker) as inspector:
+            try:
+                wait_for(lambda: inspector.worker("w-present").state == ALIVE, 10, message="present")
+            finally:
+                subscriber.close()
+            # Then once the subscription closes, the worker is gone
+            view = wait_for(lambda: (v := inspector.worker("w-present")).state == GONE and v, 10, message="gone")
+            assert view.gone == PRESENCE_LOST
+    finally:
+        delete_keys(client, "{%s}:*" % namespaces.tracker)
+        client.close()
