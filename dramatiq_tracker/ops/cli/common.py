@@ -251,7 +251,7 @@ class Connection:
 
         try:
             return dataclasses.replace(status, broker_queues=queue_depths(self.broker))
-        except Exception as e:
+        except Exception as e:  # any broker's client (redis-py, pika): the tracker's figures stand without it
             print("warning: cannot read the broker's queues: %s: %s" % (type(e).__name__, e), file=sys.stderr)
             return status
 
