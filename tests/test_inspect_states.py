@@ -37,7 +37,7 @@ DIGEST = identity_digest(BROKER_IDENTITY)
 
 def present(client: redis.Redis, store: InspectionStore, worker_id: str, beat: int) -> None:
     """List a worker as present, as a sweeper does once the server saw its presence."""
-    client.hset(store.presence.present(DIGEST), worker_id, beat)
+    client.hset(store.presence_keys.present(DIGEST), worker_id, beat)
 
 
 def test_a_worker_whose_presence_connection_closed_is_dead_before_its_heartbeat_expires(
@@ -48,7 +48,7 @@ def test_a_worker_whose_presence_connection_closed_is_dead_before_its_heartbeat_
     register_worker(store, "w-present", [SeedRecord("m-1", "a", "q", now)])
     present(redis_client, store, "w-present", now)
     subscriber = redis.Redis.from_url(redis_url).pubsub()
-    subscriber.subscribe(store.presence.channel_prefix + "w-present")
+    subscriber.subscribe(store.presence_keys.channel_prefix + "w-present")
     try:
         wait_for(lambda: inspector.worker("w-present").state == ALIVE, 5, message="present")
         assert inspector.status().orphans == 0
@@ -62,7 +62,7 @@ def test_a_worker_whose_presence_connection_closed_is_dead_before_its_heartbeat_
     assert view.unhealthy().endswith(
         "is dead, not recovered yet: its presence connection to the tracker's Redis closed"
     )
-    redis_client.hset(store.presence.absent(DIGEST), "w-present", "%d|%d" % (now - 4000, now))
+    redis_client.hset(store.presence_keys.absent(DIGEST), "w-present", "%d|%d" % (now - 4000, now))
     status = inspector.status()
     assert status.workers[GONE] == 1 and status.orphans == 1 and status.oldest_orphan >= 4000
     (orphan,) = inspector.orphans().items
@@ -201,9 +201,9 @@ def test_on_a_redis_cluster_a_workers_sharded_presence_is_counted_on_the_namespa
     try:
         now = store.server_time()
         register_worker(store, "w-present", [SeedRecord("m-1", "a", "q", now)])
-        client.hset(store.presence.present(DIGEST), "w-present", now)
+        client.hset(store.presence_keys.present(DIGEST), "w-present", now)
         subscriber = client.pubsub()
-        subscriber.ssubscribe(store.presence.channel_prefix + "w-present")
+        subscriber.ssubscribe(store.presence_keys.channel_prefix + "w-present")
         with Inspector(client=client, namespace=namespaces.tracker) as inspector:
             try:
                 wait_for(lambda: inspector.worker("w-present").state == ALIVE, 10, message="present")

@@ -134,7 +134,7 @@ class InspectionStore(TrackerStore):
 
     def __init__(self, client: redis.Redis, namespace: str) -> None:
         super().__init__(client, namespace)
-        self.presence = PresenceKeys(namespace)
+        self.presence_keys = PresenceKeys(namespace)
         #: The operator tools' scripts; ``self.scripts`` are the core's.
         self.ops_scripts = Scripts(client, OPS_SCRIPTS)
 
@@ -185,7 +185,7 @@ class InspectionStore(TrackerStore):
         Parameters:
           workers(list): (worker id, broker identity digest) of each.
         """
-        k, presence = self.keys, self.presence
+        k, presence = self.keys, self.presence_keys
         client: Any = self.client  # typed redis.Redis, but a RedisCluster works too
         sharded = "1" if isinstance(client, redis.cluster.RedisCluster) else "0"
         states = []
