@@ -24,6 +24,16 @@ from dramatiq_tracker.records import InflightRecord, WorkerInfo
 #: What the seeded workers consume from.
 BROKER_IDENTITY = "redis://seeded:6379/0"
 
+#: What the workers count of the recovery latency, as the counters hash holds it: 2 orphans started again
+#: within 0.5 s, 5 more within 3 s, 1 later; 20 s in all.
+LATENCY_COUNTERS = {
+    "recovery_latency_le:500": 2,
+    "recovery_latency_le:3000": 5,
+    "recovery_latency_le:inf": 1,
+    "recovery_latency_sum_ms": 20_000,
+    "recovery_latency_count": 8,
+}
+
 #: Message data that a page must show as text: script tags, attribute breakouts, event handlers.
 HOSTILE = "<script>alert(1)</script>"
 HOSTILE_ATTRIBUTE = "\"'><img src=x onerror=alert(2)>"

@@ -8,9 +8,10 @@ import io
 import os
 import re
 import shutil
+import threading
 import urllib.parse
 import wsgiref.util
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -107,14 +108,42 @@ class Client:
         return self.request("POST", path, form=form, **kwargs)
 
 
+class Servers:
+    """Serve WSGI applications over real HTTP, each on a free port of 127.0.0.1, in threads; ``close()``
+    stops them all."""
+
+    def __init__(self) -> None:
+        self.running: list[tuple[Any, Any]] = []
+
+    def start(self, app: Any) -> str:
+        """Serve ``app`` (a DashboardApp); returns its base URL."""
+        from dramatiq_tracker.ops.dashboard import make_server
+
+        server = make_server(app, "127.0.0.1", 0)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.running.append((server, app))
+        return "http://127.0.0.1:%d" % server.server_address[1]
+
+    def close(self) -> None:
+        for server, app in self.running:
+            server.shutdown()
+            server.server_close()
+            app.close()
+
+
 def find_executable(candidates: tuple[str, ...], name: str) -> str | None:
     found = next((path for path in candidates if os.access(path, os.X_OK)), None)
     return found or shutil.which(name)
 
 
-def chrome_or_skip() -> Iterator[Any]:
+def chrome_or_skip(arguments: Sequence[str] = (), env: Mapping[str, str] | None = None) -> Iterator[Any]:
     """A headless Chromium driven by selenium; skipped without one, but failed under CI (where
-    ``.ci/run`` installs it)."""
+    ``.ci/run`` installs it).
+
+    Parameters:
+      arguments(list[str]): More Chromium switches (``--host-resolver-rules=...``).
+      env(dict[str, str]): More environment variables of its processes (``TZ``).
+    """
     chromium = find_executable(CHROMIUM_CANDIDATES, "chromium")
     driver_path = find_executable(CHROMEDRIVER_CANDIDATES, "chromedriver")
     missing = [name for name, path in (("chromium", chromium), ("chromedriver", driver_path)) if path is None]
@@ -133,7 +162,10 @@ def chrome_or_skip() -> Iterator[Any]:
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
         options.add_argument(argument)
     options.add_argument("--force-device-scale-factor=1")
-    driver = webdriver.Chrome(service=Service(str(driver_path)), options=options)
+    for argument in arguments:
+        options.add_argument(argument)
+    service = Service(str(driver_path), env={**os.environ, **(env or {})})
+    driver = webdriver.Chrome(service=service, options=options)
     driver.set_page_load_timeout(30)
     try:
         yield driver

@@ -32,8 +32,9 @@ from dramatiq_tracker.ops.cli import (
     RET_USAGE,
     main,
 )
-from dramatiq_tracker.ops.inspection import ALIVE, DEAD, FENCED, RECOVERING, UNRESPONSIVE, Inspector
+from dramatiq_tracker.ops.inspection import ALIVE, DEAD, FENCED, GONE, RECOVERING, UNRESPONSIVE, Inspector
 from dramatiq_tracker.ops.reads import InspectionStore
+from dramatiq_tracker.records import WorkerInfo
 
 from .conftest import Namespaces
 from .support import (
@@ -157,6 +158,18 @@ def inspector(redis_url: str, namespaces: Namespaces) -> Iterator[Inspector]:
         yield found
 
 
+def busy_worker(
+    spawn_worker: Callable[..., WorkerProcess], store: InspectionStore, producer: RedisBroker, queue: str, count: int
+) -> tuple[WorkerInfo, list[str]]:
+    """Start a worker of two threads and give it ``count`` slow messages; returns it and their ids, once
+    their records are written."""
+    spawn_worker(threads=2, slow_seconds=60)
+    (worker,) = wait_registered(store, 1)
+    ids = send(producer, queue, "slow", count)
+    wait_for(lambda: len(store.inflight(worker.worker_id)) == count, 20, message="recorded")
+    return worker, ids
+
+
 def documented_headers() -> set[tuple[str, ...]]:
     """The table headers shown in docs/cli.md."""
     text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
@@ -209,7 +222,7 @@ def test_every_listing_shows_live_workers_and_their_messages_as_text_and_json(
     # status
     code, out, err = cli("status", *base)
     assert code == RET_OK and err == ""
-    assert "Workers:    1 alive, 0 unresponsive, 0 recovering, 0 dead, 0 fenced" in out
+    assert "Workers:    1 alive, 0 stopping, 0 gone, 0 unresponsive, 0 recovering, 0 dead, 0 fenced" in out
     assert "In flight:  3 messages, 0 orphans waiting" in out and "Locks:      1 uniqueness lock held" in out, out
     column(out, "QUEUE", "QUEUE", queue)
     column(out, "ACTOR", "ACTOR", "slow")
@@ -282,8 +295,10 @@ def test_every_listing_shows_live_workers_and_their_messages_as_text_and_json(
     column(out, "DIGEST", "MODE", "until_executed")
     assert_documented(out)
     (item,) = cli_json("locks", *base, "--actor", "unique_slow", "--owner", unique_id)["items"]
-    # (an until_executed lock is taken as the message is sent, by no worker)
+    # (an until_executed lock is taken as the message is sent, by no worker: it says where its owner runs)
     assert item["digest"] == lock.digest and item["message_id"] == unique_id and item["worker_id"] == ""
+    assert item["running_on"] == wid
+    column(out, "DIGEST", "RUNNING", wid)
     assert cli_json("locks", *base, "--actor", "slow")["items"] == []
     assert cli_json("locks", *base, "--older-than", "1d")["items"] == []
 
@@ -337,7 +352,8 @@ def test_check_is_healthy_while_the_worker_lives_and_fails_at_once_when_it_is_si
     dead = run("check", *base, "--worker-id", worker.worker_id, "--json")
     assert dead.returncode == RET_UNHEALTHY, dead.stderr
     verdict = json.loads(dead.stdout)["item"]
-    assert not verdict["healthy"] and "its process exited" in verdict["reasons"][0]
+    # (its process gone on this host, or its presence connection closed: whichever is seen first)
+    assert not verdict["healthy"] and "is dead, not recovered yet: its" in verdict["reasons"][0]
     by_host = run("check", *base)
     assert by_host.returncode == RET_UNHEALTHY and by_host.stdout.startswith("UNHEALTHY: worker %r" % worker.worker_id)
 
@@ -345,14 +361,17 @@ def test_check_is_healthy_while_the_worker_lives_and_fails_at_once_when_it_is_si
 def test_check_fails_for_a_worker_whose_heartbeat_expired(
     base: list[str], spawn_worker: Callable[..., WorkerProcess], store: InspectionStore, inspector: Inspector
 ) -> None:
-    # Given a worker SIGKILLed, with nobody to recover it
+    # Given a worker stopped (SIGSTOP: its process is there) past its heartbeat timeout, with nobody to sweep
     spawn_worker(threads=1)
     (worker,) = wait_registered(store, 1)
-    kill(worker.pid)
-    wait_for(lambda: inspector.worker(worker.worker_id).state == UNRESPONSIVE, BOUND + 5, message="unresponsive")
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: inspector.worker(worker.worker_id).state == UNRESPONSIVE, BOUND + 5, message="unresponsive")
 
-    # Then the check says so
-    result = run("check", *base)
+        # Then the check says so
+        result = run("check", *base)
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
     assert result.returncode == RET_UNHEALTHY
     assert re.match(
         r"UNHEALTHY: worker '%s' .* is unresponsive: its heartbeat expired" % worker.worker_id, result.stdout
@@ -425,10 +444,7 @@ def test_watch_redraws_the_screen_on_a_terminal_and_only_there(
     producer: RedisBroker,
     store: InspectionStore,
 ) -> None:
-    spawn_worker(threads=2, slow_seconds=60)
-    (worker,) = wait_registered(store, 1)
-    (message_id,) = send(producer, namespaces.queue, "slow", 1)
-    wait_for(lambda: message_id in store.inflight(worker.worker_id), 20, message="recorded")
+    worker, (message_id,) = busy_worker(spawn_worker, store, producer, namespaces.queue, 1)
 
     # On a terminal: the screen is cleared before each refresh, colours on
     controller, terminal = pty.openpty()
@@ -521,7 +537,7 @@ def test_recover_dry_run_changes_nothing_and_recover_then_does_exactly_what_it_l
     listed = json.loads(run("orphans", "--url", redis_url, "--namespace", namespaces.tracker, "--json").stdout)
     assert listed["total"] == 3 and sorted(o["message_id"] for o in listed["items"]) == sorted(ids)
     assert {(o["worker_id"], o["worker_state"], o["where"]) for o in listed["items"]} == {
-        (victim.worker_id, UNRESPONSIVE, "record")
+        (victim.worker_id, GONE, "record")
     }
     env = app_env(redis_url, namespaces)
     broker = ["--broker", "tests.apps.worker_app:broker"]
@@ -554,6 +570,7 @@ def test_recover_dry_run_changes_nothing_and_recover_then_does_exactly_what_it_l
     assert inspector.counters().of(RECOVERED) == 3
     # The messages are back on their queue (under new redis message ids), for the next worker
     assert redis_client.llen("%s:%s" % (namespaces.broker, namespaces.queue)) == 3
+    assert report["left_out"] == [] and plan["left_out"] == []
     # And a second recovery finds nothing more to do
     again = run("recover", *broker, env=env)
     assert again.returncode == RET_OK and "Declared 0 workers dead (none) and settled 0 messages." in again.stdout
@@ -588,8 +605,21 @@ def test_abort_asks_dramatiq_abort_to_stop_a_running_message_and_remembers_it(
     view = inspector.message(message_id)
     assert view is not None and view.history is not None and view.history.abort == "abort"
     assert "abort-requested" in [event.kind for event in view.events]
-    # As JSON, a cancel
+    # A message nobody knows is refused (a typo, say), and nothing is sent; --force sends it anyway
     env = app_env(redis_url, namespaces, **abortable)
+    unknown = run("abort", "no-such-message", "--broker", "tests.apps.worker_app:broker", env=env)
+    one_line_error(unknown, RET_NOT_FOUND, "'no-such-message' is unknown", "--force")
+    assert inspector.message("no-such-message") is None
+    forced = run("abort", "no-such-message", "--cancel", "--force", "--broker", "tests.apps.worker_app:broker", env=env)
+    assert forced.returncode == RET_OK and inspector.message("no-such-message") is not None
+    # A message the RedisBroker holds, queued, is known though the tracker never saw it run
+    queued = Message(queue_name=namespaces.queue + "_idle", actor_name="slow", args=(1,), kwargs={}, options={})
+    producer.declare_queue(queued.queue_name)
+    queued_id = producer.enqueue(queued).message_id
+    env_idle = {**env, "TEST_QUEUE": namespaces.queue + "_idle"}
+    cancelled = run("abort", queued_id, "--cancel", "--broker", "tests.apps.worker_app:broker", env=env_idle)
+    assert cancelled.returncode == RET_OK, cancelled.stderr
+    # As JSON, a cancel
     cancelled = run("abort", message_id, "--cancel", "--json", "--broker", "tests.apps.worker_app:broker", env=env)
     assert cancelled.returncode == RET_OK, cancelled.stderr
     data = json.loads(cancelled.stdout)

@@ -24,6 +24,7 @@ from markupsafe import escape
 
 from dramatiq_tracker import ConfigurationError, TrackerMiddleware
 from dramatiq_tracker.events import ABORT_REQUESTED, LOCK_DELETED, TrackerEvent
+from dramatiq_tracker.keys import identity_digest
 from dramatiq_tracker.ops.cli import build_parser
 from dramatiq_tracker.ops.dashboard import (
     DEFAULT_HOST,
@@ -40,11 +41,17 @@ from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.ops.views import Timeline
 
 from .conftest import Namespaces
-from .dashboard_seed import HOSTILE, HOSTILE_ATTRIBUTE, SeedRecord, add_events, register_worker, showcase
+from .dashboard_seed import (
+    BROKER_IDENTITY,
+    HOSTILE,
+    HOSTILE_ATTRIBUTE,
+    SeedRecord,
+    add_events,
+    register_worker,
+    showcase,
+)
 from .dashboard_support import Client, Reply
 from .support import ROOT, close_redis_broker, fake_dead_worker, free_port, wait_for
-
-PAGES = ("/", "/workers", "/inflight", "/locks", "/events", "/message")
 
 
 @pytest.fixture
@@ -53,8 +60,28 @@ def inspector(redis_client: redis.Redis, namespaces: Namespaces) -> Iterator[Ins
         yield found
 
 
+PAGES = ("/", "/workers", "/inflight", "/locks", "/events", "/message")
+
+
 def dashboard(inspector: Inspector, **options: Any) -> Client:
     return Client(DashboardApp(inspector=inspector, **options))
+
+
+#: The token of the dashboards whose actions the tests take.
+TOKEN = "s3cret token"
+
+
+def logged_in(client: Client) -> Client:
+    """``client`` with the login cookie of :data:`TOKEN` (``?token=`` once)."""
+    assert client.get("/", token=TOKEN).status == 303
+    return client
+
+
+def acting(inspector: Inspector | None = None, **options: Any) -> Client:
+    """A dashboard with actions enabled (they need its token), logged in."""
+    if inspector is not None:
+        options["inspector"] = inspector
+    return logged_in(Client(DashboardApp(allow_actions=True, token=TOKEN, **options)))
 
 
 def counts(reply: Reply) -> dict[str, str]:
@@ -91,6 +118,8 @@ def test_the_overview_adds_up_the_namespace_and_says_what_became_of_the_last_dea
     assert figures.pop("oldest").startswith("1 min ")  # 95 s and counting
     assert figures == {
         "alive": "3",
+        "stopping": "0",
+        "gone": "0",
         "unresponsive": "1",
         "recovering": "0",
         "dead": "2",
@@ -212,7 +241,7 @@ def test_message_data_and_names_are_escaped_everywhere(
 ) -> None:
     # Given markup in message arguments, actor, queue, host and worker names and event texts
     names = showcase(redis_client, store, hostile=True)
-    client = dashboard(inspector, allow_actions=True)
+    client = acting(inspector)
     pages = [client.get(path) for path in PAGES]
     pages += [client.get(path, _live="1") for path in PAGES]
     pages += [
@@ -259,14 +288,16 @@ def test_every_answer_carries_the_security_headers(redis_client: redis.Redis, in
         assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy
         assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
         assert reply.header("X-Frame-Options") == "DENY" and reply.header("X-Content-Type-Options") == "nosniff"
-        assert reply.header("Referrer-Policy") == "no-referrer"
+        assert reply.header("Referrer-Policy") == "same-origin"
     assert client.get("/").header("Cache-Control") == "no-store"
     head = client.request("HEAD", "/workers")
     assert head.status == 200 and head.body == b"" and int(head.header("Content-Length")) > 1000
     assert client.get("/static/dashboard.css").header("Content-Type").startswith("text/css")
     assert client.get("/static/../app.py").status == 404
     # Nor does any template use inline script, event handlers or style attributes
-    for template in (ROOT / "dramatiq_tracker" / "dashboard" / "templates").glob("*.html"):
+    templates = sorted((ROOT / "dramatiq_tracker" / "ops" / "dashboard" / "templates").glob("*.html"))
+    assert templates
+    for template in templates:
         source = template.read_text()
         assert not re.search(r"\son[a-z]+=|\sstyle=|<style|<script>|javascript:", source), template.name
         assert "|safe" not in source, template.name
@@ -301,7 +332,7 @@ def test_a_lock_is_deleted_after_a_confirmation_with_the_csrf_token_of_the_sessi
     redis_client: redis.Redis, store: InspectionStore, inspector: Inspector
 ) -> None:
     store.acquire_lock("d1", "m1", 0, "until_executed", "charge", "q", "w1", None)
-    client = dashboard(inspector, allow_actions=True)
+    client = acting(inspector)
     locks = client.get("/locks")
     assert 'href="/locks/delete?digest=d1"' in locks.text
     session = locks.set_cookie("dramatiq_tracker_session")
@@ -314,7 +345,7 @@ def test_a_lock_is_deleted_after_a_confirmation_with_the_csrf_token_of_the_sessi
 
     # A POST without the token, with another session's, or from another site is refused
     assert client.post("/locks/delete", {"digest": "d1"}).status == 403
-    stranger = dashboard(inspector, allow_actions=True)
+    stranger = acting(inspector)
     stranger.get("/locks")
     assert stranger.post("/locks/delete", {"digest": "d1", "csrf_token": token}).status == 403
     cross = client.post(
@@ -335,7 +366,7 @@ def test_a_lock_is_deleted_after_a_confirmation_with_the_csrf_token_of_the_sessi
 
 
 def test_recovering_and_aborting_need_the_applications_broker(inspector: Inspector) -> None:
-    client = dashboard(inspector, allow_actions=True)
+    client = acting(inspector)
     client.get("/")
     assert "Recover now" not in client.get("/").text
     recover = client.get("/recover")
@@ -349,13 +380,18 @@ def test_recover_now_shows_what_it_would_do_then_does_it(
 ) -> None:
     # Given a dead worker of this host with two messages running, and a dashboard with the broker
     dead, _ = fake_dead_worker(redis_broker, store, namespaces.queue, 3, running=2)
-    app = DashboardApp(broker=redis_broker, allow_actions=True)
-    client = Client(app)
+    app = DashboardApp(broker=redis_broker, allow_actions=True, token=TOKEN)
+    client = logged_in(Client(app))
     assert app.inspector.namespace == namespaces.tracker  # the broker's tracker's
 
+    # (and a registration no sweep finds, which it says it leaves out, and why)
+    register_worker(store, "w-stranded", [SeedRecord("m-x", "a", "q", store.server_time())], alive=False)
+    store.client.zrem(store.keys.deadlines(identity_digest(BROKER_IDENTITY)), "w-stranded")
     plan = client.get("/recover")
     assert plan.status == 200 and dead.worker_id in plan.text and plan.text.count("redelivered") == 3
     assert store.registration(dead.worker_id) is not None  # a plan changes nothing
+    left_out = plan.text.split('id="left-out"', 1)[1].split("</div>", 1)[0]
+    assert "w-stranded" in left_out and "no heartbeat deadline" in left_out
 
     done = client.post("/recover", {"csrf_token": plan.csrf()})
     assert done.status == 200 and "1 worker(s) declared dead, 3 message(s) settled" in done.text
@@ -375,12 +411,22 @@ def test_a_message_is_aborted_through_the_dashboard(
     broker.add_middleware(TrackerMiddleware(client=redis_client, namespace=namespaces.tracker))
     broker.declare_queue(namespaces.queue)
     try:
-        client = Client(DashboardApp(broker=broker, allow_actions=True))
+        client = acting(broker=broker)
+        # A message nobody knows is said to be unknown, and sent only once that is confirmed
         confirm = client.get("/message/abort", id="m-1", mode="abort")
-        assert confirm.status == 200 and "Abort it" in confirm.text
+        assert confirm.status == 200 and "Abort it" in confirm.text and 'id="unknown"' in confirm.text
+        assert 'name="force" value="1" required' in confirm.text
         assert client.get("/message/abort", id="m-1", mode="explode").status == 400
-        done = client.post("/message/abort", {"id": "m-1", "mode": "abort", "csrf_token": confirm.csrf()})
+        refused = client.post("/message/abort", {"id": "m-1", "mode": "abort", "csrf_token": confirm.csrf()})
+        assert refused.status == 404 and "knows no message" in refused.text
+        with Inspector(client=redis_client, namespace=namespaces.tracker) as inspector:
+            assert inspector.message("m-1") is None
+        form = {"id": "m-1", "mode": "abort", "csrf_token": confirm.csrf(), "force": "1"}
+        done = client.post("/message/abort", form)
         assert done.status == 200 and "requested" in done.text
+        # Once known (its abort is remembered), no confirmation of it is asked
+        again = client.get("/message/abort", id="m-1", mode="cancel")
+        assert again.status == 200 and 'id="unknown"' not in again.text
         with Inspector(client=redis_client, namespace=namespaces.tracker) as inspector:
             view = inspector.message("m-1")
             assert view is not None and view.history is not None and view.history.abort == "abort"
@@ -458,7 +504,9 @@ def test_bad_settings_fail_at_construction_naming_the_setting(inspector: Inspect
 def test_an_unreachable_redis_gives_a_page_that_says_so() -> None:
     app = DashboardApp(url="redis://127.0.0.1:1/0")
     reply = Client(app).get("/")
-    assert reply.status == 503 and "Redis failed" in reply.text and "ConnectionError" in reply.text
+    assert reply.status == 503 and "Cannot read the tracker&#39;s Redis at redis://127.0.0.1:1/0" in reply.text
+    assert '<meta http-equiv="refresh" content="2">' in reply.text and 'id="retrying"' in reply.text
+    assert Client(app).get("/", _live="1").status == 503
     app.close()
 
 
@@ -556,9 +604,9 @@ def test_the_command_serves_the_dashboard_on_localhost_until_interrupted(
 def test_the_command_refuses_actions_on_an_open_address_without_a_token(redis_url: str) -> None:
     command = [sys.executable, "-m", "dramatiq_tracker", "dashboard", "--url", redis_url, "--host", "0.0.0.0"]
     result = subprocess.run([*command, "--allow-actions"], capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert result.returncode == 1 and "needs a --token" in result.stderr
+    assert result.returncode == 2 and "needs a --token" in result.stderr
     result = subprocess.run([*command, "--broker", "no_such_module"], capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 1 and "cannot import 'no_such_module'" in result.stderr
+    assert result.returncode == 2 and "cannot import 'no_such_module'" in result.stderr
 
 
 def _answers(port: int) -> bool:

@@ -6,7 +6,6 @@ dashboard refuses.  The screenshots of docs/dashboard.md come from here (UPDATE_
 from __future__ import annotations
 
 import os
-import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,13 +19,13 @@ from dramatiq.message import Message
 
 from dramatiq_tracker import TrackerMiddleware
 from dramatiq_tracker.events import LOCK_DELETED
-from dramatiq_tracker.ops.dashboard import DashboardApp, make_server
+from dramatiq_tracker.ops.dashboard import DashboardApp
 from dramatiq_tracker.ops.inspection import Inspector
 from dramatiq_tracker.ops.reads import InspectionStore
 
 from .conftest import Namespaces
 from .dashboard_seed import HOSTILE, HOSTILE_ATTRIBUTE, showcase
-from .dashboard_support import chrome_or_skip
+from .dashboard_support import Servers, chrome_or_skip
 from .support import (
     BOUND,
     ROOT,
@@ -47,6 +46,8 @@ REFRESH = 500
 #: How long a page may take to show a change: a few updates, on a loaded machine.
 SHOWN = 15
 SCREENSHOTS = ROOT / "docs" / "images"
+#: The token of the dashboards whose actions the tests take.
+TOKEN = "browser-token"
 
 
 @pytest.fixture(scope="module")
@@ -57,19 +58,11 @@ def chrome() -> Iterator[Any]:
 @pytest.fixture
 def serve(redis_client: redis.Redis) -> Iterator[Callable[..., str]]:
     """Serve a dashboard of a namespace over HTTP on a free port; returns its base URL."""
-    running: list[tuple[Any, DashboardApp]] = []
-
-    def start(namespace: str, **options: Any) -> str:
-        app = DashboardApp(client=redis_client, namespace=namespace, refresh=REFRESH, **options)
-        server = make_server(app, "127.0.0.1", 0)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        running.append((server, app))
-        return "http://127.0.0.1:%d" % server.server_address[1]
-
-    yield start
-    for server, _ in running:
-        server.shutdown()
-        server.server_close()
+    servers = Servers()
+    yield lambda namespace, **options: servers.start(
+        DashboardApp(client=redis_client, namespace=namespace, refresh=REFRESH, **options)
+    )
+    servers.close()
 
 
 @pytest.fixture
@@ -212,7 +205,8 @@ def test_message_data_shows_as_text_and_runs_nothing(
     message_id = producer.enqueue(message).message_id
     wait_for(lambda: message_id in store.inflight(worker.worker_id), 20, message="recorded")
     names = showcase(redis_client, store, hostile=True)
-    base = serve(namespaces.tracker, allow_actions=True)
+    base = serve(namespaces.tracker, allow_actions=True, token=TOKEN)
+    chrome.get(base + "/?token=" + TOKEN)  # logs in: actions need the token
     quoted = urllib.parse.quote
 
     pages = ["/", "/workers", "/inflight", "/locks", "/events", "/message?id=" + message_id]
@@ -258,10 +252,10 @@ def test_a_lock_is_deleted_through_the_page(
     wait_for(lambda: message_id in store.inflight(worker.worker_id), 20, message="running")
     (lock,) = store.locks()
     key = store.keys.lock(lock.digest)
-    base = serve(namespaces.tracker, allow_actions=True)
+    base = serve(namespaces.tracker, allow_actions=True, token=TOKEN)
 
-    # When it is deleted from the locks page, and confirmed
-    chrome.get(base + "/locks")
+    # When it is deleted from the locks page, and confirmed (once logged in: actions need the token)
+    chrome.get(base + "/locks?token=" + TOKEN)
     until(chrome, lambda d: click(d, 'tr[data-digest="%s"] a.danger' % lock.digest), SHOWN, "the delete link")
     until(chrome, lambda d: d.find_elements("id", "confirm"), SHOWN, "the confirmation")
     assert redis_client.exists(key)  # asking changed nothing
@@ -311,7 +305,8 @@ def test_screenshots_of_every_page(
     store = InspectionStore(redis_client, namespace)
     try:
         names = showcase(redis_client, store)
-        base = serve(namespace, allow_actions=True)
+        base = serve(namespace, allow_actions=True, token=TOKEN)
+        chrome.get(base + "/?token=" + TOKEN)
         quoted = urllib.parse.quote
         pages = {
             "overview": "/",

@@ -14,12 +14,14 @@ from dramatiq_tracker import ConfigurationError, TrackerMiddleware, TrackerNotCo
 from dramatiq_tracker.events import LOCK_DELETED
 from dramatiq_tracker.keys import identity_digest
 from dramatiq_tracker.ops.actions import Operator, load_broker
-from dramatiq_tracker.ops.inspection import ALIVE, DEAD, FENCED, RECOVERING, UNRESPONSIVE, Inspector
+from dramatiq_tracker.ops.inspection import ALIVE, DEAD, FENCED, GONE, RECOVERING, UNRESPONSIVE, Inspector, Unswept
 from dramatiq_tracker.ops.reads import InspectionStore
+from dramatiq_tracker.ops.views import PRESENCE_LOST, PROCESS_EXITED
 from dramatiq_tracker.records import InflightRecord, WorkerInfo
 
 from .conftest import Namespaces, events
 from .support import BOUND, WorkerProcess, kill, send, wait_for, wait_new_worker, wait_registered
+from .test_cli import busy_worker
 
 
 @pytest.fixture
@@ -85,7 +87,7 @@ def test_workers_and_their_messages_in_flight_are_listed_filtered_and_paged(
     assert oldest[0].running_for >= oldest[1].running_for and oldest[0].worker_id == worker.worker_id
 
 
-def test_a_killed_worker_is_unresponsive_with_its_orphans_waiting_then_dead_once_recovered(
+def test_a_killed_worker_of_this_host_is_gone_at_once_with_its_orphans_waiting_then_dead_once_recovered(
     redis_client: redis.Redis,
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
@@ -94,27 +96,34 @@ def test_a_killed_worker_is_unresponsive_with_its_orphans_waiting_then_dead_once
     inspector: Inspector,
 ) -> None:
     # Given a worker running two messages, SIGKILLed, with no other worker to sweep
-    spawn_worker(threads=2, slow_seconds=60)
-    (victim,) = wait_registered(store, 1)
-    ids = send(producer, namespaces.queue, "slow", 2)
-    wait_for(lambda: len(store.inflight(victim.worker_id)) == 2, 20, message="recorded")
+    victim, ids = busy_worker(spawn_worker, store, producer, namespaces.queue, 2)
     kill(victim.pid)
 
-    # Then once its heartbeat expires it is unresponsive, and its messages are orphans waiting
-    wait_for(lambda: inspector.worker(victim.worker_id).state == UNRESPONSIVE, BOUND + 5, message="unresponsive")
+    # Then it is gone at once (this host sees its process gone), before its heartbeat expires, and its
+    # messages are orphans waiting, which no live worker sweeps
+    # (the kernel takes a moment to tear a killed process down)
+    view = wait_for(lambda: (v := inspector.worker(victim.worker_id)) and v.state == GONE and v, 5, message="gone")
+    assert view.gone in (PROCESS_EXITED, PRESENCE_LOST)  # whichever is seen first, once workers keep a presence
+    assert "is dead, not recovered yet: %s" % view.why_gone in view.unhealthy()
     orphans = inspector.orphans()
     assert sorted(o.message_id for o in orphans.items) == sorted(ids) and orphans.total == 2
     assert {(o.worker_id, o.worker_state, o.where, o.actor_name) for o in orphans.items} == {
-        (victim.worker_id, UNRESPONSIVE, "record", "slow")
+        (victim.worker_id, GONE, "record", "slow")
     }
     status = inspector.status()
-    assert status.workers[UNRESPONSIVE] == 1 and status.orphans == 2
+    assert status.workers[GONE] == 1 and status.workers[ALIVE] == 0 and status.orphans == 2
     assert status.queues[0].orphans == 2 and status.queues[0].oldest > 0
+    assert status.oldest_orphan > 0
+    assert status.unswept == [Unswept(victim.broker_identity, [victim.worker_id], 2)]
+    # Its heartbeat then expires: still gone, and its orphans have waited since its last heartbeat
+    wait_for(lambda: inspector.worker(victim.worker_id).overdue is not None, BOUND + 5, message="expired")
+    assert inspector.worker(victim.worker_id).state == GONE
 
     # When another worker starts and recovers them
     spawn_worker(threads=2, slow_seconds=60)
     survivor = wait_new_worker(store, victim)
     wait_for(lambda: inspector.orphans().total == 0, BOUND + 5, message="recovered")
+    assert inspector.status().unswept == []
 
     # Then the victim is a tombstone (once the sweeper finished: its records go before its registration),
     # the messages run on the survivor, and history and counters say so
@@ -236,6 +245,23 @@ def test_bad_settings_fail_at_construction_naming_the_setting(redis_url: str) ->
     with pytest.raises(redis.ConnectionError):
         unreachable.status()
     unreachable.close()
+    # A Redis Cluster client connects as it is made: the inspector is made all the same, and its reads
+    # raise what the client raises
+    cluster = Inspector(url="redis+cluster://127.0.0.1:1")
+    with pytest.raises(redis.exceptions.RedisClusterException):
+        cluster.status()
+    cluster.close()
+    # Cursors and event ids a page never gave are refused, not read as "start over"
+    with Inspector(url=redis_url, namespace="cursors") as inspector:
+        for bad in ("garbage", "1:x:w", "-1:0:w", "1:2:"):
+            with pytest.raises(ConfigurationError, match="cursor"):
+                inspector.inflight(cursor=bad)
+        with pytest.raises(ConfigurationError, match="cursor"):
+            inspector.workers(cursor="x")
+        with pytest.raises(ConfigurationError, match="cursor"):
+            inspector.locks(cursor="1x")
+        with pytest.raises(ConfigurationError, match="before"):
+            inspector.events(before="garbage")
 
 
 def test_an_empty_namespace_reads_empty(inspector: Inspector) -> None:
@@ -316,6 +342,7 @@ def test_a_namespace_whose_workers_all_left_still_has_data(store: InspectionStor
 
 
 def test_a_check_judges_the_workers_of_a_host_or_one_worker(store: InspectionStore, inspector: Inspector) -> None:
+    # (Workers without a process: a host whose processes this one cannot see.)
     registered_worker(store, "worker-a", [])
     registered_worker(store, "worker-b", [], alive=False)
     wait_for(lambda: inspector.worker("worker-b").state == UNRESPONSIVE, 5, message="expired")
@@ -333,17 +360,24 @@ def test_a_check_judges_the_workers_of_a_host_or_one_worker(store: InspectionSto
         inspector.check()
 
 
-def test_worker_states_are_read_on_the_server_with_odd_values_read_as_none(
+def test_worker_states_are_read_on_the_server_with_odd_values_reported(
     redis_client: redis.Redis, store: InspectionStore, inspector: Inspector
 ) -> None:
     registered_worker(store, "worker-a", [inspector.server_time()] * 3)
     digest = identity_digest("identity")
-    ((beat, declared, deadline, records),) = store.worker_states([("worker-a", digest)])
-    assert beat is not None and declared is None and deadline is not None and deadline > beat and records == 3
-    # A deadline that never comes, a heartbeat that is not a number: alive, never overdue
+    (state,) = store.worker_states([("worker-a", digest)])
+    assert state.last_beat is not None and state.declared_dead_at is None and state.deadline is not None
+    assert state.deadline > state.last_beat and state.inflight == 3 and not state.beat_unreadable
+    assert state.subscribers is None and state.absent_since is None  # its presence was never seen
+    # A deadline that never comes, a heartbeat that is not a number: heartbeating, never overdue, and said
     redis_client.zadd(store.keys.deadlines(digest), {"worker-a": "inf"})
     redis_client.set(store.keys.heartbeat("worker-a"), "?", px=60_000)
-    assert store.worker_states([("worker-a", digest)]) == [(0, None, None, 3)]
-    (view,) = inspector.workers().items
-    assert (view.state, view.overdue, view.inflight) == (ALIVE, None, 3)
+    (state,) = store.worker_states([("worker-a", digest)])
+    assert (state.last_beat, state.beat_unreadable, state.deadline, state.inflight) == (None, True, None, 3)
+    page = inspector.workers()
+    (view,) = page.items
+    assert (view.state, view.overdue, view.inflight, view.heartbeat_age, view.swept) == (ALIVE, None, 3, None, False)
+    reasons = {problem.key: problem.reason for problem in page.problems}
+    assert reasons[store.keys.heartbeat("worker-a")].startswith("unreadable heartbeat")
+    assert "no sweep finds it" in reasons[store.keys.deadlines(digest)]
     assert store.worker_states([]) == []

@@ -31,7 +31,7 @@ ROOT = HERE.parent.parent
 PAGE = ROOT / "docs" / "cli.md"
 sys.path.insert(0, str(ROOT))
 
-from dramatiq_tracker.ops.inspection import ALIVE, FENCED, UNRESPONSIVE, Inspector  # noqa: E402
+from dramatiq_tracker.ops.inspection import ALIVE, FENCED, GONE, UNRESPONSIVE, Inspector  # noqa: E402
 from tests.support import RedisServer, free_port, wait_for  # noqa: E402
 
 BLOCK = re.compile(r"(<!-- cli: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /cli -->)", flags=re.DOTALL)
@@ -120,7 +120,7 @@ class Run:
 
     def exporter(self, name: str) -> None:
         """One scrape of the exporter; event kinds never counted are left out of the block."""
-        port = 9191 if port_is_free(9191) else free_port()
+        port = 9711 if port_is_free(9711) else free_port()
         process = subprocess.Popen(
             [sys.executable, "-m", "dramatiq_tracker", "exporter", "--port", str(port), "--host", "127.0.0.1"],
             cwd=HERE,
@@ -178,16 +178,20 @@ def scenario(run: Run) -> None:
     run.cli("check-ok", "check", show_code=True)
     run.watch("watch")
 
-    # A worker SIGKILLed, the other stopped past its heartbeat timeout: nobody sweeps.
+    # A worker SIGKILLed (gone at once: this host sees its process gone), the other stopped past its
+    # heartbeat timeout: nobody sweeps.  Two more images wait on the broker's queue meanwhile.
     pid_of = {w.worker_id: w.pid for w in run.inspector.workers().items}
     os.kill(pid_of[second], signal.SIGSTOP)
     os.kill(pid_of[first], signal.SIGKILL)
     wait_for(
-        lambda: all(run.inspector.worker(w).state == UNRESPONSIVE for w in (first, second)),
+        lambda: run.inspector.worker(first).state == GONE and run.inspector.worker(second).state == UNRESPONSIVE,
         30,
-        message="both unresponsive",
+        message="one gone, one unresponsive",
     )
+    for image in (104, 105):
+        shop.resize_image.send(image)
     run.cli("status-orphans", "status")
+    run.cli("status-broker", "status", "--broker", "shop")
     run.cli("orphans", "orphans")
     run.cli("check-unhealthy", "check", "--worker-id", first, show_code=True)
     run.cli("recover-dry-run", "recover", "--broker", "shop", "--dry-run")
@@ -199,13 +203,14 @@ def scenario(run: Run) -> None:
         lambda: (v := run.inspector.worker(second)) is not None and v.state == FENCED and v, 30, message="fenced"
     )
     wait_for(lambda: run.inspector.worker(view.fenced_as).state == ALIVE, 30, message="alive again")
-    wait_for(lambda: run.inspector.status().inflight == 6, 30, message="running again")
+    wait_for(lambda: run.inspector.status().inflight == 8, 30, message="running again, and the two waiting")
     time.sleep(2)
     run.cli("workers-all", "workers", "--all")
     run.cli("check-fenced", "check", "--worker-id", second, show_code=True)
     recovered = next((i for i in images if (m := run.inspector.message(i)) and m.history and m.running), images[0])
     run.cli("message-recovered", "message", recovered)
     run.cli("abort", "abort", images[2], "--broker", "shop")
+    run.cli("abort-unknown", "abort", "no-such-message", "--broker", "shop", show_code=True)
     locks = run.inspector.locks().items
     if locks:
         run.cli("unlock", "unlock", locks[0].digest)
@@ -214,6 +219,9 @@ def scenario(run: Run) -> None:
     run.exporter("exporter")
     run.cli("error-namespace", "status", "--namespace", "dramatiq-trackr", show_code=True)
     run.cli("error-unreachable", "status", "--url", "redis://127.0.0.1:1/0", show_code=True)
+    run.cli("error-cluster", "check", "--url", "redis+cluster://127.0.0.1:1", show_code=True)
+    run.cli("error-unreachable-ok", "check", "--unreachable-ok", "--url", "redis+cluster://127.0.0.1:1", show_code=True)
+    run.cli("error-usage", "inflight", "--cursor", "garbage", show_code=True)
     run.cli("error-message", "message", "no-such-message", show_code=True)
 
 

@@ -14,15 +14,24 @@ import os
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import dramatiq
+import redis
+import redis.exceptions
 from dramatiq import Broker
 
+from ..abort import find_abortable
+from ..brokers import RABBITMQ, REDIS, BrokerFacts, broker_kind
 from ..errors import ConfigurationError, TrackerNotConfigured
 from ..events import ABORT_REQUESTED, LOCK_DELETED, TrackerEvent
 from ..middleware import TrackerMiddleware, find_tracker
 from ..settings import DEFAULT_EVENTS_MAXLEN
+from .queues import holds
+from .views import GONE, LeftOut
+
+#: The most workers a look at every registered worker reads.
+LISTED = 1_000_000
 
 if TYPE_CHECKING:
     from ..orphans import RecoveryReport
@@ -42,6 +51,8 @@ def load_broker(spec: str) -> Broker:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
+    except (redis.RedisError, redis.exceptions.RedisClusterException):
+        raise  # the application made a client of a Redis that does not answer: said as such, not as a usage error
     except Exception as e:
         raise ConfigurationError("broker", "cannot import %r: %s: %s" % (module_name, type(e).__name__, e)) from None
     if not attribute:
@@ -50,6 +61,16 @@ def load_broker(spec: str) -> Broker:
     if not isinstance(broker, Broker):
         raise ConfigurationError("broker", "%r is not a dramatiq broker in module %r" % (attribute, module_name))
     return broker
+
+
+def tracker_client(tracker: TrackerMiddleware, broker: Broker) -> redis.Redis:
+    """The Redis client of ``broker``'s tracker, bound to it as declaring an actor would, whether or not
+    it is the global broker.
+
+    Raises:
+      redis.RedisError, RedisClusterException: When its client is made and cannot connect (a Cluster).
+    """
+    return tracker.bind(broker).store.client
 
 
 class Operator:
@@ -83,6 +104,35 @@ class Operator:
             raise ConfigurationError("namespace", message)
         return tracker
 
+    def require_abortable(self) -> None:
+        """Check that cancelling and aborting can be asked for.
+
+        Raises:
+          TrackerNotConfigured: Without the application's broker, or when it has no ``Abortable``.
+        """
+        self.tracker  # noqa: B018 - raises without the application's broker and its tracker
+        if self.broker is None or find_abortable(self.broker) is None:
+            raise TrackerNotConfigured(
+                "Cancelling and aborting need dramatiq-abort's Abortable middleware in the application's broker."
+            )
+
+    def knows(self, message_id: str) -> bool:
+        """Whether the message exists as far as anyone can tell: the tracker knows it (recorded running,
+        recovered, or in an event), or the application's RedisBroker holds it on a declared queue."""
+        if self.inspector.message(message_id) is not None:
+            return True
+        return self.broker is not None and holds(self.broker, message_id)
+
+    @property
+    def broker_lookup(self) -> str:
+        """What :meth:`knows` could ask the broker, said after what the tracker does not know."""
+        kind = broker_kind(self.broker) if self.broker is not None else ""
+        if kind == REDIS:
+            return ", and the RedisBroker holds it on none of its declared queues"
+        if kind == RABBITMQ:
+            return " (RabbitMQ cannot be asked whether it holds a message)"
+        return ""
+
     def delete_lock(self, digest: str) -> LockInfo | None:
         """Delete a uniqueness lock whoever owns it, so that a duplicate may be sent again.
 
@@ -112,6 +162,34 @@ class Operator:
           redis.RedisError: When Redis fails; nothing is lost, a later sweep finishes.
         """
         return self.tracker.recover(dry_run=dry_run)
+
+    def left_out(self, report: RecoveryReport) -> list[LeftOut]:
+        """The workers that are not alive and hold orphans, which a recovery (or its plan) did not take,
+        each with the reason: so that a plan that changes nothing while orphans wait says why.
+
+        Raises:
+          TrackerNotConfigured: Without the application's broker.
+        """
+        tracker = self.tracker
+        identity = BrokerFacts.of(cast("Broker", self.broker), tracker.settings.broker_identity).identity
+        taken = set(report.dead_workers)
+        found = []
+        for view in self.inspector.workers(limit=LISTED).items:
+            if view.alive or view.worker_id in taken or not (view.inflight or not view.swept):
+                continue
+            if not view.swept:
+                reason = "it has no heartbeat deadline (written by hand, or partly lost): no sweep finds it"
+            elif view.broker_identity != identity:
+                reason = (
+                    "it consumes from another broker (%s): recover it with that application's --broker"
+                    % view.broker_identity
+                )
+            elif view.state == GONE:
+                reason = "its death is not confirmed yet (%s): a sweep takes it within seconds" % view.why_gone
+            else:
+                reason = "a sweep does not find it dead yet (%s)" % view.state
+            found.append(LeftOut(view.worker_id, view.state, view.inflight, reason))
+        return found
 
     def abort(self, message_id: str, *, mode: str = "abort") -> None:
         """Cancel (``mode="cancel"``: only if it has not started) or abort a message with

@@ -21,44 +21,55 @@ clock; start times are the workers' own clocks.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 
 import redis
 
 from ..connection import DEFAULT_URL, URL_ENVIRONMENT_VARIABLE, client_from_url, is_redis_client
 from ..errors import ConfigurationError
 from ..host import HostFacts
-from ..keys import Keys, identity_digest, validate_namespace
-from ..records import CorruptRecord, InflightRecord, WorkerInfo
+from ..keys import Keys, validate_namespace
+from ..records import InflightRecord
 from ..settings import DEFAULT_NAMESPACE
 from ..store import LockInfo, parse_outbox_entry
-from .reads import SCAN_COUNT, InflightSummary, InspectionStore, script_batches
-from .stream import StreamReads
+from .failures import CLIENT_ERRORS
+from .reads import SCAN_COUNT, InspectionStore
+from .status import StatusReads
 from .views import (
     ALIVE,
     DEAD,
     FENCED,
+    GONE,
     RECOVERING,
+    STATES,
+    STOPPING,
     UNRESPONSIVE,
     ClusterStatus,
     Counters,
     HealthCheck,
     InflightView,
+    LockView,
     MessageHistory,
     MessageView,
     OrphanView,
     Page,
     Problem,
+    QueueDepth,
     QueueStatus,
     Timeline,
+    Unswept,
     WorkerView,
 )
+from .workers import _bad_cursor, _number_cursor
 
 __all__ = [
     "ALIVE",
     "DEAD",
     "FENCED",
+    "GONE",
     "RECOVERING",
+    "STATES",
+    "STOPPING",
     "UNRESPONSIVE",
     "ClusterStatus",
     "Counters",
@@ -66,13 +77,16 @@ __all__ = [
     "Inspector",
     "InflightView",
     "LockInfo",
+    "LockView",
     "MessageHistory",
     "MessageView",
     "OrphanView",
     "Page",
     "Problem",
+    "QueueDepth",
     "QueueStatus",
     "Timeline",
+    "Unswept",
     "WorkerView",
 ]
 
@@ -80,7 +94,7 @@ __all__ = [
 MESSAGE_EVENTS_SCANNED = 2000
 
 
-class Inspector(StreamReads):
+class Inspector(StatusReads):
     """Read a tracker namespace.
 
     Parameters:
@@ -105,157 +119,47 @@ class Inspector(StreamReads):
         except ValueError as e:
             raise ConfigurationError("namespace", str(e)) from None
         self._owns_client = client is None
+        self._store: InspectionStore | None = None
         if client is None:
             setting = "url" if url is not None else URL_ENVIRONMENT_VARIABLE
             url = url if url is not None else os.environ.get(URL_ENVIRONMENT_VARIABLE) or DEFAULT_URL
-            client = client_from_url(url, setting=setting)
-        #: Every read of the namespace: the inspector sends no command of its own.
-        self.store = InspectionStore(client, namespace)
+            self._url_setting = setting
+            try:
+                client = client_from_url(url, setting=setting)
+            except CLIENT_ERRORS:
+                # A Redis Cluster client connects as it is made: unreachable now, it is made again at the
+                # first read, which raises what the client raises then (see ops/failures.py).
+                client = None
+        if client is not None:
+            self._store = InspectionStore(client, namespace)
         #: The URL it was made from, or "" for a client given.
         self.url = url or ""
+        #: This host, to see at once that a worker that ran here is gone.
+        self._here = HostFacts.current()
         self.namespace = namespace
+        self.keys = Keys(namespace)
+
+    @property
+    def store(self) -> InspectionStore:
+        """Every read of the namespace: the inspector sends no command of its own."""
+        if self._store is None:
+            self._store = InspectionStore(client_from_url(self.url, setting=self._url_setting), self.namespace)
+        return self._store
 
     @property
     def client(self) -> redis.Redis:
         return self.store.client
 
-    @property
-    def keys(self) -> Keys:
-        return self.store.keys
-
     def close(self) -> None:
         """Close the connections, if the inspector made its client."""
-        if self._owns_client:
-            self.client.close()
+        if self._owns_client and self._store is not None:
+            self._store.client.close()
 
     def __enter__(self) -> Inspector:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    # The namespace ------------------------------------------------------------------------
-
-    def has_data(self) -> bool:
-        """Whether anything of a tracker was ever written in this namespace: workers (every worker
-        that ever registered leaves its broker identity), tombstones, events, counters or locks."""
-        return self.store.has_data()
-
-    # Workers ------------------------------------------------------------------------------
-
-    def workers(self, *, limit: int = 1000, cursor: str = "") -> Page[WorkerView]:
-        """The registered workers (alive, unresponsive or recovering), a page at a time, by id.
-
-        Parameters:
-          limit(int): At most this many (the last page may hold a few more than asked, up to
-            one ``HSCAN`` batch, rather than skip any).
-          cursor(str): The cursor of the previous page.
-        """
-        scan = int(cursor) if cursor.isdigit() else 0
-        found: dict[str, str] = {}
-        while True:
-            scan, batch = self.store.scan_workers(scan, count=min(SCAN_COUNT, max(limit, 10)))
-            found.update(batch)
-            if scan == 0 or len(found) >= limit:
-                break
-        views, problems = self._worker_views(found, self.server_time())
-        return Page(sorted(views, key=lambda w: w.worker_id), str(scan) if scan else "", problems)
-
-    def dead_workers(self, *, limit: int = 100) -> list[WorkerView]:
-        """Workers declared dead whose registration is gone (tombstones), newest first."""
-        tombstones = self.store.tombstones(limit)
-        ids = [wid for wid, _ in tombstones]
-        registered = self.store.registrations(ids)
-        fenced = self.store.fenced_as(ids)
-        return [
-            WorkerView.tombstone(wid, declared, new_id)
-            for (wid, declared), new_id in zip(tombstones, fenced, strict=True)
-            if wid not in registered
-        ]
-
-    def worker(self, worker_id: str) -> WorkerView | None:
-        """One worker, registered or a tombstone; None when the namespace does not know it."""
-        registration = self.store.registration(worker_id)
-        if registration is not None:
-            views, _ = self._worker_views({worker_id: registration}, self.server_time())
-            return views[0] if views else WorkerView(worker_id=worker_id, state=UNRESPONSIVE)
-        declared = self.store.declared_dead_at(worker_id)
-        if declared is None:
-            return None
-        (new_id,) = self.store.fenced_as([worker_id])
-        return WorkerView.tombstone(worker_id, declared, new_id)
-
-    def workers_on_host(self, hostname: str) -> list[WorkerView]:
-        """The workers registered from ``hostname``."""
-        views, _ = self._worker_views(self.store.workers_on_host(hostname), self.server_time())
-        return sorted(views, key=lambda w: w.worker_id)
-
-    def check(self, *, hostname: str = "", worker_id: str = "", min_workers: int = 1) -> HealthCheck:
-        """Whether the workers of a host, or one worker, are alive and heartbeating: the answer of
-        ``dramatiq-tracker check``, a liveness probe.
-
-        A worker is healthy when it is registered, its heartbeat is fresh and, when it runs in
-        this process's pid space (the same host, boot and pid namespace), its process exists: a
-        SIGKILLed worker fails at once, not after ``heartbeat_timeout``.  A worker declared dead
-        while it was alive (fenced) fails, naming the id its process goes on under.
-
-        Parameters:
-          hostname(str): Judge the workers registered from this host (``socket.gethostname()``
-            of their processes).
-          worker_id(str): Or judge this worker only.
-          min_workers(int): With ``hostname``: how many of its workers must be alive.
-
-        Raises:
-          ConfigurationError: When neither or both of ``hostname`` and ``worker_id`` are given.
-        """
-        if bool(hostname) == bool(worker_id):
-            raise ConfigurationError("check", "give a hostname or a worker id")
-        registrations = self.store.registrations([worker_id]) if worker_id else self.store.workers_on_host(hostname)
-        views, _ = self._worker_views(registrations, self.server_time())
-        views.sort(key=lambda view: view.worker_id)
-        here = HostFacts.current()
-        reasons = []
-        alive = 0
-        for view in views:
-            try:
-                gone = here.process_is_gone(WorkerInfo.from_json(registrations[view.worker_id]).host)
-            except CorruptRecord:
-                gone = False
-            reason = view.unhealthy(gone)
-            if reason:
-                reasons.append(reason)
-            else:
-                alive += 1
-        if worker_id and not views:
-            tombstone = self.worker(worker_id)
-            if tombstone is None:
-                reasons.append("worker %r is not registered in namespace %r" % (worker_id, self.namespace))
-            else:
-                views.append(tombstone)
-                reasons.append(tombstone.unhealthy(False))
-        elif hostname and alive < min_workers:
-            if not views:
-                reasons.append("no worker is registered from host %r in namespace %r" % (hostname, self.namespace))
-            else:
-                reasons.append("%d of at least %d workers of host %r are alive" % (alive, min_workers, hostname))
-        return HealthCheck(not reasons, reasons, views, hostname, worker_id, min_workers if hostname else 0)
-
-    def _worker_views(self, registrations: Mapping[str, str], now: int) -> tuple[list[WorkerView], list[Problem]]:
-        infos: list[WorkerInfo] = []
-        problems = []
-        for worker_id, raw in registrations.items():
-            try:
-                info = WorkerInfo.from_json(raw)
-            except CorruptRecord as e:
-                problems.append(Problem(self.keys.workers, worker_id, "unreadable registration: %s" % e))
-                continue
-            if info.worker_id != worker_id:
-                problems.append(Problem(self.keys.workers, worker_id, "registration of another worker id"))
-                continue
-            infos.append(info)
-        states = self.store.worker_states([(i.worker_id, identity_digest(i.broker_identity)) for i in infos])
-        views = [WorkerView.judge(info, state, now) for info, state in zip(infos, states, strict=True)]
-        return views, problems
 
     # Messages in flight -------------------------------------------------------------------
 
@@ -281,12 +185,15 @@ class Inspector(StreamReads):
           older_than(int): Only those running for longer, in milliseconds.
           limit(int): At most this many.
           cursor(str): The cursor of the previous page.
+
+        Raises:
+          ConfigurationError: When ``cursor`` is not one a page gave.
         """
+        start_worker, scan, skip = _parse_cursor(cursor)
         now = self.server_time()
         registrations = self.store.registrations([worker_id]) if worker_id else self.store.workers()
         views, problems = self._worker_views(registrations, now)
         workers = {view.worker_id: view for view in views}
-        start_worker, scan, skip = _parse_cursor(cursor)
         items: list[InflightView] = []
         filtered = actor is not None or queue is not None or older_than is not None
         started_before = now - older_than if older_than is not None else None
@@ -321,16 +228,6 @@ class Inspector(StreamReads):
                 following = [w for w in workers if w > wid]
                 return Page(items, _cursor(min(following), 0, 0) if following else "", problems)
         return Page(items, "", problems)
-
-    def _inflight_view(
-        self, message_id: str, raw: str, worker: WorkerView, now: int, problems: list[Problem]
-    ) -> InflightView | None:
-        try:
-            record = InflightRecord.from_json(raw, message_id=message_id, worker_id=worker.worker_id)
-        except CorruptRecord as e:
-            problems.append(Problem(self.keys.inflight(worker.worker_id), message_id, "unreadable record: %s" % e))
-            return None
-        return InflightView.of(record, worker, now)
 
     def _all_records(self, workers: Sequence[WorkerView]) -> Iterator[tuple[WorkerView, str, str]]:
         """Every record of these workers: (worker, message id, raw record)."""
@@ -388,7 +285,7 @@ class Inspector(StreamReads):
             record = self._inflight_view(message_id, raw, worker, now, problems)
             if record is None:
                 continue
-            items.append(OrphanView.of_record(record, worker))
+            items.append(OrphanView.of_record(record, worker, now))
         total = sum(worker.inflight for worker in waiting)
         for digest in sorted(self.store.identities()):
             total += self.store.outbox_size(digest)
@@ -419,25 +316,33 @@ class Inspector(StreamReads):
         older_than: int | None = None,
         limit: int = 50,
         cursor: str = "",
-    ) -> Page[LockInfo]:
-        """Uniqueness locks held, a page at a time, soonest to expire first.
+    ) -> Page[LockView]:
+        """Uniqueness locks held, a page at a time, soonest to expire first, each with the worker its
+        owner runs on (``running_on``).  A lock field that does not hold what it should (an attempt,
+        a time) is reported in ``Page.problems``, and read as unknown.
 
         Parameters:
           actor(str): Only this actor's.
-          owner(str): Only those owned by this message id or held by this worker id.
-          older_than(int): Only those acquired longer ago, in milliseconds.
+          owner(str): Only those owned by this message id, or held by this worker id, or whose owner
+            runs on it.
+          older_than(int): Only those acquired longer ago, in milliseconds (not those whose
+            acquisition time is unreadable).
           limit(int): At most this many.
           cursor(str): The cursor of the previous page.
+
+        Raises:
+          ConfigurationError: When ``cursor`` is not one a page gave.
         """
+        start = _number_cursor(cursor, "locks")
         now = self.server_time()
-        start = int(cursor) if cursor.isdigit() else 0
         total = self.store.lock_count()
-        items: list[LockInfo] = []
+        items: list[LockView] = []
+        problems: list[Problem] = []
         while len(items) < limit and start < total:
             digests = self.store.lock_digests(start, SCAN_COUNT)
             if not digests:
                 break
-            found = {lock.digest: lock for lock in self.store.locks(digests)}
+            found = {lock.digest: lock for lock in self._lock_views(digests, problems)}
             for position, digest in enumerate(digests):
                 lock = found.get(digest)
                 if lock is None or not _lock_matches(lock, actor, owner, older_than, now):
@@ -445,13 +350,25 @@ class Inspector(StreamReads):
                 items.append(lock)
                 if len(items) == limit:
                     following = start + position + 1
-                    return Page(items, str(following) if following < total else "", [], total)
+                    return Page(items, str(following) if following < total else "", problems, total)
             start += len(digests)
-        return Page(items, "", [], total)
+        return Page(items, "", problems, total)
 
-    def lock(self, digest: str) -> LockInfo | None:
+    def lock(self, digest: str) -> LockView | None:
         """One uniqueness lock, or None when it is not held."""
-        return self.store.lock(digest)
+        found = self._lock_views([digest], [])
+        return found[0] if found else None
+
+    def _lock_views(self, digests: Sequence[str], problems: list[Problem]) -> list[LockView]:
+        """Some locks as they are held now, and where their owners run (two round trips)."""
+        entries = self.store.lock_entries(digests)
+        owners = self.store.running_owners([fields.get("message_id", "") for _, fields, _ in entries])
+        views = []
+        for (digest, fields, ttl), running in zip(entries, owners, strict=True):
+            view, unreadable = LockView.read(digest, fields, ttl, running.split("|", 1)[0] if running else "")
+            views.append(view)
+            problems += [Problem(self.keys.lock(digest), field, reason) for field, reason in unreadable]
+        return views
 
     # One message --------------------------------------------------------------------------
 
@@ -460,7 +377,9 @@ class Inspector(StreamReads):
         the tracker knows nothing of it (never recorded running, recovered, or in an event)."""
         now = self.server_time()
         fields, ttl, running_owner = self.store.message_state(message_id)
-        history = MessageHistory.from_fields(fields, ttl) if fields else None
+        history, unreadable = MessageHistory.read(fields, ttl) if fields else (None, [])
+        key = self.keys.message(message_id)
+        problems = [Problem(key, field, reason) for field, reason in unreadable]
         running = None
         if running_owner:
             worker_id = running_owner.split("|", 1)[0]
@@ -470,7 +389,7 @@ class Inspector(StreamReads):
                 views, _ = self._worker_views({worker_id: registration}, now)
                 if views:
                     running = self._inflight_view(message_id, raw, views[0], now, [])
-        lock = self.store.lock(running.lock_digest) if running is not None and running.lock_digest else None
+        lock = self._lock_views([running.lock_digest], problems) if running is not None and running.lock_digest else []
         events = [
             event
             for event in self.events(MESSAGE_EVENTS_SCANNED)
@@ -478,94 +397,14 @@ class Inspector(StreamReads):
         ]
         if history is None and not running_owner and not events:
             return None
-        return MessageView(message_id, history, running, running_owner, lock, events)
-
-    # At a glance --------------------------------------------------------------------------
-
-    def status(self) -> ClusterStatus:
-        """The namespace at a glance: workers by state, messages in flight by queue and actor,
-        orphans waiting, locks held, counters.  The records are counted on the server, a batch of
-        workers per script call (see ``benchmarks/inspection.py`` for what it costs)."""
-        now = self.server_time()
-        views, problems = self._worker_views(self.store.all_registrations(), now)
-        states = {state: 0 for state in (ALIVE, UNRESPONSIVE, RECOVERING, DEAD, FENCED)}
-        for view in views:
-            states[view.state] += 1
-        for view in self.dead_workers(limit=self.store.tombstone_count() or 1):
-            states[view.state] += 1
-        queues: dict[str, list[int]] = {}
-        actors: dict[str, int] = {}
-        for summary in self._summaries([v for v in views if v.inflight]):
-            for name, (count, orphaned, oldest) in summary.queues.items():
-                totals = queues.setdefault(name, [0, 0, oldest])
-                totals[0] += count
-                totals[1] += orphaned
-                totals[2] = min(totals[2], oldest)
-            for name, count in summary.actors.items():
-                actors[name] = actors.get(name, 0) + count
-            problems += [
-                Problem(self.keys.inflight(worker_id), message_id, "unreadable record")
-                for worker_id, message_id in summary.corrupt
-            ]
-        outbox, locks = self.store.outbox_and_lock_counts(sorted(self.store.identities()), now)
-        return ClusterStatus(
-            at=now,
-            workers=states,
-            inflight=sum(totals[0] for totals in queues.values()),
-            orphans=sum(totals[1] for totals in queues.values()) + outbox,
-            outbox=outbox,
-            locks=locks,
-            queues=[
-                QueueStatus(name, totals[0], totals[1], max(0, now - totals[2]))
-                for name, totals in sorted(queues.items())
-            ],
-            actors=dict(sorted(actors.items())),
-            counters=self.counters(),
-            problems=problems,
-        )
-
-    def oldest(self, limit: int = 10) -> Page[InflightView]:
-        """The messages in flight that have been running longest, oldest first (those of workers
-        that are not alive included: see ``worker_state``).  They are found on the server, a batch
-        of workers per script call, as :meth:`status` counts them.
-
-        Parameters:
-          limit(int): How many.
-        """
-        now = self.server_time()
-        views, problems = self._worker_views(self.store.all_registrations(), now)
-        workers = {view.worker_id: view for view in views}
-        found: list[tuple[str, str, int]] = []
-        for batch in script_batches([v for v in views if v.inflight], _records):
-            found += self.store.oldest_inflight([view.worker_id for view in batch], limit)
-        found = sorted(found, key=lambda entry: (entry[2], entry[1]))[: max(0, limit)]
-        records = self.store.records([(worker_id, [message_id]) for worker_id, message_id, _ in found])
-        items = []
-        for (worker_id, message_id, _), (raw,) in zip(found, records, strict=True):
-            if raw is None:  # it completed since
-                continue
-            view = self._inflight_view(message_id, raw, workers[worker_id], now, problems)
-            if view is not None:
-                items.append(view)
-        return Page(items, "", problems)
-
-    def _summaries(self, workers: Sequence[WorkerView]) -> list[InflightSummary]:
-        """The workers' records counted on the server, in batches of about :data:`SUMMARY_RECORDS`."""
-        return [
-            self.store.summarize_inflight([(view.worker_id, view.alive) for view in batch])
-            for batch in script_batches(workers, _records)
-        ]
+        return MessageView(message_id, history, running, running_owner, lock[0] if lock else None, events, problems)
 
 
-def _records(worker: WorkerView) -> int:
-    return worker.inflight
-
-
-def _lock_matches(lock: LockInfo, actor: str | None, owner: str | None, older_than: int | None, now: int) -> bool:
+def _lock_matches(lock: LockView, actor: str | None, owner: str | None, older_than: int | None, now: int) -> bool:
     return (
         (actor is None or lock.actor_name == actor)
-        and (owner is None or owner in (lock.message_id, lock.worker_id))
-        and (older_than is None or now - lock.acquired_at > older_than)
+        and (owner is None or owner in (lock.message_id, lock.worker_id, lock.running_on))
+        and (older_than is None or (lock.acquired_at > 0 and now - lock.acquired_at > older_than))
     )
 
 
@@ -574,9 +413,15 @@ def _cursor(worker_id: str, scan: int, skip: int) -> str:
 
 
 def _parse_cursor(cursor: str) -> tuple[str, int, int]:
-    """(worker id, HSCAN cursor, matches to skip) of an ``inflight`` cursor; a bad one starts over."""
+    """(worker id, HSCAN cursor, matches to skip) of an ``inflight`` cursor; ("", 0, 0) for none.
+
+    Raises:
+      ConfigurationError: When it is not one.
+    """
+    if not cursor:
+        return "", 0, 0
     scan, _, rest = cursor.partition(":")
     skip, _, worker_id = rest.partition(":")
-    if not (scan.isdigit() and skip.isdigit() and worker_id):
-        return "", 0, 0
+    if not (scan.isascii() and scan.isdigit() and skip.isascii() and skip.isdigit() and worker_id):
+        raise _bad_cursor(cursor, "inflight")
     return worker_id, int(scan), int(skip)

@@ -13,14 +13,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
+
+import redis
+import redis.cluster
 
 from ..keys import SEQUENCE_FIELD
 from ..scripts import Scripts, text, to_int
 from ..store import LockInfo, TrackerStore
-
-if TYPE_CHECKING:
-    import redis
 
 T = TypeVar("T")
 
@@ -73,8 +73,31 @@ def script_batches(workers: Sequence[T], records: Callable[[T], int]) -> list[li
 
 
 def _known(value: float) -> int | None:
-    """A number a script returned, None for its -1 (none)."""
+    """A number a script returned, None for its -1 (none) and -2 (unreadable)."""
     return None if value < 0 else int(value)
+
+
+class WorkerState(NamedTuple):
+    """What ``lua/worker_states.lua`` read of a registered worker; server ms, None where there is none.
+
+    Parameters:
+      last_beat(int|None): Its last heartbeat, while its heartbeat key lives.
+      beat_unreadable(bool): Its heartbeat key lives but does not hold a time.
+      declared_dead_at(int|None): When it was declared dead.
+      deadline(int|None): Its heartbeat deadline; None when it has none (no sweep will find it).
+      inflight(int): Its records in flight.
+      subscribers(int|None): How many connections hold its presence channel; None when the server never
+        saw its presence (it is judged by its heartbeat only); 0 when its presence is gone.
+      absent_since(int|None): When a sweeper first found its presence gone.
+    """
+
+    last_beat: int | None
+    beat_unreadable: bool
+    declared_dead_at: int | None
+    deadline: int | None
+    inflight: int
+    subscribers: int | None
+    absent_since: int | None
 
 
 class InspectionStore(TrackerStore):
@@ -129,28 +152,37 @@ class InspectionStore(TrackerStore):
         )
         return {text(wid): int(score) for wid, score in found}
 
-    def worker_states(self, workers: Sequence[tuple[str, str]]) -> list[tuple[int | None, int | None, int | None, int]]:
+    def worker_states(self, workers: Sequence[tuple[str, str]]) -> list[WorkerState]:
         """What the inspector needs to judge some workers (``lua/worker_states.lua``), a script call per
-        :data:`PIPELINE_WORKERS` workers.
+        :data:`PIPELINE_WORKERS` workers: their heartbeats, declarations of death, deadlines, records
+        and presence.
 
         Parameters:
           workers(list): (worker id, broker identity digest) of each.
-
-        Returns:
-          list: Per worker, (last heartbeat, declared dead at, heartbeat deadline, records in flight);
-          server ms, None where there is none.
         """
         k = self.keys
+        client: Any = self.client  # typed redis.Redis, but a RedisCluster works too
+        sharded = "1" if isinstance(client, redis.cluster.RedisCluster) else "0"
         states = []
         for start in range(0, len(workers), PIPELINE_WORKERS):
             batch = workers[start : start + PIPELINE_WORKERS]
             keys = [k.dead_workers]
             for worker_id, identity in batch:
                 keys += [k.heartbeat(worker_id), k.deadlines(identity), k.inflight(worker_id)]
-            found = json.loads(self.ops_scripts("worker_states", keys, [worker_id for worker_id, _ in batch]))
+                keys += [k.present(identity), k.absent(identity)]
+            args = [sharded, k.presence_prefix, *(worker_id for worker_id, _ in batch)]
+            found = json.loads(self.ops_scripts("worker_states", keys, args))
             states += [
-                (_known(beat), _known(declared), _known(deadline), int(records))
-                for beat, declared, deadline, records in found
+                WorkerState(
+                    last_beat=_known(beat),
+                    beat_unreadable=beat == -2,
+                    declared_dead_at=_known(declared),
+                    deadline=_known(deadline),
+                    inflight=int(records),
+                    subscribers=_known(subscribers),
+                    absent_since=_known(absent),
+                )
+                for beat, declared, deadline, records, subscribers, absent in found
             ]
         return states
 
@@ -255,6 +287,8 @@ class InspectionStore(TrackerStore):
 
     def running_owners(self, message_ids: Sequence[str]) -> list[str | None]:
         """The "worker id|token|retries" of the attempt recorded running each message, or None."""
+        if not message_ids:
+            return []
         owners = cast("list[Any]", self.client.hmget(self.keys.running, list(message_ids)))
         return [None if owner is None else text(owner) for owner in owners]
 
@@ -309,15 +343,15 @@ class InspectionStore(TrackerStore):
                 break
         return entries[:limit]
 
-    def outbox_and_lock_counts(self, identities: Sequence[str], now: int) -> tuple[int, int]:
-        """How many orphans wait in the outboxes of these broker identities, and how many uniqueness locks
-        are held at ``now`` (server ms), in one round trip."""
+    def outbox_and_lock_counts(self, identities: Sequence[str], now: int) -> tuple[dict[str, int], int]:
+        """How many orphans wait in the outbox of each of these broker identities (given by their digests),
+        and how many uniqueness locks are held at ``now`` (server ms), in one round trip."""
         pipe = self.client.pipeline(transaction=False)
         for identity in identities:
             pipe.hlen(self.keys.outbox(identity))
         pipe.zcount(self.keys.locks, now, "+inf")
         *outboxes, locks = pipe.execute()
-        return sum(int(n) for n in outboxes), int(locks)
+        return dict(zip(identities, (int(n) for n in outboxes), strict=True)), int(locks)
 
     # Messages and locks -------------------------------------------------------------------------
 
@@ -342,6 +376,22 @@ class InspectionStore(TrackerStore):
         """One uniqueness lock, or None."""
         found = self.locks([digest])
         return found[0] if found else None
+
+    def lock_entries(self, digests: Sequence[str]) -> list[tuple[str, dict[str, str], int | None]]:
+        """Uniqueness locks as they are stored, in one round trip: (digest, fields, milliseconds until it
+        expires or None) of each lock held, in the order asked."""
+        if not digests:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for digest in digests:
+            pipe.hgetall(self.keys.lock(digest))
+            pipe.pttl(self.keys.lock(digest))
+        replies = pipe.execute()
+        return [
+            (digest, {text(name): text(value) for name, value in fields.items()}, int(ttl) if int(ttl) >= 0 else None)
+            for digest, fields, ttl in zip(digests, replies[::2], replies[1::2], strict=True)
+            if fields
+        ]
 
     def lock_count(self) -> int:
         """How many uniqueness locks the index holds (expired ones too, until the next lock taken forgets them)."""
@@ -379,5 +429,11 @@ class InspectionStore(TrackerStore):
         return int(reply[0]), text(reply[1]), by_kind
 
     def counters(self) -> dict[str, int]:
-        """How many times each kind of event happened, and the sweep statistics."""
-        return {text(k): to_int(v) for k, v in self.client.hgetall(self.keys.counters).items()}
+        """How many times each kind of event happened, and the sweep statistics (0 for a value that is
+        not a number)."""
+        return {field: to_int(value) for field, value in self.raw_counters().items()}
+
+    def raw_counters(self) -> dict[str, str]:
+        """The counters, as they are stored: how many times each kind of event happened, the sweep
+        statistics and the recovery latency's buckets."""
+        return {text(k): text(v) for k, v in self.client.hgetall(self.keys.counters).items()}

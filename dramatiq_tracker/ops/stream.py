@@ -4,24 +4,30 @@ worker registration, no record in flight)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError
 from ..events import TrackerEvent
 from .reads import TIMELINE_BATCH
-from .views import Counters, Timeline
+from .views import Counters, Problem, Timeline
 
 if TYPE_CHECKING:
     from .reads import InspectionStore
+
+#: A Redis stream entry id: milliseconds, and a sequence number (optional in a query).
+STREAM_ID = re.compile(r"[0-9]{1,20}(?:-[0-9]{1,20})?")
 
 
 class StreamReads:
     """Read the event stream, the counters and the clock of a namespace: the base of
     :class:`~dramatiq_tracker.ops.inspection.Inspector`, which has all these methods."""
 
-    #: Every read of the namespace.
-    store: InspectionStore
+    @property
+    def store(self) -> InspectionStore:
+        """Every read of the namespace."""
+        raise NotImplementedError
 
     def server_time(self) -> int:
         """The Redis server's clock, in ms since the epoch.
@@ -48,7 +54,12 @@ class StreamReads:
           before(str): Only those before this stream id (exclusive), to page back.
           since(int): Only those written at or after this time (server ms since the epoch).
           worker_id(str): Only those about this worker (the dead one, the zombie).
+
+        Raises:
+          ConfigurationError: When ``before`` is not "+" or a stream id (``1764391201000-0``).
         """
+        if before != "+" and not STREAM_ID.fullmatch(before):
+            raise ConfigurationError("before", "%r is not an event id (such as 1764391201000-0)" % (before,))
         maximum = before if before == "+" else "(" + before
         entries = self.store.events(count, before=maximum, after="-" if since is None else str(since))
         found = [TrackerEvent.from_fields(fields, entry_id) for entry_id, fields in entries]
@@ -115,12 +126,40 @@ class StreamReads:
         return newest[0][0] if newest else "0"
 
     def counters(self) -> Counters:
-        """What the tracker counted: events by kind, and its sweeps."""
-        found = self.store.counters()
-        sweep_fields = {"sweeps", "sweep_ms", "last_sweep_ms"}
-        return Counters(
-            events={kind: count for kind, count in found.items() if kind not in sweep_fields},
-            sweeps=found.get("sweeps", 0),
-            sweep_ms=found.get("sweep_ms", 0),
-            last_sweep_ms=found.get("last_sweep_ms", 0),
+        """What the tracker counted: events by kind, its sweeps, and how soon orphans started again."""
+        return self.read_counters()[0]
+
+    def read_counters(self) -> tuple[Counters, list[Problem]]:
+        """:meth:`counters`, and the counters that do not hold a whole number (read as 0)."""
+        events: dict[str, int] = {}
+        latency: dict[str, int] = {}
+        other: dict[str, int] = {}
+        problems = []
+        for field, raw in self.store.raw_counters().items():
+            count = int(raw) if INTEGER.fullmatch(raw) else 0
+            if count == 0 and not INTEGER.fullmatch(raw):
+                problems.append(Problem(self.store.keys.counters, field, "not a whole number: %r (read as 0)" % raw))
+            if field.startswith(LATENCY_BUCKET):
+                latency[field[len(LATENCY_BUCKET) :]] = count
+            elif field in _NOT_EVENTS:
+                other[field] = count
+            else:
+                events[field] = count
+        counters = Counters(
+            events=events,
+            sweeps=other.get("sweeps", 0),
+            sweep_ms=other.get("sweep_ms", 0),
+            last_sweep_ms=other.get("last_sweep_ms", 0),
+            recovery_latency=latency,
+            recovery_latency_sum_ms=other.get("recovery_latency_sum_ms", 0),
+            recovery_latency_count=other.get("recovery_latency_count", 0),
         )
+        return counters, problems
+
+
+#: The counters' fields that count no event: the sweeps, and the recovery latency's sum and count.
+_NOT_EVENTS = frozenset({"sweeps", "sweep_ms", "last_sweep_ms", "recovery_latency_sum_ms", "recovery_latency_count"})
+#: The prefix of the recovery latency's bucket fields: ``recovery_latency_le:<ms>`` (and ``:inf``).
+LATENCY_BUCKET = "recovery_latency_le:"
+#: A counter's value.
+INTEGER = re.compile(r"-?[0-9]+")

@@ -1,6 +1,7 @@
 """What the inspection API returns (:mod:`dramatiq_tracker.ops.inspection`): typed views of the
 tracker's Redis, the same for the command line, the exporter and the dashboard, and the
-schema of the command's ``--json`` output; each built, by the inspector, from the records it read."""
+schema of the command's ``--json`` output; each built, by the inspector, from the records it read.
+A worker's states and its view are in :mod:`~dramatiq_tracker.ops.states` (and importable from here)."""
 
 from __future__ import annotations
 
@@ -9,24 +10,54 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ..events import TrackerEvent
-from ..scripts import to_int
 from ..store import LockInfo
+from .states import (
+    ALIVE,
+    DEAD,
+    FENCED,
+    GONE,
+    PRESENCE_LOST,
+    PROCESS_EXITED,
+    RECOVERING,
+    STATES,
+    STOPPING,
+    UNRESPONSIVE,
+    WorkerView,
+)
 
 if TYPE_CHECKING:
-    from ..records import InflightRecord, WorkerInfo
+    from ..records import InflightRecord
+
+__all__ = [
+    "ALIVE",
+    "DEAD",
+    "FENCED",
+    "GONE",
+    "PRESENCE_LOST",
+    "PROCESS_EXITED",
+    "RECOVERING",
+    "STATES",
+    "STOPPING",
+    "UNRESPONSIVE",
+    "ClusterStatus",
+    "Counters",
+    "HealthCheck",
+    "InflightView",
+    "LeftOut",
+    "LockView",
+    "MessageHistory",
+    "MessageView",
+    "OrphanView",
+    "Page",
+    "Problem",
+    "QueueDepth",
+    "QueueStatus",
+    "Timeline",
+    "Unswept",
+    "WorkerView",
+]
 
 T = TypeVar("T")
-
-#: Worker states. Its heartbeat is fresh.
-ALIVE = "alive"
-#: Registered, but its heartbeat expired and it was not declared dead yet: its orphans wait for a sweep.
-UNRESPONSIVE = "unresponsive"
-#: Declared dead; the recovery of its orphans has not finished.
-RECOVERING = "recovering"
-#: Declared dead and recovered (a tombstone, kept for ``history_ttl``).
-DEAD = "dead"
-#: Declared dead while it was alive (a stall, a partition): its process goes on under a new id.
-FENCED = "fenced"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,111 +90,6 @@ class Page(Generic[T]):
     cursor: str = ""
     problems: list[Problem] = dataclasses.field(default_factory=list)
     total: int | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerView:
-    """A worker process, as the tracker sees it.
-
-    Parameters:
-      worker_id(str)
-      state(str): :data:`ALIVE`, :data:`UNRESPONSIVE`, :data:`RECOVERING`, :data:`DEAD` or :data:`FENCED`.
-      hostname(str): "" for a tombstone (the registration is gone).
-      pid(int)
-      queues(tuple[str, ...])
-      broker_kind(str): "redis", "rabbitmq", "stub" or "other".
-      broker_identity(str): The broker deployment it consumes from.
-      worker_threads(int)
-      started_at(int): When it registered, in ms since the epoch (its own clock); 0 if unknown.
-      heartbeat_age(int|None): Milliseconds since its last heartbeat; None when it has none.
-      overdue(int|None): Milliseconds since its heartbeat deadline passed; None while it has not.
-      inflight(int): How many messages it has recorded in flight.
-      declared_dead_at(int|None): When it was declared dead (server ms), if it was.
-      fenced_as(str): The id its process goes on under, for a fenced worker.
-      tracker_version(str)
-      dramatiq_version(str)
-    """
-
-    worker_id: str
-    state: str
-    hostname: str = ""
-    pid: int = 0
-    queues: tuple[str, ...] = ()
-    broker_kind: str = ""
-    broker_identity: str = ""
-    worker_threads: int = 0
-    started_at: int = 0
-    heartbeat_age: int | None = None
-    overdue: int | None = None
-    inflight: int = 0
-    declared_dead_at: int | None = None
-    fenced_as: str = ""
-    tracker_version: str = ""
-    dramatiq_version: str = ""
-
-    @property
-    def alive(self) -> bool:
-        return self.state == ALIVE
-
-    @classmethod
-    def judge(cls, info: WorkerInfo, state: tuple[int | None, int | None, int | None, int], now: int) -> WorkerView:
-        """A registered worker, judged by what ``lua/worker_states.lua`` read of it at ``now``.
-
-        Parameters:
-          state(tuple): (last heartbeat, declared dead at, heartbeat deadline, records in flight), server ms.
-        """
-        last_beat, declared, deadline, inflight = state
-        if declared is not None:
-            judged = RECOVERING
-        elif last_beat is not None:
-            judged = ALIVE
-        else:
-            judged = UNRESPONSIVE
-        return cls(
-            worker_id=info.worker_id,
-            state=judged,
-            hostname=info.hostname,
-            pid=info.pid,
-            queues=info.queues,
-            broker_kind=info.broker_kind,
-            broker_identity=info.broker_identity,
-            worker_threads=info.worker_threads,
-            started_at=info.started_at,
-            heartbeat_age=max(0, now - last_beat) if last_beat is not None else None,
-            overdue=max(0, now - deadline) if deadline is not None and now > deadline else None,
-            inflight=inflight,
-            declared_dead_at=declared,
-            tracker_version=info.tracker_version,
-            dramatiq_version=info.dramatiq_version,
-        )
-
-    @classmethod
-    def tombstone(cls, worker_id: str, declared_dead_at: int, fenced_as: str) -> WorkerView:
-        """A worker declared dead whose registration is gone; fenced when it went on as ``fenced_as``."""
-        return cls(
-            worker_id=worker_id,
-            state=FENCED if fenced_as else DEAD,
-            declared_dead_at=declared_dead_at,
-            fenced_as=fenced_as,
-        )
-
-    def unhealthy(self, process_gone: bool) -> str:
-        """Why this worker is not alive and heartbeating, or "" when it is."""
-        who = (
-            "worker %r (host %r, pid %d)" % (self.worker_id, self.hostname, self.pid)
-            if self.hostname
-            else ("worker %r" % self.worker_id)
-        )
-        if self.state == ALIVE:
-            return "%s is gone: its process exited (its heartbeat has not expired yet)" % who if process_gone else ""
-        if self.state == UNRESPONSIVE:
-            overdue = " %d ms ago" % self.overdue if self.overdue is not None else ""
-            return "%s is unresponsive: its heartbeat expired%s" % (who, overdue)
-        if self.state == RECOVERING:
-            return "%s was declared dead: its messages are being recovered" % who
-        if self.state == FENCED:
-            return "%s was declared dead while alive (fenced): its process goes on as worker %r" % (who, self.fenced_as)
-        return "%s was declared dead" % who
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,11 +172,11 @@ class OrphanView:
     Parameters:
       message_id(str)
       worker_id(str): The worker it was taken from.
-      worker_state(str): :data:`UNRESPONSIVE` or :data:`RECOVERING`; "" for an outbox entry.
+      worker_state(str): ``GONE``, :data:`UNRESPONSIVE` or :data:`RECOVERING`; "" for an outbox entry.
       actor_name(str)
       queue_name(str)
-      waiting_for(int): Milliseconds since its worker's heartbeat deadline passed (since it was
-        parked, for an outbox entry).
+      waiting_for(int): Milliseconds since its worker died, as best known (its presence lost, its
+        heartbeat deadline passed, it was declared dead); since it was parked, for an outbox entry.
       attempt(int)
       recoveries(int)
       lock_digest(str)
@@ -269,15 +195,15 @@ class OrphanView:
     where: str
 
     @classmethod
-    def of_record(cls, record: InflightView, worker: WorkerView) -> OrphanView:
-        """The record of a worker that is not alive."""
+    def of_record(cls, record: InflightView, worker: WorkerView, now: int) -> OrphanView:
+        """The record of a worker that is not alive, at ``now`` (server ms)."""
         return cls(
             message_id=record.message_id,
             worker_id=worker.worker_id,
             worker_state=worker.state,
             actor_name=record.actor_name,
             queue_name=record.queue_name,
-            waiting_for=worker.overdue if worker.overdue is not None else 0,
+            waiting_for=max(0, now - worker.dead_since) if worker.dead_since is not None else 0,
             attempt=record.attempt,
             recoveries=record.recoveries,
             lock_digest=record.lock_digest,
@@ -299,6 +225,51 @@ class OrphanView:
             lock_digest=record.lock_digest_and_mode[0],
             where="outbox",
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class LockView(LockInfo):
+    """A uniqueness lock, and where its owner runs.
+
+    Parameters:
+      running_on(str): The worker whose attempt of the owner message is recorded running, or "" when
+        it is not (queued, or running for less than a ``flush_interval``).  An ``until_executed`` lock
+        is taken as its message is sent, by no worker (``worker_id`` is ""): this says where it runs.
+    """
+
+    running_on: str = ""
+
+    @classmethod
+    def read(
+        cls, digest: str, fields: Mapping[str, str], ttl: int | None, running_on: str = ""
+    ) -> tuple[LockView, list[tuple[str, str]]]:
+        """A lock hash as it is stored, and its fields that do not hold what they should: (field, reason).
+
+        Parameters:
+          fields(dict): Its fields: ``message_id``, ``attempt``, ``mode``, ``actor``, ``queue``,
+            ``worker``, ``acquired_at`` (server ms).
+          ttl(int|None): Milliseconds until it expires, None for never.
+        """
+        problems = []
+        numbers = {}
+        for name, what in (("attempt", "an attempt number"), ("acquired_at", "a time in ms")):
+            value = fields.get(name, "")
+            numbers[name] = int(value) if value.isascii() and value.isdigit() else 0
+            if not (value.isascii() and value.isdigit()):
+                problems.append((name, "not %s: %r (read as unknown)" % (what, value)))
+        view = cls(
+            digest=digest,
+            message_id=fields.get("message_id", ""),
+            attempt=numbers["attempt"],
+            mode=fields.get("mode", ""),
+            actor_name=fields.get("actor", ""),
+            queue_name=fields.get("queue", ""),
+            worker_id=fields.get("worker", ""),
+            acquired_at=numbers["acquired_at"],
+            ttl=ttl,
+            running_on=running_on,
+        )
+        return view, problems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,32 +318,45 @@ class MessageHistory:
     @classmethod
     def from_fields(cls, fields: Mapping[str, str], ttl: int | None) -> MessageHistory:
         """Read a message's history hash; fields this version does not know go to ``other``."""
-        get = fields.get
+        return cls.read(fields, ttl)[0]
 
-        def optional(name: str) -> int | None:
-            value = get(name, "")
-            return int(value) if value.isdigit() else None
+    @classmethod
+    def read(cls, fields: Mapping[str, str], ttl: int | None) -> tuple[MessageHistory, list[tuple[str, str]]]:
+        """Read a message's history hash, with the fields that do not hold a number where they should:
+        (field, reason); those are read as 0 (or as absent)."""
+        get = fields.get
+        problems = []
+
+        def number(name: str, default: int | None) -> int | None:
+            value = get(name)
+            if value is None:
+                return default
+            if value.isascii() and value.isdigit():
+                return int(value)
+            problems.append((name, "not a whole number: %r (read as %s)" % (value, default)))
+            return default
 
         known = {field.name for field in dataclasses.fields(cls)} - {"ttl", "other"}
-        return cls(
-            recoveries=to_int(get("recoveries", "0")),
-            attempt=to_int(get("attempt", "0")),
+        history = cls(
+            recoveries=number("recoveries", 0) or 0,
+            attempt=number("attempt", 0) or 0,
             outcome=get("outcome", ""),
             orphaned_from=get("orphaned_from", ""),
-            orphaned_at=optional("orphaned_at"),
+            orphaned_at=number("orphaned_at", None),
             orphaned_running=get("orphaned_running") == "1",
             awaiting_from=get("awaiting_from", ""),
             abort=get("abort", ""),
-            done_by_attempt=optional("done_by_attempt"),
+            done_by_attempt=number("done_by_attempt", None),
             deferred_behind=get("deferred_behind", ""),
             completed_by=get("completed_by", ""),
             completed_with=get("completed_with", ""),
             unconfirmed_by=get("unconfirmed_by", ""),
-            unconfirmed_attempt=optional("unconfirmed_attempt"),
+            unconfirmed_attempt=number("unconfirmed_attempt", None),
             unconfirmed_with=get("unconfirmed_with", ""),
             ttl=ttl,
             other={name: value for name, value in fields.items() if name not in known},
         )
+        return history, problems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -386,6 +370,7 @@ class MessageView:
       running_owner(str): "worker id|token|retries" of the attempt the running index names, or "".
       lock(LockInfo|None): The uniqueness lock its running attempt names, if held.
       events(list[TrackerEvent]): Its events among the newest ones, newest first.
+      problems(list[Problem]): What could not be read of it (a history field that is not a number).
     """
 
     message_id: str
@@ -394,6 +379,11 @@ class MessageView:
     running_owner: str
     lock: LockInfo | None
     events: list[TrackerEvent]
+    problems: list[Problem] = dataclasses.field(default_factory=list)
+
+
+#: The upper bounds of the recovery latency's buckets the core counts, in ms (and ``inf``).
+LATENCY_BOUNDS = (250, 500, 1000, 2000, 3000, 5000, 10_000, 20_000, 30_000, 60_000, 120_000)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -405,16 +395,90 @@ class Counters:
       sweeps(int): Sweeps that recovered something.
       sweep_ms(int): How long they took, in all.
       last_sweep_ms(int): How long the last of them took.
+      recovery_latency(dict[str, int]): How many orphans started again within each bucket of time after
+        their worker's death (its presence lost, else its last heartbeat), by the bucket's upper bound
+        in ms ("inf" for the last); not cumulative.
+      recovery_latency_sum_ms(int): Their latencies, in all.
+      recovery_latency_count(int): How many were measured.
     """
 
     events: Mapping[str, int]
     sweeps: int = 0
     sweep_ms: int = 0
     last_sweep_ms: int = 0
+    recovery_latency: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    recovery_latency_sum_ms: int = 0
+    recovery_latency_count: int = 0
 
     def of(self, kind: str) -> int:
         """How many events of ``kind`` there were."""
         return self.events.get(kind, 0)
+
+    def latency_buckets(self) -> list[tuple[float, int]]:
+        """The recovery latency as a histogram's cumulative buckets: (upper bound in seconds, how many
+        within it), every bound of ``LATENCY_BOUNDS`` and the ones counted, then ``inf``."""
+        bounds = sorted({*LATENCY_BOUNDS, *(int(b) for b in self.recovery_latency if b.isdigit())})
+        buckets, total = [], 0
+        for bound in bounds:
+            total += self.recovery_latency.get(str(bound), 0)
+            buckets.append((bound / 1000, total))
+        buckets.append((float("inf"), max(total + self.recovery_latency.get("inf", 0), self.recovery_latency_count)))
+        return buckets
+
+
+@dataclasses.dataclass(frozen=True)
+class Unswept:
+    """Workers of one broker identity that are not alive while no live worker of it sweeps: their orphans
+    wait until one starts, or until ``recover`` is run with the application's broker.
+
+    Parameters:
+      broker_identity(str)
+      workers(list[str]): Their ids.
+      orphans(int): Their records in flight, and the entries of the identity's outbox.
+    """
+
+    broker_identity: str
+    workers: list[str]
+    orphans: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LeftOut:
+    """A worker that is not alive, with orphans, that a recovery (or its plan) left out, and why.
+
+    Parameters:
+      worker_id(str)
+      state(str): Its state (see :class:`WorkerView`).
+      orphans(int): Its records in flight.
+      reason(str): Why the recovery did not take it, and what to do.
+    """
+
+    worker_id: str
+    state: str
+    orphans: int
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueDepth:
+    """The messages a broker holds on one queue (read through the application's broker).
+
+    Parameters:
+      queue_name(str)
+      ready(int): Waiting to be fetched.
+      unacked(int|None): Fetched by a worker and not acked yet (RedisBroker; None on RabbitMQ).
+      delayed(int): On its delay queue (retries with a backoff, ``send_with_options(delay=...)``).
+      dead_letters(int): Dead-lettered.
+      oldest_age(int|None): Milliseconds since the next message to be fetched was enqueued; None when
+        none is ready, or the broker cannot tell (RabbitMQ).
+    """
+
+    queue_name: str
+    ready: int
+    unacked: int | None
+    delayed: int
+    dead_letters: int
+    oldest_age: int | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -449,6 +513,11 @@ class ClusterStatus:
       actors(dict[str, int]): Messages in flight by actor.
       counters(Counters)
       problems(list[Problem]): Entries skipped because they could not be read.
+      oldest_orphan(int): Milliseconds the longest-waiting orphan has waited since its worker died
+        (as best known: its presence lost, its heartbeat expired, or it was parked); 0 with none.
+      unswept(list[Unswept]): Broker identities with workers not alive and no live worker to sweep them.
+      broker_queues(list[QueueDepth]|None): What the application's broker holds on each queue, when
+        it was given (``--broker``); None without it.
     """
 
     at: int
@@ -461,6 +530,9 @@ class ClusterStatus:
     actors: Mapping[str, int]
     counters: Counters
     problems: list[Problem]
+    oldest_orphan: int = 0
+    unswept: list[Unswept] = dataclasses.field(default_factory=list)
+    broker_queues: list[QueueDepth] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

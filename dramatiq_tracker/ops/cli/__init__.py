@@ -35,10 +35,9 @@ import contextlib
 import os
 import sys
 
-import redis
-
 from ..._version import __version__
 from ...errors import ConfigurationError, TrackerError
+from ..failures import CLIENT_ERRORS, explain
 from . import change, read, serve
 from .common import (
     RET_ERROR,
@@ -93,10 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigurationError as e:
         print(prefix + str(e), file=sys.stderr)
         return RET_USAGE
-    except redis.RedisError as e:
-        where = getattr(arguments, "where", "")
-        print(prefix + "cannot read the tracker's Redis%s: %s" % (" at " + where if where else "", e), file=sys.stderr)
-        return RET_ERROR
     except TrackerError as e:
         print(prefix + str(e), file=sys.stderr)
         return RET_ERROR
@@ -105,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(Exception):
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - closed at exit
         return RET_OK
+    except CLIENT_ERRORS as e:
+        # Any client's error (a Redis Cluster's is not a redis.RedisError), in one line.
+        print(prefix + explain(e, getattr(arguments, "where", "") or "its URL"), file=sys.stderr)
+        return RET_ERROR
 
 
 def build_parser() -> argparse.ArgumentParser:

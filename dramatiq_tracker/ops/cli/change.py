@@ -3,34 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 from typing import TYPE_CHECKING
 
 from .common import RET_NOT_FOUND, RET_OK, CommandError, Connection, add_parser, print_result
 
 if TYPE_CHECKING:
-    from dramatiq import Broker
-
+    from ..actions import Operator
     from .common import Commands
-
-
-# The application's broker, for recover and abort -----------------------------------------
-
-
-def _broker_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--broker",
-        required=True,
-        metavar="MODULE[:ATTRIBUTE]",
-        help="the application's broker, with its TrackerMiddleware, as the dramatiq command takes it: "
-        "package.module (its global broker once imported) or package.module:attribute; the tracker's "
-        "Redis and namespace are its tracker's",
-    )
-    parser.add_argument(
-        "--namespace",
-        help="the namespace you mean; refused when the broker's tracker uses another (default: the tracker's)",
-    )
-    parser.add_argument("--json", action="store_true", help="print JSON (schema 1, see docs/cli.md) instead of text")
 
 
 def _who() -> str:
@@ -43,56 +22,40 @@ def _who() -> str:
     return "cli:%s" % user
 
 
-class _Application:
-    """An application's broker and its tracker, loaded for ``recover`` and ``abort``."""
+def _operator(connection: Connection) -> Operator:
+    from ..actions import Operator
 
-    def __init__(self, arguments: argparse.Namespace) -> None:
-        from ...middleware import find_tracker
-        from ..actions import Operator, load_broker
-        from ..inspection import Inspector
-
-        self.broker: Broker = load_broker(arguments.broker)
-        self.tracker = find_tracker(self.broker)
-        store = self.tracker.store
-        self.namespace = arguments.namespace or self.tracker.settings.namespace
-        arguments.where = "the broker's tracker"
-        self.inspector = Inspector(client=store.client, namespace=self.namespace)
-        self.operator = Operator(self.inspector, self.broker, who=_who())
-
-    def __enter__(self) -> _Application:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        with contextlib.suppress(Exception):
-            self.tracker.close()
-        with contextlib.suppress(Exception):
-            self.broker.close()
+    return Operator(connection.inspector, connection.broker, who=_who())
 
 
 # recover ---------------------------------------------------------------------------------
 
 
 def add_recover(commands: Commands) -> None:
-    parser = commands.add_parser(
+    parser = add_parser(
+        commands,
         "recover",
         help="recover dead workers now (--dry-run: say what it would do, change nothing)",
         description="Sweep now, as the workers do every sweep_interval: declare the workers whose heartbeat "
         "expired dead and deliver their orphans again (or quarantine, or drop them), through the "
         "application's broker. With --dry-run, list exactly what a sweep would do, and change nothing.",
+        broker="required",
     )
-    _broker_options(parser)
     parser.add_argument("--dry-run", action="store_true", help="only say what it would do; change nothing")
     parser.set_defaults(handler=_recover)
 
 
 def _recover(arguments: argparse.Namespace) -> int:
-    from .output import envelope, recovery_item, recovery_lines
+    from .output import envelope
+    from .reports import recovery_item, recovery_lines
 
-    with _Application(arguments) as application:
-        report = application.operator.recover(dry_run=arguments.dry_run)
-        now = application.inspector.server_time()
-        data = envelope("recover", application.namespace, now, item=recovery_item(report))
-        print_result(arguments, data, lambda style: recovery_lines(report, style))
+    with Connection(arguments) as connection:
+        operator = _operator(connection)
+        report = operator.recover(dry_run=arguments.dry_run)
+        left_out = operator.left_out(report)
+        now = connection.inspector.server_time()
+        data = envelope("recover", connection.namespace, now, item=recovery_item(report, left_out))
+        print_result(arguments, data, lambda style: recovery_lines(report, left_out, style))
     return RET_OK
 
 
@@ -109,11 +72,10 @@ def add_unlock(commands: Commands) -> None:
 
 
 def _unlock(arguments: argparse.Namespace) -> int:
-    from ..actions import Operator
     from .output import envelope
 
     with Connection(arguments) as connection:
-        lock = Operator(connection.inspector, who=_who()).delete_lock(arguments.digest)
+        lock = _operator(connection).delete_lock(arguments.digest)
         if lock is None:
             connection.require_data(True)
             raise CommandError(
@@ -137,16 +99,24 @@ def _unlock(arguments: argparse.Namespace) -> int:
 
 
 def add_abort(commands: Commands) -> None:
-    parser = commands.add_parser(
+    parser = add_parser(
+        commands,
         "abort",
         help="abort (or --cancel) a message with dramatiq-abort, never to be recovered",
         description="Abort a message with dramatiq-abort (stop it if it runs), or with --cancel only if it has "
         "not started; the request is remembered for history_ttl, so the message is not delivered again "
-        "after a crash. Needs the application's broker with dramatiq-abort's Abortable.",
+        "after a crash. Needs the application's broker with dramatiq-abort's Abortable. A message neither "
+        "the tracker nor the broker knows is refused (exit 4) unless --force.",
+        broker="required",
     )
     parser.add_argument("message_id", metavar="ID", help="the message id")
     parser.add_argument("--cancel", action="store_true", help="cancel only if it has not started yet")
-    _broker_options(parser)
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="send it even for a message neither the tracker nor the broker knows (one queued on RabbitMQ, "
+        "which cannot be looked up, or one not sent yet)",
+    )
     parser.set_defaults(handler=_abort)
 
 
@@ -154,10 +124,19 @@ def _abort(arguments: argparse.Namespace) -> int:
     from .output import envelope
 
     mode = "cancel" if arguments.cancel else "abort"
-    with _Application(arguments) as application:
-        application.operator.abort(arguments.message_id, mode=mode)
-        now = application.inspector.server_time()
-        data = envelope("abort", application.namespace, now, item={"message_id": arguments.message_id, "mode": mode})
+    with Connection(arguments) as connection:
+        operator = _operator(connection)
+        operator.require_abortable()
+        if not arguments.force and not operator.knows(arguments.message_id):
+            raise CommandError(
+                RET_NOT_FOUND,
+                "message %r is unknown: the tracker never recorded it running, never recovered it, and it is in "
+                "none of the newest events%s; nothing was sent (--force sends the %s anyway)"
+                % (arguments.message_id, operator.broker_lookup, mode),
+            )
+        operator.abort(arguments.message_id, mode=mode)
+        now = connection.inspector.server_time()
+        data = envelope("abort", connection.namespace, now, item={"message_id": arguments.message_id, "mode": mode})
         print_result(
             arguments,
             data,

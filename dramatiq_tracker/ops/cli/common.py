@@ -4,15 +4,22 @@ one, the options and argument types, the connection to the tracker's Redis, and 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import os
 import sys
-import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ...errors import ConfigurationError
+from ..urls import hide, redact
+
 if TYPE_CHECKING:
-    from ..inspection import Inspector
-    from ..views import Problem
+    import redis
+    from dramatiq import Broker
+
+    from ...middleware import TrackerMiddleware
+    from ..views import ClusterStatus, Problem
     from .output import Style
 
     Commands = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -93,18 +100,28 @@ def duration(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _connection_options() -> argparse.ArgumentParser:
+def _connection_options(broker: str) -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("connection")
+    if broker != "required":
+        group.add_argument(
+            "--url",
+            help="the tracker's Redis URL (default: $DRAMATIQ_TRACKER_REDIS_URL, else $REDIS_URL, "
+            "else redis://localhost:6379/0)",
+        )
     group.add_argument(
-        "--url",
-        help="the tracker's Redis URL (default: $DRAMATIQ_TRACKER_REDIS_URL, else $REDIS_URL, "
-        "else redis://localhost:6379/0)",
+        "--broker",
+        required=broker == "required",
+        metavar="MODULE[:ATTRIBUTE]",
+        help="the application's broker, with its TrackerMiddleware, as the dramatiq command takes it: "
+        "package.module (its global broker once imported) or package.module:attribute; the tracker's "
+        "Redis and namespace are then its tracker's (not with --url)",
     )
     group.add_argument(
         "--namespace",
         help="the tracker's namespace, as in TrackerMiddleware(namespace=...) "
-        "(default: $DRAMATIQ_TRACKER_NAMESPACE, else dramatiq-tracker)",
+        "(default: the --broker's tracker's, else $DRAMATIQ_TRACKER_NAMESPACE, else dramatiq-tracker; "
+        "with --broker, refused when its tracker uses another)",
     )
     return parent
 
@@ -127,10 +144,15 @@ def page_options(parser: argparse.ArgumentParser, limit: int) -> None:
 
 
 def add_parser(
-    commands: Commands, name: str, help: str, description: str, *, json: bool = True
+    commands: Commands, name: str, help: str, description: str, *, json: bool = True, broker: str = "optional"
 ) -> argparse.ArgumentParser:
-    """Add a subcommand that reads the tracker's Redis: ``--url`` and ``--namespace``, and ``--json``."""
-    parents = [_connection_options()] + ([_json_option()] if json else [])
+    """Add a subcommand that reads the tracker's Redis: ``--url`` or ``--broker``, ``--namespace``, and ``--json``.
+
+    Parameters:
+      broker(str): "optional": ``--url`` or ``--broker``; "required": ``--broker`` only (the command
+        acts through the application's broker).
+    """
+    parents = [_connection_options(broker)] + ([_json_option()] if json else [])
     return commands.add_parser(name, help=help, description=description, parents=parents)
 
 
@@ -142,7 +164,7 @@ def _url_and_namespace(arguments: argparse.Namespace) -> tuple[str, str, str]:
     from ...connection import DEFAULT_URL
     from ...settings import DEFAULT_NAMESPACE
 
-    url, source = arguments.url, "--url"
+    url, source = getattr(arguments, "url", None), "--url"
     if not url:
         for variable in URL_ENVIRONMENT_VARIABLES:
             if os.environ.get(variable):
@@ -154,39 +176,84 @@ def _url_and_namespace(arguments: argparse.Namespace) -> tuple[str, str, str]:
     return url, source, namespace
 
 
-def safe_url(url: str) -> str:
-    """A URL fit to print: its password masked."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        if parts.password is None:
-            return url
-        credentials, _, hosts = parts.netloc.rpartition("@")
-        user = credentials.partition(":")[0]
-        return urllib.parse.urlunsplit(parts._replace(netloc="%s:***@%s" % (user, hosts)))
-    except ValueError:
-        return "(an unreadable URL)"
-
-
 class Connection:
-    """The inspector of a command, and where it reads."""
+    """The inspector of a command, and where it reads: the ``--url`` (or the environment's) and the
+    ``--namespace``, or the Redis and namespace of the ``--broker``'s tracker.
+
+    Nothing connects here (but a Redis Cluster client, which the inspector makes again at its first
+    read when no node answers): a Redis that cannot be read raises at the first read, one of
+    :data:`~dramatiq_tracker.ops.failures.CLIENT_ERRORS`, which ``main()`` explains in one line.
+
+    Raises:
+      ConfigurationError: A bad URL or namespace, or a broker module that does not import.
+      CommandError: With ``--broker``, a ``--namespace`` other than its tracker's.
+      TrackerNotConfigured: A broker without a TrackerMiddleware.
+    """
 
     def __init__(self, arguments: argparse.Namespace) -> None:
-        from ...connection import client_from_url
         from ..inspection import Inspector
 
-        url, source, namespace = _url_and_namespace(arguments)
-        #: The URL as it may be printed; read by main() to say which Redis failed.
-        self.where = arguments.where = safe_url(url)
-        client = client_from_url(url, setting=source)
-        self.client = client
-        self.inspector: Inspector = Inspector(client=client, namespace=namespace)
+        #: The application's broker and its tracker, with --broker.
+        self.broker: Broker | None = None
+        self.tracker: TrackerMiddleware | None = None
+        if getattr(arguments, "broker", None):
+            if getattr(arguments, "url", None):
+                raise CommandError(RET_USAGE, "give --url or --broker, not both")
+            client, namespace = self._from_broker(arguments)
+            self.inspector: Inspector = Inspector(client=client, namespace=namespace)
+        else:
+            url, source, namespace = _url_and_namespace(arguments)
+            #: The Redis as it may be printed; read by main() to say which Redis failed.
+            self.where = arguments.where = redact(url)
+            try:
+                self.inspector = Inspector(url=url, namespace=namespace)
+            except ConfigurationError as e:
+                setting = source if e.setting == "url" else e.setting
+                raise ConfigurationError(setting, hide(str(e).partition(": ")[2], url)) from None
         self.namespace = namespace
+
+    def _from_broker(self, arguments: argparse.Namespace) -> tuple[redis.Redis, str]:
+        from ...middleware import find_tracker
+        from ..actions import load_broker, tracker_client
+        from ..urls import describe_client
+
+        self.where = arguments.where = "the Redis of the tracker of %s" % arguments.broker
+        self.broker = load_broker(arguments.broker)
+        self.tracker = find_tracker(self.broker)
+        namespace = self.tracker.settings.namespace
+        if arguments.namespace and arguments.namespace != namespace:
+            raise CommandError(
+                RET_USAGE,
+                "the tracker of %s uses namespace %r, not %r" % (arguments.broker, namespace, arguments.namespace),
+            )
+        client = tracker_client(self.tracker, self.broker)
+        self.where = arguments.where = "%s (the tracker of %s)" % (describe_client(client), arguments.broker)
+        return client, namespace
 
     def __enter__(self) -> Connection:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.client.close()
+        self.inspector.close()
+        if self.tracker is not None:
+            with contextlib.suppress(Exception):
+                self.tracker.close()
+        if self.broker is not None:
+            with contextlib.suppress(Exception):
+                self.broker.close()
+
+    def with_broker_queues(self, status: ClusterStatus) -> ClusterStatus:
+        """``status`` with what the ``--broker`` holds on each queue; unchanged without ``--broker``, and
+        with a warning on stderr when the broker cannot be read."""
+        if self.broker is None:
+            return status
+        from ..queues import queue_depths
+
+        try:
+            return dataclasses.replace(status, broker_queues=queue_depths(self.broker))
+        except Exception as e:  # any broker's client (redis-py, pika): the tracker's figures stand without it
+            print("warning: cannot read the broker's queues: %s: %s" % (type(e).__name__, e), file=sys.stderr)
+            return status
 
     def require_data(self, empty: bool) -> None:
         """Fail with RET_NOT_FOUND when a command found nothing because the namespace was never used."""

@@ -25,19 +25,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..formatting import age, precise_timestamp
-from ..views import ALIVE, DEAD, FENCED, RECOVERING, UNRESPONSIVE
+from ..views import ALIVE, DEAD, FENCED, GONE, PRESENCE_LOST, RECOVERING, STATES, STOPPING, UNRESPONSIVE
 
 if TYPE_CHECKING:
     from ...events import TrackerEvent
-    from ...orphans import RecoveryReport
-    from ...store import LockInfo
     from ..views import (
         ClusterStatus,
-        HealthCheck,
         InflightView,
+        LockView,
         MessageView,
         OrphanView,
         Problem,
+        QueueDepth,
         WorkerView,
     )
 
@@ -64,7 +63,15 @@ def use_colour(stream: TextIO) -> bool:
     return bool(isatty and isatty()) and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
 
-_STATE_COLOURS = {ALIVE: "32", UNRESPONSIVE: "33", RECOVERING: "33", DEAD: "31", FENCED: "35"}
+_STATE_COLOURS = {
+    ALIVE: "32",
+    STOPPING: "36",
+    GONE: "31",
+    UNRESPONSIVE: "33",
+    RECOVERING: "33",
+    DEAD: "31",
+    FENCED: "35",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +91,8 @@ class Style:
         return self.paint(text, "1")
 
     def state(self, text: str) -> str:
-        """A worker state in its colour: green alive, yellow unresponsive or recovering, red dead, magenta fenced."""
+        """A worker state in its colour: green alive, cyan stopping, yellow unresponsive or recovering, red
+        gone or dead, magenta fenced."""
         return self.paint(text, _STATE_COLOURS.get(text.strip(), ""))
 
     def warn(self, text: str) -> str:
@@ -209,18 +217,19 @@ def problem_lines(problems: Sequence[Problem], style: Style = PLAIN) -> list[str
 
 
 def status_lines(status: ClusterStatus, namespace: str, where: str, style: Style = PLAIN) -> list[str]:
-    """The namespace at a glance."""
+    """The namespace at a glance; what no live worker sweeps, and what to run; the broker's queues."""
     workers = status.workers
-    states = ", ".join("%d %s" % (workers.get(state, 0), style.state(state)) for state in _STATE_COLOURS)
+    states = ", ".join("%d %s" % (workers.get(state, 0), style.state(state)) for state in STATES)
     orphans = "%s waiting" % plural(status.orphans, "orphan")
     if status.orphans:
-        orphans = style.warn(orphans)
+        orphans = style.warn(orphans + ", the oldest for %s" % age(status.oldest_orphan))
     lines = [
         "Namespace %s on %s, at %s UTC" % (style.bold(namespace), where, precise_timestamp(status.at)),
         "Workers:    %s" % states,
         "In flight:  %s, %s (%d in the outbox)" % (plural(status.inflight, "message"), orphans, status.outbox),
         "Locks:      %s held" % plural(status.locks, "uniqueness lock"),
     ]
+    lines += unswept_lines(status, style)
     if status.queues:
         lines.append("")
         lines += table(
@@ -231,6 +240,9 @@ def status_lines(status: ClusterStatus, namespace: str, where: str, style: Style
     if status.actors:
         lines.append("")
         lines += table([Column("ACTOR"), Column("INFLIGHT", True)], sorted(status.actors.items()), style)
+    if status.broker_queues is not None:
+        lines += ["", "Messages the broker holds:"]
+        lines += broker_queue_lines(status.broker_queues, style) if status.broker_queues else ["  (no queue declared)"]
     counters = status.counters
     events = ", ".join("%s %d" % (kind, count) for kind, count in sorted(counters.events.items()) if count)
     lines.append("")
@@ -241,6 +253,37 @@ def status_lines(status: ClusterStatus, namespace: str, where: str, style: Style
             % (counters.sweeps, counters.sweep_ms, counters.last_sweep_ms)
         )
     return lines
+
+
+def unswept_lines(status: ClusterStatus, style: Style = PLAIN) -> list[str]:
+    """What no live worker sweeps, and what to run."""
+    lines = []
+    for found in status.unswept:
+        workers = ", ".join(found.workers) or "none registered"
+        lines.append(
+            style.bad("Not swept:  ")
+            + "no live worker of broker %s sweeps: %s of its dead workers (%s) wait until one starts; "
+            "run `dramatiq-tracker recover --broker <its application's broker>` to recover them now."
+            % (found.broker_identity, plural(found.orphans, "orphan"), workers)
+        )
+    return lines
+
+
+def broker_queue_lines(depths: Sequence[QueueDepth], style: Style = PLAIN) -> list[str]:
+    """A table of what the application's broker holds on each queue ("-" where it cannot tell)."""
+    rows = [
+        (
+            depth.queue_name,
+            depth.ready,
+            "-" if depth.unacked is None else depth.unacked,
+            depth.delayed,
+            depth.dead_letters,
+            age(depth.oldest_age),
+        )
+        for depth in depths
+    ]
+    columns = [Column("QUEUE"), Column("READY", True), Column("UNACKED", True), Column("DELAYED", True)]
+    return table([*columns, Column("DEAD", True), Column("WAITING", True)], rows, style)
 
 
 WORKER_COLUMNS = (
@@ -262,6 +305,13 @@ def _worker_note(view: WorkerView, now: int) -> str:
         return "goes on as %s" % view.fenced_as
     if view.declared_dead_at is not None:
         return "declared dead %s ago" % age(now - view.declared_dead_at)
+    if not view.swept:
+        return "no heartbeat deadline: no sweep finds it"
+    if view.state == GONE:
+        how = "presence lost" if view.gone == PRESENCE_LOST else "process exited"
+        return "dead, not recovered yet (%s)" % how
+    if view.state == STOPPING:
+        return "stopping for %s" % age(now - view.stopping_at)
     if view.overdue is not None:
         return "heartbeat overdue %s" % age(view.overdue)
     return ""
@@ -360,14 +410,15 @@ LOCK_COLUMNS = (
     Column("QUEUE"),
     Column("OWNER"),
     Column("ATTEMPT", True),
-    Column("WORKER"),
+    Column("RUNNING"),
     Column("HELD", True),
     Column("EXPIRES", True),
 )
 
 
-def lock_lines(locks: Sequence[LockInfo], now: int, style: Style = PLAIN) -> list[str]:
-    """A table of uniqueness locks: who owns each, for how long, until when."""
+def lock_lines(locks: Sequence[LockView], now: int, style: Style = PLAIN) -> list[str]:
+    """A table of uniqueness locks: who owns each, the worker its owner runs on ("-" when it is not
+    recorded running: queued, or started less than a flush_interval ago), for how long, until when."""
     rows = [
         (
             lock.digest,
@@ -376,7 +427,7 @@ def lock_lines(locks: Sequence[LockInfo], now: int, style: Style = PLAIN) -> lis
             lock.queue_name,
             lock.message_id,
             lock.attempt,
-            lock.worker_id or "-",
+            lock.running_on or lock.worker_id or "-",
             age(now - lock.acquired_at) if lock.acquired_at else "-",
             "never" if lock.ttl is None else "in " + age(lock.ttl),
         )
@@ -465,102 +516,3 @@ def message_lines(view: MessageView, now: int, style: Style = PLAIN) -> list[str
     else:
         lines.append("  events:    none among the newest")
     return lines
-
-
-RECOVERY_COLUMNS = (
-    Column("MESSAGE"),
-    Column("ACTOR"),
-    Column("QUEUE"),
-    Column("WORKER"),
-    Column("RUNNING"),
-    Column("OUTCOME"),
-    Column("ATTEMPT", True),
-    Column("RECOVERIES", True),
-)
-
-
-def recovery_item(report: RecoveryReport) -> dict[str, Any]:
-    """A recovery report as JSON-ready data: its dead workers and each orphan's fate (not its payload)."""
-    return {
-        "dry_run": report.dry_run,
-        "dead_workers": list(report.dead_workers),
-        "forgotten": list(report.forgotten),
-        "partial": report.partial,
-        "orphans": [
-            {
-                "message_id": orphan.message_id,
-                "actor_name": orphan.actor_name,
-                "queue_name": orphan.queue_name,
-                "worker_id": orphan.worker_id,
-                "running": orphan.running,
-                "started_at": orphan.started_at,
-                "recoveries": orphan.recoveries,
-                "attempt": orphan.attempt,
-                "max_recoveries": orphan.max_recoveries,
-                "outcome": orphan.outcome,
-                "lock": orphan.lock,
-            }
-            for orphan in report.recovered
-        ],
-    }
-
-
-def recovery_lines(report: RecoveryReport, style: Style = PLAIN) -> list[str]:
-    """What a recovery did, or (a dry run) would do."""
-    dead = ", ".join(report.dead_workers) or "none"
-    if report.dry_run:
-        lines = [
-            "Dry run: nothing was changed. A sweep now would declare %s dead (%s) and settle %s%s"
-            % (
-                plural(len(report.dead_workers), "worker"),
-                dead,
-                plural(len(report.recovered), "message"),
-                ":" if report.recovered else ".",
-            )
-        ]
-    else:
-        lines = [
-            "Declared %s dead (%s) and settled %s%s"
-            % (
-                plural(len(report.dead_workers), "worker"),
-                dead,
-                plural(len(report.recovered), "message"),
-                ":" if report.recovered else ".",
-            )
-        ]
-    if report.recovered:
-        rows = [
-            (
-                o.message_id,
-                o.actor_name,
-                o.queue_name,
-                o.worker_id,
-                "yes" if o.running else "no",
-                o.outcome,
-                o.attempt,
-                o.recoveries,
-            )
-            for o in report.recovered
-        ]
-        lines += table(RECOVERY_COLUMNS, rows, style)
-    if report.forgotten:
-        verb = "would find" if report.dry_run else "found"
-        lines.append(
-            "It %s %s the tracker's Redis forgot, from their broker's records: %s"
-            % (verb, plural(len(report.forgotten), "worker"), ", ".join(report.forgotten))
-        )
-    if report.partial:
-        lines.append(style.warn("The sweep stopped before its end; the next one goes on."))
-    return lines
-
-
-def check_lines(check: HealthCheck, style: Style = PLAIN) -> list[str]:
-    """A probe's verdict: one line, then one per problem."""
-    if check.worker_id:
-        subject = "worker %s" % check.worker_id
-    else:
-        subject = "%s of host %s" % (plural(len(check.workers), "worker"), check.hostname)
-    if check.healthy:
-        beats = ", ".join("%s %s" % (w.worker_id, age(w.heartbeat_age)) for w in check.workers)
-        return ["%s %s alive (last heartbeats: %s)" % (style.good("OK:"), subject, beats)]
-    return [style.bad("UNHEALTHY:") + " " + reason for reason in check.reasons]

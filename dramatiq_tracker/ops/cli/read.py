@@ -9,8 +9,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import redis
-
+from ..failures import CLIENT_ERRORS, explain, misconfigured
 from .common import (
     RET_NOT_FOUND,
     RET_OK,
@@ -57,6 +56,7 @@ def _status(arguments: argparse.Namespace) -> int:
         status = connection.inspector.status()
         empty = not (sum(status.workers.values()) or status.inflight or status.locks or status.counters.events)
         connection.require_data(empty)
+        status = connection.with_broker_queues(status)
         data = envelope("status", connection.namespace, status.at, item=status, problems=status.problems)
         print_result(
             arguments,
@@ -195,8 +195,8 @@ def _message(arguments: argparse.Namespace) -> int:
                 % (arguments.message_id, MESSAGE_EVENTS_SCANNED),
             )
         now = inspector.server_time()
-        data = envelope("message", connection.namespace, now, item=view)
-        print_result(arguments, data, lambda style: message_lines(view, now, style))
+        data = envelope("message", connection.namespace, now, item=view, problems=view.problems)
+        print_result(arguments, data, lambda style: message_lines(view, now, style), view.problems)
     return RET_OK
 
 
@@ -275,12 +275,21 @@ def _locks(arguments: argparse.Namespace) -> int:
         )
         connection.require_data(not page.items)
         now = inspector.server_time()
-        data = envelope("locks", connection.namespace, now, items=page.items, cursor=page.cursor, total=page.total)
+        data = envelope(
+            "locks",
+            connection.namespace,
+            now,
+            items=page.items,
+            cursor=page.cursor,
+            total=page.total,
+            problems=page.problems,
+        )
         print_result(
             arguments,
             data,
             lambda style: lock_lines(page.items, now, style) if page.items else ["No uniqueness locks held."],
-            notes=more(page.cursor, "locks"),
+            page.problems,
+            more(page.cursor, "locks"),
         )
     return RET_OK
 
@@ -347,21 +356,21 @@ def _events(arguments: argparse.Namespace) -> int:
             print("More: dramatiq-tracker events ... --before '%s'" % cursor, file=sys.stderr)
         if arguments.follow:
             last = events[0].id if events else newest_before
-            for event in _follow(inspector, last, arguments.interval, err):
+            for event in _follow(inspector, last, arguments.interval, connection.where, err):
                 if kinds is None or event.kind in kinds:
                     print_lines([dumps(jsonable(event), indent=None) if arguments.json else event_line(event, out)])
     return RET_OK
 
 
-def _follow(inspector: Inspector, last: str, interval: float, err: Style) -> Iterator[Any]:
+def _follow(inspector: Inspector, last: str, interval: float, where: str, err: Style) -> Iterator[Any]:
     """Every event written after ``last``, forever; a lost Redis is waited for, said once."""
     failing = False
     while True:
         try:
             batch = inspector.events_after(last, count=500)
-        except redis.RedisError as e:
+        except CLIENT_ERRORS as e:
             if not failing:
-                print(err.warn("warning: ") + "cannot read the tracker's Redis (%s); retrying" % e, file=sys.stderr)
+                print(err.warn("warning: ") + explain(e, where) + "; retrying", file=sys.stderr)
                 failing = True
             time.sleep(interval)
             continue
@@ -414,7 +423,8 @@ def _watch(arguments: argparse.Namespace) -> int:
             started = time.monotonic()
             lines = [
                 out.bold("dramatiq-tracker watch")
-                + " every %gs, Ctrl-C to quit; %s" % (arguments.interval, precise_timestamp(int(time.time() * 1000)))
+                + " every %gs, Ctrl-C to quit; %s UTC"
+                % (arguments.interval, precise_timestamp(int(time.time() * 1000)))
             ]
             try:
                 status = inspector.status()
@@ -432,8 +442,8 @@ def _watch(arguments: argparse.Namespace) -> int:
                     oldest = inspector.oldest(arguments.oldest).items
                     if oldest:
                         lines += ["", "Oldest messages in flight:", *inflight_lines(oldest, out)]
-            except redis.RedisError as e:
-                lines += ["", out.bad("cannot read the tracker's Redis at %s: %s" % (connection.where, e))]
+            except CLIENT_ERRORS as e:
+                lines += ["", out.bad(explain(e, connection.where))]
             frame = "\n".join(lines)
             if terminal:
                 sys.stdout.write("\x1b[H\x1b[2J" + frame + "\n")
@@ -475,11 +485,12 @@ def add_check(commands: Commands) -> None:
 
 
 def _check(arguments: argparse.Namespace) -> int:
-    from .output import check_lines, envelope
+    from .output import envelope
+    from .reports import check_lines
 
-    with Connection(arguments) as connection:
-        inspector = connection.inspector
-        try:
+    try:
+        with Connection(arguments) as connection:
+            inspector = connection.inspector
             if arguments.worker_id:
                 check = inspector.check(worker_id=arguments.worker_id)
             else:
@@ -488,15 +499,17 @@ def _check(arguments: argparse.Namespace) -> int:
             now = inspector.server_time()
             if not check.healthy and not check.workers and not inspector.has_data():
                 check.reasons.append(no_data(connection.namespace, connection.where))
-        except redis.RedisError as e:
-            if not arguments.unreachable_ok:
-                raise
-            print(
-                "dramatiq-tracker check: warning: cannot read the tracker's Redis at %s (%s); "
-                "healthy as far as we know (--unreachable-ok)" % (connection.where, e),
-                file=sys.stderr,
-            )
-            return RET_OK
-        data = envelope("check", connection.namespace, now, item=check)
-        print_result(arguments, data, lambda style: check_lines(check, style))
+            data = envelope("check", connection.namespace, now, item=check)
+    except CLIENT_ERRORS as e:
+        # A Redis that is away comes back, and the workers go on without it meanwhile; credentials or
+        # certificates that are wrong do not fix themselves: the probe fails for them even so.
+        if not arguments.unreachable_ok or misconfigured(e):
+            raise
+        print(
+            "dramatiq-tracker check: warning: %s; healthy as far as we know (--unreachable-ok)"
+            % explain(e, getattr(arguments, "where", "") or "its URL"),
+            file=sys.stderr,
+        )
+        return RET_OK
+    print_result(arguments, data, lambda style: check_lines(check, style))
     return RET_OK if check.healthy else RET_UNHEALTHY

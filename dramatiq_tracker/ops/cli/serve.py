@@ -6,10 +6,10 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-import redis
-
 from ...errors import TrackerError
 from ..demo.options import DEFAULT_DURATION, DEFAULT_MESSAGES, MAX_DURATION, MAX_MESSAGES, MIN_DURATION, DemoOptions
+from ..failures import CLIENT_ERRORS, explain
+from ..urls import redact
 from .common import RET_ERROR, RET_FAILED, RET_OK, CommandError, Connection, add_parser, bounded_int, no_data
 
 if TYPE_CHECKING:
@@ -34,11 +34,13 @@ def add_exporter(commands: Commands) -> None:
         help="serve Prometheus metrics of the whole namespace on /metrics",
         description="Serve Prometheus metrics of the whole namespace on http://HOST:PORT/metrics, read from "
         "the tracker's Redis on each scrape: workers by state, messages in flight, orphans, locks, event "
-        "counters, sweeps, and dramatiq_tracker_up. Needs the `exporter` extra (prometheus-client).",
+        "counters, sweeps, recovery latency, and dramatiq_tracker_up; with --broker, what the broker holds "
+        "on each queue. Needs the `exporter` extra (prometheus-client).",
         json=False,
     )
+    # 9711, not Dramatiq's own 9191 (spelled here rather than imported: --help needs no prometheus-client).
     parser.add_argument(
-        "--port", type=bounded_int(0, 65535), default=9191, help="the port to listen on (default: %(default)s)"
+        "--port", type=bounded_int(0, 65535), default=9711, help="the port to listen on (default: %(default)s)"
     )
     parser.add_argument(
         "--host", default="0.0.0.0", help="the address to listen on (default: %(default)s; '::' for IPv6)"
@@ -59,7 +61,13 @@ def _exporter(arguments: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with Connection(arguments) as connection:
         try:
-            server = make_exporter_server(connection.inspector, arguments.host, arguments.port)
+            server = make_exporter_server(
+                connection.inspector,
+                arguments.host,
+                arguments.port,
+                broker=connection.broker,
+                where=connection.where,
+            )
         except OSError as e:
             raise CommandError(RET_ERROR, "cannot listen on %s:%d: %s" % (arguments.host, arguments.port, e)) from None
         try:
@@ -68,8 +76,8 @@ def _exporter(arguments: argparse.Namespace) -> int:
                     "dramatiq-tracker exporter: warning: " + no_data(connection.namespace, connection.where),
                     file=sys.stderr,
                 )
-        except redis.RedisError as e:
-            print("dramatiq-tracker exporter: warning: cannot read the tracker's Redis yet: %s" % e, file=sys.stderr)
+        except CLIENT_ERRORS as e:
+            print("dramatiq-tracker exporter: warning: %s (yet)" % explain(e, connection.where), file=sys.stderr)
         if threading.current_thread() is threading.main_thread():
 
             def terminate(signum: int, frame: object) -> None:
@@ -132,8 +140,12 @@ def _demo(arguments: argparse.Namespace) -> int:
     options = DemoOptions(url=arguments.url, messages=arguments.messages, duration=arguments.duration)
     try:
         return RET_OK if run_demo(options) else RET_FAILED
-    except (TrackerError, redis.RedisError) as e:
+    except TrackerError as e:
         print("dramatiq-tracker demo: %s" % e, file=sys.stderr)
+        return RET_ERROR
+    except CLIENT_ERRORS as e:
+        where = redact(arguments.url) if arguments.url else "its Redis"
+        print("dramatiq-tracker demo: %s" % explain(e, where).replace("the tracker's Redis", "Redis"), file=sys.stderr)
         return RET_ERROR
 
 
@@ -158,12 +170,22 @@ def add_dashboard(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=bounded_int(0, 65535), default=8711, help="default: %(default)s")
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name (or address) users reach it by, answered besides localhost, 127.0.0.1, [::1] and "
+        "--host (repeat it for more); a request naming another host is refused (DNS rebinding)",
+    )
+    parser.add_argument("--certfile", help="a PEM certificate (chain): serve HTTPS instead of HTTP")
+    parser.add_argument("--keyfile", help="the certificate's private key, unless --certfile holds it")
     parser.add_argument("--prefix", default="", help="serve under this path, such as /tracker (default: the root)")
     parser.add_argument(
         "--allow-actions",
         action="store_true",
         help="let users delete locks, recover now, cancel and abort (each confirmed, CSRF-checked); "
-        "off by default: read-only",
+        "needs a --token; off by default: read-only",
     )
     parser.add_argument(
         "--token",

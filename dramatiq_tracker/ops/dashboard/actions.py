@@ -5,6 +5,8 @@ then a POST (with a CSRF token, checked by the application) that does it through
 
 from __future__ import annotations
 
+from typing import Any
+
 from .pages import Pages, Rendered
 from .wsgi import Request
 
@@ -33,7 +35,9 @@ def recover(pages: Pages, request: Request) -> Rendered:
         return _unavailable("Recovering needs the application's broker: start the dashboard with --broker.")
     operator = pages.operator(request)
     if request.method == "GET":
-        return Rendered("confirm.html", {"action": "recover", "plan": operator.recover(dry_run=True)}, live=False)
+        plan = operator.recover(dry_run=True)
+        context = {"action": "recover", "plan": plan, "left_out": operator.left_out(plan)}
+        return Rendered("confirm.html", context, live=False)
     return Rendered("done.html", {"action": "recover", "report": operator.recover()}, live=False)
 
 
@@ -46,9 +50,15 @@ def abort(pages: Pages, request: Request) -> Rendered:
     mode = request.arg("mode") or request.form.get("mode", "")
     if not message_id or mode not in ABORT_MODES:
         return Rendered("refused.html", {"reason": "Say which message, and 'cancel' or 'abort'."}, 400, live=False)
+    operator = pages.operator(request)
+    known = operator.knows(message_id)
     if request.method == "GET":
         view = pages.inspector.message(message_id)
-        context = {"action": "abort", "message_id": message_id, "mode": mode, "view": view}
-        return Rendered("confirm.html", {**context, "now": pages.inspector.server_time()}, live=False)
-    pages.operator(request).abort(message_id, mode=mode)
+        context: dict[str, Any] = {"action": "abort", "message_id": message_id, "mode": mode, "view": view}
+        context.update(known=known, lookup=operator.broker_lookup, now=pages.inspector.server_time())
+        return Rendered("confirm.html", context, live=False)
+    if not known and request.form.get("force") != "1":
+        # The confirmation said it is unknown, and asked to tick that it may be queued out of sight.
+        return Rendered("missing.html", {"what": "message", "name": message_id}, status=404, live=False)
+    operator.abort(message_id, mode=mode)
     return Rendered("done.html", {"action": "abort", "message_id": message_id, "mode": mode}, live=False)

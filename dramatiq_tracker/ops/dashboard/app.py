@@ -21,10 +21,13 @@ from ...errors import ConfigurationError, TrackerError
 from ...middleware import find_tracker
 from ...settings import DEFAULT_NAMESPACE
 from .. import formatting
+from ..actions import tracker_client
+from ..failures import CLIENT_ERRORS, explain
 from ..inspection import Inspector
+from ..urls import redact
 from . import actions
 from .pages import Pages, Rendered
-from .security import CSRF_FIELD, SESSION_COOKIE, TOKEN_COOKIE, Guard, cookie, secure
+from .security import CSRF_FIELD, LOOPBACK_HOSTS, SESSION_COOKIE, TOKEN_COOKIE, Guard, cookie, secure
 from .wsgi import HTML, BadRequest, Request, Response
 
 if TYPE_CHECKING:
@@ -79,9 +82,15 @@ class DashboardApp:
       allow_actions(bool): Let users delete locks, recover and abort, each confirmed and checked
         against CSRF; default False: read-only, and the action endpoints answer 403.
       token(str): A shared token every request must carry (``Authorization: Bearer``, or the
-        cookie set by the login form or by ``?token=`` once); default: none.
-      secret(bytes): The key CSRF tokens are signed with; default: random per process.  Give the
-        same one to every process that serves the dashboard behind one address.
+        cookie set by the login form or by ``?token=`` once); default: none.  Actions need it, or
+        the application's own authentication (a ``REMOTE_USER`` it sets).
+      secret(bytes): The key login cookies and CSRF tokens are signed with; default: random per
+        process.  Give the same one to every process that serves the dashboard behind one address.
+      allowed_hosts(list[str]): The host names (or addresses) it is served as: a request whose
+        ``Host`` names another is refused (400), so that no page of another site can read it by
+        making its own name resolve to this machine (DNS rebinding).  Default: ``localhost``,
+        ``127.0.0.1`` and ``[::1]``; add the name users reach it by; ``["*"]`` only behind a proxy
+        that checks the Host itself.
       refresh(int): How often pages update themselves, in milliseconds; 0 for never.
       inspector(Inspector): Read through this one instead of ``url``, ``client`` and ``namespace``.
 
@@ -101,6 +110,7 @@ class DashboardApp:
         allow_actions: bool = False,
         token: str | None = None,
         secret: bytes | None = None,
+        allowed_hosts: Iterable[str] = LOOPBACK_HOSTS,
         refresh: int = DEFAULT_REFRESH,
         inspector: Inspector | None = None,
     ) -> None:
@@ -111,6 +121,12 @@ class DashboardApp:
             raise ConfigurationError("refresh", "must be 0 or at least %d ms, got %r" % (MIN_REFRESH, refresh))
         if token is not None and (not isinstance(token, str) or not token.strip()):
             raise ConfigurationError("token", "must be a non-empty string")
+        if isinstance(allowed_hosts, str):
+            raise ConfigurationError("allowed_hosts", "must be a list of host names, not a string")
+        try:
+            self.guard = Guard(token=token, secret=secret, allowed_hosts=allowed_hosts)
+        except ValueError as e:
+            raise ConfigurationError("allowed_hosts", str(e)) from None
         if inspector is None:
             inspector = _inspector(url, client, namespace, broker)
         self.inspector = inspector
@@ -118,7 +134,6 @@ class DashboardApp:
         self.app = app
         self.allow_actions = bool(allow_actions)
         self.refresh = refresh
-        self.guard = Guard(token=token, secret=secret)
         self.pages = Pages(inspector, broker)
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("dramatiq_tracker.ops.dashboard", "templates"),
@@ -142,7 +157,12 @@ class DashboardApp:
             response = secure(Response.text("Not found.", 404))
         else:
             root = str(environ.get("SCRIPT_NAME", "")).rstrip("/") + self.prefix
-            response = self.handle(Request(environ, root, path[len(self.prefix) :] or "/"))
+            request = Request(environ, root, path[len(self.prefix) :] or "/")
+            if self.guard.host_allowed(request):
+                response = self.handle(request)
+            else:
+                # Before anything is read: a page of another site may have made its name resolve here.
+                response = secure(Response.text(_host_refused(request.header("Host")), 400))
         headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body)))]
         start_response(response.status_line, headers + response.headers)
         return [b"" if head else response.body]
@@ -159,9 +179,15 @@ class DashboardApp:
             response = self._answer(request)
         except BadRequest as e:
             response = Response.text("Bad request: %s." % e, 400)
-        except redis.RedisError as e:
-            self.logger.warning("The tracker's Redis failed: %s", e)
-            response = self._page(request, Rendered("refused.html", {"reason": _redis_failure(e)}, 503, False), "")
+        except ConfigurationError as e:  # a bad cursor or event id in the URL
+            response = self._page(request, Rendered("refused.html", {"reason": str(e)}, 400, False), "")
+        except CLIENT_ERRORS as e:
+            reason = explain(e, redact(self.inspector.url) if self.inspector.url else "its client")
+            self.logger.warning("%s", reason)
+            retry = request.method == "GET"
+            sentence = reason[0].upper() + reason[1:] + ("" if reason.endswith(".") else ".")
+            context = {"reason": sentence, "retry": self._retry if retry else 0}
+            response = self._page(request, Rendered("refused.html", context, 503, False), "")
         except Exception:
             self.logger.exception("Dashboard page %r failed.", request.path)
             response = Response.text("Internal error: the dashboard's log says why.", 500)
@@ -175,6 +201,9 @@ class DashboardApp:
             return self._static(path[len("/static/") :])
         if self.guard.token is not None and "token" in request.query:
             return self._token_in_query(request)
+        if method not in ("GET", "HEAD") and not self.guard.same_origin(request):
+            reason = "This request came from another site (its Origin or Sec-Fetch-Site says so): refused."
+            return self._page(request, Rendered("refused.html", {"reason": reason}, 403, False), "")
         if path == "/login":
             return self._login(request)
         if not self.guard.authenticated(request):
@@ -183,16 +212,19 @@ class DashboardApp:
             if method != "GET":
                 return _not_allowed("GET")
             return Response.json(_plain(self.inspector.status()))
+        acting = self.may_act(request)
         session = request.cookies.get(SESSION_COOKIE, "")
         headers = []
-        if self.allow_actions and not session:
+        if acting and not session:
             session = self.guard.new_session()
             headers.append(cookie(SESSION_COOKIE, session, request))
-        csrf = self.guard.csrf_token(session) if self.allow_actions else ""
+        csrf = self.guard.csrf_token(session) if acting else ""
         if path in _ACTIONS:
             if not self.allow_actions:
                 reason = "Actions are disabled: this dashboard only reads (see allow_actions / --allow-actions)."
                 return self._page(request, Rendered("refused.html", {"reason": reason}, 403, False), csrf)
+            if not acting:
+                return self._page(request, Rendered("refused.html", {"reason": _NEEDS_TOKEN}, 403, False), csrf)
             if method not in ("GET", "POST"):
                 return _not_allowed("GET, POST")
             if method == "POST" and not self.guard.may_act(request):
@@ -212,6 +244,16 @@ class DashboardApp:
         response.headers += headers
         return response
 
+    def may_act(self, request: Request) -> bool:
+        """Whether actions are offered to this request: enabled, and the request carries the token or
+        comes through the application's own authentication (``REMOTE_USER``)."""
+        return self.allow_actions and (self.guard.carries_token(request) or bool(request.environ.get("REMOTE_USER")))
+
+    @property
+    def _retry(self) -> int:
+        """How often a page that could not read Redis loads itself again, in seconds."""
+        return max(2, self.refresh // 1000) if self.refresh else 5
+
     def _page(self, request: Request, rendered: Rendered, csrf: str) -> Response:
         template = self.templates.get_template(rendered.template)
         live = rendered.live and self.refresh > 0
@@ -220,7 +262,8 @@ class DashboardApp:
             "url": request.url,
             "static": self._static_url(request),
             "namespace": self.inspector.namespace,
-            "allow_actions": self.allow_actions,
+            "allow_actions": bool(csrf),
+            "actions_enabled": self.allow_actions,
             "can_recover": self.pages.can_recover,
             "can_abort": self.pages.can_abort,
             "csrf_field": CSRF_FIELD,
@@ -230,6 +273,7 @@ class DashboardApp:
             "settings": {"refresh": self.refresh if live else 0, "namespace": self.inspector.namespace},
             "logged_in": self.guard.token is not None,
             "status": rendered.status,
+            "retry": 0,
             **rendered.context,
         }
         if request.query.get("_live") and live and "live" in template.blocks:
@@ -250,9 +294,11 @@ class DashboardApp:
         if not self.guard.token_matches(request.query["token"]):
             return self._unauthorized(request, error="Wrong token.")
         query = {name: value for name, value in request.query.items() if name != "token"}
-        location = request.root + request.path + ("?" + urllib.parse.urlencode(query) if query else "")
-        response = Response.redirect(location)
-        response.headers.append(cookie(TOKEN_COOKIE, self.guard.token_proof, request))
+        path = urllib.parse.quote(request.root + request.path, safe="/")
+        location = path + ("?" + urllib.parse.urlencode(query) if query else "")
+        # The path is the request's: "//evil.example" would send the browser to another site.
+        response = Response.redirect(_local(request, location))
+        response.headers.append(cookie(TOKEN_COOKIE, self.guard.new_login(), request))
         return response
 
     def _login(self, request: Request) -> Response:
@@ -266,14 +312,14 @@ class DashboardApp:
         if not self.guard.token_matches(request.form.get("token", "")):
             return self._unauthorized(request, error="Wrong token.", next_url=next_url)
         response = Response.redirect(next_url)
-        response.headers.append(cookie(TOKEN_COOKIE, self.guard.token_proof, request))
+        response.headers.append(cookie(TOKEN_COOKIE, self.guard.new_login(), request))
         return response
 
     def _unauthorized(self, request: Request, *, error: str = "", status: int = 401, next_url: str = "") -> Response:
         if request.query.get("_live") or request.path.startswith("/api/"):
             response = Response.text("Log in again: the dashboard needs its token.", status)
         else:
-            here = request.root + request.path
+            here = urllib.parse.quote(request.root + request.path, safe="/")
             query = {name: value for name, value in request.query.items() if name != "token"}
             here += "?" + urllib.parse.urlencode(query) if query else ""
             context = {"error": error, "next": _local(request, next_url or here), "live": False}
@@ -311,26 +357,45 @@ def _inspector(url: str | None, client: redis.Redis | None, namespace: str | Non
     tracker = find_tracker(broker)
     if url is None and client is None and not os.environ.get(URL_ENVIRONMENT_VARIABLE):
         # Bound to this broker (as declaring an actor would), whether or not it is the global one.
-        client = tracker.bind(broker).store.client
+        client = tracker_client(tracker, broker)
     return Inspector(url=url, client=client, namespace=namespace or tracker.settings.namespace)
 
 
 def _local(request: Request, location: str) -> str:
-    """``location`` if it is a path of this dashboard, else the dashboard's overview (no open redirect)."""
+    """``location`` if it is a path of this dashboard, else the dashboard's overview (no open redirect):
+    never one a browser reads as another host (``//host``, ``/\\host``), nor one with a control character."""
     root = request.root + "/"
-    if location.startswith(root) and not location.startswith("//") and "\\" not in location:
+    after = location[len(request.root) :]
+    if (
+        location.startswith(root)
+        and not location.startswith("//")
+        and not after.startswith("//")
+        and "\\" not in location
+        and all(" " < character != "\x7f" for character in location)
+    ):
         return location
     return root
+
+
+#: Why an action is refused to a request without the token, when actions are enabled.
+_NEEDS_TOKEN = (
+    "Actions need the dashboard's token (--token, or DashboardApp(token=...)), or your application's "
+    "own authentication around it (a REMOTE_USER it sets): this request has neither."
+)
+
+
+def _host_refused(host: str) -> str:
+    shown = host if len(host) <= 100 and host.isprintable() else repr(host[:100])
+    return (
+        "Bad request: this dashboard is not served as host %r. Add the name it is reached by to its "
+        "allowed hosts (--allowed-host, or DashboardApp(allowed_hosts=...)).\n" % shown
+    )
 
 
 def _not_allowed(allowed: str) -> Response:
     response = Response.text("Method not allowed.", 405)
     response.headers.append(("Allow", allowed))
     return response
-
-
-def _redis_failure(error: Exception) -> str:
-    return "The tracker's Redis failed: %s: %s" % (type(error).__name__, error)
 
 
 def _plain(value: Any) -> Any:

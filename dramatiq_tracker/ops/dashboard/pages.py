@@ -23,8 +23,9 @@ from ...events import (
 )
 from ...store import LockInfo
 from ..actions import Operator
-from ..inspection import DEAD, FENCED, RECOVERING, UNRESPONSIVE, Inspector
-from ..views import InflightView, Timeline, WorkerView
+from ..inspection import DEAD, FENCED, GONE, RECOVERING, UNRESPONSIVE, Inspector
+from ..queues import queue_depths
+from ..views import InflightView, QueueDepth, Timeline, WorkerView
 from .charts import timeline_chart
 from .wsgi import Request
 
@@ -42,6 +43,10 @@ EVENTS_PAGE = 100
 FATE_EVENTS_SCANNED = 5000
 #: At most this many of a dead worker's messages are shown with where they run now.
 FATES_SHOWN = 100
+#: Workers declared dead within this long of the last one are of the same incident, in milliseconds.
+INCIDENT_WINDOW = 60_000
+#: At most this many workers of the last incident are shown.
+INCIDENT_WORKERS = 20
 #: What the events of a dead worker's messages say became of them.
 _FATE_KINDS = (RECOVERED, QUARANTINED, ABORT_HONOURED)
 
@@ -158,6 +163,16 @@ class Pages:
     def can_abort(self) -> bool:
         return self.broker is not None and find_abortable(self.broker) is not None
 
+    def broker_queues(self) -> list[QueueDepth] | str | None:
+        """What the application's broker holds on each queue; why it could not be read; None without
+        the broker."""
+        if self.broker is None:
+            return None
+        try:
+            return queue_depths(self.broker)
+        except Exception as e:  # any broker's client: the rest of the page stands without it
+            return "%s: %s" % (type(e).__name__, e)
+
     def operator(self, request: Request) -> Operator:
         """An operator acting for the request's user (``REMOTE_USER``, set by the application's authentication)."""
         user = str(request.environ.get("REMOTE_USER") or "")
@@ -170,9 +185,8 @@ class Pages:
         status = inspector.status()
         timeline = self.timeline.read(inspector)
         chart = timeline_chart(timeline, CHART_SERIES, title="Messages recovered from dead workers, last hour")
-        latest = inspector.dead_workers(limit=1)
         # Every worker is read again only when some are not alive (the status counted them).
-        waiting = status.workers[UNRESPONSIVE] + status.workers[RECOVERING]
+        waiting = status.workers[GONE] + status.workers[UNRESPONSIVE] + status.workers[RECOVERING]
         troubled = [w for w in inspector.workers(limit=1_000_000).items if not w.alive] if waiting else []
         return Rendered(
             "overview.html",
@@ -184,7 +198,8 @@ class Pages:
                 "chart": chart,
                 "series": CHART_SERIES,
                 "troubled": troubled,
-                "aftermath": self.aftermath(latest[0]) if latest else None,
+                "incident": self.incident(),
+                "broker_queues": self.broker_queues(),
             },
         )
 
@@ -283,23 +298,48 @@ class Pages:
     def aftermath(self, worker: WorkerView) -> Aftermath:
         """A dead worker's death and what became of each of its messages, from the events written
         since it was declared dead, and where each runs now."""
-        since = worker.declared_dead_at - 1000 if worker.declared_dead_at else None
-        events = self.inspector.events(FATE_EVENTS_SCANNED, since=since, worker_id=worker.worker_id)
-        death = next((event for event in events if event.kind == WORKER_DEAD), None)
-        decided: dict[str, TrackerEvent] = {}
+        return self.aftermaths([worker])[0]
+
+    def incident(self) -> list[Aftermath]:
+        """The workers of the last incident: those declared dead within :data:`INCIDENT_WINDOW` of the
+        last one, with what became of their messages; those that had messages first, then the newest."""
+        declared = [w for w in self.inspector.declared_dead(limit=INCIDENT_WORKERS) if w.declared_dead_at]
+        if not declared:
+            return []
+        newest = max(w.declared_dead_at or 0 for w in declared)
+        workers = [w for w in declared if (w.declared_dead_at or 0) >= newest - INCIDENT_WINDOW]
+        return sorted(
+            self.aftermaths(workers),
+            key=lambda found: (-(len(found.fates) + found.more), -(found.worker.declared_dead_at or 0)),
+        )
+
+    def aftermaths(self, workers: Sequence[WorkerView]) -> list[Aftermath]:
+        """What became of the messages of some dead workers, from one read of the events written since
+        the first of them was declared dead; in the order given."""
+        declared = [w.declared_dead_at for w in workers if w.declared_dead_at]
+        since = min(declared) - 1000 if declared else None
+        ids = {worker.worker_id for worker in workers}
+        events = [e for e in self.inspector.events(FATE_EVENTS_SCANNED, since=since) if e.worker_id in ids]
+        released = _released_digests(events)
+        decided: dict[str, dict[str, TrackerEvent]] = {worker_id: {} for worker_id in ids}
         for event in events:
             if event.kind in _FATE_KINDS and event.message_id:
-                decided.setdefault(event.message_id, event)
-        shown = list(decided.values())[:FATES_SHOWN]
-        running = self.inspector.running([event.message_id for event in shown])
-        released = _released_digests(events)
-        fates = []
-        for event in shown:
-            message_id = event.message_id
-            now_running = running.get(message_id)
-            digest = now_running.lock_digest if now_running is not None and now_running.lock_digest else ""
-            fates.append(Fate(event, now_running, self._lock_of(message_id, digest or released.get(message_id, ""))))
-        return Aftermath(worker, death, fates, max(0, len(decided) - len(shown)))
+                decided[event.worker_id].setdefault(event.message_id, event)
+        shown = {worker_id: list(found.values())[:FATES_SHOWN] for worker_id, found in decided.items()}
+        running = self.inspector.running([event.message_id for found in shown.values() for event in found])
+        found = []
+        for worker in workers:
+            death = next((e for e in events if e.kind == WORKER_DEAD and e.worker_id == worker.worker_id), None)
+            fates = []
+            for event in shown[worker.worker_id]:
+                message_id = event.message_id
+                now_running = running.get(message_id)
+                digest = now_running.lock_digest if now_running is not None and now_running.lock_digest else ""
+                lock = self._lock_of(message_id, digest or released.get(message_id, ""))
+                fates.append(Fate(event, now_running, lock))
+            more = max(0, len(decided[worker.worker_id]) - len(fates))
+            found.append(Aftermath(worker, death, fates, more))
+        return found
 
     def _lock_of(self, message_id: str, digest: str) -> LockInfo | None:
         """The lock ``digest`` if ``message_id`` holds it now."""

@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ...connection import URL_ENVIRONMENT_VARIABLE
+from ..urls import redact
 from . import DemoError
 
 #: Asked for after the tracker's own variable, as most Redis tools do.
@@ -38,12 +38,8 @@ class RedisTarget:
 
     @property
     def display_url(self) -> str:
-        """The URL without its password."""
-        parts = urllib.parse.urlsplit(self.url)
-        if not parts.password:
-            return self.url
-        netloc = "%s:***@%s" % (parts.username or "", parts.netloc.rpartition("@")[2])
-        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+        """The URL with its secrets masked (see :func:`~dramatiq_tracker.ops.urls.redact`)."""
+        return redact(self.url)
 
 
 @contextlib.contextmanager

@@ -16,8 +16,16 @@
   // waits at least twice as long as the last one took.
   var delay = refresh;
 
+  // What a failed update says, by HTTP status.
+  var FAILURES = { 401: "log in again", 503: "the tracker's Redis is unreachable; retrying" };
+
   if (!live || !refresh) {
     return;
+  }
+
+  // Every time the dashboard shows is in UTC, as the server writes them; so is this one.
+  function utcTime(date) {
+    return date.toISOString().slice(11, 19) + " UTC";
   }
 
   function say(text, failed) {
@@ -43,7 +51,7 @@
     fetch(target.toString(), { credentials: "same-origin", cache: "no-store", headers: { Accept: "text/html" } })
       .then(function (response) {
         if (!response.ok) {
-          throw new Error(response.status === 401 ? "log in again" : "HTTP " + response.status);
+          throw new Error(FAILURES[response.status] || "HTTP " + response.status);
         }
         return response.text();
       })
@@ -54,7 +62,7 @@
         updates += 1;
         delay = Math.max(refresh, 2 * (Date.now() - started));
         live.setAttribute("data-updates", String(updates));
-        say("updated " + new Date().toLocaleTimeString(), false);
+        say("updated " + utcTime(new Date()), false);
       })
       .catch(function (error) {
         say("update failed: " + error.message, true);
