@@ -23,6 +23,7 @@ from dramatiq.logging import get_logger
 
 from .brokers import REDIS, as_redis_broker, broker_kind
 from .errors import ConfigurationError
+from .redact import hide, redact
 
 if TYPE_CHECKING:
     from dramatiq import Broker
@@ -51,6 +52,8 @@ def _hosts(netloc: str) -> tuple[str, list[tuple[str, int]]]:
         name, _, port = host.strip().rpartition(":")
         if not name:
             name, port = port, "26379"
+        if not name.strip("[]"):
+            raise ValueError("a Sentinel's host is empty")
         found.append((name.strip("[]"), int(port)))
     return credentials, found
 
@@ -89,7 +92,8 @@ def client_from_url(url: str, *, setting: str = "url") -> redis.Redis:
             raise ValueError("unknown scheme %r (redis, rediss, unix, redis+cluster, redis+sentinel)" % scheme)
         return redis.Redis.from_url(url, **_TIMEOUTS)
     except ValueError as e:
-        raise ConfigurationError(setting, "not a Redis URL (%s): %r" % (e, url)) from None
+        # Never the URL as given: it may hold a password.
+        raise ConfigurationError(setting, "not a Redis URL (%s): %s" % (hide(str(e), url), redact(url))) from None
 
 
 def resolve_client(broker: Broker) -> redis.Redis:

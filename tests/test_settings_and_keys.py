@@ -194,3 +194,20 @@ def test_an_invalid_environment_variable_fails_at_construction_naming_it(
     with pytest.raises(ConfigurationError) as raised:
         TrackerMiddleware()
     assert raised.value.setting == named
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://user:hunter2secret@h:26379/",
+        "redis+sentinel://user:hunter2secret@/service",
+        "http://user:hunter2secret@localhost/0",
+        "redis+sentinel://h:26379/svc/notadb?sentinel_password=hunter2secret",
+    ],
+)
+def test_a_url_that_is_refused_is_named_without_its_secrets(url: str) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        TrackerMiddleware(url=url)
+    assert refused.value.setting == "url"
+    assert "hunter2secret" not in str(refused.value)
+    assert "***" in str(refused.value)

@@ -8,67 +8,11 @@ the exporter and the dashboard print or log goes through it.
 
 from __future__ import annotations
 
-import urllib.parse
 from typing import Any
 
-#: What a masked secret shows as.
-MASK = "***"
+from ..redact import MASK, SECRET_WORDS, UNREADABLE, hide, is_secret, redact
 
-#: A query parameter whose name contains one of these holds a secret (``password``,
-#: ``sentinel_password``, ``ssl_password``, ``auth_token``...).
-SECRET_WORDS = ("pass", "pwd", "secret", "token", "credential", "auth")
-
-#: What an URL that cannot be parsed shows as: a part of it might be a secret.
-UNREADABLE = "(an unreadable URL)"
-
-
-def is_secret(name: str) -> bool:
-    """Whether a query parameter called ``name`` holds a secret."""
-    lowered = name.lower()
-    return any(word in lowered for word in SECRET_WORDS)
-
-
-def redact(url: str) -> str:
-    """``url`` fit to print: the password of its user information and the values of its secret query
-    parameters masked; everything else (host, port, database, certificate paths) as it was.
-
-    Parameters:
-      url(str): Any URL the tracker takes (``redis://``, ``rediss://``, ``unix://``,
-        ``redis+cluster://``, ``redis+sentinel://host:port,host:port/service``).
-    """
-    try:
-        parts = urllib.parse.urlsplit(url)
-        credentials, at, hosts = parts.netloc.rpartition("@")
-        if at and ":" in credentials:
-            user = credentials.partition(":")[0]
-            parts = parts._replace(netloc="%s:%s@%s" % (user, MASK, hosts))
-        if parts.query:
-            pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-            if any(is_secret(name) for name, _ in pairs):
-                masked = [(name, MASK if is_secret(name) else value) for name, value in pairs]
-                parts = parts._replace(query=urllib.parse.urlencode(masked, safe="/*:,"))
-        return urllib.parse.urlunsplit(parts)
-    except ValueError:
-        return UNREADABLE
-
-
-def hide(text: str, url: str) -> str:
-    """``text`` with every occurrence of ``url`` (and of its secrets) replaced by its redacted form: for
-    messages of other code that quote the URL whole."""
-    shown = redact(url)
-    if shown == url:
-        return text
-    text = text.replace(url, shown)
-    try:
-        parts = urllib.parse.urlsplit(url)
-        secrets = [parts.password or ""]
-        secrets += [value for name, value in urllib.parse.parse_qsl(parts.query) if is_secret(name)]
-    except ValueError:
-        return text.replace(url, UNREADABLE)
-    for secret in secrets:
-        if len(secret) >= 3:
-            text = text.replace(secret, MASK)
-    return text
+__all__ = ["MASK", "SECRET_WORDS", "UNREADABLE", "describe_client", "hide", "is_secret", "redact"]
 
 
 def describe_client(client: Any) -> str:
