@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .middleware import Tracker, TrackerMiddleware, find_tracker, recover
     from .options import ATTEMPT_OPTION, RECOVERIES_OPTION
     from .orphans import LockCleaner, Orphan, RecoveryReport
-    from .store import LockInfo
+    from .records import LockInfo
     from .unique import UNTIL_EXECUTED, UNTIL_EXECUTING, UNTIL_EXPIRED, WHILE_EXECUTING
 
 #: Each public name, and the module that defines it.
@@ -35,7 +35,7 @@ _PUBLIC = {
     "ATTEMPT_OPTION": "options",
     "RECOVERIES_OPTION": "options",
     "TrackerEvent": "events",
-    "LockInfo": "store",
+    "LockInfo": "records",
     "UNTIL_EXECUTED": "unique",
     "UNTIL_EXECUTING": "unique",
     "UNTIL_EXPIRED": "unique",

@@ -420,6 +420,8 @@ class AtRiskStarts:
                     settle=self.settings.settle,
                     grace=grace,
                     caller=own,
+                    history_ttl=self.settings.history_ttl,
+                    heartbeat_timeout=self.settings.heartbeat_timeout,
                 )
                 return declared.status not in ("dead", "gone")
             if time.monotonic() > deadline:

@@ -30,6 +30,7 @@ from .orphans import LockCleaner, RecoveryReport
 from .policies import Policies
 from .process import TrackedProcess, forget_at_fork
 from .rabbitmq import fetched_on_closed_channel, unwatch_channels, watch_channels
+from .records import LockInfo
 from .settings import (
     DEFAULT_EVENTS_MAXLEN,
     DEFAULT_FLUSH_INTERVAL,
@@ -39,7 +40,7 @@ from .settings import (
     environment_variable,
     from_environment,
 )
-from .store import LockInfo, TrackerStore
+from .store import TrackerStore
 from .unique import DEFAULT_UNIQUE_DELAY, DroppedDuplicate, UniqueAttempt, quiet_skip
 from .wiring import Binding, Wiring
 

@@ -7,6 +7,7 @@ of their queues, and the last one to stop deregisters it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import weakref
@@ -187,8 +188,13 @@ class TrackedProcess:
         )
 
     def stop_sweeping(self) -> None:
-        """Stop recovering other workers: this one is shutting down."""
+        """Stop recovering other workers, and say in the registration that this one is shutting down."""
         self.sweeper.stop()
+        self.registry.update_info(dataclasses.replace(self.registry.info, stopping_at=int(time.time() * 1000)))
+        try:
+            self.store.note_stopping(self.registry.info)
+        except redis.RedisError as e:
+            self.wiring.health.failed("noting that this worker is stopping", e)
 
     def stop(self) -> None:
         """Deregister the worker and stop the tracker's threads.

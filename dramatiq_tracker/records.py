@@ -18,6 +18,7 @@ from typing import Any
 from dramatiq.message import Message
 
 from .host import HostFacts
+from .scripts import text, to_int
 
 _REPR = reprlib.Repr()
 _REPR.maxstring = 30
@@ -66,6 +67,11 @@ def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> An
     return value
 
 
+def _optional_int(data: dict[str, Any], name: str) -> int:
+    value = data.get(name, 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def dump(data: dict[str, Any]) -> str:
     return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
@@ -89,6 +95,8 @@ class WorkerInfo:
     started_at: int
     tracker_version: str
     dramatiq_version: str
+    #: When it began a graceful shutdown (ms since the epoch), 0 while it runs.
+    stopping_at: int = 0
 
     @property
     def host(self) -> HostFacts:
@@ -127,6 +135,52 @@ class WorkerInfo:
             started_at=_field(data, "started_at", int),
             tracker_version=_field(data, "tracker_version", str),
             dramatiq_version=_field(data, "dramatiq_version", str),
+            # Read by operators alone: a value that is not a time is theirs to report, not a corrupt record.
+            stopping_at=_optional_int(data, "stopping_at"),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class LockInfo:
+    """A uniqueness lock, as operators see it.
+
+    Parameters:
+      digest(str)
+      message_id(str): The message that owns it.
+      attempt(int): The owning attempt.
+      mode(str): The lock mode.
+      actor_name(str)
+      queue_name(str)
+      worker_id(str): The worker running the owner, or "" while it is queued.
+      acquired_at(int): Server time, in ms since the epoch.
+      ttl(int|None): Milliseconds until it expires; None when it never does.
+    """
+
+    digest: str
+    message_id: str
+    attempt: int
+    mode: str
+    actor_name: str
+    queue_name: str
+    worker_id: str
+    acquired_at: int
+    ttl: int | None
+
+    @classmethod
+    def from_redis(cls, digest: str, fields: Mapping[Any, Any], ttl: Any) -> LockInfo:
+        """A lock as Redis holds it: its HASH's fields, and its ``PTTL``."""
+        lock = {text(name): text(value) for name, value in fields.items()}
+        remaining = to_int(ttl)
+        return cls(
+            digest=digest,
+            message_id=lock.get("message_id", ""),
+            attempt=to_int(lock.get("attempt")),
+            mode=lock.get("mode", ""),
+            actor_name=lock.get("actor", ""),
+            queue_name=lock.get("queue", ""),
+            worker_id=lock.get("worker", ""),
+            acquired_at=to_int(lock.get("acquired_at")),
+            ttl=remaining if remaining >= 0 else None,
         )
 
 
@@ -347,3 +401,15 @@ def _safe_repr(value: Any, length: int) -> str:
         return _REPR.repr(value)[: length + 1]
     except Exception:
         return "<%s>" % type(value).__name__
+
+
+def parse_outbox_entry(raw: str) -> tuple[int, str, str]:
+    """An outbox entry's (parked_at, record JSON, dead worker id).
+
+    Raises:
+      ValueError: When it is not an outbox entry.
+    """
+    entry = json.loads(raw)
+    if not isinstance(entry, dict):
+        raise ValueError("not a JSON object")
+    return int(entry["parked_at"]), str(entry["record"]), str(entry.get("worker", ""))

@@ -348,6 +348,7 @@ class Recovery:
             caller=own,
             claim=claim,
             history_ttl=self.settings.history_ttl,
+            heartbeat_timeout=self.settings.heartbeat_timeout,
             dry_run=dry_run,
         )
 

@@ -82,8 +82,7 @@ class RecoveryClaim:
         """Claim a worker's recovery outside a declaration of its death (``lua/take_recovery.lua``):
         None when another sweeper holds it."""
         token, sent = cls.new_token(), time.monotonic()
-        args = [token, holder, settings.takeover_after, settings.history_ttl]
-        if not store.scripts("take_recovery", [store.keys.recovery(worker_id)], args):
+        if not store.take_recovery(worker_id, token, holder, settings.takeover_after, settings.history_ttl):
             return None
         return cls(store, settings, identity, worker_id, token, sent)
 
@@ -104,12 +103,11 @@ class RecoveryClaim:
           redis.RedisError: When the tracker's Redis fails (the claim runs out: nothing more is done).
         """
         sent = time.monotonic()
-        k = self.store.keys
-        keys = [k.recovery(self.worker_id), k.deadlines(self.identity)]
-        args = [self.worker_id, self.token, self.settings.takeover_after, self.settings.history_ttl, call]
-        status: RenewStatus = checked_reply(
-            _RENEWED.get(int(self.store.scripts("renew_recovery", keys, args))), RenewStatus
+        settings = self.settings
+        reply = self.store.renew_recovery(
+            self.identity, self.worker_id, self.token, settings.takeover_after, settings.history_ttl, call
         )
+        status: RenewStatus = checked_reply(_RENEWED.get(reply), RenewStatus)
         if status == "lost":
             raise RecoveryTakenOver(self.worker_id)
         self._renewed(sent)
@@ -145,9 +143,7 @@ class RecoveryClaim:
 
     def release(self) -> None:
         """Let another sweeper go on with the recovery at once (``lua/release_recovery.lua``)."""
-        k = self.store.keys
-        keys = [k.recovery(self.worker_id), k.deadlines(self.identity)]
-        self.store.scripts("release_recovery", keys, [self.worker_id, self.token])
+        self.store.release_recovery(self.identity, self.worker_id, self.token)
 
     def _renewed(self, sent: float) -> None:
         self._valid_until = sent + self.lease

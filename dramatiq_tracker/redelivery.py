@@ -40,9 +40,8 @@ from .brokers import RABBITMQ, REDIS, as_redis_broker, consumer_queues
 from .errors import RecoveryTakenOver
 from .options import ATTEMPT_OPTION, QUARANTINE_OPTION, RECOVERIES_OPTION, attempt_of
 from .orphans import DROPPED, QUARANTINED_OUTCOME, REDELIVERED, Candidate, Claims, LockCleaners, Orphan
-from .records import CorruptRecord, InflightRecord, WorkerInfo
+from .records import CorruptRecord, InflightRecord, WorkerInfo, parse_outbox_entry
 from .recovery_claim import RecoveryClaim
-from .store import parse_outbox_entry
 
 if TYPE_CHECKING:
     from dramatiq import Broker

@@ -148,11 +148,14 @@ class DeclaredDead:
         holds its recovery).
       registration(str): The raw registration JSON of a dead worker.
       records(dict[str, str]): The raw in-flight records of a dead worker, by message id.
+      dead_since(int): When a dead worker died, as far as the server can tell (its presence lost, else
+        its last heartbeat), in server ms.
     """
 
     status: DeathStatus
     registration: str = ""
     records: dict[str, str] = dataclasses.field(default_factory=dict)
+    dead_since: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

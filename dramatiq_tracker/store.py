@@ -16,7 +16,6 @@ a Redis Cluster as on a single server.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -26,6 +25,7 @@ import redis.cluster
 
 from .errors import RecoveryTakenOver
 from .keys import Keys
+from .records import LockInfo
 from .scripts import (
     AtRiskStart,
     ClaimMode,
@@ -51,49 +51,6 @@ from .scripts import (
 
 if TYPE_CHECKING:
     from .records import WorkerInfo
-
-
-@dataclasses.dataclass(frozen=True)
-class LockInfo:
-    """A uniqueness lock, as operators see it.
-
-    Parameters:
-      digest(str)
-      message_id(str): The message that owns it.
-      attempt(int): The owning attempt.
-      mode(str): The lock mode.
-      actor_name(str)
-      queue_name(str)
-      worker_id(str): The worker running the owner, or "" while it is queued.
-      acquired_at(int): Server time, in ms since the epoch.
-      ttl(int|None): Milliseconds until it expires; None when it never does.
-    """
-
-    digest: str
-    message_id: str
-    attempt: int
-    mode: str
-    actor_name: str
-    queue_name: str
-    worker_id: str
-    acquired_at: int
-    ttl: int | None
-
-
-def _lock_info(digest: str, fields: Mapping[Any, Any], ttl: Any) -> LockInfo:
-    lock = {text(name): text(value) for name, value in fields.items()}
-    remaining = to_int(ttl)
-    return LockInfo(
-        digest=digest,
-        message_id=lock.get("message_id", ""),
-        attempt=to_int(lock.get("attempt")),
-        mode=lock.get("mode", ""),
-        actor_name=lock.get("actor", ""),
-        queue_name=lock.get("queue", ""),
-        worker_id=lock.get("worker", ""),
-        acquired_at=to_int(lock.get("acquired_at")),
-        ttl=remaining if remaining >= 0 else None,
-    )
 
 
 #: How many events one script call appends.
@@ -249,7 +206,7 @@ class TrackerStore:
           record(str): Its in-flight record, JSON.
         """
         k = self.keys
-        keys = [k.workers, k.dead_workers, k.inflight(worker_id), k.running, k.message(message_id)]
+        keys = [k.workers, k.dead_workers, k.inflight(worker_id), k.running, k.message(message_id), k.counters]
         reply = [text(item) for item in self.scripts("begin_at_risk", keys, [worker_id, owner, message_id, record])]
         status: Literal["ok", "fenced", "unknown"] = checked_reply(reply[0], Literal["ok", "fenced", "unknown"])
         if status != "ok":
@@ -264,6 +221,10 @@ class TrackerStore:
         """Set fields of a message's history, deleting ``forget`` first (``lua/note_history.lua``)."""
         args = [history_ttl, forget, *_flat(fields.items())]
         self.scripts("note_history", [self.keys.message(message_id)], args)
+
+    def note_stopping(self, info: WorkerInfo) -> bool:
+        """Rewrite a registered worker's registration, which says it is stopping (``lua/note_stopping.lua``)."""
+        return bool(self.scripts("note_stopping", [self.keys.workers], [info.worker_id, info.to_json()]))
 
     def deregister(self, info: WorkerInfo, identity: str) -> int:
         """Remove a stopped worker.
@@ -344,6 +305,7 @@ class TrackerStore:
         caller: str | None = None,
         claim: str = "",
         history_ttl: int = 0,
+        heartbeat_timeout: int = 0,
         dry_run: bool = False,
     ) -> DeclaredDead:
         """Confirm a worker's death and fence it (``lua/declare_dead.lua``).
@@ -358,6 +320,7 @@ class TrackerStore:
           claim(str): A token to claim the recovery of the worker under, if it is dead (see
             :class:`~dramatiq_tracker.recovery_claim.RecoveryClaim`); "" to only declare it dead.
           history_ttl(int): How long the claim is kept, in ms.
+          heartbeat_timeout(int): Its heartbeat deadline minus this is its last heartbeat, in ms.
           dry_run(bool): Only say what it would find; change nothing.
         """
         k = self.keys
@@ -370,14 +333,14 @@ class TrackerStore:
         channel = k.presence_channel(worker_id)
         args = [
             worker_id, reason, retry_after, int(dry_run), settle, grace, channel, "1" if self.sharded else "0",
-            claim, caller or "", history_ttl or retry_after,
+            claim, caller or "", history_ttl or retry_after, heartbeat_timeout,
         ]  # fmt: skip
         reply = self.scripts("declare_dead", keys, args)
         status: DeathStatus = checked_reply(reply[0], DeathStatus)
         if status != "dead":
             return DeclaredDead(status)
-        flat = [text(item) for item in reply[2:]]
-        return DeclaredDead(status, text(reply[1]), dict(zip(flat[::2], flat[1::2], strict=True)))
+        flat = [text(item) for item in reply[3:]]
+        return DeclaredDead(status, text(reply[1]), dict(zip(flat[::2], flat[1::2], strict=True)), to_int(reply[2]))
 
     def claim_orphans(
         self,
@@ -403,7 +366,10 @@ class TrackerStore:
         if not requests:
             return []
         k = self.keys
-        keys = [k.inflight(worker_id), k.running, k.outbox(identity), k.revoked(worker_id), k.recovery(worker_id)]
+        keys = [
+            k.inflight(worker_id), k.running, k.outbox(identity), k.revoked(worker_id), k.recovery(worker_id),
+            k.counters,
+        ]  # fmt: skip
         orphans = []
         for request in requests:
             keys.append(k.message(request.message_id))
@@ -480,6 +446,25 @@ class TrackerStore:
             raise RecoveryTakenOver(worker_id)
         return None if entry == "gone" else entry
 
+    def renew_recovery(
+        self, identity: str, worker_id: str, claim: str, takeover_after: int, ttl: int, call: str
+    ) -> int:
+        """Renew a recovery claim, noting a lock cleaner call (``lua/renew_recovery.lua``): 0 when the claim
+        is not the caller's, 2 when the call was noted already, else 1."""
+        keys = [self.keys.recovery(worker_id), self.keys.deadlines(identity)]
+        return to_int(self.scripts("renew_recovery", keys, [worker_id, claim, takeover_after, ttl, call]))
+
+    def take_recovery(self, worker_id: str, claim: str, holder: str, takeover_after: int, ttl: int) -> bool:
+        """Claim a worker's recovery unless another renewed its claim lately (``lua/take_recovery.lua``)."""
+        return bool(
+            self.scripts("take_recovery", [self.keys.recovery(worker_id)], [claim, holder, takeover_after, ttl])
+        )
+
+    def release_recovery(self, identity: str, worker_id: str, claim: str) -> bool:
+        """Let another sweeper go on with a recovery at once (``lua/release_recovery.lua``)."""
+        keys = [self.keys.recovery(worker_id), self.keys.deadlines(identity)]
+        return bool(self.scripts("release_recovery", keys, [worker_id, claim]))
+
     def unpark(self, identity: str, message_id: str) -> None:
         """Remove an orphan from the outbox once it has been re-enqueued."""
         self.client.hdel(self.keys.outbox(identity), message_id)
@@ -543,7 +528,7 @@ class TrackerStore:
             pipe.pttl(self.keys.lock(digest))
         replies = pipe.execute()
         found = [
-            _lock_info(digest, fields, ttl)
+            LockInfo.from_redis(digest, fields, ttl)
             for digest, fields, ttl in zip(digests, replies[::2], replies[1::2], strict=True)
             if fields
         ]
@@ -576,15 +561,3 @@ class TrackerStore:
     def broker_peers(self, broker_id: str) -> list[str]:
         """Ids of the workers registered with a RedisBroker ``broker_id``."""
         return [text(wid) for wid in self.client.smembers(self.keys.broker(broker_id))]
-
-
-def parse_outbox_entry(raw: str) -> tuple[int, str, str]:
-    """An outbox entry's (parked_at, record JSON, dead worker id).
-
-    Raises:
-      ValueError: When it is not an outbox entry.
-    """
-    entry = json.loads(raw)
-    if not isinstance(entry, dict):
-        raise ValueError("not a JSON object")
-    return int(entry["parked_at"]), str(entry["record"]), str(entry.get("worker", ""))

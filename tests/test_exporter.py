@@ -131,6 +131,8 @@ def test_a_scrape_shows_the_cluster_and_a_killed_workers_recovery(
             (found := scrape(base))
             and value(found, "dramatiq_tracker_events_total", kind=RECOVERED) == 2
             and value(found, "dramatiq_tracker_workers", state="dead") == 1
+            # (the recovered copies running on the new worker: the queue's gauges are there again)
+            and value(found, "dramatiq_tracker_inflight_messages", queue_name=queue) == 2
             and found
         ),
         BOUND + 5,

@@ -9,10 +9,13 @@ Pub/Sub subscription of this test, on the channel a worker subscribes to."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import signal
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
+from dramatiq.brokers.redis import RedisBroker
 
 from dramatiq_tracker.connection import delete_keys
 from dramatiq_tracker.keys import identity_digest
@@ -23,7 +26,7 @@ from dramatiq_tracker.ops.views import LATENCY_BOUNDS, PRESENCE_LOST
 from .conftest import Namespaces
 from .dashboard_seed import BROKER_IDENTITY, LATENCY_COUNTERS, SeedRecord, register_worker
 from .servers import RedisClusterServers
-from .support import wait_for
+from .support import WorkerProcess, send, wait_for, wait_registered
 
 
 @pytest.fixture
@@ -97,6 +100,32 @@ def test_a_worker_shutting_down_is_stopping_not_alive_and_a_bad_stopping_time_is
         "w-stopping",
         "field 'stopping_at' is not a time in ms: 'soon' (read as not stopping)",
     )
+
+
+def test_a_real_worker_given_sigterm_is_stopping_until_it_is_gone(
+    namespaces: Namespaces,
+    inspector: Inspector,
+    store: InspectionStore,
+    spawn_worker: Callable[..., WorkerProcess],
+    producer: RedisBroker,
+    redis_client: redis.Redis,
+) -> None:
+    # Given a worker running a message longer than its shutdown timeout (5 s)
+    process = spawn_worker(threads=1)
+    (info,) = wait_registered(store, 1)
+    send(producer, namespaces.queue, "slow", 1)
+    wait_for(lambda: redis_client.llen("%s:started" % namespaces.report) == 1, 20, message="running")
+    # When it is told to stop, as an orchestrator would
+    sent = time.time()
+    process.process.send_signal(signal.SIGTERM)
+    # Then while it waits for its message it is stopping, since about then
+    view = wait_for(
+        lambda: (found := inspector.worker(info.worker_id)) is not None and found.state == STOPPING and found,
+        5,
+        message="stopping",
+    )
+    assert abs(view.stopping_at / 1000 - sent) < 3
+    assert view.alive
 
 
 def test_a_registration_no_sweep_can_find_says_so_and_its_orphans_are_not_called_unswept(

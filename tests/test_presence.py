@@ -137,6 +137,13 @@ def test_a_worker_killed_where_its_process_cannot_be_seen_is_recovered_within_it
     assert event is not None and event.details["reason"] == "presence gone"
     assert sorted(m for m, pid, _ in events(redis_client, namespaces, "started") if pid == survivor.pid) == sorted(sent)
     assert [w.worker_id for w in registered(store)] == [survivor.worker_id]
+    # And the operators' recovery latency counted both, from the loss of its presence to their new start
+    counters = {k.decode(): int(v) for k, v in redis_client.hgetall(store.keys.counters).items()}
+    assert counters["recovery_latency_count"] == 2
+    assert 0 < counters["recovery_latency_sum_ms"] <= 2 * (max(restarted()) - killed) * 1000 + 500
+    buckets = {k: v for k, v in counters.items() if k.startswith("recovery_latency_le:")}
+    assert sum(buckets.values()) == 2
+    assert all(k != "recovery_latency_le:inf" and int(k.partition(":")[2]) <= 5000 for k in buckets)
 
 
 def test_a_restarted_container_recovers_its_predecessors_orphans_at_boot(

@@ -9,6 +9,7 @@
 -- KEYS[3] inflight      HASH    this worker's message id -> in-flight record; "__seq__" -> write count
 -- KEYS[4] running       HASH    message id -> "worker id|token|retries", all workers
 -- KEYS[5] history       HASH    the message's history
+-- KEYS[6] counters      HASH    where the recovery latency is counted (see the fragment _latency)
 --
 -- ARGV[1] this worker's id
 -- ARGV[2] this attempt's "token|retries"
@@ -22,8 +23,13 @@
 -- that is still recorded keeps its place in the running index, and, when it
 -- runs in this same worker, its record: the caller decides whether it ended,
 -- is a dead worker's orphan to claim, or a live duplicate to wait for.
+-- The first start of a dead worker's orphan delivered again counts its
+-- recovery latency (history fields dead_since, restarted: see claim_orphans).
+
+-- include: _latency
 
 local workers, dead_workers, inflight, running, history = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local counters = KEYS[6]
 
 local worker_id, message_id = ARGV[1], ARGV[3]
 if redis.call("zscore", dead_workers, worker_id) then
@@ -44,6 +50,14 @@ if string.sub(previous, 1, #prefix) ~= prefix then
     redis.call("hset", inflight, message_id, ARGV[4])
 end
 redis.call("hincrby", inflight, "__seq__", 1)
+
+local death = redis.call("hmget", history, "dead_since", "restarted")
+if death[1] and not death[2] then
+    local time = redis.call("time")
+    local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+    redis.call("hset", history, "restarted", now)
+    count_latency(counters, now - (tonumber(death[1]) or now))
+end
 
 local result = {"ok", previous}
 for _, item in ipairs(redis.call("hgetall", history)) do

@@ -7,7 +7,8 @@
 -- KEYS[3] outbox        HASH    message id -> {"parked_at", "record", "worker", "token"} (JSON), of the caller's broker identity
 -- KEYS[4] revoked       HASH    the dead worker's message id -> the attempt that superseded its copies
 -- KEYS[5] recovery      HASH    the dead worker's recovery claim (see the fragment _recovery)
--- KEYS[6..] per orphan, in ARGV order: its history HASH, then, only if it has a lock,
+-- KEYS[6] counters      HASH    where the recovery latency is counted (see the fragment _latency)
+-- KEYS[7..] per orphan, in ARGV order: its history HASH, then, only if it has a lock,
 --           its lock HASH and the locks ZSET (lock digest -> expiry), so that no lock
 --           key is ever touched where no unique message is involved
 --
@@ -60,7 +61,10 @@
 -- last moved it), orphaned_at (server ms), orphaned_running (1 when it was
 -- running), orphaned_by ("sweep", or "start" when a starting copy took it:
 -- that copy runs it, and the dead worker's copies of it are stale), outcome,
--- awaiting_from (a dead worker whose orphan the broker
+-- dead_since (when the dead worker died: from its recovery HASH, see
+-- declare_dead), restarted (when its recovered copy
+-- first started: its recovery latency was counted then, by begin_at_risk or
+-- by the start that took it here), awaiting_from (a dead worker whose orphan the broker
 -- has yet to redeliver).
 --
 -- Returns a JSON array with, per orphan, [running (0/1), taken (0/1),
@@ -68,6 +72,8 @@
 -- by start is 1 when a starting copy took it earlier (it runs there);
 -- awaiting is 1 when the recovery is left for the broker's redelivery
 -- (outcome ""); the lock outcome is "deleted", "transferred" or "".
+
+-- include: _latency
 
 local inflight, running, outbox, revoked = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 
@@ -81,6 +87,8 @@ if token ~= "" and not dry_run and redis.call("hget", KEYS[5], "token") ~= token
     return "fenced"
 end
 local taker = token ~= "" and "sweep" or "start"
+local dead_since = tonumber(redis.call("hget", KEYS[5], "dead_since"))
+local counters = KEYS[6]
 
 -- Every write goes through here: a dry run (a plan) reads and decides, and changes nothing.
 local function write(...)
@@ -97,7 +105,7 @@ local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 -- The history fields a claim reads, in one call.
 local function read(history)
     local h = redis.call("hmget", history, "recoveries", "attempt", "orphaned_from", "outcome", "orphaned_running",
-        "awaiting_from", "abort", "orphaned_at", "orphaned_by")
+        "awaiting_from", "abort", "orphaned_at", "orphaned_by", "restarted", "dead_since")
     return {
         recoveries = tonumber(h[1] or "0") or 0,
         attempt = tonumber(h[2] or "0") or 0,
@@ -108,6 +116,8 @@ local function read(history)
         abort = h[7],
         orphaned_at = tonumber(h[8] or "0") or 0,
         orphaned_by = h[9],
+        restarted = h[10],
+        dead_since = tonumber(h[11]),
     }
 end
 
@@ -119,6 +129,23 @@ local function decide(h, recoveries, max_recoveries, aborted)
         return "quarantine"
     end
     return "deliver"
+end
+
+-- When its worker died, and, for a copy that starts now (a start takes it), the recovery latency.
+local function note_death(history, h)
+    local since = dead_since or h.dead_since
+    if not since then
+        return
+    end
+    write("hset", history, "dead_since", since)
+    if taker == "start" and not h.restarted then
+        write("hset", history, "restarted", now)
+        if not dry_run then
+            count_latency(counters, now - since)
+        end
+    elseif taker == "sweep" then
+        write("hdel", history, "restarted")
+    end
 end
 
 -- The revoked list's new entries (message id, attempt, ...), written at the end in one call.
@@ -145,6 +172,7 @@ local function move(history, h, message_id, current, max_recoveries, aborted, wa
     if h.awaiting_from then
         write("hdel", history, "awaiting_from")
     end
+    note_death(history, h)
     write("pexpire", history, ttl)
     revisions[#revisions + 1] = message_id
     revisions[#revisions + 1] = attempt
@@ -188,7 +216,7 @@ for start = 1, #ids, 1000 do
 end
 local unrecorded, unindexed, seen = {}, {}, {}
 
-local key = 6
+local key = 7
 for i, orphan in ipairs(orphans) do
     local message_id, current, digest, lock_mode = orphan[1], tonumber(orphan[2]) or 0, orphan[3], orphan[4]
     local max_recoveries, aborted = tonumber(orphan[5]), orphan[6] == 1
@@ -219,6 +247,7 @@ for i, orphan in ipairs(orphans) do
             unindexed[#unindexed + 1] = message_id
         end
         if mode == "await" and (ours or not owner) then
+            note_death(history, h)
             write("hset", history, "awaiting_from", worker_id)
             write("pexpire", history, ttl)
             awaiting = 1

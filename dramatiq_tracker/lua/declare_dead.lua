@@ -29,6 +29,7 @@
 --         (see the fragment _recovery); "" to only declare it dead (a start that takes one orphan)
 -- ARGV[10] the caller's worker id, or ""
 -- ARGV[11] history_ttl (ms): how long the claim is kept
+-- ARGV[12] heartbeat_timeout (ms): the worker's last heartbeat was this long before its deadline
 --
 -- Returns {"gone"} when the worker is not registered (its deadline entry is
 -- removed, so that it never blocks the others); {"unsure"} when this server
@@ -36,8 +37,11 @@
 -- reached it yet) or the caller's own heartbeat is not on it, for a death
 -- judged by presence or heartbeat; {"alive"} when the reason does not hold
 -- (its heartbeat is fresh, or its presence is back or was not gone long
--- enough, or it heartbeat since); else {"dead", registration, message id,
--- record, message id, record, ...}, the claim taken; {"claimed"} when it is dead
+-- enough, or it heartbeat since); else {"dead", registration, dead since,
+-- message id, record, message id, record, ...}, the claim taken: dead since
+-- is when the worker died as far as the server can tell (its presence lost,
+-- else its last heartbeat; server ms), noted in the recovery HASH at its first
+-- declaration; {"claimed"} when it is dead
 -- but another sweeper holds the claim on its recovery, renewed within
 -- retry_after (that sweeper is recovering it).  A dead worker's heartbeat is deleted
 -- and its id is tombstoned, so that should it be alive after all, its next
@@ -90,6 +94,27 @@ elseif reason == "presence" then
     end
 end
 
+-- When it died, as far as this server can tell: kept from its first declaration.
+local dead_since = redis.call("hget", recovery, "dead_since")
+if not dead_since then
+    local since = string.match(redis.call("hget", absent, worker_id) or "", "^(%d+)|")
+    local beat = redis.call("hget", presence, worker_id)
+    local deadline = redis.call("zscore", deadlines, worker_id)
+    if reason == "presence" and since then
+        dead_since = since
+    elseif beat then
+        dead_since = beat
+    elseif deadline and not redis.call("zscore", dead_workers, worker_id) then
+        dead_since = tostring(math.min(now, tonumber(deadline) - (tonumber(ARGV[12]) or 0)))
+    else
+        dead_since = tostring(now)
+    end
+    if not dry_run then
+        redis.call("hset", recovery, "dead_since", dead_since)
+        redis.call("pexpire", recovery, ARGV[11])
+    end
+end
+
 local token = ARGV[9]
 if not dry_run and token ~= "" then
     if claimed_by_another(recovery, token, now, tonumber(ARGV[3])) then
@@ -106,7 +131,7 @@ if not dry_run then
     redis.call("zadd", deadlines, now + tonumber(ARGV[3]), worker_id)
 end
 
-local result = {"dead", registration}
+local result = {"dead", registration, dead_since}
 local records = redis.call("hgetall", inflight)
 for i = 1, #records, 2 do
     if records[i] ~= "__seq__" then

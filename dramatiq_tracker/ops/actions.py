@@ -35,7 +35,7 @@ LISTED = 1_000_000
 
 if TYPE_CHECKING:
     from ..orphans import RecoveryReport
-    from ..store import LockInfo
+    from ..records import LockInfo
     from .inspection import Inspector
 
 

@@ -29,9 +29,8 @@ from ..connection import DEFAULT_URL, URL_ENVIRONMENT_VARIABLE, client_from_url,
 from ..errors import ConfigurationError
 from ..host import HostFacts
 from ..keys import Keys, validate_namespace
-from ..records import InflightRecord
+from ..records import InflightRecord, LockInfo, parse_outbox_entry
 from ..settings import DEFAULT_NAMESPACE
-from ..store import LockInfo, parse_outbox_entry
 from .failures import CLIENT_ERRORS
 from .reads import SCAN_COUNT, InspectionStore
 from .status import StatusReads

@@ -19,8 +19,9 @@ import redis
 import redis.cluster
 
 from ..keys import SEQUENCE_FIELD
+from ..records import LockInfo
 from ..scripts import Scripts, text, to_int
-from ..store import LockInfo, TrackerStore
+from ..store import TrackerStore
 
 T = TypeVar("T")
 

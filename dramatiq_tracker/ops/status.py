@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ..store import parse_outbox_entry
+from ..records import parse_outbox_entry
 from .reads import InflightSummary, script_batches
 from .views import STATES, ClusterStatus, InflightView, Page, Problem, QueueStatus, Unswept, WorkerView
 from .workers import WorkerReads

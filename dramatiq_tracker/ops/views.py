@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ..events import TrackerEvent
-from ..store import LockInfo
+from ..records import LockInfo
 from .states import (
     ALIVE,
     DEAD,

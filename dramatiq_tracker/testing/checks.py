@@ -22,7 +22,7 @@ from ..scripts import text
 if TYPE_CHECKING:
     from dramatiq import Broker
 
-    from ..store import LockInfo
+    from ..records import LockInfo
 from .config import _POLL, TrackerTestConfig, TrackerTestError
 from .runs import Run, read_runs
 

@@ -21,7 +21,7 @@ from ...events import (
     WORKER_DEAD,
     TrackerEvent,
 )
-from ...store import LockInfo
+from ...records import LockInfo
 from ..actions import Operator
 from ..inspection import DEAD, FENCED, GONE, RECOVERING, UNRESPONSIVE, Inspector
 from ..queues import queue_depths
