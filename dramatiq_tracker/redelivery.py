@@ -165,11 +165,19 @@ class RedisRedelivery(Redelivery):
         redis_broker = as_redis_broker(broker)
         self.broker_store = BrokerStore(redis_broker.client, redis_broker.namespace, settings.namespace)
 
-    def _process_alive_elsewhere(self, worker: WorkerInfo) -> bool:
-        # A worker id that was fenced and re-registered shares its broker_id with its new id:
-        # the process is alive and owns its acks, which must not be taken from it.
+    def _live_peers(self, worker: WorkerInfo) -> list[WorkerInfo | None]:
+        """The live workers that share ``worker``'s broker_id: its own process under a new id (it was
+        fenced), or processes forked after the broker was built; None for one that is unreadable."""
         peers = [wid for wid in self.store.broker_peers(worker.broker_id) if wid != worker.worker_id]
-        return bool(peers) and any(self.store.alive(peers))
+        live = [wid for wid, alive in zip(peers, self.store.alive(peers), strict=True) if alive] if peers else []
+        registrations = self.store.registrations(live) if live else {}
+        found: list[WorkerInfo | None] = []
+        for worker_id in live:
+            try:
+                found.append(WorkerInfo.from_json(registrations[worker_id]))
+            except (KeyError, CorruptRecord):
+                found.append(None)
+        return found
 
     def recover(
         self,
@@ -179,9 +187,11 @@ class RedisRedelivery(Redelivery):
         claim: RecoveryClaim | None = None,
         dry_run: bool = False,
     ) -> Recovered:
-        if self._process_alive_elsewhere(worker):
-            # Its running messages are its own zombies now, and it completes them itself:
-            # nothing is moved, counted or unlocked.
+        peers = self._live_peers(worker)
+        if any(peer is None or peer.host == worker.host for peer in peers):
+            # A worker id that was fenced and re-registered shares its broker_id with its new id: the
+            # process is alive and owns its acks, and its running messages are its own zombies now,
+            # which it completes itself: nothing is moved, counted or unlocked.
             self.logger.warning(
                 "Worker %r was declared dead, but its process is alive under another worker id; "
                 "its messages are left to it.",
@@ -190,6 +200,21 @@ class RedisRedelivery(Redelivery):
             return Recovered([])
         records = self.parse_records(worker, raw_records)
         found, superseded = self._found(worker, records)
+        if peers:
+            # Processes forked after their broker was built share its acks: only what this one was
+            # recorded running is known to be its own.  What it had prefetched stays there (Dramatiq
+            # gives it back when the last of them stops, as it does without the tracker).
+            found, superseded = [c for c in found if c.record is not None], []
+            self.logger.warning(
+                "Worker %r shared its RedisBroker broker_id %r with %d live processes (a broker built before "
+                "a fork): the %d messages it was recorded running are delivered again; those it had only "
+                "fetched stay in the shared acks until every one of these processes stops. Build the broker "
+                "in each process.",
+                worker.worker_id,
+                worker.broker_id,
+                len(peers),
+                len(found),
+            )
         decodable = [c for c in found if c.message is not None]
         claims = self.claims.claim(worker, decodable, "deliver", claim=claim, dry_run=dry_run)
         if dry_run or claim is None:

@@ -204,7 +204,8 @@ class WorkerProcess:
 
     Parameters:
       isolation(str): Where it runs (see :data:`ISOLATIONS`).
-      app(str): The module it runs, another app of tests/apps/ if given.
+      app(str): The module it runs, another app of tests/apps/ if given; "<module> --" runs that module
+        itself (``python -m``) instead of the ``dramatiq`` command, with the same arguments.
     """
 
     def __init__(
@@ -220,7 +221,7 @@ class WorkerProcess:
         self.log_path = log_path
         self.isolation = isolation
         command = isolated([
-            sys.executable, "-m", "dramatiq", app,
+            sys.executable, "-m", *(app.split() if " " in app else ["dramatiq", app]),
             "--processes", "1", "--threads", str(threads), "--worker-shutdown-timeout", "5000",
             *(extra or []),
         ], isolation)  # fmt: skip
