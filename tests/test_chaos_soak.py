@@ -1,6 +1,11 @@
 """A short chaos soak (``benchmarks/chaos.py``): workers SIGKILLed, frozen past their heartbeat
-timeout, and the tracker's Redis restarted empty, while messages flow; nothing may be lost and no
-uniqueness lock may be left behind.
+timeout, and the tracker's Redis restarted empty, while messages flow; after some kills the sweeper
+recovering the dead worker is frozen past ``takeover_after`` in the middle of the recovery (often in
+a call of the soak's slow lock cleaner), so that another takes it over; on RabbitMQ, workers'
+connections are closed from the server (``rabbitmqctl close_connection``), which requeues their
+unacked messages while they run on. Nothing may be lost, no uniqueness lock may be left behind, a
+message may run again only in the documented windows, and each recovery of a running orphan must
+call the lock cleaner exactly once, never after the orphan ran again.
 
 It runs only when selected (``pytest -m soak``, or ``SOAK=1``): it takes a minute or more per broker.
 """

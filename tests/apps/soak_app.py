@@ -9,13 +9,23 @@ actor appends two JSON entries to the list ``<SOAK_REPORT_PREFIX>:ledger`` on th
 appends ``{"pid", "ppid", "worker_id", "at"}`` to ``<prefix>:boot`` when it boots, so that the soak
 knows which process its ``dramatiq`` command runs the actors in; every tracker event (the
 ``on_event`` callback) is appended to ``<prefix>:events``.
+
+A lock cleaner is registered (``tracker.add_lock_cleaner``): it sleeps 0-2 s (one call in seven:
+2-6 s), a length fixed by ``SOAK_SEED``, the message id and the orphan's attempt, as a cleaner that
+talks to another service would, and appends two entries per call to ``<prefix>:cleaners``:
+``start`` before it sleeps (message id, the orphan's attempt and dead worker id, pid, call id, time)
+and ``end`` after, so that a call whose process was killed midway is still counted. Each ledger
+entry also carries the attempt the tracker runs (``attempt``: the recovered copy's, on RabbitMQ
+too, where the server's redelivery carries no mark).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import time
+import uuid
 from typing import Any
 
 import dramatiq
@@ -27,6 +37,8 @@ from dramatiq_tracker import TrackerMiddleware
 KIND = os.environ["SOAK_BROKER_KIND"]
 QUEUE = os.environ["SOAK_QUEUE"]
 REPORT_PREFIX = os.environ["SOAK_REPORT_PREFIX"]
+#: The soak's seed: it fixes how long each lock cleaner call takes.
+SEED = os.environ.get("SOAK_SEED", "0")
 #: Where the ledger goes: the broker's Redis or another one, never the tracker's.
 report = redis.Redis.from_url(os.environ["SOAK_REPORT_URL"])
 
@@ -79,6 +91,25 @@ broker.add_middleware(_Booted())
 dramatiq.set_broker(broker)
 
 
+def cleaner_seconds(message_id: str, attempt: int) -> float:
+    """How long the lock cleaner takes for one orphan: 0-2 s, one call in seven 2-6 s."""
+    rng = random.Random("%s-%s-%d-cleaner" % (SEED, message_id, attempt))
+    return rng.uniform(2.0, 6.0) if rng.random() < 1 / 7 else rng.uniform(0.0, 2.0)
+
+
+def _clean_locks(orphan: Any) -> None:
+    """The soak's lock cleaner: slow, and it says when it started and when it ended."""
+    attempt = int(getattr(orphan, "attempt", 0) or 0)
+    call = {"call": uuid.uuid4().hex, "id": orphan.message_id, "attempt": attempt, "pid": os.getpid()}
+    start = {"event": "start", **call, "worker_id": str(getattr(orphan, "worker_id", "")), "at": time.time()}
+    report.rpush("%s:cleaners" % REPORT_PREFIX, json.dumps(start))
+    time.sleep(cleaner_seconds(orphan.message_id, attempt))
+    report.rpush("%s:cleaners" % REPORT_PREFIX, json.dumps({"event": "end", **call, "at": time.time()}))
+
+
+tracker.add_lock_cleaner(_clean_locks)
+
+
 def _ledger(event: str, actor: str, index: int) -> None:
     message = CurrentMessage.get_current_message()
     assert message is not None
@@ -94,6 +125,10 @@ def _ledger(event: str, actor: str, index: int) -> None:
     redelivered = getattr(message, "redelivered", None)
     if redelivered is not None:
         entry["redelivered"] = bool(redelivered)
+    # The attempt the tracker runs (its delivery, set on the message proxy; read with getattr).
+    attempt = getattr(vars(message).get("_tracker_delivery"), "attempt", None)
+    if isinstance(attempt, int):
+        entry["attempt"] = attempt
     report.rpush("%s:ledger" % REPORT_PREFIX, json.dumps(entry))
 
 
