@@ -523,7 +523,7 @@ class AtRiskStarts:
             redis_message_id=str(message.options.get("redis_message_id", "")),
             policy=delivery.policy,
         )
-        ((orphan, reply),) = self.claims.claim(worker, [candidate], "deliver")
+        ((orphan, reply),) = self.claims.claim(worker, [candidate], "deliver", starting=delivery.name.text)
         if not reply.taken:
             # Another copy of the orphan (a twin put-off copy, the broker's redelivery) or a sweeper took
             # it, and delivers it under a new attempt: this copy is a duplicate of that one.

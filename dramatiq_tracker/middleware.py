@@ -462,6 +462,10 @@ class TrackerMiddleware(Middleware):
                         proxy.fail()
                     quiet_skip(proxy)
                     raise SkipMessage()
+                if self._rabbit and fetched_on_closed_channel(proxy):
+                    # Its channel closed while it was decided (lock cleaners may take seconds): the server
+                    # delivers it again, and that copy is put off behind this attempt until it ends here.
+                    self._skip_closed_channel_copy(proxy)
         if policy.unique is not None or (special and not UNIQUE_MARKS.isdisjoint(options)):
             wiring = self.bind(broker)
             attempt = delivery.attempt if delivery is not None else attempt_of(options)

@@ -495,6 +495,7 @@ class Claims:
         mode: ClaimMode,
         *,
         claim: RecoveryClaim | None = None,
+        starting: str = "",
         dry_run: bool = False,
     ) -> list[tuple[Orphan, ClaimReply]]:
         """Claim orphans of a dead worker, in batches; one result per candidate, in order.
@@ -502,6 +503,8 @@ class Claims:
         Parameters:
           claim(RecoveryClaim|None): A sweeper's claim on the worker's recovery, under which the orphans
             are claimed; None for a start that claims the orphan it is about to run.
+          starting(str): That start's attempt name: it takes the dead attempt's place in the running
+            index in the same step.
           dry_run(bool): Only say what the claim would decide.
 
         Raises:
@@ -521,6 +524,7 @@ class Claims:
                 mode=mode,
                 history_ttl=self.settings.history_ttl,
                 claim=claim.token if claim is not None else "",
+                starting=starting,
                 dry_run=dry_run,
             )
         return [

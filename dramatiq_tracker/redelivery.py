@@ -42,6 +42,7 @@ from .options import ATTEMPT_OPTION, QUARANTINE_OPTION, RECOVERIES_OPTION, attem
 from .orphans import DROPPED, QUARANTINED_OUTCOME, REDELIVERED, Candidate, Claims, LockCleaners, Orphan
 from .records import CorruptRecord, InflightRecord, WorkerInfo, parse_outbox_entry
 from .recovery_claim import RecoveryClaim
+from .unique import lock_of
 
 if TYPE_CHECKING:
     from dramatiq import Broker
@@ -265,11 +266,30 @@ class RedisRedelivery(Redelivery):
                 worker.worker_id,
                 len(remarked),
             )
+            gone = [moved[rid][1] for _, rid, _ in raced if rid not in remarked]
+            self._release_unclaimed_locks(gone)
         for redis_id in settled.missing:
             self.logger.debug(
                 "Orphan %r of worker %r had no payload left; nothing to deliver.", redis_id, worker.worker_id
             )
         return Recovered([orphans[rid] for rid in settled.settled if rid in orphans], complete)
+
+    def _release_unclaimed_locks(self, orphans: list[Orphan]) -> None:
+        # Settled by someone else before the move: acked by the worker declared dead (a zombie that
+        # completed it), or requeued by Dramatiq's maintenance and fetched.  The lock the claim passed
+        # to the new attempt has no copy to release it, unless an attempt runs the message now.
+        for orphan in orphans:
+            if orphan.lock != "transferred" or orphan.message is None or self.store.is_running(orphan.message_id):
+                continue
+            digest, _ = lock_of(orphan.message.options)
+            if digest and self.store.release_lock(digest, orphan.message_id, orphan.attempt, ""):
+                self.logger.info(
+                    "Released the uniqueness lock %s of message %r: its copy on dead worker %r was settled "
+                    "before it could be moved back (acked or requeued), and no attempt runs it.",
+                    digest,
+                    orphan.message_id,
+                    orphan.worker_id,
+                )
 
     def _found(
         self, worker: WorkerInfo, records: Mapping[str, InflightRecord]

@@ -213,6 +213,10 @@ class TrackerStore:
             return status
         return AtRiskStart(reply[1], dict(zip(reply[2::2], reply[3::2], strict=True)))
 
+    def is_running(self, message_id: str) -> bool:
+        """Whether an attempt is recorded running the message (the running index names one)."""
+        return bool(self.client.hexists(self.keys.running, message_id))
+
     def take_running(self, message_id: str, previous: str, owner: str) -> bool:
         """Put an attempt in the place of an ended or dead one in the running index."""
         return bool(self.scripts("take_running", [self.keys.running], [message_id, previous, owner]))
@@ -351,6 +355,7 @@ class TrackerStore:
         mode: ClaimMode,
         history_ttl: int,
         claim: str = "",
+        starting: str = "",
         dry_run: bool = False,
     ) -> list[ClaimReply]:
         """Claim a dead worker's orphans, counting each recovery once, giving each moved copy a new
@@ -358,6 +363,7 @@ class TrackerStore:
 
         Parameters:
           claim(str): The sweeper's recovery claim token; "" for a start that claims its own orphan.
+          starting(str): For a start, its attempt's name, which takes the dead attempt's place.
           dry_run(bool): Decide and reply as a claim would; change nothing (a plan).
 
         Raises:
@@ -385,7 +391,7 @@ class TrackerStore:
                     int(request.aborted),
                 ]
             )
-        args = [worker_id, history_ttl, mode, json.dumps(orphans), int(dry_run), claim]
+        args = [worker_id, history_ttl, mode, json.dumps(orphans), int(dry_run), claim, starting]
         raw = self.scripts("claim_orphans", keys, args)
         if text(raw) == "fenced":
             raise RecoveryTakenOver(worker_id)

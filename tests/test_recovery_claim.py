@@ -153,3 +153,22 @@ def test_a_recovery_that_runs_out_of_its_budget_lets_the_next_sweep_go_on(
     assert sorted([*report.message_ids, recovered.orphans[0].message_id]) == sorted(m.message_id for m in messages)
     assert redis_client.llen("%s:%s" % (namespaces.broker, namespaces.queue)) == 3
     assert sorted(calls) == sorted(m.message_id for m in messages)
+
+
+def test_a_start_that_claims_an_orphan_takes_its_place_in_the_running_index_in_the_same_step(
+    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, tracker: TrackerMiddleware
+) -> None:
+    # Given a dead worker recorded running a message
+    info, (message,) = fake_dead_worker(redis_broker, tracker.store, namespaces.queue, 1, running=1)
+    running = tracker.store.keys.running
+    assert redis_client.hget(running, message.message_id).decode().startswith(info.worker_id + "|")
+
+    # When a copy of it starts elsewhere and claims it (a redelivery, a put-off copy)
+    candidate = Candidate(message.message_id, "work", namespaces.queue, message)
+    starting = "live-worker|token|0"
+    ((_, reply),) = tracker.wiring.claims.claim(info, [candidate], "deliver", starting=starting)
+
+    # Then that attempt is in the running index at once, while its lock cleaners run: a copy delivered
+    # meanwhile is put off behind it, never run as a first delivery
+    assert reply.taken
+    assert redis_client.hget(running, message.message_id) == starting.encode()

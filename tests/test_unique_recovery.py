@@ -17,6 +17,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from dramatiq_tracker import TrackerMiddleware
 from dramatiq_tracker.ops.reads import InspectionStore
+from dramatiq_tracker.orphans import Orphan
 from dramatiq_tracker.scripts import ClaimRequest
 from dramatiq_tracker.unique import compute_digest
 
@@ -81,6 +82,33 @@ def test_recovery_releases_exactly_the_locks_its_orphans_own(
     # And the live message's lock is untouched
     live = store.lock(live_digest)
     assert live is not None and (live.message_id, live.attempt, live.worker_id) == ("live-message", 0, "live-worker")
+
+
+def test_a_lock_passed_to_an_orphan_that_its_zombie_acked_before_the_move_is_released(
+    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces
+) -> None:
+    tracker = tracker_for(redis_broker, redis_client, namespaces.tracker)
+    store = reads(tracker)
+    queue = namespaces.queue
+    # Given a worker declared dead while it runs an until_executed message holding its lock
+    options = unique_options("until_executed", "work", queue, 0)
+    info, (orphan,) = fake_dead_worker(redis_broker, tracker.store, queue, 1, running=1, options=options)
+    digest = str(options["unique_digest"])
+    store.acquire_lock(digest, orphan.message_id, 0, "until_executed", "work", queue, info.worker_id, None)
+    acks = "%s:__acks__.%s.%s" % (namespaces.broker, info.broker_id, queue)
+
+    # When, while the sweeper cleans it (after the claim passed the lock on), the zombie completes and acks it
+    def zombie_acks(claimed: Orphan) -> None:
+        (redis_id,) = redis_client.smembers(acks)
+        redis_client.srem(acks, redis_id)
+        redis_client.hdel("%s:%s.msgs" % (namespaces.broker, queue), redis_id)
+
+    tracker.add_lock_cleaner(zombie_acks)
+    tracker.recover()
+
+    # Then no copy is moved back, and the lock no copy would ever release is released
+    assert redis_client.llen("%s:%s" % (namespaces.broker, queue)) == 0
+    assert store.lock(digest) is None
 
 
 @pytest.mark.parametrize("mode", ["while_executing", "until_executed"])

@@ -29,6 +29,9 @@
 -- ARGV[5] "1" for a dry run: decide and reply as a claim would, write nothing
 -- ARGV[6] the sweeper's recovery claim token; "" for a start that claims the orphan it is
 --         about to run (a broker's redelivery, a put-off copy whose twin died)
+-- ARGV[7] for a start: its attempt's "worker id|token|retries", which takes the dead attempt's
+--         place in the running index in the same step, so that a copy delivered meanwhile is put
+--         off behind it rather than run beside it; else ""
 --
 -- A sweeper claims only under its recovery claim: when the token is not the
 -- claim's any more (another sweeper took the recovery over), the reply is
@@ -87,6 +90,7 @@ if token ~= "" and not dry_run and redis.call("hget", KEYS[5], "token") ~= token
     return "fenced"
 end
 local taker = token ~= "" and "sweep" or "start"
+local starting = ARGV[7] or ""
 local dead_since = tonumber(redis.call("hget", KEYS[5], "dead_since"))
 local counters = KEYS[6]
 
@@ -216,6 +220,13 @@ for start = 1, #ids, 1000 do
 end
 local unrecorded, unindexed, seen = {}, {}, {}
 
+-- A starting copy takes the dead attempt's place in the running index (or an empty one).
+local function take_place(message_id, owner)
+    if starting ~= "" and (not owner or string.sub(owner, 1, #prefix) == prefix) then
+        write("hset", running, message_id, starting)
+    end
+end
+
 local key = 7
 for i, orphan in ipairs(orphans) do
     local message_id, current, digest, lock_mode = orphan[1], tonumber(orphan[2]) or 0, orphan[3], orphan[4]
@@ -243,7 +254,9 @@ for i, orphan in ipairs(orphans) do
         unrecorded[#unrecorded + 1] = message_id
         local owner = owners[i]
         local ours = owner and string.sub(owner, 1, #prefix) == prefix
-        if ours then
+        if starting ~= "" then
+            take_place(message_id, owner)
+        elseif ours then
             unindexed[#unindexed + 1] = message_id
         end
         if mode == "await" and (ours or not owner) then
@@ -272,10 +285,12 @@ for i, orphan in ipairs(orphans) do
     elseif mode == "deliver" and h.awaiting_from == worker_id then
         -- The broker's redelivery of an orphan a sweeper left awaiting is starting.
         was_running, taken = 1, 1
+        take_place(message_id, owners[i])
         recoveries, attempt, outcome = move(history, h, message_id, current, max_recoveries, aborted, true)
         owns_locks = true
     elseif mode == "deliver" then
         -- Prefetched, delayed, or started but not recorded yet: moved, not counted; a cancelled one stays dead.
+        take_place(message_id, owners[i])
         recoveries, attempt, outcome = move(history, h, message_id, current, max_recoveries, aborted, false)
         owns_locks = true
     end
