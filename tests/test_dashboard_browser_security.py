@@ -180,6 +180,6 @@ def test_a_wide_table_scrolls_in_its_section_and_the_arguments_stay_readable(
             "const cell = document.querySelector('td.preview code');return cell.getClientRects().length"
         )
         assert width >= 200 and lines <= 4, (width, lines)
-        assert chrome.find_element("css selector", "td.preview").get_attribute("title") == preview
+        assert read(chrome, "td.preview", "title") == preview
     finally:
         chrome.set_window_size(1280, 1000)
