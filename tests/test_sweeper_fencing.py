@@ -166,7 +166,9 @@ class Scene:
             for r in all_runs
             if r.recovered and r.message_id == c.message_id and c.at > r.at
         ]
-        assert not problems, "\n".join(problems)
+        # On one line: a CI summary keeps only the first line of a failure.
+        history = timeline(self.client, self.names, self.ids, self.killed_at).replace("\n", "; ")
+        assert not problems, "%s -- timeline: %s" % ("; ".join(problems), " ".join(history.split()))
 
     def short(self, message_id: str) -> str:
         return "m%d" % self.ids.index(message_id) if message_id in self.ids else message_id
