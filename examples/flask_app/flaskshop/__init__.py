@@ -24,7 +24,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     set (``FLASKSHOP_TRACKER_DASHBOARD_TOKEN``); put your own authentication in front of it too.
     """
     app = Flask(__name__)
-    app.config.update(REPORT_TITLE="Weekly report", TRACKER_DASHBOARD_TOKEN=None)
+    app.config.update(
+        REPORT_TITLE="Weekly report",
+        TRACKER_DASHBOARD_TOKEN=None,
+        # The host names the app is served as: the dashboard answers no other (a JSON list in
+        # FLASKSHOP_TRACKER_DASHBOARD_HOSTS, e.g. '["shop.example.com"]').
+        TRACKER_DASHBOARD_HOSTS=["localhost", "127.0.0.1", "[::1]"],
+    )
     app.config.from_prefixed_env("FLASKSHOP")
     app.config.update(config or {})
 
@@ -33,7 +39,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(reports)
     # The global broker's tracker: flaskshop's, or in tests the test broker's.
     dashboard = make_wsgi_middleware(
-        "/tracker", broker=dramatiq.get_broker(), token=app.config["TRACKER_DASHBOARD_TOKEN"]
+        "/tracker",
+        broker=dramatiq.get_broker(),
+        token=app.config["TRACKER_DASHBOARD_TOKEN"],
+        allowed_hosts=app.config["TRACKER_DASHBOARD_HOSTS"],
     )
     app.wsgi_app = dashboard(app.wsgi_app)
     return app
