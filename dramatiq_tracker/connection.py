@@ -168,7 +168,20 @@ class MasterWatch:
             ":".join(map(str, previous)),
             ":".join(map(str, address)),
         )
-        self.pool.disconnect()
+        self._leave_others(address)
         for listener in self.on_change:
             listener()
         return True
+
+    def _leave_others(self, master: tuple[Any, ...]) -> None:
+        """Disconnect every connection of the pool that is not to ``master``: idle ones, and those in use
+        on the old master (their command fails and is retried there).  Those already on the new master
+        are left alone: cutting one under the thread that uses it (a heartbeat) stalled that thread for
+        a whole socket timeout, longer than a short heartbeat_timeout."""
+        # The pool's own lists: redis-py has no public way to reach its connections in use.
+        pool: Any = self.pool
+        with pool._lock:
+            connections = [*pool._available_connections, *pool._in_use_connections]
+        for connection in connections:
+            if (getattr(connection, "host", None), getattr(connection, "port", None)) != master:
+                connection.disconnect()

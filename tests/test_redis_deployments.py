@@ -16,6 +16,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
 from dramatiq_tracker import TrackerMiddleware
+from dramatiq_tracker.connection import MasterWatch
 from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.records import WorkerInfo
 
@@ -140,6 +141,40 @@ def test_after_a_sentinel_failover_that_lost_writes_no_phantom_record_stays_and_
     wait_for(lambda: store.inflight(survivor.worker_id) == {}, 5, message="no phantom record")
     assert victim.worker_id in store.dead_workers()
     master.close()
+
+
+def test_a_master_move_drops_the_connections_to_the_old_master_and_no_other(
+    fresh_redis_sentinel: RedisSentinelServers,
+) -> None:
+    sentinel = fresh_redis_sentinel
+    client = sentinel.sentinel(socket_timeout=1).master_for(sentinel.service_name)
+    pool = client.connection_pool
+    watch = MasterWatch(client)
+    on_old = on_new = None
+    try:
+        assert not watch.moved()  # the first answer names where the client already is
+        # Given a connection in use on the master
+        on_old = pool.get_connection()
+        on_old.send_command("PING")
+        on_old.read_response()
+        # When the master fails over, and another thread's connection already talks to the new master
+        old, new = sentinel.failover()
+        on_new = pool.get_connection()
+        on_new.send_command("PING")
+        on_new.read_response()
+        assert (on_new.host, on_new.port) == new != old
+        # Then the watch sees the move, and cuts the connection to the old master only: a command on the
+        # new one (a heartbeat, in another thread) is not cut under its thread
+        assert watch.moved()
+        assert on_old._sock is None
+        assert on_new._sock is not None
+        on_new.send_command("PING")
+        assert on_new.read_response() in (b"PONG", "PONG")
+    finally:
+        for connection in (on_old, on_new):
+            if connection is not None:
+                pool.release(connection)
+        client.close()
 
 
 def test_the_trackers_redis_may_be_reached_over_tls(tls_redis: TlsRedisServer, namespaces: Namespaces) -> None:
