@@ -85,7 +85,7 @@ NEWEST_TESTS = (
     "tests/test_pytest_plugin.py",
 )
 #: Test processes (pytest-xdist) of ``test``: the tests mostly wait on worker processes.
-TEST_PROCESSES = os.environ.get("DEV_TEST_PROCESSES", "6")
+TEST_PROCESSES = os.environ.get("DEV_TEST_PROCESSES", "8")
 #: A line of the build's output that warns: "warning: ...", "WARNING ...", "SetuptoolsDeprecationWarning: ...".
 BUILD_WARNING = re.compile(r"(?i:\bwarning\b)|\w+Warning\b")
 #: Exits non-zero when dramatiq-abort can be imported.
@@ -184,8 +184,9 @@ def installed_versions(python: Path, names: Sequence[str]) -> dict[str, str]:
 
 
 def pytest_command(python: Path, extra: Sequence[str]) -> list[str]:
-    """pytest, in parallel: ``-n`` given in ``extra`` wins (it comes last)."""
-    return [str(python), "-m", "pytest", "-n", TEST_PROCESSES, *extra]
+    """pytest, in parallel (an idle process takes over the queued tests of a busy one): ``-n`` given in
+    ``extra`` wins (it comes last)."""
+    return [str(python), "-m", "pytest", "-n", TEST_PROCESSES, "--dist", "worksteal", *extra]
 
 
 def main(argv: list[str]) -> int:

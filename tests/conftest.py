@@ -75,6 +75,16 @@ def events(client: redis.Redis, names: Namespaces, event: str) -> list[tuple[str
     return found
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The longest first (the soak, then the tests that spawn worker processes), so that parallel runs
+    # (pytest-xdist) do not end waiting on a long test that started last; the order within each group
+    # is kept.
+    def weight(item: pytest.Item) -> int:
+        return 0 if item.get_closest_marker("soak") else 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=weight)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     # Keep each phase's report on the test, so that fixtures know at teardown whether it failed.
