@@ -37,7 +37,8 @@
 -- reached it yet) or the caller's own heartbeat is not on it, for a death
 -- judged by presence or heartbeat; {"alive"} when the reason does not hold
 -- (its heartbeat is fresh, or its presence is back or was not gone long
--- enough, or it heartbeat since); else {"dead", registration, dead since,
+-- enough, or it heartbeat since), never for a worker declared dead already
+-- (it stays dead); else {"dead", registration, dead since,
 -- message id, record, message id, record, ...}, the claim taken: dead since
 -- is when the worker died as far as the server can tell (its presence lost,
 -- else its last heartbeat; server ms), noted in the recovery HASH at its first
@@ -67,7 +68,12 @@ end
 local time = redis.call("time")
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
-if reason ~= "process" then
+-- Declared dead already (by another thread or sweeper, a moment ago): its presence and heartbeat are
+-- gone with that declaration, so they cannot be judged again; it stays dead (a zombie goes on under a
+-- new id).
+local declared = redis.call("zscore", dead_workers, worker_id)
+
+if reason ~= "process" and not declared then
     if now - server_since(server, now) < tonumber(ARGV[5]) then
         return {"unsure"}
     end
@@ -76,7 +82,9 @@ if reason ~= "process" then
     end
 end
 
-if reason == "heartbeat" then
+if declared then
+    -- Dead, as judged before: what follows reads and claims.
+elseif reason == "heartbeat" then
     local remaining = redis.call("pttl", heartbeat)
     if remaining > 0 then
         -- Alive: its deadline follows its heartbeat, should the two have drifted apart.
@@ -104,7 +112,7 @@ if not dead_since then
         dead_since = since
     elseif beat then
         dead_since = beat
-    elseif deadline and not redis.call("zscore", dead_workers, worker_id) then
+    elseif deadline and not declared then
         dead_since = tostring(math.min(now, tonumber(deadline) - (tonumber(ARGV[12]) or 0)))
     else
         dead_since = tostring(now)
