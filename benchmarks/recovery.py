@@ -46,13 +46,29 @@ namespace saw its Redis 2 x heartbeat_interval ago (before that, the tracker jud
 After its last kill it watches one more sweep_interval for duplicates (an orphan that started
 more than once after its kill).
 
-It prints, per broker and scenario: kills, median and max seconds (the acceptance is on the max),
-duplicates, how death was detected (the worker-dead event, else the survivor's log), who held the
-sweep lease at the kill, false deaths for the stalls, and on RabbitMQ the tracker minus plain
-Dramatiq; then the acceptance targets of issue #17, and the machine (cores, load average, versions).
+It prints a line per kill, then per broker and scenario: kills, median and max seconds (the
+acceptance is on the max), duplicates, and, for the tracker:
+
+- ``recovered``: seconds from the kill to the tracker's decision on the last orphan (its
+  ``recovered`` event); the rest, up to the start, is the broker's delivery (a RedisBroker
+  consumer polls an idle queue at most every second);
+- ``put off``: orphans delivered again while their victim looked alive, put off by heartbeat_timeout;
+- ``sweep lease at kill``: on a RedisBroker only the holder of the sweep lease (and a worker that
+  just booted) judges presence; a victim that held it leaves the peer to wait for it to expire;
+- ``detected``: the reason of the victim's worker-dead event, or of the survivor's log line ("presence
+  gone", "process gone", "heartbeat expired").  On RabbitMQ the worker that gets the redelivery
+  decides at once ("at redelivery"); a sweep's worker-dead event comes after;
+
+false deaths for the stalls, the restarted container's boot time, on RabbitMQ the tracker minus
+plain Dramatiq; then the acceptance targets of issue #17, the machine (cores, load average at start
+and end, versions) and the load average at the kills.
 
     python benchmarks/recovery.py [--broker redis|rabbitmq|both] [--only SCENARIO[,SCENARIO]] [--kills 10]
                                   [--url redis://...] [--rabbitmq-url amqp://...] [--plain-redis] [--timeout S]
+                                  [--at REV] [--keep-logs]
+
+The workers import a copy of the tracker made at the start, from the working tree or, with
+``--at REV``, from a git revision: a run measures one version even while the checkout is edited.
 
 Needs root for the namespaces (``unshare``); without it only ``same-host`` runs.
 """
@@ -77,7 +93,7 @@ import time
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -131,11 +147,11 @@ ISOLATION = {"same-host": "", "container": "container", "other-host": "host", "s
 STALLS = ("sigstop", "gil")
 #: The scenarios plain Dramatiq is measured in.
 PLAIN = ("same-host", "container", "other-host")
+#: The events of a delivery put off (until heartbeat_timeout) rather than run.
+PUT_OFF = ("duplicate-deferred", "start-put-off")
 #: Issue #17: the longest restart allowed, in s; and on RabbitMQ, the most above plain Dramatiq.
 TARGETS = {"container": 2.0, "other-host": 3.0}
 RABBITMQ_MARGIN = 1.0
-#: How the tracker names the way it found a worker dead (worker-dead events, its log).
-REASONS = ("presence gone", "process gone", "heartbeat expired")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
@@ -223,32 +239,20 @@ class WorkerProcess:
     """A ``dramatiq`` CLI (one worker process) running ``recovery_app``, in a session of its own, here,
     in a container (a new pid namespace) or on another host (new UTS and pid namespaces)."""
 
-    def __init__(self, command: list[str], env: dict[str, str], isolation: str, log_path: Path) -> None:
+    def __init__(self, command: list[str], env: dict[str, str], isolation: str, log_path: Path, cwd: Path) -> None:
         self.isolation = isolation
         self.log_path = log_path
         self.boot: Boot | None = None
         self._worker_pid: int | None = None
+        unshare = ["unshare", "--pid", "--fork", "--mount-proc"]
         if isolation == "container":
-            command = ["unshare", "--pid", "--fork", "--mount-proc", *command]
+            command = [*unshare, *command]
         elif isolation == "host":
-            script = 'hostname "$1" && shift && exec "$@"'
-            hostname = "bench-otherhost-%s" % uuid.uuid4().hex[:6]
-            command = [
-                "unshare",
-                "--uts",
-                "--pid",
-                "--fork",
-                "--mount-proc",
-                "sh",
-                "-c",
-                script,
-                "sh",
-                hostname,
-                *command,
-            ]
+            script, hostname = 'hostname "$1" && shift && exec "$@"', "bench-otherhost-%s" % uuid.uuid4().hex[:6]
+            command = ["unshare", "--uts", *unshare[1:], "sh", "-c", script, "sh", hostname, *command]
         with open(log_path, "ab") as log:
             self.process = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
 
     @property
@@ -268,6 +272,11 @@ class WorkerProcess:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def last_error(self) -> str:
+        """The last line of its log that names an error: why it failed, in a word."""
+        lines = [line for line in self.output().splitlines() if "Error" in line or "Exception" in line]
+        return lines[-1].strip() if lines else "no error logged"
+
     def kill(self) -> None:
         signal_group(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -286,15 +295,23 @@ class WorkerProcess:
 
 @dataclasses.dataclass
 class Kill:
-    """One kill: seconds to the last orphan's restart (None: not within the timeout), how death was
-    detected and when (its worker-dead event), who held the sweep lease at the kill, and when the
-    restarted container booted."""
+    """One kill of a victim running ``ids``, and what followed."""
 
-    delay: float | None
-    detected: str = ""
-    dead_after: float | None = None
+    victim: Boot
+    ids: list[str]
+    killed_at: float
+    #: Who held the sweep lease at the kill (see Run.holder).
     lease: str = ""
-    booted_after: float | None = None
+    #: Seconds from the kill to the last orphan's start; None: not within the timeout.
+    delay: float | None = None
+    #: Seconds from the kill to the tracker's decision on the last orphan (its "recovered" event).
+    recovered: float | None = None
+    #: Seconds from the kill until the restarted container's worker process booted (``container``).
+    booted: float | None = None
+    #: How the tracker found the victim dead.
+    detected: str = ""
+    #: How many of its orphans were put off (until heartbeat_timeout) when delivered again.
+    put_off: int = 0
 
 
 @dataclasses.dataclass
@@ -315,14 +332,21 @@ class Result:
     stalls: list[Stall] = dataclasses.field(default_factory=list)
     duplicates: int = 0
     error: str = ""
-    load: tuple[float, float] = (0.0, 0.0)
+    #: Why kills (or stalls) could not be made.
+    not_measured: list[str] = dataclasses.field(default_factory=list)
+    #: The 1-minute load average at each kill or stall.
+    loads: list[float] = dataclasses.field(default_factory=list)
 
     @property
     def setup(self) -> str:
         return "tracker" if self.tracked else "plain"
 
+    @property
+    def measured(self) -> bool:
+        return bool(self.kills or self.stalls)
+
     def delays(self) -> list[float]:
-        """Every kill's delay, those not restarted counted as infinite."""
+        """Every kill's delay, those not restarted within the timeout counted as infinite."""
         return sorted(float("inf") if k.delay is None else k.delay for k in self.kills)
 
     @property
@@ -343,9 +367,9 @@ class Run:
         self.scenario = scenario
         self.tracked = tracked
         self.logs = logs
-        self.url = args.url
+        self.url: str = args.url
         plain_redis = broker == "redis" and not tracked
-        self.timeout = args.timeout or (PLAIN_REDIS_TIMEOUT if plain_redis else TIMEOUT)
+        self.timeout: float = args.timeout or (PLAIN_REDIS_TIMEOUT if plain_redis else TIMEOUT)
         self.result = Result(broker, scenario, tracked, self.timeout)
         name = uuid.uuid4().hex[:8]
         self.namespace = "bench-recovery-%s" % name
@@ -360,13 +384,12 @@ class Run:
         self.workers: list[WorkerProcess] = []
         self.peer: WorkerProcess | None = None
         self.restarted: WorkerProcess | None = None
+        #: The digest of the broker identity (the suffix of its presence and lease keys).
         self.digest = ""
-        #: Each orphan's kill time, and the token of the victim that ran it first.
-        self.orphans: dict[str, tuple[float, str]] = {}
         self.producer = self.make_producer()
         self.declare(self.home_queue)
 
-    # Brokers and queues --------------------------------------------------------------------------
+    # Brokers and queues ------------------------------------------------------------------------
 
     def make_producer(self) -> Any:
         if self.broker == "redis":
@@ -394,39 +417,39 @@ class Run:
         message = Message(queue_name=queue, actor_name=actor, args=args, kwargs={}, options={})
         return str(self.producer.enqueue(message).message_id)
 
-    # Worker processes and their reports ------------------------------------------------------------
+    # Worker processes and their reports --------------------------------------------------------
 
     def start(
-        self, role: str, isolation: str, *, slow: float = 0, queues: list[str] | None = None, only: str = ""
+        self, role: str, isolation: str, *, slow: float = 0, queues: Sequence[str] = (), only: str = ""
     ) -> WorkerProcess:
+        """Start a worker process of ``role``; ``queues`` are declared at its import, ``only`` is the one
+        queue it consumes (a victim: not the home queue)."""
         env = {
             **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT)]),
+            # The copy of the tracker and of recovery_app.py taken at start (see snapshot()).
+            "PYTHONPATH": str(self.args.code),
             "BENCH_BROKER_KIND": self.broker,
             "BENCH_BROKER_URL": self.url if self.broker == "redis" else self.args.rabbitmq_url,
             "BENCH_BROKER_NAMESPACE": self.broker_namespace,
             "BENCH_HOME_QUEUE": self.home_queue,
-            "BENCH_QUEUES": ",".join(queues or []),
+            "BENCH_QUEUES": ",".join(queues),
             "BENCH_TRACKER_URL": self.url,
             "BENCH_TRACKER_NAMESPACE": self.tracker_namespace,
             "BENCH_REPORT_URL": self.url,
             "BENCH_REPORT_PREFIX": self.report_prefix,
             "BENCH_ROLE": role,
             "BENCH_SLOW_SECONDS": str(slow),
-            # A victim fetches its messages and no more.
+            # A RedisBroker victim fetches its messages and no more.
             "dramatiq_queue_prefetch": str(MESSAGES),
         }
         env.pop("DRAMATIQ_TRACKER_REDIS_URL", None)
         command = [
             sys.executable, "-m", "dramatiq", "recovery_app",
             "--processes", "1", "--threads", str(MESSAGES), "--worker-shutdown-timeout", "5000",
+            *(["--queues", only] if only else []),
         ]  # fmt: skip
-        if only:
-            command += ["--queues", only]
-        log = self.logs / (
-            "%s-%s-%s-%s-%d.log" % (self.broker, self.scenario, self.result.setup, role, len(self.workers))
-        )
-        worker = WorkerProcess(command, env, isolation, log)
+        name = "%s-%s-%s-%02d-%s.log" % (self.broker, self.scenario, self.result.setup, len(self.workers), role)
+        worker = WorkerProcess(command, env, isolation, self.logs / name, self.args.code)
         self.workers.append(worker)
         return worker
 
@@ -434,19 +457,22 @@ class Run:
         return [Boot.parse(raw) for raw in self.client.lrange("%s:boot" % self.report_prefix, 0, -1)]
 
     def wait_boot(self, worker: WorkerProcess, role: str) -> Boot:
-        known = {boot.token for w in self.workers if (boot := w.boot) is not None}
+        known = {w.boot.token for w in self.workers if w.boot is not None}
 
         def booted() -> Boot | None:
             if not worker.alive():
                 raise RuntimeError("the %s exited (code %s):\n%s" % (role, worker.process.returncode, worker.output()))
             return next((b for b in self.boots() if b.role == role and b.token not in known), None)
 
-        worker.boot = wait_for(booted, BOOT_TIMEOUT, "the %s to boot" % role, interval=0.05)
-        assert worker.boot is not None
-        if self.tracked and not self.digest:
-            info = self.registration(worker.boot.worker_id)
-            self.digest = identity_digest(info.broker_identity)
-        return worker.boot
+        boot: Boot = wait_for(booted, BOOT_TIMEOUT, "the %s to boot" % role, interval=0.05)
+        worker.boot = boot
+        if self.tracked and not boot.worker_id:
+            raise RuntimeError("the tracker did not start in the %s: %s" % (role, worker.last_error()))
+        if self.store is not None and not self.digest:
+            workers = self.store.keys.workers
+            raw = wait_for(lambda: self.client.hget(workers, boot.worker_id), 10, "its registration")
+            self.digest = identity_digest(WorkerInfo.from_json(raw.decode()).broker_identity)
+        return boot
 
     def starts(self) -> list[Start]:
         return [Start.parse(raw) for raw in self.client.lrange("%s:started" % self.report_prefix, 0, -1)]
@@ -454,12 +480,7 @@ class Run:
     def dones(self) -> list[Start]:
         return [Start.parse(raw) for raw in self.client.lrange("%s:done" % self.report_prefix, 0, -1)]
 
-    def registration(self, worker_id: str) -> WorkerInfo:
-        assert self.store is not None
-        raw = wait_for(lambda: self.client.hget(self.store.keys.workers, worker_id), 10, "the registration")
-        return WorkerInfo.from_json(raw.decode())
-
-    # The tracker's state ----------------------------------------------------------------------------
+    # The tracker's state -----------------------------------------------------------------------
 
     def present(self, worker_id: str) -> bool:
         assert self.store is not None
@@ -467,7 +488,7 @@ class Run:
 
     def wait_tracked(self, boot: Boot, ids: list[str]) -> None:
         """Wait until the victim's in-flight records name its messages and the server saw its presence:
-        where a worker running for a while is."""
+        where a worker that has run for a while is."""
         if self.store is None:
             return
         store = self.store
@@ -478,92 +499,123 @@ class Run:
         """Wait until the namespace saw its Redis SETTLE seconds ago: before that no death is judged."""
         if self.store is None:
             return
-        keys = self.store.keys
+        key = self.store.keys.server
 
         def settled() -> bool:
-            since = self.client.hget(keys.server, "since")
+            since = self.client.hget(key, "since")
             seconds, micros = self.client.time()
             return since is not None and seconds * 1000 + micros // 1000 - int(since) >= SETTLE * 1000
 
         wait_for(settled, SETTLE + 30, "the namespace to settle on its Redis", interval=0.1)
 
-    def lease_holder(self, victim: Boot) -> str:
-        """Who holds the sweep lease: the victim, the peer, nobody."""
+    def holder(self, victim: Boot) -> str:
+        """Who holds the sweep lease: "victim", "peer", "restart" (the container restarted before),
+        "earlier victim", or "free"."""
         if self.store is None:
             return ""
         raw = self.client.get(self.store.keys.sweep_lease(self.digest))
         if raw is None:
             return "free"
-        holder = raw.decode()
-        if not victim.sweeper_token:
-            return "?"
-        if holder == victim.sweeper_token:
+        token = raw.decode()
+        if token == victim.sweeper_token:
             return "victim"
-        peer = self.peer.boot if self.peer is not None else None
-        return "peer" if peer is not None and holder == peer.sweeper_token else "other"
+        boot = next((b for b in self.boots() if b.sweeper_token == token), None)
+        if boot is None:
+            return "unknown"
+        return "earlier victim" if boot.role == "victim" else boot.role
 
     def events(self) -> list[TrackerEvent]:
+        """The tracker's events, oldest first."""
         assert self.store is not None
-        return [TrackerEvent.from_fields(fields) for _, fields in self.store.events(10_000)]
+        return [TrackerEvent.from_fields(fields) for _, fields in reversed(self.store.events(10_000))]
 
-    def death_of(self, boot: Boot) -> str:
-        """How the tracker found the victim dead: its worker-dead event, else a survivor's log line."""
-        for event in self.events():
-            if event.kind == "worker-dead" and event.worker_id == boot.worker_id:
-                return event.details.get("reason", "worker-dead event")
-        pattern = re.compile(r"%s.{0,200}?is dead \(([^)]*)\)" % re.escape(boot.worker_id))
+    def explain(self, kills: list[Kill]) -> None:
+        """Note how and when the tracker found each victim dead and decided on its orphans.
+
+        A worker-dead event before the first orphan was recovered tells how the death was found.  On
+        RabbitMQ the server delivers the orphans again at once, and the worker that gets them decides
+        then (it checks the victim's process, or waits for half the grace of its presence): the
+        worker-dead event, if any, comes after, from a sweep.  An orphan put off (delivered again
+        while its first copy's worker looked alive) waits heartbeat_timeout: that is counted too."""
+        wanted = {kill.victim.worker_id for kill in kills}
+
+        def deaths() -> dict[str, TrackerEvent]:
+            return {e.worker_id: e for e in self.events() if e.kind == "worker-dead" and e.worker_id in wanted}
+
+        # A death found by heartbeat expiry is due within heartbeat_timeout and a sweep of the last kill.
+        with contextlib.suppress(RuntimeError):
+            wait_for(lambda: len(deaths()) == len(wanted), DEFAULT_HEARTBEAT_TIMEOUT / 1000 + 2 * SWEEP, "", 0.5)
+        dead = deaths()
+        recovered: dict[str, int] = {}
+        put_off: Counter[str] = Counter()
+        for entry in self.events():
+            if entry.kind == "recovered":
+                recovered.setdefault(entry.message_id, entry.at)
+            elif entry.kind in PUT_OFF:
+                put_off[entry.message_id] += 1
+        for kill in kills:
+            ats = [recovered[message_id] / 1000 - kill.killed_at for message_id in kill.ids if message_id in recovered]
+            if len(ats) == len(kill.ids):
+                kill.recovered = max(ats)
+            event = dead.get(kill.victim.worker_id)
+            reason = event.details.get("reason", "?") if event is not None else self.logged_death(kill.victim)
+            at_redelivery = bool(ats) and (event is None or event.at / 1000 - kill.killed_at > min(ats) + 0.05)
+            if self.broker == "rabbitmq" and at_redelivery:
+                kill.detected = "at redelivery" + (" (then worker-dead: %s)" % reason if reason else "")
+            else:
+                kill.detected = reason or "no worker-dead event"
+            kill.put_off = sum(put_off[message_id] for message_id in kill.ids)
+
+    def logged_death(self, victim: Boot) -> str:
+        """The reason a survivor's log gives for the victim's death, if any."""
+        pattern = re.compile(r"%s.{0,200}?is dead \(([^)]*)\)" % re.escape(victim.worker_id))
         for worker in self.workers:
             found = pattern.search(worker.output())
             if found is not None:
                 return found.group(1) + " (log)"
         return ""
 
-    # The scenario --------------------------------------------------------------------------------
+    # The scenario ------------------------------------------------------------------------------
 
     def run(self) -> Result:
-        if self.scenario in ("same-host", "other-host", *STALLS):
+        if self.scenario != "container":
             # The long-lived peer, here; it consumes each victim's queue once the victim holds its messages.
             self.peer = self.start("peer", "")
             peer = self.wait_boot(self.peer, "peer")
             if self.store is not None:
                 wait_for(lambda: self.present(peer.worker_id), 15, "the peer's presence seen")
-        count = self.args.kills
-        for index in range(count):
-            self.result.load = (
-                min(self.result.load[0] or 99, os.getloadavg()[0]),
-                max(self.result.load[1], os.getloadavg()[0]),
-            )
-            if self.scenario in STALLS:
-                stall = self.stall_once(first=index == 0)
-                self.result.stalls.append(stall)
-                deaths = "; ".join(stall.false_deaths) or "none"
-                print(
-                    "  stall %d/%d: false deaths: %s; completed once on the victim: %s"
-                    % (index + 1, count, deaths, "yes" if stall.completed_once else "NO"),
-                    flush=True,
-                )
-            else:
-                kill = self.kill_once(first=index == 0)
-                self.result.kills.append(kill)
-                notes = [n for n in (kill.detected, kill.lease and "sweep lease: %s" % kill.lease) if n]
-                print(
-                    "  kill %d/%d: %s%s"
-                    % (
-                        index + 1,
-                        count,
-                        "not restarted within %.0f s" % self.timeout if kill.delay is None else "%.2f s" % kill.delay,
-                        " (%s)" % "; ".join(notes) if notes else "",
-                    ),
-                    flush=True,
-                )
+        for index in range(self.args.kills):
+            self.result.loads.append(os.getloadavg()[0])
+            try:
+                if self.scenario in STALLS:
+                    self.result.stalls.append(self.stall_once(index))
+                else:
+                    self.result.kills.append(self.kill_once(index))
+            except (RuntimeError, LookupError) as e:
+                # The victim did not boot or start its messages: nothing was killed, nothing measured.
+                reason = str(e).splitlines()[0]
+                self.result.not_measured.append(reason)
+                print("  %d/%d: not measured: %s" % (index + 1, self.args.kills, reason), flush=True)
+                for worker in self.workers:
+                    if worker is not self.peer and worker is not self.restarted:
+                        worker.kill()
+                if len(self.result.not_measured) >= 3 and not (self.result.kills or self.result.stalls):
+                    raise
         if self.result.kills:
+            # An orphan delivered twice would start again within a sweep.
             time.sleep(DUPLICATE_WINDOW)
-            self.result.duplicates = self.count_duplicates()
+            self.result.duplicates = self.duplicates()
+            if self.tracked:
+                self.explain(self.result.kills)
+                print(
+                    "  detected: %s; orphans put off: %d"
+                    % (tally([kill.detected for kill in self.result.kills]), sum(k.put_off for k in self.result.kills))
+                )
         return self.result
 
     def victim(self, actor: str, *args: Any) -> tuple[WorkerProcess, Boot, list[str]]:
-        """A fresh victim on a queue of its own, running MESSAGES messages of ``actor(*args)``, with the
-        peer consuming that queue too."""
+        """A fresh victim on a queue of its own, running MESSAGES messages ``actor(*args)``; then the peer
+        consumes that queue too."""
         queue = self.new_queue()
         slow = 3600.0 if actor == "slow" else 0
         victim = self.start("victim", ISOLATION[self.scenario], slow=slow, queues=[queue], only=queue)
@@ -577,13 +629,11 @@ class Run:
 
         wait_for(running, BOOT_TIMEOUT, "the victim to start its %d messages" % MESSAGES, interval=0.05)
         self.wait_tracked(boot, ids)
-        if self.peer is not None:
+        if self.peer is not None and self.peer.boot is not None:
+            declared = "%s|%s" % (queue, self.peer.boot.token)
             self.client.rpush("%s:declare" % self.report_prefix, queue)
             wait_for(
-                lambda: (
-                    "%s|%s" % (queue, self.peer.boot.token)  # type: ignore[union-attr]
-                    in {raw.decode() for raw in self.client.lrange("%s:declared" % self.report_prefix, 0, -1)}
-                ),
+                lambda: declared.encode() in self.client.lrange("%s:declared" % self.report_prefix, 0, -1),
                 BOOT_TIMEOUT,
                 "the peer to consume %s" % queue,
             )
@@ -597,50 +647,54 @@ class Run:
                 )
         return victim, boot, ids
 
-    def kill_once(self, *, first: bool) -> Kill:
+    def kill_once(self, index: int) -> Kill:
         victim, boot, ids = self.victim("slow", 0)
         worker_pid = victim.worker_pid
-        if first:
+        if index == 0:
             self.wait_settled()
         time.sleep(random.uniform(*PHASE))
-        lease = self.lease_holder(boot)
-        killed_at = time.time()
+        kill = Kill(boot, ids, 0.0, lease=self.holder(boot))
+        kill.killed_at = time.time()
         os.kill(worker_pid, signal.SIGKILL)
-        # The rest of it: the CLI parent (and, in a container, the namespace) exits with its worker.
+        # The rest of it: its CLI (and, in a container, the namespace) ends with its worker process.
         victim.kill()
         if self.scenario == "container":
-            if self.restarted is not None:
-                self.restarted.stop()
-            # The container restarts at once; it consumes every queue of the run (a duplicate of an
-            # earlier kill's orphan would start on it).
+            # The container restarts at once.  It consumes every queue of the run: a duplicate of an
+            # earlier kill's orphan would start on it.
             self.restarted = self.start("restart", "container", queues=list(self.queues))
-        for message_id in ids:
-            self.orphans[message_id] = (killed_at, boot.token)
 
         def restarted() -> list[float]:
             firsts: dict[str, float] = {}
             for start in self.starts():
-                if start.message_id in ids and start.token != boot.token and start.at >= killed_at:
+                if start.message_id in ids and start.token != boot.token and start.at >= kill.killed_at:
                     firsts.setdefault(start.message_id, start.at)
             return list(firsts.values()) if len(firsts) == len(ids) else []
 
-        try:
-            delay: float | None = max(wait_for(restarted, self.timeout, "the orphans", interval=0.02)) - killed_at
-        except RuntimeError:
-            delay = None
-        detected = ""
-        if self.tracked:
-            with contextlib.suppress(RuntimeError):
-                detected = wait_for(lambda: self.death_of(boot), 3, "the death", interval=0.1)
-            detected = detected or "not found"
-        if self.scenario == "container" and self.restarted is not None:
-            self.wait_boot(self.restarted, "restart")
-        return Kill(delay, detected, lease)
+        with contextlib.suppress(RuntimeError):
+            kill.delay = max(wait_for(restarted, self.timeout, "the orphans")) - kill.killed_at
+        notes = ["sweep lease: %s" % kill.lease] if kill.lease else []
+        if self.restarted is not None:
+            kill.booted = self.wait_boot(self.restarted, "restart").at - kill.killed_at
+            notes.append("the restart booted after %.2f s" % kill.booted)
+        print(
+            "  kill %d/%d: %s%s"
+            % (
+                index + 1,
+                self.args.kills,
+                "%.2f s" % kill.delay if kill.delay is not None else "not restarted within %.0f s" % self.timeout,
+                " (%s)" % "; ".join(notes) if notes else "",
+            ),
+            flush=True,
+        )
+        if self.restarted is not None and index + 1 < self.args.kills:
+            # Gone before the next victim starts: no other worker in this scenario.
+            self.restarted.stop()
+            self.restarted = None
+        return kill
 
-    def stall_once(self, *, first: bool) -> Stall:
+    def stall_once(self, index: int) -> Stall:
         victim, boot, ids = self.victim("held", 120.0)
-        worker_pid = victim.worker_pid
-        if first:
+        if index == 0:
             self.wait_settled()
         time.sleep(random.uniform(*PHASE))
         if self.scenario == "sigstop":
@@ -649,17 +703,14 @@ class Run:
             time.sleep(STALL_SECONDS)
             signal_group(victim.process.pid, signal.SIGCONT)
         else:
+            # One of its messages holds the GIL (it polls for this key every 50 ms).
             self.client.set("%s:gil:%s" % (self.report_prefix, ids[0]), STALL_SECONDS, ex=600)
             time.sleep(STALL_SECONDS)
         for message_id in ids:
             self.client.set("%s:release:%s" % (self.report_prefix, message_id), 1, ex=600)
         with contextlib.suppress(RuntimeError):
-            wait_for(
-                lambda: {d.message_id for d in self.dones()} >= set(ids),
-                BOOT_TIMEOUT,
-                "the stalled messages to complete",
-                interval=0.05,
-            )
+            wait_for(lambda: {d.message_id for d in self.dones()} >= set(ids), BOOT_TIMEOUT, "completion", 0.05)
+        # A false death would be judged within a sweep and the grace of the stall's end.
         time.sleep(STALL_WINDOW)
         false_deaths = []
         if self.store is not None:
@@ -668,25 +719,28 @@ class Run:
                     false_deaths.append("worker-dead (%s)" % event.details.get("reason", "?"))
         elsewhere = [s for s in self.starts() if s.message_id in ids and s.token != boot.token]
         if elsewhere:
-            false_deaths.append("%d started again elsewhere" % len(elsewhere))
-        runs = Counter((d.message_id, d.token) for d in self.dones() if d.message_id in ids)
+            false_deaths.append("started again elsewhere (%d)" % len(elsewhere))
         starts = Counter(s.message_id for s in self.starts() if s.message_id in ids)
-        completed_once = all(runs[(m, boot.token)] == 1 and starts[m] == 1 for m in ids) and sum(runs.values()) == len(
-            ids
+        dones = Counter((d.message_id, d.token) for d in self.dones() if d.message_id in ids)
+        ran_once = all(starts[m] == 1 and dones[(m, boot.token)] == 1 for m in ids)
+        completed_once = ran_once and sum(dones.values()) == len(ids)
+        print(
+            "  stall %d/%d: false deaths: %s; both messages completed once, on the victim: %s"
+            % (index + 1, self.args.kills, "; ".join(false_deaths) or "none", "yes" if completed_once else "NO"),
+            flush=True,
         )
-        if worker_pid and victim.alive():
-            victim.stop()
+        victim.stop()
         return Stall(false_deaths, completed_once)
 
-    def count_duplicates(self) -> int:
-        """Orphans that started more than once after their kill, on another process than their victim."""
-        count = Counter(
-            s.message_id
-            for s in self.starts()
-            if s.message_id in self.orphans
-            and s.at >= self.orphans[s.message_id][0]
-            and s.token != self.orphans[s.message_id][1]
-        )
+    def duplicates(self) -> int:
+        """How many orphans started more than once after their kill."""
+        count: Counter[str] = Counter()
+        for kill in self.result.kills:
+            count.update(
+                s.message_id
+                for s in self.starts()
+                if s.message_id in kill.ids and s.at >= kill.killed_at and s.token != kill.victim.token
+            )
         return sum(1 for n in count.values() if n > 1)
 
     def close(self) -> None:
@@ -712,17 +766,23 @@ class Run:
         self.client.close()
 
 
-# Output -----------------------------------------------------------------------------------------
+# Output ------------------------------------------------------------------------------------------
 
 
-def seconds(value: float, timeout: float) -> str:
-    if value != value:  # nan: nothing measured
+def seconds(value: float | None, timeout: float = 0) -> str:
+    if value is None or value != value:  # None or nan: nothing measured
         return "-"
     return "> %.0f" % timeout if value == float("inf") else "%.2f" % value
 
 
+def spread(values: list[float | None]) -> str:
+    """median/max of the values known."""
+    known = [v for v in values if v is not None]
+    return "%.2f/%.2f" % (statistics.median(known), max(known)) if known else "-"
+
+
 def tally(values: list[str]) -> str:
-    return ", ".join("%s %d" % (value, n) for value, n in Counter(values).most_common()) or "-"
+    return ", ".join("%d x %s" % (n, value) for value, n in Counter(v for v in values if v).most_common()) or "-"
 
 
 def verdict(ok: bool) -> str:
@@ -750,7 +810,35 @@ def machine(url: str, rabbitmq_url: str | None) -> str:
             version = connection._impl.server_properties.get("version", b"?")
             versions += ", RabbitMQ %s" % (version.decode() if isinstance(version, bytes) else version)
             connection.close()
-    return "%s, %d cores, %s" % (socket.gethostname(), os.cpu_count() or 0, versions)
+    return "%s, %d cores; %s" % (socket.gethostname(), os.cpu_count() or 0, versions)
+
+
+def snapshot(into: Path, revision: str | None) -> str:
+    """Copy the tracker (from the working tree, or from a git ``revision``) and recovery_app.py into
+    ``into``, for the workers to import: a run then measures one version of the tracker, even while
+    the checkout is being edited.  Returns which version."""
+
+    def git(*args: str) -> str:
+        found = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, check=True)
+        return found.stdout.decode().strip()
+
+    into.mkdir(parents=True)
+    shutil.copy2(ROOT / "benchmarks" / "recovery_app.py", into)
+    if revision is not None:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", "--format=tar", revision, "dramatiq_tracker"],
+            capture_output=True,
+            check=True,
+        )
+        subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+        return "git %s (%s)" % (git("rev-parse", "--short", revision), revision)
+    shutil.copytree(ROOT / "dramatiq_tracker", into / "dramatiq_tracker", ignore=shutil.ignore_patterns("__pycache__"))
+    try:
+        changed = git("status", "--porcelain", "--", "dramatiq_tracker").splitlines()
+        head = git("rev-parse", "--short", "HEAD")
+    except (OSError, subprocess.CalledProcessError):
+        return "the working tree"
+    return "the working tree: git %s%s" % (head, " + %d uncommitted change(s)" % len(changed) if changed else "")
 
 
 def load() -> str:
@@ -763,30 +851,21 @@ def print_results(results: list[Result]) -> None:
     if kills:
         print()
         print(
-            "SIGKILL -> the last of the victim's %d orphans started again, in seconds (acceptance on the max)"
+            "SIGKILL -> the last of the victim's %d orphans started again, in seconds (acceptance on the max);"
             % MESSAGES
         )
-        header = "%-9s %-11s %-8s %6s %8s %8s %7s %6s %5s  %-34s %s"
-        print(
-            header
-            % (
-                "broker",
-                "scenario",
-                "setup",
-                "kills",
-                "median",
-                "max",
-                "target",
-                "",
-                "dupl",
-                "detected",
-                "sweep lease at kill",
-            )
-        )
+        print("'recovered' is the tracker's decision on the last orphan (its recovered event), median/max")
+        row = "%-8s %-10s %-7s %5s %7s %7s %6s %6s %4s %11s %7s  %-30s %s"
+        titles = ("broker", "scenario", "setup", "kills", "median", "max", "target", "", "dupl", "recovered")
+        print(row % (*titles, "put off", "sweep lease at kill", "detected"))
         for r in kills:
             target = TARGETS.get(r.scenario) if r.tracked else None
+            if r.tracked:
+                how = tally([k.detected for k in r.kills])
+            else:
+                how = "the server's redelivery" if r.broker == "rabbitmq" else "Dramatiq's maintenance"
             print(
-                header
+                row
                 % (
                     r.broker,
                     r.scenario,
@@ -797,33 +876,39 @@ def print_results(results: list[Result]) -> None:
                     "<= %.0f" % target if target else "",
                     verdict(r.max <= target) if target and r.kills else "",
                     r.duplicates if r.kills else "-",
-                    tally([k.detected for k in r.kills])
-                    if r.tracked
-                    else ("server" if r.broker == "rabbitmq" else "maintenance"),
-                    tally([k.lease for k in r.kills]) if r.tracked else "",
+                    spread([k.recovered for k in r.kills]) if r.tracked else "",
+                    sum(k.put_off for k in r.kills) if r.tracked else "",
+                    tally([k.lease for k in r.kills]) if r.tracked and r.kills else "",
+                    how if r.kills else "-",
                 )
-                + ("  ERROR: %s" % r.error if r.error else "")
+                + trouble(r)
+            )
+        booted = [(r, [k.booted for k in r.kills]) for r in kills if r.scenario == "container" and r.kills]
+        for r, values in booted:
+            print(
+                "%s container %s: the restarted process booted (median/max) %s s after the kill"
+                % (r.broker, r.setup, spread(values))
             )
         differences = rabbitmq_differences(results)
         if differences:
             print()
             print("RabbitMQ: the tracker minus plain Dramatiq (the server's own redelivery), in seconds")
-            print("%-11s %8s %8s  %s" % ("scenario", "median", "max", "target"))
+            print("%-10s %7s %7s  %s" % ("scenario", "median", "max", "target"))
             for scenario, median, maximum in differences:
-                target = "max <= +%.0f: %s" % (RABBITMQ_MARGIN, verdict(maximum <= RABBITMQ_MARGIN))
+                check = "max <= +%.0f: %s" % (RABBITMQ_MARGIN, verdict(maximum <= RABBITMQ_MARGIN))
                 print(
-                    "%-11s %+8.2f %+8.2f  %s" % (scenario, median, maximum, target if scenario == "other-host" else "")
+                    "%-10s %+7.2f %+7.2f  %s" % (scenario, median, maximum, check if scenario == "other-host" else "")
                 )
     if stalls:
         print()
         print("A %d s stall of a victim on another host (below heartbeat_timeout %.0f s), with a live peer"
               % (STALL_SECONDS, DEFAULT_HEARTBEAT_TIMEOUT / 1000))  # fmt: skip
-        header = "%-9s %-9s %7s %13s %15s  %s"
-        print(header % ("broker", "scenario", "stalls", "false deaths", "completed once", "why"))
+        row = "%-8s %-9s %6s %12s %14s  %s"
+        print(row % ("broker", "scenario", "stalls", "false deaths", "completed once", "why"))
         for r in stalls:
             deaths = [why for stall in r.stalls for why in stall.false_deaths]
             print(
-                header
+                row
                 % (
                     r.broker,
                     r.scenario,
@@ -832,12 +917,21 @@ def print_results(results: list[Result]) -> None:
                     "%d/%d" % (sum(1 for stall in r.stalls if stall.completed_once), len(r.stalls)),
                     tally(deaths) if deaths else "",
                 )
-                + ("  ERROR: %s" % r.error if r.error else "")
+                + trouble(r)
             )
     print_acceptance(results)
 
 
+def trouble(r: Result) -> str:
+    """What went wrong in a run, if anything: its error, the kills that could not be made."""
+    found = ["ERROR: %s" % r.error] if r.error else []
+    if r.not_measured:
+        found.append("%d not measured: %s" % (len(r.not_measured), tally(r.not_measured)))
+    return "  (%s)" % "; ".join(found) if found else ""
+
+
 def rabbitmq_differences(results: list[Result]) -> list[tuple[str, float, float]]:
+    """(scenario, median difference, max difference) of the tracker and plain Dramatiq on RabbitMQ."""
     found = []
     for scenario in PLAIN:
         pair = [r for r in results if r.broker == "rabbitmq" and r.scenario == scenario and r.kills]
@@ -852,7 +946,7 @@ def print_acceptance(results: list[Result]) -> None:
     lines = []
 
     def measured(scenario: str, tracked: bool = True) -> list[Result]:
-        return [r for r in results if r.scenario == scenario and r.tracked == tracked and (r.kills or r.stalls)]
+        return [r for r in results if r.scenario == scenario and r.tracked == tracked and r.measured]
 
     for scenario, label in (("container", "restarted container"), ("other-host", "another host")):
         target = TARGETS[scenario]
@@ -865,7 +959,7 @@ def print_acceptance(results: list[Result]) -> None:
                     r.broker,
                     seconds(r.max, r.timeout),
                     verdict(r.max <= target),
-                    " (plain Dramatiq max %s s)" % seconds(plain.max, plain.timeout) if plain is not None else "",
+                    " (plain Dramatiq: max %s s)" % seconds(plain.max, plain.timeout) if plain is not None else "",
                 )
             )
         if parts:
@@ -874,8 +968,8 @@ def print_acceptance(results: list[Result]) -> None:
         if scenario == "other-host":
             lines.append(
                 (
-                    "another host, RabbitMQ, within %.0f s of plain" % RABBITMQ_MARGIN,
-                    "max %+.2f s, median %+.2f s %s" % (maximum, median, verdict(maximum <= RABBITMQ_MARGIN)),
+                    "another host on RabbitMQ, within %.0f s of plain" % RABBITMQ_MARGIN,
+                    "max %+.2f s (median %+.2f s) %s" % (maximum, median, verdict(maximum <= RABBITMQ_MARGIN)),
                 )
             )
     for scenario, label in (("sigstop", "10 s SIGSTOP: no false death"), ("gil", "10 s GIL hold: no false death")):
@@ -889,7 +983,7 @@ def print_acceptance(results: list[Result]) -> None:
         print()
         print("Acceptance (issue #17)")
         for label, text in lines:
-            print("  %-45s %s" % (label + ":", text))
+            print("  %-44s %s" % (label + ":", text))
 
 
 # Main -------------------------------------------------------------------------------------------
@@ -907,6 +1001,22 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Let a cleanup finish before Ctrl-C or SIGTERM stops the benchmark."""
+    received: list[int] = []
+    previous = {
+        signum: signal.signal(signum, lambda n, f: received.append(n)) for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received:
+            raise KeyboardInterrupt
 
 
 def redis_url(given: str | None) -> str:
@@ -958,6 +1068,10 @@ def main() -> int:
         help="longest wait for a kill's orphans, in s (default %.0f; %.0f for plain Dramatiq on the RedisBroker)"
         % (TIMEOUT, PLAIN_REDIS_TIMEOUT),
     )
+    parser.add_argument(
+        "--at", default=None, metavar="REV", help="measure the tracker of a git revision (default: the working tree)"
+    )
+    parser.add_argument("--keep-logs", action="store_true", help="keep the worker processes' logs")
     args = parser.parse_args()
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in args.only if name not in SCENARIOS]
@@ -1002,6 +1116,12 @@ def main() -> int:
     sys.stdout.flush()
 
     logs = Path(tempfile.mkdtemp(prefix="tracker-recovery-"))
+    args.code = logs / "code"
+    try:
+        version = snapshot(args.code, args.at)
+    except (OSError, subprocess.CalledProcessError) as e:
+        parser.error("cannot copy the tracker%s: %s" % (" at %s" % args.at if args.at else "", e))
+    print("Workers run a copy of the tracker made at the start, from %s" % version)
     results: list[Result] = []
     failed = False
     try:
@@ -1024,7 +1144,8 @@ def main() -> int:
                     traceback.print_exc()
                 finally:
                     if run is not None:
-                        run.close()
+                        with interrupts_held():
+                            run.close()
     except KeyboardInterrupt:
         print("\ninterrupted; worker processes killed, keys and queues deleted", file=sys.stderr)
         print("worker logs kept in %s" % logs, file=sys.stderr)
@@ -1032,16 +1153,13 @@ def main() -> int:
         return 130
     print_results(results)
     print("\nLoad average at end: %s" % load())
-    loads = [r.load for r in results if r.load[1]]
+    loads = [value for r in results for value in r.loads]
     if loads:
-        print(
-            "1-minute load average at the kills: %.2f to %.2f"
-            % (min(lo for lo, _ in loads), max(hi for _, hi in loads))
-        )
-    if failed:
+        print("1-minute load average at the kills and stalls: %.2f to %.2f" % (min(loads), max(loads)))
+    if failed or args.keep_logs:
         print("worker logs kept in %s" % logs, file=sys.stderr)
     else:
-        print("worker logs kept in %s" % logs, file=sys.stderr)
+        shutil.rmtree(logs, ignore_errors=True)
     return 1 if failed else 0
 
 
