@@ -54,7 +54,7 @@ from .events import (
     START_PUT_OFF,
 )
 from .host import HostFacts
-from .options import DEFERRED_OPTION, PUT_OFF_OPTION, QUARANTINE_OPTION, REVOKED_OPTION
+from .options import COPY_OPTION, DEFERRED_OPTION, PUT_OFF_OPTION, QUARANTINE_OPTION, REVOKED_OPTION
 from .orphans import BROKER_REDELIVERS, DROPPED, QUARANTINED_OUTCOME, REDELIVERED, Candidate
 from .records import AttemptName, CorruptRecord, WorkerInfo
 from .scripts import AtRiskStart
@@ -91,6 +91,7 @@ class Start:
       previous(str): Another attempt recorded running the message, as the running index names it, or "".
       previous_ended_here(bool): That attempt ran in this worker and has ended.
       history(dict[str, str]): The message's history.
+      copy(str): For a copy enqueued again from the outbox, "<attempt>|<claim token>"; else "".
     """
 
     worker_id: str
@@ -100,6 +101,7 @@ class Start:
     previous: str
     previous_ended_here: bool
     history: Mapping[str, str]
+    copy: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +139,10 @@ def decide(start: Start, alive: Callable[[str], bool]) -> Decision:
         attempt that still holds its place in the running index.
     """
     history = start.history
+    first_copy = history.get("copy", "")
+    if start.copy and first_copy != start.copy and first_copy.partition("|")[0] == start.copy.partition("|")[0]:
+        # A twin of the copy of this attempt that started first (two sweepers enqueued it): that one runs it.
+        return Decision("drop", because="copy", by=first_copy)
     behind = start.deferred_behind
     if behind and history.get("completed_by") == behind:
         return _ended("completed_by", behind, history.get("completed_with", ""))
@@ -175,6 +181,12 @@ def _redelivers(start: Start, unconfirmed: str, attempt: str) -> bool:
     return (
         AttemptName.parse(unconfirmed).retries == start.retries and attempt.isdigit() and start.attempt <= int(attempt)
     )
+
+
+def _copy(delivery: Delivery) -> str:
+    """A copy enqueued again from the outbox, as "<attempt>|<claim token>"; "" for any other delivery."""
+    token = delivery.message.options.get(COPY_OPTION)
+    return "%d|%s" % (delivery.attempt, token) if token else ""
 
 
 def _fields(delivery: Delivery) -> dict[str, Any]:
@@ -258,7 +270,9 @@ class AtRiskStarts:
         record = self.registry.describe(delivery).to_json()
         try:
             with self.recorder.exclusive():
-                reply = self.store.begin_at_risk(worker_id, delivery.owner, delivery.message_id, record)
+                reply = self.store.begin_at_risk(
+                    worker_id, delivery.owner, delivery.message_id, record, _copy(delivery), self.settings.history_ttl
+                )
         except redis.RedisError as e:
             self.health.failed("recording a message before it runs", e)
             self.registry.unwritten(delivery)
@@ -294,6 +308,7 @@ class AtRiskStarts:
             previous=previous,
             previous_ended_here=ended_here,
             history=recorded.history,
+            copy=_copy(delivery),
         )
 
     def _carry_out(self, delivery: Delivery, decision: Decision, previous: str) -> Verdict:
@@ -327,6 +342,19 @@ class AtRiskStarts:
 
     def _ended_before(self, delivery: Delivery, decision: Decision) -> None:
         message = delivery.message
+        if decision.because == "copy":
+            # The lock is its attempt's, which the first copy holds: left alone.
+            self.events.emit(
+                DUPLICATE_DROPPED,
+                "Dropped message %r (actor %r), attempt %d: another copy of this recovered attempt started "
+                "first (a sweeper enqueued it again while another took its recovery over).",
+                delivery.message_id,
+                message.actor_name,
+                delivery.attempt,
+                **_fields(delivery),
+                details={"copy": decision.by},
+            )
+            return
         if decision.because == "done_by_attempt":
             self.events.emit(
                 DUPLICATE_DROPPED,

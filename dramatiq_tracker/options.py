@@ -52,6 +52,10 @@ DEFERRED_OPTION = "tracker_deferred_behind"
 PUT_OFF_OPTION = "tracker_put_off"
 #: A message enqueued again only to be dead-lettered (brokers the tracker cannot dead-letter directly).
 QUARANTINE_OPTION = "tracker_quarantined"
+#: A copy enqueued again from the outbox: the recovery claim token it was enqueued under.  Two copies of one
+#: recovered attempt (a sweeper whose claim was taken over while it enqueued, and the one that took it
+#: over) are told apart by it: the first to start runs, the other is dropped.
+COPY_OPTION = "tracker_copy"
 #: A stale copy that a worker declared dead enqueued before it learned it: skipped when it starts.
 REVOKED_OPTION = "tracker_revoked"
 #: The uniqueness digest and lock mode of a unique message.

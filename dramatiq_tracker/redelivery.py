@@ -38,7 +38,7 @@ from dramatiq.message import Message
 from .broker_store import BrokerStore, MoveAction, OrphanMove
 from .brokers import RABBITMQ, REDIS, as_redis_broker, consumer_queues
 from .errors import RecoveryTakenOver
-from .options import ATTEMPT_OPTION, QUARANTINE_OPTION, RECOVERIES_OPTION, attempt_of
+from .options import ATTEMPT_OPTION, COPY_OPTION, QUARANTINE_OPTION, RECOVERIES_OPTION, attempt_of
 from .orphans import DROPPED, QUARANTINED_OUTCOME, REDELIVERED, Candidate, Claims, LockCleaners, Orphan
 from .records import CorruptRecord, InflightRecord, WorkerInfo, parse_outbox_entry
 from .recovery_claim import RecoveryClaim
@@ -491,8 +491,14 @@ class EnqueueRedelivery(Redelivery):
             # To the canonical queue now, even if it was consumed from a delay queue.  A quarantined
             # message goes with a mark: the worker that receives it dead-letters it without running it.
             extra = {QUARANTINE_OPTION: True} if orphan.outcome == QUARANTINED_OUTCOME else {}
-            redelivered = mark_recovered(message, orphan, **extra).copy(queue_name=q_name(message.queue_name))
+            redelivered = mark_recovered(message, orphan, **{COPY_OPTION: claim.token}, **extra).copy(
+                queue_name=q_name(message.queue_name)
+            )
             redelivered.options.pop("eta", None)
+            # Stalled since the take (past half the lease), it renews first, and stops if taken over.  A stall
+            # inside the enqueue itself can still make a twin: the first copy to start runs, the other is
+            # dropped (begin_at_risk.lua).
+            claim.check()
             self.broker.enqueue(redelivered)
         self.store.unpark(self.claims.identity, record.message_id)
         return True

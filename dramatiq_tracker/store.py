@@ -197,17 +197,19 @@ class TrackerStore:
         return status
 
     def begin_at_risk(
-        self, worker_id: str, owner: str, message_id: str, record: str
+        self, worker_id: str, owner: str, message_id: str, record: str, copy: str, history_ttl: int
     ) -> AtRiskStart | Literal["fenced", "unknown"]:
         """Record a message before it runs and read its history (``lua/begin_at_risk.lua``).
 
         Parameters:
           owner(str): This attempt's "token|retries".
           record(str): Its in-flight record, JSON.
+          copy(str): For a copy enqueued again from the outbox, "<attempt>|<claim token>"; else "".
         """
         k = self.keys
         keys = [k.workers, k.dead_workers, k.inflight(worker_id), k.running, k.message(message_id), k.counters]
-        reply = [text(item) for item in self.scripts("begin_at_risk", keys, [worker_id, owner, message_id, record])]
+        args = [worker_id, owner, message_id, record, copy, history_ttl]
+        reply = [text(item) for item in self.scripts("begin_at_risk", keys, args)]
         status: Literal["ok", "fenced", "unknown"] = checked_reply(reply[0], Literal["ok", "fenced", "unknown"])
         if status != "ok":
             return status

@@ -21,8 +21,9 @@ def start(
     previous: str = "",
     ended_here: bool = False,
     history: Mapping[str, str] | None = None,
+    copy: str = "",
 ) -> Start:
-    return Start(ME, attempt, retries, deferred_behind, previous, ended_here, history or {})
+    return Start(ME, attempt, retries, deferred_behind, previous, ended_here, history or {}, copy)
 
 
 def never_asked(worker_id: str) -> bool:
@@ -42,6 +43,20 @@ def test_a_put_off_duplicate_whose_awaited_attempt_ended_is_dropped_or_dead_lett
     assert decide(start(deferred_behind=behind, history=history), never_asked) == Decision(
         action, because="completed_by", by=behind
     )
+
+
+def test_a_twin_of_the_first_started_copy_of_a_recovered_attempt_is_dropped() -> None:
+    # Two sweepers enqueued attempt 3 from the outbox, under claim tokens t1 and t2; t1's copy started first
+    history = {"copy": "3|t1"}
+    assert decide(start(attempt=3, copy="3|t2", history=history), never_asked) == Decision(
+        "drop", because="copy", by="3|t1"
+    )
+    # The first copy itself (or its put-off or redelivered self, same token) runs
+    assert decide(start(attempt=3, copy="3|t1", history=history), never_asked).action == "run"
+    # And a copy of a later attempt (recovered again since) is no twin of it
+    assert decide(start(attempt=4, copy="4|t9", history=history), never_asked).action == "run"
+    # Nor is a delivery that was not enqueued from the outbox
+    assert decide(start(attempt=3, history=history), never_asked).action == "run"
 
 
 def test_a_put_off_duplicate_waiting_for_another_attempt_is_not_dropped() -> None:

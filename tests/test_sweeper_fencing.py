@@ -292,6 +292,34 @@ def test_a_sweeper_frozen_right_after_its_claim_delivers_nothing_twice(
     scene.assert_fenced()
 
 
+@pytest.mark.parametrize("kind", ["outbox"])
+def test_a_sweeper_frozen_inside_its_enqueue_makes_a_twin_that_never_runs(
+    scene_of: Callable[..., Scene], kind: str
+) -> None:
+    # Given a victim killed with three orphans, and the sweeper that claims them frozen (SIGSTOP) inside the
+    # broker's enqueue of its first orphan, after every check it makes, until past takeover_after: the
+    # takeover enqueues every orphan again, that one included, and the frozen one's copy lands when it resumes
+    scene = scene_of(kind, TEST_ENQUEUE_SIGNAL="stop")
+    try:
+        enqueue = wait_for(
+            lambda: next(iter(scene.client.lrange("%s:enqueue" % scene.names.report, 0, 0)), None),
+            BOUND + 10,
+            message="the first enqueue of a recovered copy",
+        )
+        frozen = json.loads(enqueue)
+        try:
+            time.sleep(max(0.0, frozen["at"] + FREEZE - time.time()))
+        finally:
+            scene.resumed_at = time.time()
+            os.kill(frozen["pid"], signal.SIGCONT)
+        # When it resumes, every orphan ran again and nothing more happens
+        scene.wait_settled(BOUND + 2 * TAKEOVER + 10)
+    finally:
+        print(timeline(scene.client, scene.names, scene.ids, scene.killed_at))
+    # Then each ran again once: the twin copy of the first orphan was dropped when it started
+    scene.assert_fenced()
+
+
 # 2. A takeover calls the cleaners the stopped sweeper never called --------------------------------------
 
 

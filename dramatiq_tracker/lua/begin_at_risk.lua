@@ -15,6 +15,8 @@
 -- ARGV[2] this attempt's "token|retries"
 -- ARGV[3] message id
 -- ARGV[4] in-flight record (JSON)
+-- ARGV[5] for a copy enqueued again from the outbox, "<attempt>|<claim token>" (see COPY_OPTION); else ""
+-- ARGV[6] history_ttl (ms)
 --
 -- Returns {"fenced"} or {"unknown"} without writing when this worker was
 -- declared dead or is not registered; else {"ok", the previous "worker
@@ -25,6 +27,10 @@
 -- is a dead worker's orphan to claim, or a live duplicate to wait for.
 -- The first start of a dead worker's orphan delivered again counts its
 -- recovery latency (history fields dead_since, restarted: see claim_orphans).
+-- The first copy of a recovered attempt to start notes itself (history field
+-- copy): a twin of it, enqueued under another claim token (a sweeper whose
+-- claim was taken over while it enqueued), finds the field naming another
+-- copy of its attempt, and the caller drops it.
 
 -- include: _latency
 
@@ -57,6 +63,18 @@ if death[1] and not death[2] then
     local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
     redis.call("hset", history, "restarted", now)
     count_latency(counters, now - (tonumber(death[1]) or now))
+end
+
+local copy = ARGV[5] or ""
+if copy ~= "" then
+    local noted = redis.call("hget", history, "copy")
+    local attempt = string.match(copy, "^(%d+)|")
+    if not noted or string.match(noted, "^(%d+)|") ~= attempt then
+        redis.call("hset", history, "copy", copy)
+        if redis.call("pttl", history) < 0 then
+            redis.call("pexpire", history, ARGV[6])
+        end
+    end
 end
 
 local result = {"ok", previous}

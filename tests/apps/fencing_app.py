@@ -17,7 +17,9 @@ Reports, as JSON lists in the report Redis (``TEST_REPORT_PREFIX``):
 ``TEST_CLEANER_SECONDS`` is how long each cleaner call works.  ``TEST_CLEANER_SIGNAL`` ("stop" or
 "kill") makes the first cleaner call of the whole test (whichever process makes it) SIGSTOP or
 SIGKILL its own process right after reporting its start: the claiming sweeper is frozen or killed
-inside its first cleaner call, at a well-defined moment.
+inside its first cleaner call, at a well-defined moment.  ``TEST_ENQUEUE_SIGNAL`` ("stop") makes the first
+copy enqueued again from the outbox SIGSTOP its process inside the broker's enqueue (reported in
+``:enqueue``): after every check its sweeper makes, before the copy reaches the queue.
 """
 
 from __future__ import annotations
@@ -78,6 +80,10 @@ class WrappedRedisBroker(Broker):
     def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
         # The hooks see the message before the inner broker copies it (with its redis_message_id,
         # and its eta when delayed); what they change in its options travels with the copy.
+        if ENQUEUE_SIGNAL and "tracker_copy" in message.options:
+            # The first copy enqueued again from the outbox in the whole test stops its process here,
+            # inside the broker's enqueue: after every check the sweeper can make.
+            _signal_once("enqueue", message_id=message.message_id)
         self.emit_before("enqueue", message, delay)
         enqueued = self.inner.enqueue(message, delay=delay)
         self.emit_after("enqueue", enqueued, delay)
@@ -133,10 +139,18 @@ dramatiq.set_broker(broker)
 
 CLEANER_SECONDS = float(os.environ.get("TEST_CLEANER_SECONDS", "0"))
 CLEANER_SIGNAL = os.environ.get("TEST_CLEANER_SIGNAL", "")
+ENQUEUE_SIGNAL = os.environ.get("TEST_ENQUEUE_SIGNAL", "")
 
 
 def _push(event: str, **fields: Any) -> None:
     report.rpush("%s:%s" % (REPORT_PREFIX, event), json.dumps({"pid": os.getpid(), "at": time.time(), **fields}))
+
+
+def _signal_once(event: str, **fields: Any) -> None:
+    """Report ``event``; the first time in the whole test, SIGSTOP this process right after."""
+    _push(event, **fields)
+    if report.set("%s:signalled" % REPORT_PREFIX, os.getpid(), nx=True, ex=600):
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def clean(orphan: Orphan) -> None:
