@@ -45,6 +45,7 @@ import redis
 from dramatiq.logging import get_logger
 from dramatiq.message import Message
 
+from .brokers import REDIS, broker_kind, withhold_ack
 from .events import (
     ABORT_HONOURED,
     DEFERRAL_FAILED,
@@ -222,12 +223,17 @@ class AtRiskStarts:
         self.cleaners, self.settlement, self.master = wiring.cleaners, wiring.settlement, wiring.master
         self.registry, self.recorder, self.fencing = registry, recorder, fencing
         self.host = HostFacts.current()
+        self.redis_broker = broker_kind(self.broker) == REDIS
 
     def admit(self, delivery: Delivery) -> Verdict:
         """Decide a delivery's fate before it runs, recording it first when it may run."""
         options = delivery.message.options
         if self.fencing.is_stale(delivery.message_id, delivery.attempt) or options.get(REVOKED_OPTION):
             delivery.written = False
+            if not options.get(REVOKED_OPTION) and self.redis_broker:
+                # Still in this process's acks: the recovery that revoked it moves it from there, unless
+                # the skip's ack deletes its payload first (the message would be lost).
+                withhold_ack(delivery.message)
             self.fencing.skip_stale(delivery)
             return "skip"
         if options.get(QUARANTINE_OPTION):

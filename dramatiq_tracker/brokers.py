@@ -17,6 +17,7 @@ from dramatiq.common import dq_name
 if TYPE_CHECKING:
     import redis
     from dramatiq import Broker
+    from dramatiq.broker import MessageProxy
     from dramatiq.brokers.redis import RedisBroker
 
 REDIS = "redis"
@@ -50,6 +51,23 @@ def broker_kind(broker: Broker) -> str:
 def as_redis_broker(broker: Broker) -> RedisBroker:
     """``broker``, typed as the RedisBroker that :func:`broker_kind` found it to be."""
     return cast("RedisBroker", broker)
+
+
+#: Prefixed to the redis message id of a message whose ack is withheld (see :func:`withhold_ack`).
+WITHHELD_PREFIX = "tracker-withheld:"
+
+
+def withhold_ack(message: MessageProxy) -> None:
+    """Make Dramatiq's ack of a RedisBroker message that is not run a no-op: the id stays in the acks
+    set, its payload in the queue's messages, for the recovery that moves it from there.
+
+    A RedisBroker consumer acks by ``options["redis_message_id"]`` (removing it from the acks set and
+    deleting its payload); an id that is in neither makes that ack change nothing.
+    """
+    options = message.options
+    redis_message_id = options.get("redis_message_id")
+    if redis_message_id and not str(redis_message_id).startswith(WITHHELD_PREFIX):
+        options["redis_message_id"] = WITHHELD_PREFIX + str(redis_message_id)
 
 
 def describe_redis_client(client: redis.Redis) -> str:

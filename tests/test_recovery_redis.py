@@ -11,7 +11,9 @@ from collections.abc import Callable
 import pytest
 import redis
 from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker
+from dramatiq.message import Message
 
+from dramatiq_tracker.brokers import withhold_ack
 from dramatiq_tracker.keys import identity_digest
 from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.records import WorkerInfo
@@ -193,3 +195,27 @@ def test_a_gracefully_stopped_worker_leaves_no_orphans_and_no_registration(
     started = events(redis_client, namespaces, "started")
     done = events(redis_client, namespaces, "done")
     assert sorted(e[0] for e in started) == sorted(e[0] for e in done)
+
+
+def test_a_withheld_ack_leaves_the_message_in_the_acks_set_for_the_recovery_that_moves_it(
+    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces
+) -> None:
+    # Given a message a RedisBroker consumer fetched (in its acks set, its payload stored)
+    redis_broker.declare_queue(namespaces.queue)
+    sent = redis_broker.enqueue(Message(queue_name=namespaces.queue, actor_name="a", args=(), kwargs={}, options={}))
+    consumer = redis_broker.consume(namespaces.queue, prefetch=1, timeout=1000)
+    try:
+        fetched = wait_for(lambda: next(consumer), 5, message="the message fetched")
+        redis_message_id = fetched.options["redis_message_id"]
+        acks = "%s:__acks__.%s.%s" % (namespaces.broker, redis_broker.broker_id, namespaces.queue)
+        payloads = "%s:%s.msgs" % (namespaces.broker, namespaces.queue)
+        assert redis_client.sismember(acks, redis_message_id)
+        # When a worker declared dead skips it as a stale copy: its ack is withheld, then Dramatiq acks it
+        withhold_ack(fetched)
+        consumer.ack(fetched)
+        # Then the id is still in the acks set, and its payload stored: the recovery moves it from there
+        assert redis_client.sismember(acks, redis_message_id)
+        assert redis_client.hexists(payloads, redis_message_id)
+        assert fetched.message_id == sent.message_id
+    finally:
+        consumer.close()
