@@ -25,6 +25,7 @@ from dramatiq_tracker.events import TrackerEvent
 from dramatiq_tracker.host import HostFacts
 from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.records import InflightRecord, WorkerInfo
+from dramatiq_tracker.testing.checks import poll
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,14 +40,9 @@ RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.02, message: str = "") -> Any:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %.1f s waiting for %s" % (timeout, message or predicate))
-        time.sleep(interval)
+    return poll(
+        predicate, timeout, lambda: "timed out after %.1f s waiting for %s" % (timeout, message or predicate), interval
+    )
 
 
 def release(client: redis.Redis, report_prefix: str, message_id: str) -> None:

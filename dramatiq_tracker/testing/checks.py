@@ -127,15 +127,12 @@ class TrackerChecks:
 
     def _wait(self, predicate: Callable[[], T], failure: Callable[[], str], timeout: float | None) -> T:
         timeout = self.config.wait_timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                headline, _, story = failure().partition("\n")
-                raise AssertionError("%s (waited %.1f s).\n%s" % (headline.rstrip("."), timeout, story))
-            time.sleep(_POLL)
+
+        def failed() -> str:
+            headline, _, story = failure().partition("\n")
+            return "%s (waited %.1f s).\n%s" % (headline.rstrip("."), timeout, story)
+
+        return poll(predicate, timeout, failed)
 
     def running(self, message: Message[Any] | str, *, timeout: float | None = None) -> str:
         """Wait until the message runs and its in-flight record is written (so that a crash now leaves
@@ -287,6 +284,25 @@ class TrackerChecks:
             return found
 
         self._wait(lambda: not leftovers(), lambda: "Messages are in flight: %s." % "; ".join(leftovers()), timeout)
+
+
+def poll(predicate: Callable[[], T], timeout: float, failure: Callable[[], str], interval: float = _POLL) -> T:
+    """Call ``predicate`` every ``interval`` seconds until it returns something truthy, and return that.
+
+    Parameters:
+      failure(callable): What went wrong; called only when the time is up.
+
+    Raises:
+      AssertionError: With ``failure()``, when ``timeout`` seconds passed first.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(failure())
+        time.sleep(interval)
 
 
 def _times(count: int) -> str:
