@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from dramatiq_tracker import TrackerMiddleware
 from dramatiq_tracker.ops.reads import InspectionStore
+from dramatiq_tracker.records import WorkerInfo
 
 from .support import (
     FAST,
@@ -22,9 +24,15 @@ from .support import (
     WorkerProcess,
     close_redis_broker,
     delete_matching,
+    enqueue,
     find_redis_url,
+    kinds,
     rabbitmq_answers,
+    release,
     unique,
+    wait_for,
+    wait_new_worker,
+    wait_registered,
 )
 
 #: The real-server fixtures: Redis Cluster, Sentinel, TLS and ACL (tests/servers.py).
@@ -126,12 +134,16 @@ def spawn_worker(
             print("----- worker %d log (%s) -----\n%s" % (index, worker.log_path, worker.output()[-20000:]))
 
 
-@pytest.fixture
-def redis_broker(redis_url: str, namespaces: Namespaces) -> Iterator[RedisBroker]:
-    """A RedisBroker on the test's own broker namespace."""
+def _own_redis_broker(redis_url: str, namespaces: Namespaces) -> Iterator[RedisBroker]:
     broker = RedisBroker(url=redis_url, namespace=namespaces.broker)
     yield broker
     close_redis_broker(broker)
+
+
+#: A RedisBroker on the test's own broker namespace (``tracker`` adds its tracker to it).
+redis_broker = pytest.fixture(_own_redis_broker, name="redis_broker")
+#: Another RedisBroker on the test's broker namespace, without a tracker, to send messages.
+producer = pytest.fixture(_own_redis_broker, name="producer")
 
 
 @pytest.fixture
@@ -149,12 +161,81 @@ def store(redis_client: redis.Redis, namespaces: Namespaces) -> InspectionStore:
     return InspectionStore(redis_client, namespaces.tracker)
 
 
+@dataclasses.dataclass
+class Cluster:
+    """What a test of real worker processes works with: the test Redis, the test's own namespaces, the
+    worker processes it starts there (:func:`spawn_worker`) and the tracker's records they write."""
+
+    client: redis.Redis
+    names: Namespaces
+    spawn: Callable[..., WorkerProcess]
+    store: InspectionStore
+
+    def spawn_rabbitmq(self, threads: int, **options: Any) -> WorkerProcess:
+        """Start a worker process on the test RabbitMQ."""
+        return self.spawn(kind="rabbitmq", threads=threads, broker_url=RABBITMQ_URL, **options)
+
+    def rabbitmq_worker_running(
+        self, broker: object, actor: str, *args: object, threads: int, **options: Any
+    ) -> tuple[WorkerInfo, str]:
+        """Start the test's first worker process, on RabbitMQ, and send it a message ``actor(*args)``;
+        returns the worker and the message's id once the message started."""
+        self.spawn_rabbitmq(threads=threads, **options)
+        (worker,) = self.wait_registered(1)
+        message_id = enqueue(broker, self.names.queue, actor, *args)
+        wait_for(lambda: self.starts(message_id), 20, message="running")
+        return worker, message_id
+
+    def wait_registered(self, count: int, timeout: float = 20) -> list[WorkerInfo]:
+        """Wait until exactly ``count`` workers are registered; returns them."""
+        return wait_registered(self.store, count, timeout)
+
+    def wait_new_worker(self, *known: WorkerInfo, timeout: float = 20) -> WorkerInfo:
+        """The next worker to register besides ``known`` ones."""
+        return wait_new_worker(self.store, *known, timeout=timeout)
+
+    def kinds(self, message_id: str = "") -> list[str]:
+        """The kinds of the tracker's events (about one message, if given), oldest first."""
+        return kinds(self.store, message_id)
+
+    def reported(self, event: str) -> list[tuple[str, int, float]]:
+        """What the test app's actors reported of ``event``: (message id, pid, time) per run."""
+        return events(self.client, self.names, event)
+
+    def starts(self, message_id: str) -> list[int]:
+        """The pids of the processes that started ``message_id``, in order."""
+        return [pid for found, pid, _ in self.reported("started") if found == message_id]
+
+    def started_on(self, pid: int) -> list[str]:
+        """The ids of the messages that started in process ``pid``, in order."""
+        return [message_id for message_id, found, _ in self.reported("started") if found == pid]
+
+    def wait_started_on(self, pid: int, timeout: float, message: str) -> None:
+        """Wait until a message starts in process ``pid`` (a survivor running an orphan again)."""
+        wait_for(lambda: self.started_on(pid), timeout, message=message)
+
+    def release(self, message_id: str) -> None:
+        """Let a ``held`` (or ``fail_when_released``) message end."""
+        release(self.client, self.names.report, message_id)
+
+
 @pytest.fixture
-def producer(redis_url: str, namespaces: Namespaces) -> Iterator[RedisBroker]:
-    """A RedisBroker without a tracker on the test's broker namespace, to send messages."""
-    broker = RedisBroker(url=redis_url, namespace=namespaces.broker)
-    yield broker
-    close_redis_broker(broker)
+def cluster(
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    store: InspectionStore,
+) -> Cluster:
+    """The test's namespaces, where it starts real worker processes and reads what they wrote."""
+    return Cluster(redis_client, namespaces, spawn_worker, store)
+
+
+#: The marks of a test that closes RabbitMQ connections from the server (rabbitmqctl).
+CLOSES_RABBITMQ_CONNECTIONS = [
+    pytest.mark.slow,
+    pytest.mark.rabbitmq,
+    pytest.mark.skipif(not shutil.which("rabbitmqctl"), reason="needs rabbitmqctl to close a connection"),
+]
 
 
 @pytest.fixture

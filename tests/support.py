@@ -361,6 +361,12 @@ def send(broker: Any, queue: str, actor: str, count: int, *args: object, **optio
     return ids
 
 
+def enqueue(broker: Any, queue: str, actor: str, *args: object, **options: object) -> str:
+    """Enqueue one message ``actor(*args)``; returns its id."""
+    message = Message(queue_name=queue, actor_name=actor, args=args, kwargs={}, options=options)
+    return str(broker.enqueue(message).message_id)
+
+
 def keep_a_worker_alive(
     spawn: Callable[[], WorkerProcess], done: Callable[[], bool], timeout: float
 ) -> list[WorkerProcess]:
