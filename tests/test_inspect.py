@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -19,8 +19,8 @@ from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.ops.views import PRESENCE_LOST, PROCESS_EXITED
 from dramatiq_tracker.records import InflightRecord, WorkerInfo
 
-from .conftest import Namespaces, events
-from .support import BOUND, WorkerProcess, kill, send, wait_for, wait_new_worker, wait_registered
+from .conftest import Cluster, Namespaces, events
+from .support import BOUND, kill, send, wait_for
 from .test_cli import busy_worker
 
 
@@ -35,29 +35,24 @@ def started(client: redis.Redis, names: Namespaces) -> list[str]:
 
 
 def test_workers_and_their_messages_in_flight_are_listed_filtered_and_paged(
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    store: InspectionStore,
-    inspector: Inspector,
+    cluster: Cluster, producer: RedisBroker, inspector: Inspector
 ) -> None:
     # Given a worker running three slow messages
-    spawn_worker(threads=4, slow_seconds=60)
-    (worker,) = wait_registered(store, 1)
-    ids = send(producer, namespaces.queue, "slow", 3)
-    wait_for(lambda: len(store.inflight(worker.worker_id)) == 3, 20, message="recorded")
+    cluster.spawn(threads=4, slow_seconds=60)
+    (worker,) = cluster.wait_registered(1)
+    ids = send(producer, cluster.names.queue, "slow", 3)
+    wait_for(lambda: len(cluster.store.inflight(worker.worker_id)) == 3, 20, message="recorded")
 
     # Then the inspector sees the worker alive, heartbeating, with three messages
     (view,) = inspector.workers().items
     assert (view.worker_id, view.state, view.pid, view.inflight) == (worker.worker_id, ALIVE, worker.pid, 3)
-    assert view.queues == (namespaces.queue,) and view.hostname == worker.hostname
+    assert view.queues == (cluster.names.queue,) and view.hostname == worker.hostname
     assert view.heartbeat_age is not None and view.heartbeat_age < 1000 and view.overdue is None
     # And each message, with its actor, queue, worker and how long it has been running
     records = inspector.inflight().items
     assert sorted(r.message_id for r in records) == sorted(ids)
     assert {(r.actor_name, r.queue_name, r.worker_id, r.worker_state) for r in records} == {
-        ("slow", namespaces.queue, worker.worker_id, ALIVE)
+        ("slow", cluster.names.queue, worker.worker_id, ALIVE)
     }
     assert all(r.running_for >= 0 and r.attempt == 0 and r.preview.isdigit() for r in records)
     # Filtered by actor, queue, worker and age
@@ -79,7 +74,7 @@ def test_workers_and_their_messages_in_flight_are_listed_filtered_and_paged(
     status = inspector.status()
     assert status.workers[ALIVE] == 1 and status.inflight == 3 and status.orphans == 0
     ((queue),) = status.queues
-    assert (queue.queue_name, queue.inflight, queue.orphans) == (namespaces.queue, 3, 0)
+    assert (queue.queue_name, queue.inflight, queue.orphans) == (cluster.names.queue, 3, 0)
     assert dict(status.actors) == {"slow": 3}
     # And the oldest of them are found on the server, oldest first
     oldest = inspector.oldest(2).items
@@ -88,15 +83,10 @@ def test_workers_and_their_messages_in_flight_are_listed_filtered_and_paged(
 
 
 def test_a_killed_worker_of_this_host_is_gone_at_once_with_its_orphans_waiting_then_dead_once_recovered(
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    store: InspectionStore,
-    inspector: Inspector,
+    cluster: Cluster, producer: RedisBroker, inspector: Inspector
 ) -> None:
     # Given a worker running two messages, SIGKILLed, with no other worker to sweep
-    victim, ids = busy_worker(spawn_worker, store, producer, namespaces.queue, 2)
+    victim, ids = busy_worker(cluster.spawn, cluster.store, producer, cluster.names.queue, 2)
     kill(victim.pid)
 
     # Then it is gone at once (this host sees its process gone), before its heartbeat expires, and its
@@ -120,8 +110,8 @@ def test_a_killed_worker_of_this_host_is_gone_at_once_with_its_orphans_waiting_t
     assert inspector.worker(victim.worker_id).state == GONE
 
     # When another worker starts and recovers them
-    spawn_worker(threads=2, slow_seconds=60)
-    survivor = wait_new_worker(store, victim)
+    cluster.spawn(threads=2, slow_seconds=60)
+    survivor = cluster.wait_new_worker(victim)
     wait_for(lambda: inspector.orphans().total == 0, BOUND + 5, message="recovered")
     assert inspector.status().unswept == []
 
@@ -143,16 +133,12 @@ def test_a_killed_worker_of_this_host_is_gone_at_once_with_its_orphans_waiting_t
 
 
 def test_a_worker_declared_dead_while_stopped_shows_fenced_with_the_id_it_goes_on_as(
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    store: InspectionStore,
-    inspector: Inspector,
+    cluster: Cluster, producer: RedisBroker, inspector: Inspector
 ) -> None:
-    spawn_worker(threads=1)
-    (victim,) = wait_registered(store, 1)
-    spawn_worker(threads=1)
-    wait_new_worker(store, victim)
+    cluster.spawn(threads=1)
+    (victim,) = cluster.wait_registered(1)
+    cluster.spawn(threads=1)
+    cluster.wait_new_worker(victim)
     os.kill(victim.pid, signal.SIGSTOP)
     try:
         wait_for(lambda: inspector.worker(victim.worker_id).state in (RECOVERING, DEAD), BOUND + 5, message="dead")
@@ -192,20 +178,15 @@ def test_locks_are_listed_filtered_and_paged(
 
 
 def test_corrupt_and_foreign_entries_are_reported_and_skipped_and_left_alone(
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    store: InspectionStore,
-    inspector: Inspector,
+    cluster: Cluster, producer: RedisBroker, inspector: Inspector
 ) -> None:
-    spawn_worker(threads=2, slow_seconds=60)
-    (worker,) = wait_registered(store, 1)
-    (message_id,) = send(producer, namespaces.queue, "slow", 1)
-    wait_for(lambda: message_id in store.inflight(worker.worker_id), 20, message="recorded")
-    keys = store.keys
-    redis_client.hset(keys.workers, "foreign", "not json")
-    redis_client.hset(keys.inflight(worker.worker_id), "garbage", '{"a": 1}')
+    cluster.spawn(threads=2, slow_seconds=60)
+    (worker,) = cluster.wait_registered(1)
+    (message_id,) = send(producer, cluster.names.queue, "slow", 1)
+    wait_for(lambda: message_id in cluster.store.inflight(worker.worker_id), 20, message="recorded")
+    keys = cluster.store.keys
+    cluster.client.hset(keys.workers, "foreign", "not json")
+    cluster.client.hset(keys.inflight(worker.worker_id), "garbage", '{"a": 1}')
 
     page = inspector.inflight()
     assert [r.message_id for r in page.items] == [message_id]
@@ -216,9 +197,9 @@ def test_corrupt_and_foreign_entries_are_reported_and_skipped_and_left_alone(
     assert [w.worker_id for w in inspector.workers().items] == [worker.worker_id]
     status = inspector.status()
     assert status.inflight == 1 and {p.field for p in status.problems} == {"foreign", "garbage"}
-    assert redis_client.hget(keys.workers, "foreign") == b"not json"
-    assert redis_client.hget(keys.inflight(worker.worker_id), "garbage") is not None
-    redis_client.hdel(keys.inflight(worker.worker_id), "garbage")
+    assert cluster.client.hget(keys.workers, "foreign") == b"not json"
+    assert cluster.client.hget(keys.inflight(worker.worker_id), "garbage") is not None
+    cluster.client.hdel(keys.inflight(worker.worker_id), "garbage")
 
 
 def test_events_newest_first_paged_back_and_followed(

@@ -37,7 +37,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.records import WorkerInfo
 
-from .conftest import Namespaces
+from .conftest import Cluster, Namespaces
 from .support import BOUND, FAST, WorkerProcess, kill, registered, send, wait_for, wait_new_worker, wait_registered
 
 pytestmark = pytest.mark.slow
@@ -233,23 +233,19 @@ def freeze_in_first_cleaner_call(scene: Scene) -> int:
 
 
 def test_the_outbox_app_runs_messages_on_a_broker_class_the_tracker_does_not_know(
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    store: InspectionStore,
+    cluster: Cluster, producer: RedisBroker
 ) -> None:
-    spawn_worker(
-        kind="outbox", threads=2, env={"TEST_BROKER_IDENTITY": "fencing-test-%s" % namespaces.tracker}, app=APP
+    cluster.spawn(
+        kind="outbox", threads=2, env={"TEST_BROKER_IDENTITY": "fencing-test-%s" % cluster.names.tracker}, app=APP
     )
-    (worker,) = wait_registered(store, 1, timeout=BOOT)
-    (message_id,) = send(producer, namespaces.queue, "hold", 1, 0, 0)
-    wait_for(lambda: runs(redis_client, namespaces), BOOT, message="the message ran")
-    (run,) = runs(redis_client, namespaces)
+    (worker,) = cluster.wait_registered(1, timeout=BOOT)
+    (message_id,) = send(producer, cluster.names.queue, "hold", 1, 0, 0)
+    wait_for(lambda: runs(cluster.client, cluster.names), BOOT, message="the message ran")
+    (run,) = runs(cluster.client, cluster.names)
     assert (run.message_id, run.pid, run.recovered) == (message_id, worker.pid, False)
     # Recovered through the outbox: the tracker does not know the broker, and keeps each payload
-    assert worker.broker_kind == "other" and worker.broker_identity == "fencing-test-%s" % namespaces.tracker
-    assert [w.worker_id for w in registered(store)] == [worker.worker_id]
+    assert worker.broker_kind == "other" and worker.broker_identity == "fencing-test-%s" % cluster.names.tracker
+    assert [w.worker_id for w in registered(cluster.store)] == [worker.worker_id]
 
 
 # 1. A slow or frozen sweeper does not deliver again what another one delivered -------------------------
