@@ -29,6 +29,7 @@ from .support import (
     kinds,
     rabbitmq_answers,
     release,
+    send,
     unique,
     wait_for,
     wait_new_worker,
@@ -206,13 +207,22 @@ class Cluster:
         """The pids of the processes that started ``message_id``, in order."""
         return [pid for found, pid, _ in self.reported("started") if found == message_id]
 
-    def started_on(self, pid: int) -> list[str]:
-        """The ids of the messages that started in process ``pid``, in order."""
-        return [message_id for message_id, found, _ in self.reported("started") if found == pid]
+    def reported_by(self, pid: int, event: str = "started") -> list[str]:
+        """The ids of the messages whose ``event`` process ``pid`` reported, in order."""
+        return [message_id for message_id, found, _ in self.reported(event) if found == pid]
 
-    def wait_started_on(self, pid: int, timeout: float, message: str) -> None:
-        """Wait until a message starts in process ``pid`` (a survivor running an orphan again)."""
-        wait_for(lambda: self.started_on(pid), timeout, message=message)
+    def wait_reported_by(self, pid: int, timeout: float, message: str, event: str = "started") -> None:
+        """Wait until process ``pid`` reports an ``event`` (a survivor starting an orphan again, by default)."""
+        wait_for(lambda: self.reported_by(pid, event), timeout, message=message)
+
+    def busy_worker(self, producer: object, count: int, *, threads: int = 2) -> tuple[WorkerInfo, list[str]]:
+        """Start the test's first worker process and give it ``count`` ``slow`` messages; returns it and
+        their ids once their records are written."""
+        self.spawn(threads=threads, slow_seconds=60)
+        (worker,) = self.wait_registered(1)
+        ids = send(producer, self.names.queue, "slow", count)
+        wait_for(lambda: len(self.store.inflight(worker.worker_id)) == count, 20, message="recorded")
+        return worker, ids
 
     def release(self, message_id: str) -> None:
         """Let a ``held`` (or ``fail_when_released``) message end."""

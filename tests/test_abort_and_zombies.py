@@ -144,17 +144,13 @@ def test_a_zombies_abortable_copy_is_aborted_when_it_learns_it_was_declared_dead
     # When it freezes past its heartbeat timeout, its message starts again elsewhere, and it resumes
     os.kill(victim.pid, signal.SIGSTOP)
     try:
-        wait_for(
-            lambda: any(e[1] == survivor.pid for e in cluster.reported("started")),
-            BOUND + 5,
-            message="the successor started",
-        )
+        cluster.wait_reported_by(survivor.pid, BOUND + 5, "the successor started")
     finally:
         os.kill(victim.pid, signal.SIGCONT)
 
     # Then the zombie learns it, aborts its own copy, and the successor runs to completion
-    wait_for(lambda: any(e[1] == victim.pid for e in cluster.reported("aborted")), 10, message="abort")
-    wait_for(lambda: any(e[1] == survivor.pid for e in cluster.reported("done")), 15, message="done")
+    cluster.wait_reported_by(victim.pid, 10, "abort", "aborted")
+    cluster.wait_reported_by(survivor.pid, 15, "done", "done")
     assert not [e for e in cluster.reported("done") if e[1] == victim.pid]
     assert "zombie-detected" in cluster.kinds() and "zombie-aborted" in cluster.kinds(message_id)
     assert "declared dead while it was alive" in zombie.output()

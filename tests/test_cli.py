@@ -38,7 +38,6 @@ from dramatiq_tracker.ops.cli import (
 )
 from dramatiq_tracker.ops.inspection import ALIVE, DEAD, FENCED, GONE, RECOVERING, UNRESPONSIVE, Inspector
 from dramatiq_tracker.ops.reads import InspectionStore
-from dramatiq_tracker.records import WorkerInfo
 
 from .conftest import Cluster, Namespaces
 from .support import (
@@ -178,18 +177,6 @@ def cli_json(cli: Callable[..., tuple[int, str, str]]) -> Callable[..., dict[str
 def inspector(redis_url: str, namespaces: Namespaces) -> Iterator[Inspector]:
     with Inspector(url=redis_url, namespace=namespaces.tracker) as found:
         yield found
-
-
-def busy_worker(
-    spawn_worker: Callable[..., WorkerProcess], store: InspectionStore, producer: RedisBroker, queue: str, count: int
-) -> tuple[WorkerInfo, list[str]]:
-    """Start a worker of two threads and give it ``count`` slow messages; returns it and their ids, once
-    their records are written."""
-    spawn_worker(threads=2, slow_seconds=60)
-    (worker,) = wait_registered(store, 1)
-    ids = send(producer, queue, "slow", count)
-    wait_for(lambda: len(store.inflight(worker.worker_id)) == count, 20, message="recorded")
-    return worker, ids
 
 
 def documented_headers() -> set[tuple[str, ...]]:
@@ -451,7 +438,7 @@ def read_until(fd: int, predicate: Callable[[str], bool], timeout: float) -> str
 def test_watch_redraws_the_screen_on_a_terminal_and_only_there(
     redis_url: str, base: list[str], cluster: Cluster, producer: RedisBroker
 ) -> None:
-    worker, (message_id,) = busy_worker(cluster.spawn, cluster.store, producer, cluster.names.queue, 1)
+    worker, (message_id,) = cluster.busy_worker(producer, 1)
 
     # On a terminal: the screen is cleared before each refresh, colours on
     controller, terminal = pty.openpty()
@@ -525,10 +512,7 @@ def test_recover_dry_run_changes_nothing_and_recover_then_does_exactly_what_it_l
     redis_url: str, cluster: Cluster, producer: RedisBroker, inspector: Inspector
 ) -> None:
     # Given a worker SIGKILLed with three messages running and nobody else to sweep
-    cluster.spawn(threads=3, slow_seconds=60)
-    (victim,) = cluster.wait_registered(1)
-    ids = send(producer, cluster.names.queue, "slow", 3)
-    wait_for(lambda: len(cluster.store.inflight(victim.worker_id)) == 3, 20, message="recorded")
+    victim, ids = cluster.busy_worker(producer, 3, threads=3)
     kill(victim.pid)
     wait_for(lambda: inspector.orphans().total == 3, BOUND + 5, message="orphans waiting")
     orphans = run("orphans", "--url", redis_url, "--namespace", cluster.names.tracker)
@@ -686,10 +670,7 @@ def test_bad_input_is_one_line_on_stderr_with_a_documented_exit_code_and_nothing
 def test_corrupt_and_foreign_records_are_warned_about_skipped_and_left_alone(
     cluster: Cluster, base: list[str], producer: RedisBroker
 ) -> None:
-    cluster.spawn(threads=2, slow_seconds=60)
-    (worker,) = cluster.wait_registered(1)
-    (message_id,) = send(producer, cluster.names.queue, "slow", 1)
-    wait_for(lambda: message_id in cluster.store.inflight(worker.worker_id), 20, message="recorded")
+    worker, (message_id,) = cluster.busy_worker(producer, 1, threads=2)
     keys = cluster.store.keys
     cluster.client.hset(keys.workers, "foreign", "not json")
     cluster.client.hset(keys.inflight(worker.worker_id), "garbage", '{"a": 1}')

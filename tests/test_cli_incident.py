@@ -22,7 +22,7 @@ from dramatiq_tracker.ops.reads import InspectionStore
 from .conftest import Cluster, Namespaces
 from .dashboard_seed import BROKER_IDENTITY, SeedRecord, register_worker
 from .support import RABBITMQ_URL, kill, process_gone, send, wait_for
-from .test_cli import app_env, assert_documented, busy_worker, column, one_line_error, run, start
+from .test_cli import app_env, assert_documented, column, one_line_error, run, start
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def cells(out: str, title: str) -> list[dict[str, str]]:
 def test_every_read_command_takes_the_applications_broker(
     redis_url: str, cluster: Cluster, producer: RedisBroker
 ) -> None:
-    worker, (message_id,) = busy_worker(cluster.spawn, cluster.store, producer, cluster.names.queue, 1)
+    worker, (message_id,) = cluster.busy_worker(producer, 1)
     env = app_env(redis_url, cluster.names)
 
     # The tracker's Redis and namespace are the broker's tracker's: nothing to repeat by hand
@@ -84,7 +84,7 @@ def test_the_status_says_what_no_live_worker_sweeps_and_what_to_run(
     redis_url: str, cluster: Cluster, producer: RedisBroker
 ) -> None:
     # Given the only worker of the application SIGKILLed with two messages running
-    victim, ids = busy_worker(cluster.spawn, cluster.store, producer, cluster.names.queue, 2)
+    victim, ids = cluster.busy_worker(producer, 2)
     kill(victim.pid)
     wait_for(lambda: process_gone(victim.pid), 5, message="the process torn down")
     base = ["--url", redis_url, "--namespace", cluster.names.tracker]

@@ -61,7 +61,7 @@ def test_a_put_off_redelivery_is_not_lost_if_the_running_copy_then_dies(cluster:
     kill(pid)
 
     # Then the put-off delivery runs it again, as the dead worker's orphan
-    cluster.wait_started_on(survivor.pid, 15, "recovered run")
+    cluster.wait_reported_by(survivor.pid, 15, "recovered run")
     assert "recovered" in cluster.kinds(message_id)
     time.sleep(1)
     assert cluster.starts(message_id) == [pid, survivor.pid]

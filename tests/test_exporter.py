@@ -19,7 +19,7 @@ from dramatiq_tracker.ops.reads import InspectionStore
 from .conftest import Cluster, Namespaces
 from .dashboard_seed import LATENCY_COUNTERS
 from .support import BOUND, ROOT, kill, send, wait_for
-from .test_cli import app_env, busy_worker, start
+from .test_cli import app_env, start
 
 prometheus_client = pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
@@ -82,7 +82,7 @@ def test_a_scrape_shows_the_cluster_and_a_killed_workers_recovery(
     exporter: Callable[..., str], cluster: Cluster, producer: RedisBroker
 ) -> None:
     # Given a worker running two slow messages, and the exporter
-    victim, _ = busy_worker(cluster.spawn, cluster.store, producer, cluster.names.queue, 2)
+    victim, _ = cluster.busy_worker(producer, 2)
     base = exporter()
     queue = cluster.names.queue
 

@@ -116,11 +116,7 @@ def test_a_late_completion_after_a_stall_at_start_never_releases_the_lock_of_the
     survivor = cluster.wait_new_worker(victim)
     try:
         # When the victim is recovered: its copy started again on the survivor, with a new attempt and the lock
-        wait_for(
-            lambda: any(e[1] == survivor.pid for e in cluster.reported("started")),
-            BOUND + 5,
-            message="the successor started",
-        )
+        cluster.wait_reported_by(survivor.pid, BOUND + 5, "the successor started")
         (lock,) = cluster.store.locks()
         assert (lock.message_id, lock.attempt) == (message.message_id, 1)
         # (its record, written before it ran, names the lock, for a recovery of it and for operators)
@@ -135,7 +131,7 @@ def test_a_late_completion_after_a_stall_at_start_never_releases_the_lock_of_the
     finally:
         # And then the victim resumes and completes its old copy
         os.kill(victim.pid, signal.SIGCONT)
-    wait_for(lambda: any(e[1] == victim.pid for e in cluster.reported("done")), 10, message="zombie")
+    cluster.wait_reported_by(victim.pid, 10, "zombie", "done")
 
     # Then the successor still holds the lock: a duplicate is refused while it runs
     assert not any(e[1] == survivor.pid for e in cluster.reported("done"))

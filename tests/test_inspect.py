@@ -20,8 +20,7 @@ from dramatiq_tracker.ops.views import PRESENCE_LOST, PROCESS_EXITED
 from dramatiq_tracker.records import InflightRecord, WorkerInfo
 
 from .conftest import Cluster, Namespaces, events
-from .support import BOUND, kill, send, wait_for
-from .test_cli import busy_worker
+from .support import BOUND, kill, wait_for
 
 
 @pytest.fixture
@@ -38,10 +37,7 @@ def test_workers_and_their_messages_in_flight_are_listed_filtered_and_paged(
     cluster: Cluster, producer: RedisBroker, inspector: Inspector
 ) -> None:
     # Given a worker running three slow messages
-    cluster.spawn(threads=4, slow_seconds=60)
-    (worker,) = cluster.wait_registered(1)
-    ids = send(producer, cluster.names.queue, "slow", 3)
-    wait_for(lambda: len(cluster.store.inflight(worker.worker_id)) == 3, 20, message="recorded")
+    worker, ids = cluster.busy_worker(producer, 3, threads=4)
 
     # Then the inspector sees the worker alive, heartbeating, with three messages
     (view,) = inspector.workers().items
@@ -86,7 +82,7 @@ def test_a_killed_worker_of_this_host_is_gone_at_once_with_its_orphans_waiting_t
     cluster: Cluster, producer: RedisBroker, inspector: Inspector
 ) -> None:
     # Given a worker running two messages, SIGKILLed, with no other worker to sweep
-    victim, ids = busy_worker(cluster.spawn, cluster.store, producer, cluster.names.queue, 2)
+    victim, ids = cluster.busy_worker(producer, 2)
     kill(victim.pid)
 
     # Then it is gone at once (this host sees its process gone), before its heartbeat expires, and its
@@ -180,10 +176,7 @@ def test_locks_are_listed_filtered_and_paged(
 def test_corrupt_and_foreign_entries_are_reported_and_skipped_and_left_alone(
     cluster: Cluster, producer: RedisBroker, inspector: Inspector
 ) -> None:
-    cluster.spawn(threads=2, slow_seconds=60)
-    (worker,) = cluster.wait_registered(1)
-    (message_id,) = send(producer, cluster.names.queue, "slow", 1)
-    wait_for(lambda: message_id in cluster.store.inflight(worker.worker_id), 20, message="recorded")
+    worker, (message_id,) = cluster.busy_worker(producer, 1, threads=2)
     keys = cluster.store.keys
     cluster.client.hset(keys.workers, "foreign", "not json")
     cluster.client.hset(keys.inflight(worker.worker_id), "garbage", '{"a": 1}')

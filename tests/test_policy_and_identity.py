@@ -87,11 +87,7 @@ def test_every_app_sharing_a_namespace_recovers_its_own_dead_workers_within_the_
     os.kill(victim.pid, signal.SIGSTOP)
     try:
         # Then its own app's live worker recovers it within the bound
-        wait_for(
-            lambda: any(e[1] == survivor.pid for e in cluster.reported("started")),
-            BOUND + 5,
-            message="recovered by its app",
-        )
+        cluster.wait_reported_by(survivor.pid, BOUND + 5, "recovered by its app")
         restarted = next(e for e in cluster.reported("started") if e[1] == survivor.pid)
         assert restarted[0] == message_id
         assert restarted[2] - frozen_at <= BOUND

@@ -262,17 +262,13 @@ def test_a_zombies_late_completion_does_not_release_its_successors_lock(redis_ur
     # When the first freezes past its heartbeat timeout, its message is recovered by the live one
     os.kill(victim.pid, signal.SIGSTOP)
     try:
-        wait_for(
-            lambda: any(e[1] == survivor.pid for e in cluster.reported("started")),
-            BOUND + 5,
-            message="the successor started",
-        )
+        cluster.wait_reported_by(survivor.pid, BOUND + 5, "the successor started")
         (lock,) = cluster.store.locks()
         assert (lock.message_id, lock.attempt) == (message_id, 1)
     finally:
         # And then it wakes up and completes its copy: a zombie's late completion
         os.kill(victim.pid, signal.SIGCONT)
-    wait_for(lambda: any(e[1] == victim.pid for e in cluster.reported("done")), 10, message="zombie done")
+    cluster.wait_reported_by(victim.pid, 10, "zombie done", "done")
     assert time.time() - started_at < 6, "the successor should still be running"
 
     # Then the successor's lock is still held, by the successor's attempt
@@ -282,6 +278,6 @@ def test_a_zombies_late_completion_does_not_release_its_successors_lock(redis_ur
     # And the zombie learned that it was declared dead
     wait_for(lambda: "declared dead while it was alive" in zombie.output(), 5, message="fencing logged")
     # And the successor releases its lock when it completes
-    wait_for(lambda: any(e[1] == survivor.pid for e in cluster.reported("done")), 10, message="successor")
+    cluster.wait_reported_by(survivor.pid, 10, "successor", "done")
     wait_for(lambda: cluster.store.locks() == [], 5, message="lock released")
     close_redis_broker(producer)

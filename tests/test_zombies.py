@@ -54,11 +54,7 @@ def test_a_worker_whose_heartbeat_stalls_is_fenced_and_its_late_completion_chang
     survivor = cluster.wait_new_worker(victim)
 
     # When its heartbeat expires, the message is recovered once and starts again on the live worker
-    wait_for(
-        lambda: any(e[1] == survivor.pid for e in cluster.reported("started")),
-        BOUND + 5,
-        message="the successor started",
-    )
+    cluster.wait_reported_by(survivor.pid, BOUND + 5, "the successor started")
     successor = next(w for w in [survivor] if message.message_id in cluster.store.inflight(w.worker_id))
     assert cluster.store.message_history(message.message_id)["recoveries"] == "1"
 
