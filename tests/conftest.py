@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,15 @@ from typing import Any
 import dramatiq
 import pytest
 import redis
+from dramatiq import Worker
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import CurrentMessage
 
 from dramatiq_tracker import TrackerMiddleware
 from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.records import WorkerInfo
+from dramatiq_tracker.testing.crashes import stop_tracking
 
 from .support import (
     FAST,
@@ -276,6 +281,43 @@ def tracker_server() -> Iterator[RedisServer]:
 
 def make_tracker(redis_url: str, namespace: str, **settings: Any) -> TrackerMiddleware:
     return TrackerMiddleware(url=redis_url, namespace=namespace, **{**FAST, **settings})
+
+
+class StubApp:
+    """One process of an app on a StubBroker, as tests stand it up: CurrentMessage, a tracker
+    (:func:`make_tracker`) booted with the broker, and an embedded Worker, not started yet."""
+
+    def __init__(
+        self, redis_url: str, namespace: str, *, threads: int, worker_timeout: int = 50, **tracker_options: Any
+    ) -> None:
+        self.broker = StubBroker()
+        self.broker.add_middleware(CurrentMessage())
+        self.tracker: TrackerMiddleware = make_tracker(redis_url, namespace, **tracker_options)
+        self.broker.add_middleware(self.tracker)
+        self.broker.emit_after("process_boot")
+        self.worker = Worker(self.broker, worker_threads=threads, worker_timeout=worker_timeout)
+        #: What the actors of an app that hold their messages wait for.
+        self.release = threading.Event()
+
+    def die(self) -> None:
+        """What SIGKILL does to the tracker: its threads stop, nothing is deregistered."""
+        assert stop_tracking(self.tracker) is not None
+
+    def close(self) -> None:
+        """Let its actors return, then stop its worker, its broker and its tracker."""
+        self.release.set()
+        self.worker.stop(5000)
+        self.broker.close()
+        self.tracker.close()
+
+
+def booted_stub_broker(redis_url: str, namespace: str, **settings: Any) -> tuple[StubBroker, TrackerMiddleware]:
+    """A StubBroker with a tracker (:func:`make_tracker`), booted as a worker process boots its broker."""
+    broker = StubBroker()
+    tracker = make_tracker(redis_url, namespace, **settings)
+    broker.add_middleware(tracker)
+    broker.emit_after("process_boot")
+    return broker, tracker
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ from dramatiq.message import Message
 from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.records import WorkerInfo
 
-from .conftest import Cluster, Namespaces
+from .conftest import Cluster, Namespaces, booted_stub_broker
 from .support import RedisServer, close_redis_broker, reads, wait_for
 
 pytestmark = pytest.mark.slow
@@ -84,16 +84,10 @@ def test_a_worker_starts_and_works_while_the_trackers_redis_is_down_and_register
 
     import dramatiq
     from dramatiq import Worker
-    from dramatiq.brokers.stub import StubBroker
-
-    from .conftest import make_tracker
 
     # Given a tracker whose Redis is not running yet
     server = RedisServer()
-    broker = StubBroker()
-    tracker = make_tracker(server.url, namespaces.tracker)
-    broker.add_middleware(tracker)
-    broker.emit_after("process_boot")
+    broker, tracker = booted_stub_broker(server.url, namespaces.tracker)
     done = threading.Semaphore(0)
     gate = threading.Event()
 

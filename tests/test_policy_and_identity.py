@@ -6,22 +6,18 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 
 import dramatiq
 import pytest
 import redis
-from dramatiq import Worker
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage
 
 from dramatiq_tracker.ops.reads import InspectionStore
-from dramatiq_tracker.testing.crashes import stop_tracking
 
-from .conftest import Cluster, Namespaces, make_tracker
+from .conftest import Cluster, Namespaces, StubApp
 from .support import (
     BOUND,
     close_redis_broker,
@@ -99,17 +95,12 @@ def test_every_app_sharing_a_namespace_recovers_its_own_dead_workers_within_the_
 # Brokers the tracker cannot see into (StubBroker) ------------------------------------------
 
 
-class App:
+class App(StubApp):
     """A StubBroker app with a tracker and a Worker; two apps of one identity stand for two processes."""
 
     def __init__(self, redis_url: str, namespace: str, actor_name: str, **tracker_options: object) -> None:
-        self.broker = StubBroker()
-        self.broker.add_middleware(CurrentMessage())
-        self.tracker = make_tracker(redis_url, namespace, **tracker_options)
-        self.broker.add_middleware(self.tracker)
-        self.broker.emit_after("process_boot")
+        super().__init__(redis_url, namespace, threads=2, **tracker_options)
         self.started: list[str] = []
-        self.release = threading.Event()
 
         def work(index: int) -> None:
             message = CurrentMessage.get_current_message()
@@ -118,17 +109,6 @@ class App:
             self.release.wait(30)
 
         self.actor = dramatiq.actor(work, broker=self.broker, actor_name=actor_name, max_retries=0)
-        self.worker = Worker(self.broker, worker_threads=2, worker_timeout=50)
-
-    def die(self) -> None:
-        """What SIGKILL does to the tracker: its threads stop, nothing is deregistered."""
-        assert stop_tracking(self.tracker) is not None
-
-    def close(self) -> None:
-        self.release.set()
-        self.worker.stop(5000)
-        self.broker.close()
-        self.tracker.close()
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from dramatiq_tracker.host import HostFacts
 from dramatiq_tracker.recovery_claim import RecoveryClaim
 from dramatiq_tracker.unique import compute_digest
 
-from .conftest import Namespaces, make_tracker
+from .conftest import Namespaces, booted_stub_broker, make_tracker
 from .support import fake_dead_worker, kinds, reads, wait_for
 
 
@@ -123,10 +123,7 @@ def test_a_sweeper_that_finishes_an_interrupted_recovery_runs_the_lock_cleaners_
 def test_embedded_workers_of_one_process_share_one_registration_until_the_last_stops(
     redis_url: str, namespaces: Namespaces
 ) -> None:
-    broker = StubBroker()
-    tracker = make_tracker(redis_url, namespaces.tracker)
-    broker.add_middleware(tracker)
-    broker.emit_after("process_boot")
+    broker, tracker = booted_stub_broker(redis_url, namespaces.tracker)
     dramatiq.actor(lambda: None, broker=broker, actor_name="a", queue_name="first")
     dramatiq.actor(lambda: None, broker=broker, actor_name="b", queue_name="second")
     first = Worker(broker, queues={"first"}, worker_threads=1, worker_timeout=50)
@@ -247,10 +244,7 @@ def test_a_dropped_duplicates_result_says_it_was_a_duplicate(
 def test_a_put_off_while_executing_duplicate_is_not_reported_as_skipped_by_dramatiq(
     redis_url: str, namespaces: Namespaces, caplog: pytest.LogCaptureFixture
 ) -> None:
-    broker = StubBroker()
-    tracker = make_tracker(redis_url, namespaces.tracker)
-    broker.add_middleware(tracker)
-    broker.emit_after("process_boot")
+    broker, tracker = booted_stub_broker(redis_url, namespaces.tracker)
     gate = threading.Event()
     runs: list[int] = []
 
