@@ -8,11 +8,13 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import dramatiq
 import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.message import Message
 from dramatiq.middleware import CurrentMessage
 
 from dramatiq_tracker.ops.reads import InspectionStore
@@ -110,6 +112,17 @@ class App(StubApp):
 
         self.actor = dramatiq.actor(work, broker=self.broker, actor_name=actor_name, max_retries=0)
 
+    def run_one(self) -> tuple[Message[Any], str]:
+        """Start the worker and send it a message; returns the message and the worker's id once it runs
+        and its record is written."""
+        self.worker.start()
+        message = self.actor.send(1)
+        wait_for(lambda: self.started, 10, message="running")
+        worker_id = self.tracker.worker_id
+        assert worker_id is not None
+        wait_for(lambda: message.message_id in reads(self.tracker).inflight(worker_id), 5, message="recorded")
+        return message, worker_id
+
 
 @pytest.fixture
 def apps(redis_url: str, namespaces: Namespaces) -> Iterator[Callable[..., App]]:
@@ -127,12 +140,7 @@ def apps(redis_url: str, namespaces: Namespaces) -> Iterator[Callable[..., App]]
 def test_another_apps_sweeper_never_takes_an_orphan_its_broker_cannot_deliver(apps: Callable[..., App]) -> None:
     # Given two apps on StubBrokers (in-memory: each is its own broker) sharing a tracker namespace
     first, other = apps("first_work"), apps("other_work")
-    first.worker.start()
-    message = first.actor.send(1)
-    wait_for(lambda: first.started, 10, message="running")
-    worker_id = first.tracker.worker_id
-    assert worker_id is not None
-    wait_for(lambda: message.message_id in reads(first.tracker).inflight(worker_id), 5, message="recorded")
+    message, worker_id = first.run_one()
     other.worker.start()
 
     # When the first app's worker dies
@@ -152,12 +160,7 @@ def test_processes_of_one_app_on_an_opaque_broker_recover_each_other_given_a_bro
     # Given two processes of one app (broker_identity says they share a broker), and another app
     first, second = apps("work", broker_identity="app-a"), apps("work", broker_identity="app-a")
     other = apps("other_work", broker_identity="app-b")
-    first.worker.start()
-    message = first.actor.send(1)
-    wait_for(lambda: first.started, 10, message="running")
-    worker_id = first.tracker.worker_id
-    assert worker_id is not None
-    wait_for(lambda: message.message_id in reads(first.tracker).inflight(worker_id), 5, message="recorded")
+    message, _ = first.run_one()
     second.worker.start()
     other.worker.start()
     second.release.set()

@@ -270,6 +270,17 @@ def test_a_slow_lock_cleaner_does_not_let_another_sweeper_deliver_the_orphans_ag
     scene.assert_fenced()
 
 
+def resume_frozen_claimer(scene: Scene) -> None:
+    """Freeze the claiming sweeper in its first lock cleaner call until it resumes, then wait until every
+    orphan ran again and nothing more happens; the timeline is printed whatever happens."""
+    try:
+        claimer = freeze_in_first_cleaner_call(scene)
+        print("claiming sweeper: pid %d, resumed %.2f s after the kill" % (claimer, scene.resumed_at - scene.killed_at))
+        scene.wait_settled(BOUND + 2 * TAKEOVER + 10)
+    finally:
+        print(timeline(scene.client, scene.names, scene.ids, scene.killed_at))
+
+
 @pytest.mark.parametrize("kind", ["outbox"])
 def test_a_sweeper_frozen_right_after_its_claim_delivers_nothing_twice(
     scene_of: Callable[..., Scene], kind: str
@@ -277,13 +288,8 @@ def test_a_sweeper_frozen_right_after_its_claim_delivers_nothing_twice(
     # Given a victim killed with three orphans, and the sweeper that claims them frozen (SIGSTOP) right
     # after its claim, as its first lock cleaner call starts, for longer than takeover_after
     scene = scene_of(kind, TEST_CLEANER_SIGNAL="stop")
-    try:
-        claimer = freeze_in_first_cleaner_call(scene)
-        print("claiming sweeper: pid %d, resumed %.2f s after the kill" % (claimer, scene.resumed_at - scene.killed_at))
-        # When it resumes, every orphan ran again and nothing more happens
-        scene.wait_settled(BOUND + 2 * TAKEOVER + 10)
-    finally:
-        print(timeline(scene.client, scene.names, scene.ids, scene.killed_at))
+    # When it resumes, every orphan ran again and nothing more happens
+    resume_frozen_claimer(scene)
     # Then each ran again once, its cleaner called once, before it started again
     scene.assert_fenced()
 
@@ -322,13 +328,8 @@ def test_a_sweeper_resumed_after_the_takeover_calls_no_cleaner_of_an_orphan_that
     # first lock cleaner call (each takes 0.5 s), until 13 s later: the takeover (after 10 s) cleans and
     # delivers them again meanwhile
     scene = scene_of(kind, TEST_CLEANER_SECONDS="0.5", TEST_CLEANER_SIGNAL="stop")
-    try:
-        claimer = freeze_in_first_cleaner_call(scene)
-        print("claiming sweeper: pid %d, resumed %.2f s after the kill" % (claimer, scene.resumed_at - scene.killed_at))
-        # When it resumes, every orphan ran again and nothing more happens
-        scene.wait_settled(BOUND + 2 * TAKEOVER + 10)
-    finally:
-        print(timeline(scene.client, scene.names, scene.ids, scene.killed_at))
+    # When it resumes, every orphan ran again and nothing more happens
+    resume_frozen_claimer(scene)
     # Then no cleaner call started after its orphan restarted, and the interrupted call was the only
     # one of its orphan (the takeover did not call it again)
     scene.assert_fenced()
