@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,11 +19,14 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage
 
 from dramatiq_tracker import TrackerMiddleware
+from dramatiq_tracker.ops.inspection import DEAD, FENCED, RECOVERING, Inspector
 from dramatiq_tracker.ops.reads import InspectionStore
+from dramatiq_tracker.ops.views import WorkerView
 from dramatiq_tracker.records import WorkerInfo
 from dramatiq_tracker.testing.crashes import stop_tracking
 
 from .support import (
+    BOUND,
     FAST,
     RABBITMQ_URL,
     RedisServer,
@@ -204,9 +208,29 @@ class Cluster:
         """The kinds of the tracker's events (about one message, if given), oldest first."""
         return kinds(self.store, message_id)
 
-    def reported(self, event: str) -> list[tuple[str, int, float]]:
-        """What the test app's actors reported of ``event``: (message id, pid, time) per run."""
-        return events(self.client, self.names, event)
+    def fenced_worker(self, inspector: Inspector) -> tuple[WorkerInfo, WorkerInfo, WorkerView]:
+        """Start two workers, stop the first until the second declares it dead, then let it go on; returns
+        both and the first one's view once it shows fenced."""
+        self.spawn(threads=1)
+        (victim,) = self.wait_registered(1)
+        self.spawn(threads=1)
+        survivor = self.wait_new_worker(victim)
+        os.kill(victim.pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: inspector.worker(victim.worker_id).state in (RECOVERING, DEAD), BOUND + 5, message="dead")
+        finally:
+            os.kill(victim.pid, signal.SIGCONT)
+        view = wait_for(
+            lambda: (v := inspector.worker(victim.worker_id)) is not None and v.state == FENCED and v,
+            10,
+            message="fenced",
+        )
+        return victim, survivor, view
+
+    def reported(self, event: str, pid: int | None = None) -> list[tuple[str, int, float]]:
+        """What the test app's actors reported of ``event`` (in process ``pid``, if given): (message id, pid,
+        time) per run."""
+        return [e for e in events(self.client, self.names, event) if pid is None or e[1] == pid]
 
     def starts(self, message_id: str) -> list[int]:
         """The pids of the processes that started ``message_id``, in order."""
@@ -214,7 +238,7 @@ class Cluster:
 
     def reported_by(self, pid: int, event: str = "started") -> list[str]:
         """The ids of the messages whose ``event`` process ``pid`` reported, in order."""
-        return [message_id for message_id, found, _ in self.reported(event) if found == pid]
+        return [message_id for message_id, _, _ in self.reported(event, pid)]
 
     def wait_reported_by(self, pid: int, timeout: float, message: str, event: str = "started") -> None:
         """Wait until process ``pid`` reports an ``event`` (a survivor starting an orphan again, by default)."""

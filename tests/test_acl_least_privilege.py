@@ -89,7 +89,7 @@ def test_workers_a_recovery_and_every_command_run_as_the_least_privileged_user(
         kill(victim.pid)
 
         def restarted() -> list[str]:
-            return [e[0] for e in cluster.reported("started") if e[1] == survivor.pid]
+            return cluster.reported_by(survivor.pid)
 
         wait_for(lambda: len(restarted()) >= 4, BOUND + 10, message="4 redeliveries")
         assert collections.Counter(restarted()) == collections.Counter(ids)

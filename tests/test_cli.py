@@ -36,7 +36,7 @@ from dramatiq_tracker.ops.cli import (
     RET_USAGE,
     main,
 )
-from dramatiq_tracker.ops.inspection import ALIVE, DEAD, FENCED, GONE, RECOVERING, UNRESPONSIVE, Inspector
+from dramatiq_tracker.ops.inspection import ALIVE, DEAD, FENCED, GONE, UNRESPONSIVE, Inspector
 from dramatiq_tracker.ops.reads import InspectionStore
 
 from .conftest import Cluster, Namespaces
@@ -385,18 +385,7 @@ def test_check_fails_for_a_fenced_worker_naming_the_id_it_goes_on_as(
     base: list[str], cluster: Cluster, inspector: Inspector
 ) -> None:
     # Given a worker stopped past its heartbeat timeout while another one sweeps, then resumed
-    cluster.spawn(threads=1)
-    (victim,) = cluster.wait_registered(1)
-    cluster.spawn(threads=1)
-    survivor = cluster.wait_new_worker(victim)
-    os.kill(victim.pid, signal.SIGSTOP)
-    try:
-        wait_for(lambda: inspector.worker(victim.worker_id).state in (RECOVERING, DEAD), BOUND + 5, message="dead")
-    finally:
-        os.kill(victim.pid, signal.SIGCONT)
-    view = wait_for(
-        lambda: (v := inspector.worker(victim.worker_id)) is not None and v.state == FENCED and v, 10, message="fenced"
-    )
+    victim, survivor, view = cluster.fenced_worker(inspector)
 
     wait_for(lambda: (w := inspector.worker(view.fenced_as)) is not None and w.state == ALIVE, 10, message="new id")
 

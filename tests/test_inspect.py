@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pytest
 import redis
@@ -14,19 +13,33 @@ from dramatiq_tracker import ConfigurationError, TrackerMiddleware, TrackerNotCo
 from dramatiq_tracker.events import LOCK_DELETED
 from dramatiq_tracker.keys import identity_digest
 from dramatiq_tracker.ops.actions import Operator, load_broker
-from dramatiq_tracker.ops.inspection import ALIVE, DEAD, FENCED, GONE, RECOVERING, UNRESPONSIVE, Inspector, Unswept
+from dramatiq_tracker.ops.inspection import ALIVE, DEAD, GONE, UNRESPONSIVE, Inspector, Unswept
 from dramatiq_tracker.ops.reads import InspectionStore
-from dramatiq_tracker.ops.views import PRESENCE_LOST, PROCESS_EXITED
+from dramatiq_tracker.ops.views import PRESENCE_LOST, PROCESS_EXITED, Page
 from dramatiq_tracker.records import InflightRecord, WorkerInfo
 
 from .conftest import Cluster, Namespaces, events
 from .support import BOUND, kill, wait_for
+
+T = TypeVar("T")
 
 
 @pytest.fixture
 def inspector(redis_url: str, namespaces: Namespaces) -> Iterator[Inspector]:
     with Inspector(url=redis_url, namespace=namespaces.tracker) as found:
         yield found
+
+
+def every_page(read: Callable[[str], Page[T]]) -> list[T]:
+    """Every item of a listing, read one page at a time from the first cursor to the last."""
+    seen: list[T] = []
+    cursor = ""
+    while True:
+        page = read(cursor)
+        seen += page.items
+        cursor = page.cursor
+        if not cursor:
+            return seen
 
 
 def started(client: redis.Redis, names: Namespaces) -> list[str]:
@@ -58,13 +71,7 @@ def test_workers_and_their_messages_in_flight_are_listed_filtered_and_paged(
     assert inspector.inflight(worker_id="nobody").items == []
     assert inspector.inflight(older_than=3_600_000).items == []
     # And paged: one at a time, each exactly once
-    seen, cursor = [], ""
-    while True:
-        page = inspector.inflight(limit=1, cursor=cursor)
-        seen += [r.message_id for r in page.items]
-        cursor = page.cursor
-        if not cursor:
-            break
+    seen = [r.message_id for r in every_page(lambda cursor: inspector.inflight(limit=1, cursor=cursor))]
     assert sorted(seen) == sorted(ids)
     # And the status adds them up
     status = inspector.status()
@@ -131,18 +138,7 @@ def test_a_killed_worker_of_this_host_is_gone_at_once_with_its_orphans_waiting_t
 def test_a_worker_declared_dead_while_stopped_shows_fenced_with_the_id_it_goes_on_as(
     cluster: Cluster, producer: RedisBroker, inspector: Inspector
 ) -> None:
-    cluster.spawn(threads=1)
-    (victim,) = cluster.wait_registered(1)
-    cluster.spawn(threads=1)
-    cluster.wait_new_worker(victim)
-    os.kill(victim.pid, signal.SIGSTOP)
-    try:
-        wait_for(lambda: inspector.worker(victim.worker_id).state in (RECOVERING, DEAD), BOUND + 5, message="dead")
-    finally:
-        os.kill(victim.pid, signal.SIGCONT)
-    view = wait_for(
-        lambda: (v := inspector.worker(victim.worker_id)) is not None and v.state == FENCED and v, 10, message="fenced"
-    )
+    victim, _, view = cluster.fenced_worker(inspector)
     # It goes on under its new id (registered right after it notes it)
     new = wait_for(lambda: (v := inspector.worker(view.fenced_as)) is not None and v.alive and v, 10, message="new id")
     assert new.pid == victim.pid
@@ -161,13 +157,7 @@ def test_locks_are_listed_filtered_and_paged(
     assert [lock.digest for lock in inspector.locks(owner="m3").items] == ["digest-3"]
     assert [lock.digest for lock in inspector.locks(owner="w1").items] == ["digest-x"]
     assert inspector.locks(older_than=3_600_000).items == []
-    seen, cursor = [], ""
-    while True:
-        page = inspector.locks(limit=2, cursor=cursor)
-        seen += [lock.digest for lock in page.items]
-        cursor = page.cursor
-        if not cursor:
-            break
+    seen = [lock.digest for lock in every_page(lambda cursor: inspector.locks(limit=2, cursor=cursor))]
     assert sorted(seen) == sorted(["digest-%d" % i for i in range(5)] + ["digest-x"])
     assert inspector.lock("digest-x").ttl is not None and inspector.lock("nope") is None
     assert inspector.status().locks == 6

@@ -233,7 +233,7 @@ def test_a_worker_that_died_while_the_trackers_redis_restarted_empty_is_still_re
     # Then the live worker registers again, and the dead one, unknown to the tracker now, is found from
     # the broker's own records and recovered: each of its messages starts again once on the live worker
     def restarted() -> list[str]:
-        return [e[0] for e in cluster.reported("started") if e[1] == survivor.pid]
+        return cluster.reported_by(survivor.pid)
 
     wait_for(lambda: sorted(restarted()) == sorted(ids), BOUND + 5, message="recovered after the restart")
     last = max(e[2] for e in cluster.reported("started") if e[1] == survivor.pid)

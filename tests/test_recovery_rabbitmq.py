@@ -36,14 +36,11 @@ def test_a_killed_workers_messages_come_back_once_from_rabbitmq_and_are_accounte
     kill(victim.pid)
 
     # Then RabbitMQ delivers each of the 20 again to the survivor, once
-    def on_survivor() -> list[tuple[str, int, float]]:
-        return [e for e in cluster.reported("started") if e[1] == survivor.pid]
-
-    wait_for(lambda: len(on_survivor()) >= 20, BOUND + 10, message="20 redeliveries")
-    assert max(at for _, _, at in on_survivor()) - killed_at <= BOUND
+    wait_for(lambda: len(cluster.reported("started", survivor.pid)) >= 20, BOUND + 10, message="20 redeliveries")
+    assert max(at for _, _, at in cluster.reported("started", survivor.pid)) - killed_at <= BOUND
     # And the tracker never publishes a copy: nothing else starts after a full recovery cycle
     time.sleep(BOUND)
-    assert collections.Counter(mid for mid, _, _ in on_survivor()) == collections.Counter(ids)
+    assert collections.Counter(cluster.reported_by(survivor.pid)) == collections.Counter(ids)
     assert len(cluster.reported("started")) == 30
 
     # And the recoveries of the 10 that were running are counted, once each

@@ -6,48 +6,40 @@ import collections
 import os
 import signal
 import time
-from collections.abc import Callable
 
 import pytest
-import redis
 from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker
 
 from dramatiq_tracker.keys import identity_digest
-from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.records import WorkerInfo
 
-from .conftest import Cluster, Namespaces, events
+from .conftest import Cluster
 from .support import (
     BOUND,
-    WorkerProcess,
     close_redis_broker,
     kill,
     send,
     wait_for,
-    wait_registered,
 )
 
 pytestmark = pytest.mark.slow
 
 
 def start_victim(
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    store: InspectionStore,
-    client: redis.Redis,
-    names: Namespaces,
-    *,
-    threads: int,
-    messages: int,
+    cluster: Cluster, producer: RedisBroker, *, threads: int, messages: int
 ) -> tuple[WorkerInfo, list[str]]:
     """A worker process running ``threads`` slow messages with the rest of ``messages`` prefetched."""
-    spawn_worker(threads=threads, slow_seconds=120)
-    (victim,) = wait_registered(store, 1)
-    ids = send(producer, names.queue, "slow", messages)
-    wait_for(lambda: len(events(client, names, "started")) == threads, 20, message="victim busy")
+    cluster.spawn(threads=threads, slow_seconds=120)
+    (victim,) = cluster.wait_registered(1)
+    ids = send(producer, cluster.names.queue, "slow", messages)
+    wait_for(lambda: len(cluster.reported("started")) == threads, 20, message="victim busy")
     # Everything is fetched: running or prefetched, nothing left in the queue.
-    wait_for(lambda: client.llen("%s:%s" % (names.broker, names.queue)) == 0, 10, message="all fetched")
-    wait_for(lambda: len(store.inflight(victim.worker_id)) == threads, 5, message="records written")
+    wait_for(
+        lambda: cluster.client.llen("%s:%s" % (cluster.names.broker, cluster.names.queue)) == 0,
+        10,
+        message="all fetched",
+    )
+    wait_for(lambda: len(cluster.store.inflight(victim.worker_id)) == threads, 5, message="records written")
     return victim, ids
 
 
@@ -55,9 +47,7 @@ def test_a_killed_workers_orphans_are_delivered_again_exactly_once_by_a_live_wor
     redis_url: str, cluster: Cluster, producer: RedisBroker
 ) -> None:
     # Given a worker process running 10 slow messages with 10 more prefetched
-    victim, ids = start_victim(
-        cluster.spawn, producer, cluster.store, cluster.client, cluster.names, threads=10, messages=20
-    )
+    victim, ids = start_victim(cluster, producer, threads=10, messages=20)
     assert len(cluster.store.inflight(victim.worker_id)) == 10
     # And a second worker process that stays alive
     survivor_process = cluster.spawn(threads=20, slow_seconds=0.1)
@@ -68,11 +58,8 @@ def test_a_killed_workers_orphans_are_delivered_again_exactly_once_by_a_live_wor
     kill(victim.pid)
 
     # Then the survivor starts every one of the 20 again, each exactly once, within the bound
-    def started_on_survivor() -> list[tuple[str, int, float]]:
-        return [e for e in cluster.reported("started") if e[1] == survivor.pid]
-
-    wait_for(lambda: len(started_on_survivor()) >= 20, BOUND + 5, message="20 redeliveries")
-    restarts = started_on_survivor()
+    wait_for(lambda: len(cluster.reported("started", survivor.pid)) >= 20, BOUND + 5, message="20 redeliveries")
+    restarts = cluster.reported("started", survivor.pid)
     assert collections.Counter(mid for mid, _, _ in restarts) == collections.Counter(ids)
     latest = max(at for _, _, at in restarts) - killed_at
     assert latest <= BOUND, "the last orphan started %.2f s after the kill" % latest
@@ -101,9 +88,7 @@ def test_a_stalled_workers_orphans_are_recovered_when_its_heartbeat_expires(
     cluster: Cluster, producer: RedisBroker
 ) -> None:
     # Given a worker running 3 slow messages, and a live one
-    victim, ids = start_victim(
-        cluster.spawn, producer, cluster.store, cluster.client, cluster.names, threads=3, messages=3
-    )
+    victim, ids = start_victim(cluster, producer, threads=3, messages=3)
     cluster.spawn(threads=4, slow_seconds=0.1)
     survivor = cluster.wait_new_worker(victim)
 
@@ -117,7 +102,7 @@ def test_a_stalled_workers_orphans_are_recovered_when_its_heartbeat_expires(
             BOUND + 5,
             message="3 redeliveries",
         )
-        restarted = [e for e in cluster.reported("started") if e[1] == survivor.pid]
+        restarted = cluster.reported("started", survivor.pid)
         assert len(restarted) == 3
         assert max(at for _, _, at in restarted) - stopped_at <= BOUND
         assert victim.worker_id in cluster.store.dead_workers()
@@ -147,11 +132,11 @@ def test_a_restarted_worker_recovers_the_dead_processs_orphans_within_a_second_o
 
     # Then it delivers all 8 again within a second of booting
     wait_for(
-        lambda: len([e for e in cluster.reported("started") if e[1] == survivor.pid]) >= 8,
+        lambda: len(cluster.reported("started", survivor.pid)) >= 8,
         10,
         message="8 redeliveries",
     )
-    restarted = [e for e in cluster.reported("started") if e[1] == survivor.pid]
+    restarted = cluster.reported("started", survivor.pid)
     assert sorted(mid for mid, _, _ in restarted) == sorted(ids)
     booted = survivor.started_at / 1000
     assert max(at for _, _, at in restarted) - booted <= 1.0

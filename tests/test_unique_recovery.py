@@ -233,10 +233,10 @@ def test_a_killed_worker_s_unique_messages_come_back_at_once_and_leave_no_lock(
 
     # Then both start again on the survivor within the recovery bound, not after a lock TTL
     def done() -> list[tuple[str, int, float]]:
-        return [e for e in cluster.reported("done") if e[1] == survivor.pid]
+        return cluster.reported("done", survivor.pid)
 
     wait_for(lambda: len(done()) == 2, BOUND + 5, message="both done on the survivor")
-    restarted = [e for e in cluster.reported("started") if e[1] == survivor.pid]
+    restarted = cluster.reported("started", survivor.pid)
     assert collections.Counter(mid for mid, _, _ in restarted) == collections.Counter(ids)
     assert max(at for _, _, at in restarted) - killed_at <= BOUND
     # And afterwards no lock key is left: the while_executing one goes as its actor returns, just
