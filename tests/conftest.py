@@ -16,6 +16,7 @@ import redis
 from dramatiq import Worker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.message import Message
 from dramatiq.middleware import CurrentMessage
 
 from dramatiq_tracker import TrackerMiddleware
@@ -34,6 +35,7 @@ from .support import (
     close_redis_broker,
     delete_matching,
     enqueue,
+    fake_dead_worker,
     find_redis_url,
     kinds,
     rabbitmq_answers,
@@ -163,6 +165,30 @@ def tracker(redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Na
     redis_broker.add_middleware(tracker)
     dramatiq.set_broker(redis_broker)
     return tracker
+
+
+@dataclasses.dataclass
+class Sweep:
+    """A tracker on the test's RedisBroker, with the test Redis and namespaces: what a test needs to sweep
+    dead workers it made by hand (:func:`~tests.support.fake_dead_worker`)."""
+
+    broker: RedisBroker
+    client: redis.Redis
+    names: Namespaces
+    tracker: TrackerMiddleware
+
+    def dead_worker(self, count: int, **options: Any) -> tuple[WorkerInfo, list[Message[object]]]:
+        """A dead worker of this host with ``count`` messages of the test queue fetched (see
+        :func:`~tests.support.fake_dead_worker`)."""
+        return fake_dead_worker(self.broker, self.tracker.store, self.names.queue, count, **options)
+
+
+@pytest.fixture
+def sweep(
+    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, tracker: TrackerMiddleware
+) -> Sweep:
+    """The test's tracker on its RedisBroker, to sweep dead workers made by hand."""
+    return Sweep(redis_broker, redis_client, namespaces, tracker)
 
 
 @pytest.fixture
