@@ -147,6 +147,20 @@ def find_redis_url() -> tuple[str, Any]:
     return "unix://%s" % server.socket_file, server
 
 
+@contextlib.contextmanager
+def redis_url_or_found(url: str | None) -> Iterator[str]:
+    """``url``, else :func:`find_redis_url`'s, whose embedded server (if it started one) is shut down after."""
+    if url:
+        yield url
+        return
+    found, embedded = find_redis_url()
+    try:
+        yield found
+    finally:
+        if embedded is not None:
+            embedded.shutdown()
+
+
 #: Where a worker process may run, as seen from the tests: here; in a new pid namespace with the same
 #: hostname (a restarted container); or in a new UTS namespace under another hostname (another host: the
 #: tracker cannot tell from /proc that its process is gone).  The last two need root (unshare).
