@@ -432,27 +432,21 @@ class AtRiskStarts:
         """A start that must be decided before it runs could not be: enqueued again later, marked so that it
         is decided when it comes back, rather than run blind (an at-most-once message could run twice, a
         redelivery beside the copy it duplicates).  Dead-lettered if its broker fails too."""
-        message = delivery.message
         delivery.written = False
-        copy = Message(**message.asdict()).copy(options={PUT_OFF_OPTION: why})
-        delay = self.settings.heartbeat_timeout
-        if not self._enqueue(copy, delay):
-            self.events.emit(
-                DEFERRAL_FAILED,
-                "Message %r (actor %r) could not be decided before it ran (%s) nor put off (its broker fails); "
-                "it is dead-lettered rather than run blind.",
-                delivery.message_id,
-                message.actor_name,
-                why,
-                **_fields(delivery),
-            )
+        if not self._enqueue_later(
+            delivery,
+            {PUT_OFF_OPTION: why},
+            "Message %r (actor %r) could not be decided before it ran (%s) nor put off (its broker fails); "
+            "it is dead-lettered rather than run blind.",
+            why,
+        ):
             return "fail"
         self.events.emit(
             START_PUT_OFF,
             "Message %r (actor %r) was put off by %d ms instead of running: %s.",
             delivery.message_id,
-            message.actor_name,
-            delay,
+            delivery.message.actor_name,
+            self.settings.heartbeat_timeout,
             why,
             **_fields(delivery),
         )
@@ -466,19 +460,14 @@ class AtRiskStarts:
         self.store.note_history(
             delivery.message_id, self.settings.history_ttl, {"deferred_behind": behind}, forget="completed_by"
         )
-        copy = Message(**message.asdict()).copy(options={DEFERRED_OPTION: behind})
-        delay = self.settings.heartbeat_timeout
-        if not self._enqueue(copy, delay):
-            self.events.emit(
-                DEFERRAL_FAILED,
-                "Message %r (actor %r) was delivered again while attempt %s still runs it on a live worker, and "
-                "could not be put off (its broker fails); it is dead-lettered rather than run beside it.",
-                delivery.message_id,
-                message.actor_name,
-                behind,
-                **_fields(delivery),
-                details={"running": behind},
-            )
+        if not self._enqueue_later(
+            delivery,
+            {DEFERRED_OPTION: behind},
+            "Message %r (actor %r) was delivered again while attempt %s still runs it on a live worker, and "
+            "could not be put off (its broker fails); it is dead-lettered rather than run beside it.",
+            behind,
+            details={"running": behind},
+        ):
             return "fail"
         self.events.emit(
             DUPLICATE_DEFERRED,
@@ -487,11 +476,31 @@ class AtRiskStarts:
             delivery.message_id,
             message.actor_name,
             behind,
-            delay,
+            self.settings.heartbeat_timeout,
             **_fields(delivery),
             details={"running": behind},
         )
         return "skip"
+
+    def _enqueue_later(self, delivery: Delivery, mark: dict[str, str], failed: str, *args: Any, **fields: Any) -> bool:
+        """Enqueue a copy of the delivery's message again, heartbeat_timeout later, marked.
+
+        Parameters:
+          mark(dict): The options that tell the copy's start why it was put off.
+          failed(str): The DEFERRAL_FAILED event's text when the broker fails: a %-format of the message
+            id, the actor's name and ``args``; ``fields`` are the event's other fields.
+
+        Returns:
+          bool: False when the broker failed (the event is emitted): the delivery is dead-lettered instead.
+        """
+        message = delivery.message
+        copy = Message(**message.asdict()).copy(options=mark)
+        if self._enqueue(copy, self.settings.heartbeat_timeout):
+            return True
+        self.events.emit(
+            DEFERRAL_FAILED, failed, delivery.message_id, message.actor_name, *args, **_fields(delivery), **fields
+        )
+        return False
 
     def _enqueue(self, message: Message[Any], delay: int) -> bool:
         # A broker error is not an outage of the tracker's Redis: retry for a while, never run beside.
