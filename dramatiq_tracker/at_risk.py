@@ -177,15 +177,6 @@ def _redelivers(start: Start, unconfirmed: str, attempt: str) -> bool:
     )
 
 
-def _fields(delivery: Delivery) -> dict[str, Any]:
-    return {
-        "message_id": delivery.message_id,
-        "actor_name": delivery.message.actor_name,
-        "queue_name": delivery.message.queue_name,
-        "recoveries": delivery.recoveries,
-    }
-
-
 #: How each ended-attempt cause reads in an event, by the history field that told.
 _WHOSE = {
     "completed_by": "the attempt it waited for",
@@ -313,7 +304,7 @@ class AtRiskStarts:
                 delivery.message_id,
                 delivery.message.actor_name,
                 decision.by.rstrip("e"),
-                **_fields(delivery),
+                **delivery.event_fields(),
             )
             self._release_lock(delivery)
             return "skip"
@@ -336,7 +327,7 @@ class AtRiskStarts:
                 message.actor_name,
                 delivery.attempt,
                 decision.by,
-                **_fields(delivery),
+                **delivery.event_fields(),
                 details={"done_by_attempt": decision.by},
             )
         else:
@@ -350,7 +341,7 @@ class AtRiskStarts:
                 _WHOSE[decision.because],
                 decision.by,
                 "failed, and its own dead-lettering may not have reached the broker" if failed else "completed",
-                **_fields(delivery),
+                **delivery.event_fields(),
                 details={decision.because: decision.by},
             )
         # (A newer attempt than the one it waited for, a zombie's, holds the lock: it is done.)
@@ -448,7 +439,7 @@ class AtRiskStarts:
             delivery.message.actor_name,
             self.settings.heartbeat_timeout,
             why,
-            **_fields(delivery),
+            **delivery.event_fields(),
         )
         return "skip"
 
@@ -477,7 +468,7 @@ class AtRiskStarts:
             message.actor_name,
             behind,
             self.settings.heartbeat_timeout,
-            **_fields(delivery),
+            **delivery.event_fields(),
             details={"running": behind},
         )
         return "skip"
@@ -498,7 +489,7 @@ class AtRiskStarts:
         if self._enqueue(copy, self.settings.heartbeat_timeout):
             return True
         self.events.emit(
-            DEFERRAL_FAILED, failed, delivery.message_id, message.actor_name, *args, **_fields(delivery), **fields
+            DEFERRAL_FAILED, failed, delivery.message_id, message.actor_name, *args, **delivery.event_fields(), **fields
         )
         return False
 
@@ -545,7 +536,7 @@ class AtRiskStarts:
                 delivery.attempt,
                 dead_worker_id,
                 reply.attempt,
-                **_fields(delivery),
+                **delivery.event_fields(),
                 details={"taken_by_attempt": str(reply.attempt)},
             )
             self._release_lock(delivery)
