@@ -361,6 +361,29 @@ class StubApp:
         self.tracker.close()
 
 
+@contextlib.contextmanager
+def running_worker(
+    broker: dramatiq.Broker,
+    tracker: TrackerMiddleware | None = None,
+    *,
+    threads: int,
+    release: threading.Event | None = None,
+) -> Iterator[Worker]:
+    """An embedded Worker of ``broker``, started; at the end ``release`` is set (so that held actors return),
+    the worker stopped, and the broker and ``tracker`` closed."""
+    worker = Worker(broker, worker_threads=threads, worker_timeout=50)
+    worker.start()
+    try:
+        yield worker
+    finally:
+        if release is not None:
+            release.set()
+        worker.stop()
+        broker.close()
+        if tracker is not None:
+            tracker.close()
+
+
 def booted_stub_broker(redis_url: str, namespace: str, **settings: Any) -> tuple[StubBroker, TrackerMiddleware]:
     """A StubBroker with a tracker (:func:`make_tracker`), booted as a worker process boots its broker."""
     broker = StubBroker()

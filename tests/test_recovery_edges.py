@@ -26,7 +26,7 @@ from dramatiq_tracker.host import HostFacts
 from dramatiq_tracker.recovery_claim import RecoveryClaim
 from dramatiq_tracker.unique import compute_digest
 
-from .conftest import Namespaces, Sweep, booted_stub_broker, make_tracker
+from .conftest import Namespaces, Sweep, booted_stub_broker, make_tracker, running_worker
 from .support import fake_dead_worker, kinds, reads, wait_for
 
 
@@ -184,9 +184,7 @@ def test_a_duplicate_that_cannot_be_put_off_is_dead_lettered_rather_than_run_bes
         runs.append("run")
         gate.wait(10)
 
-    worker = Worker(broker, worker_threads=2, worker_timeout=50)
-    worker.start()
-    try:
+    with running_worker(broker, tracker, threads=2, release=gate):
         # Given a message running, and a second delivery of it (as RabbitMQ redelivers on a connection loss)
         message = work.send()
         wait_for(lambda: runs, 5, message="running")
@@ -198,11 +196,6 @@ def test_a_duplicate_that_cannot_be_put_off_is_dead_lettered_rather_than_run_bes
         # Then it is dead-lettered, never run beside the running copy
         assert runs == ["run"]
         assert "deferral-failed" in kinds(tracker.store, message.message_id)
-    finally:
-        gate.set()
-        worker.stop()
-        broker.close()
-        tracker.close()
 
 
 def test_a_dropped_duplicates_result_says_it_was_a_duplicate(
@@ -249,9 +242,7 @@ def test_a_put_off_while_executing_duplicate_is_not_reported_as_skipped_by_drama
         runs.append(index)
         gate.wait(10)
 
-    worker = Worker(broker, worker_threads=2, worker_timeout=50)
-    worker.start()
-    try:
+    with running_worker(broker, tracker, threads=2, release=gate):
         with caplog.at_level(logging.INFO):
             work.send(1)
             wait_for(lambda: runs, 5, message="running")
@@ -260,11 +251,6 @@ def test_a_put_off_while_executing_duplicate_is_not_reported_as_skipped_by_drama
             gate.set()
             wait_for(lambda: len(runs) == 2, 10, message="the duplicate ran once the first was done")
         assert not [r for r in caplog.records if "was skipped" in r.getMessage()]
-    finally:
-        gate.set()
-        worker.stop()
-        broker.close()
-        tracker.close()
 
 
 def test_where_proc_is_missing_no_process_is_judged_gone_and_no_signal_is_sent(

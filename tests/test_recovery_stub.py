@@ -17,14 +17,13 @@ from typing import Any
 
 import dramatiq
 import pytest
-from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage
 
 from dramatiq_tracker import Orphan, TrackerMiddleware
 from dramatiq_tracker.records import InflightRecord
 
-from .conftest import Namespaces, StubApp, booted_stub_broker, make_tracker
+from .conftest import Namespaces, StubApp, booted_stub_broker, make_tracker, running_worker
 from .support import BOUND, reads, wait_for
 
 #: Two StubBrokers stand for two processes of one app: they share a broker identity.
@@ -123,14 +122,8 @@ def gated_actors(
         name: dramatiq.actor(run_until_released, broker=broker, actor_name=name, **options)
         for name, options in actors.items()
     }
-    worker = Worker(broker, worker_threads=threads, worker_timeout=50)
-    worker.start()
-    try:
+    with running_worker(broker, threads=threads, release=gate):
         yield tracker, declared, running
-    finally:
-        gate.set()
-        worker.stop()
-        broker.close()
 
 
 def test_messages_of_actors_that_opt_out_are_not_tracked(redis_url: str, namespaces: Namespaces) -> None:
@@ -191,9 +184,7 @@ def test_records_are_removed_when_messages_are_acked_nacked_or_skipped(
     def skipped() -> None:
         raise AssertionError("never runs")
 
-    worker = Worker(broker, worker_threads=4, worker_timeout=50)
-    worker.start()
-    try:
+    with running_worker(broker, threads=4) as worker:
         worker_id = tracker.worker_id
         assert worker_id is not None
         for _ in range(5):
@@ -207,9 +198,6 @@ def test_records_are_removed_when_messages_are_acked_nacked_or_skipped(
         assert reads(tracker).inflight(worker_id) == {}
         assert tracker.store.client.hlen(tracker.store.keys.running) == 0
         assert len(broker.dead_letters) == 5
-    finally:
-        worker.stop()
-        broker.close()
 
 
 def test_an_at_most_once_message_of_a_dead_worker_is_dead_lettered_not_run_again(
@@ -254,9 +242,7 @@ def test_a_record_written_before_its_message_runs_survives_a_registration_made_a
     def once(index: int) -> None:
         release.wait(30)
 
-    worker = Worker(broker, worker_threads=2, worker_timeout=50)
-    worker.start()
-    try:
+    with running_worker(broker, tracker, threads=2, release=release):
         store = tracker.store
         register = store.register
 
@@ -281,8 +267,3 @@ def test_a_record_written_before_its_message_runs_survives_a_registration_made_a
         )
         wait_for(lambda: message.message_id in reads(tracker).inflight(worker_id), 5, message="recorded")
         assert message.message_id in reads(tracker).inflight(worker_id)
-    finally:
-        release.set()
-        worker.stop()
-        broker.close()
-        tracker.close()
