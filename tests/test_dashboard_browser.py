@@ -22,6 +22,7 @@ from dramatiq_tracker.events import LOCK_DELETED
 from dramatiq_tracker.ops.dashboard import DashboardApp
 from dramatiq_tracker.ops.inspection import Inspector
 from dramatiq_tracker.ops.reads import InspectionStore
+from dramatiq_tracker.records import WorkerInfo
 
 from .conftest import Cluster, Namespaces
 from .dashboard_seed import HOSTILE, HOSTILE_ATTRIBUTE, showcase
@@ -75,6 +76,18 @@ def unique_sender(redis_url: str, namespaces: Namespaces) -> Iterator[Callable[[
     close_redis_broker(broker)
 
 
+def busy_with_unique_messages(
+    cluster: Cluster, send: Callable[[int], str], count: int, *, threads: int
+) -> tuple[WorkerInfo, list[str]]:
+    """Start the test's first worker and send it ``count`` unique messages (``unique_sender``); returns it
+    and their ids once their records are written."""
+    cluster.spawn(threads=threads, slow_seconds=60)
+    (worker,) = cluster.wait_registered(1)
+    ids = [send(index) for index in range(count)]
+    wait_for(lambda: len(cluster.store.inflight(worker.worker_id)) == count, 20, message="recorded")
+    return worker, ids
+
+
 def until(driver: Any, condition: Callable[[Any], Any], timeout: float, message: str) -> Any:
     """Wait in the browser, polling the page as it is (never reloading it).  The live part of a page is
     swapped every update, so an element found a moment ago may be gone: then look again."""
@@ -115,10 +128,7 @@ def test_a_worker_killed_while_its_page_is_open_shows_dead_its_orphans_recovered
     chrome: Any, serve: Callable[..., str], cluster: Cluster, unique_sender: Callable[[int], str]
 ) -> None:
     # Given a worker running two unique messages, each holding its lock, and a second worker idle
-    cluster.spawn(threads=2, slow_seconds=60)
-    (victim,) = cluster.wait_registered(1)
-    ids = [unique_sender(0), unique_sender(1)]
-    wait_for(lambda: len(cluster.store.inflight(victim.worker_id)) == 2, 20, message="both recorded")
+    victim, ids = busy_with_unique_messages(cluster, unique_sender, 2, threads=2)
     assert len(cluster.store.locks()) == 2
     cluster.spawn(threads=4, slow_seconds=60)
     survivor = cluster.wait_new_worker(victim)
@@ -225,10 +235,7 @@ def test_a_lock_is_deleted_through_the_page(
     chrome: Any, serve: Callable[..., str], cluster: Cluster, unique_sender: Callable[[int], str]
 ) -> None:
     # Given a unique message running on a worker, holding its lock, and a dashboard with actions enabled
-    cluster.spawn(threads=1, slow_seconds=60)
-    (worker,) = cluster.wait_registered(1)
-    message_id = unique_sender(0)
-    wait_for(lambda: message_id in cluster.store.inflight(worker.worker_id), 20, message="running")
+    _, (message_id,) = busy_with_unique_messages(cluster, unique_sender, 1, threads=1)
     (lock,) = cluster.store.locks()
     key = cluster.store.keys.lock(lock.digest)
     base = serve(cluster.names.tracker, allow_actions=True, token=TOKEN)
