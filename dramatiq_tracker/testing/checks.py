@@ -296,13 +296,11 @@ def poll(predicate: Callable[[], T], timeout: float, failure: Callable[[], str],
       AssertionError: With ``failure()``, when ``timeout`` seconds passed first.
     """
     deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
+    while not (value := predicate()):
         if time.monotonic() > deadline:
             raise AssertionError(failure())
         time.sleep(interval)
+    return value
 
 
 def _times(count: int) -> str:
