@@ -7,7 +7,6 @@ import collections
 import os
 import signal
 import time
-from collections.abc import Callable
 
 import dramatiq
 import pytest
@@ -16,21 +15,17 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
 from dramatiq_tracker import DuplicateMessage, TrackerMiddleware
-from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.records import InflightRecord, WorkerInfo
 
 from .conftest import Cluster, Namespaces, events
 from .support import (
     BOUND,
     FAST,
-    WorkerProcess,
     close_redis_broker,
     kill,
     send,
     stream,
     wait_for,
-    wait_new_worker,
-    wait_registered,
 )
 
 pytestmark = pytest.mark.slow
@@ -151,9 +146,7 @@ def test_a_recovered_copy_that_has_not_started_when_the_zombie_completes_its_mes
     cluster: Cluster, producer: RedisBroker
 ) -> None:
     # Given a live worker busy for 8 s with one thread, and another worker running a 3 s message
-    victim, message_id = busy_survivor_and_victim(
-        cluster.client, cluster.names, cluster.spawn, producer, cluster.store, 3
-    )
+    victim, message_id = busy_survivor_and_victim(cluster, producer, 3)
     wait_for(lambda: message_id in cluster.store.inflight(victim.worker_id), 20, message="running on the victim")
 
     # When the victim is stopped past its heartbeat timeout (its message is recovered and queued again,
@@ -175,10 +168,8 @@ def test_a_message_a_stopped_worker_completes_as_it_resumes_is_not_run_again_by_
 ) -> None:
     # Given a live worker busy for 8 s, and another one running a 1.5 s message
     seconds = 1.5
-    victim, message_id = busy_survivor_and_victim(
-        cluster.client, cluster.names, cluster.spawn, producer, cluster.store, seconds
-    )
-    wait_for(lambda: message_id in kinds_started(cluster.client, cluster.names), 20, message="running on the victim")
+    victim, message_id = busy_survivor_and_victim(cluster, producer, seconds)
+    wait_for(lambda: cluster.starts(message_id), 20, message="running on the victim")
     started = time.monotonic()
 
     # When the victim is stopped until it is declared dead and its message's sleep is over, so that the
@@ -194,29 +185,18 @@ def test_a_message_a_stopped_worker_completes_as_it_resumes_is_not_run_again_by_
     # Then its completion counts as a zombie's, and the recovered copy is dropped before it starts
     wait_for(lambda: "duplicate-dropped" in cluster.kinds(message_id), 20, message="dropped")
     assert "zombie-completion" in cluster.kinds(message_id)
-    assert kinds_started(cluster.client, cluster.names).count(message_id) == 1
+    assert len(cluster.starts(message_id)) == 1
     assert [e[0] for e in cluster.reported("done")].count(message_id) == 1
 
 
-def kinds_started(client: redis.Redis, names: Namespaces) -> list[str]:
-    return [mid for mid, _, _ in events(client, names, "started")]
-
-
-def busy_survivor_and_victim(
-    client: redis.Redis,
-    names: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    store: InspectionStore,
-    seconds: float,
-) -> tuple[WorkerInfo, str]:
+def busy_survivor_and_victim(cluster: Cluster, producer: RedisBroker, seconds: float) -> tuple[WorkerInfo, str]:
     """A worker with one thread busy for 8 s (prefetching nothing), and a second one, the victim,
     sent a message that sleeps ``seconds``: (the victim, the message id)."""
     one_at_a_time = {"dramatiq_queue_prefetch": "1"}
-    spawn_worker(threads=1, env=one_at_a_time)
-    (survivor,) = wait_registered(store, 1)
-    producer.enqueue(Message(names.queue, "sleep", (8,), {}, {}))
-    wait_for(lambda: len(events(client, names, "started")) == 1, 20, message="survivor busy")
-    spawn_worker(threads=1, env=one_at_a_time)
-    victim = wait_new_worker(store, survivor)
-    return victim, producer.enqueue(Message(names.queue, "sleep", (seconds,), {}, {})).message_id
+    cluster.spawn(threads=1, env=one_at_a_time)
+    (survivor,) = cluster.wait_registered(1)
+    producer.enqueue(Message(cluster.names.queue, "sleep", (8,), {}, {}))
+    wait_for(lambda: len(cluster.reported("started")) == 1, 20, message="survivor busy")
+    cluster.spawn(threads=1, env=one_at_a_time)
+    victim = cluster.wait_new_worker(survivor)
+    return victim, producer.enqueue(Message(cluster.names.queue, "sleep", (seconds,), {}, {})).message_id
