@@ -1833,18 +1833,8 @@ def parse(argv: Iterable[str]) -> Options:
     seed = arguments.seed if arguments.seed is not None else random.SystemRandom().randrange(1, 1_000_000)
     logs = arguments.analyse or arguments.logs or Path(tempfile.mkdtemp(prefix="chaos-soak-"))
     logs.mkdir(parents=True, exist_ok=True)
-    return Options(
-        seed=seed,
-        duration=arguments.duration,
-        broker=arguments.broker,
-        workers=arguments.workers,
-        threads=arguments.threads,
-        rate=arguments.rate,
-        drain_timeout=arguments.drain_timeout,
-        logs=logs,
-        rabbitmq_url=arguments.rabbitmq_url,
-        analyse=arguments.analyse,
-    )
+    # The options are the command line's (one field per option), its seed and log directory resolved.
+    return Options(**{**vars(arguments), "seed": seed, "logs": logs})
 
 
 def main(argv: Iterable[str]) -> int:

@@ -40,7 +40,7 @@ from dramatiq.message import Message
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dramatiq_tracker import TrackerMiddleware
-from tests.support import delete_matching, find_redis_url
+from tests.support import delete_matching, redis_url_or_found
 
 
 def make_broker(url: str, namespace: str, tracked: bool, unique: bool) -> tuple[RedisBroker, Any]:
@@ -139,14 +139,13 @@ def main() -> int:
     parser.add_argument("--url", default=None)
     args = parser.parse_args()
 
-    url, embedded = (args.url, None) if args.url else find_redis_url()
     setup = "%d process(es) x %d threads, %d messages%s" % (
         args.processes,
         args.threads,
         args.messages,
         ", unique=True" if args.unique else "",
     )
-    try:
+    with redis_url_or_found(args.url) as url:
         for tracked in (True, False):  # warm up both code paths
             run_once(url, min(1000, args.messages), tracked, args.threads, args.processes, args.unique)
         results: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
@@ -171,9 +170,6 @@ def main() -> int:
                 % (name, statistics.median(plain), statistics.median(tracked), point, low, high)
             )
         return 0
-    finally:
-        if embedded is not None:
-            embedded.shutdown()
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from dramatiq_tracker import TrackerMiddleware
 from dramatiq_tracker.brokers import BrokerFacts
 from dramatiq_tracker.keys import RedisBrokerKeys, identity_digest
 from dramatiq_tracker.records import InflightRecord, WorkerInfo
-from tests.support import delete_matching, find_redis_url
+from tests.support import delete_matching, redis_url_or_found
 
 QUEUE = "bench"
 
@@ -143,8 +143,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("dramatiq_tracker").setLevel(logging.ERROR)
-    url, embedded = (args.url, None) if args.url else find_redis_url()
-    try:
+    with redis_url_or_found(args.url) as url:
         server = redis.Redis.from_url(url)
         # hiredis parses Redis's replies in C (pip install "dramatiq-tracker[hiredis]"); a sweep reads many.
         print(
@@ -165,9 +164,6 @@ def main() -> int:
                 flush=True,
             )
         return 0
-    finally:
-        if embedded is not None:
-            embedded.shutdown()
 
 
 if __name__ == "__main__":

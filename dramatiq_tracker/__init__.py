@@ -8,9 +8,9 @@ until one of them is.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._lazy import lazy_attribute
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -25,36 +25,33 @@ if TYPE_CHECKING:
 
 #: Each public name, and the module that defines it.
 _PUBLIC = {
-    "Tracker": "middleware",
-    "TrackerMiddleware": "middleware",
-    "find_tracker": "middleware",
-    "recover": "middleware",
-    "LockCleaner": "orphans",
-    "Orphan": "orphans",
-    "RecoveryReport": "orphans",
-    "ATTEMPT_OPTION": "options",
-    "RECOVERIES_OPTION": "options",
-    "TrackerEvent": "events",
-    "LockInfo": "records",
-    "UNTIL_EXECUTED": "unique",
-    "UNTIL_EXECUTING": "unique",
-    "UNTIL_EXPIRED": "unique",
-    "WHILE_EXECUTING": "unique",
-    "Keys": "keys",
-    "namespaced_key": "keys",
-    "ConfigurationError": "errors",
-    "DuplicateMessage": "errors",
-    "TrackerError": "errors",
-    "TrackerNotConfigured": "errors",
-    "UniqueKeyError": "errors",
+    "Tracker": ".middleware",
+    "TrackerMiddleware": ".middleware",
+    "find_tracker": ".middleware",
+    "recover": ".middleware",
+    "LockCleaner": ".orphans",
+    "Orphan": ".orphans",
+    "RecoveryReport": ".orphans",
+    "ATTEMPT_OPTION": ".options",
+    "RECOVERIES_OPTION": ".options",
+    "TrackerEvent": ".events",
+    "LockInfo": ".records",
+    "UNTIL_EXECUTED": ".unique",
+    "UNTIL_EXECUTING": ".unique",
+    "UNTIL_EXPIRED": ".unique",
+    "WHILE_EXECUTING": ".unique",
+    "Keys": ".keys",
+    "namespaced_key": ".keys",
+    "ConfigurationError": ".errors",
+    "DuplicateMessage": ".errors",
+    "TrackerError": ".errors",
+    "TrackerNotConfigured": ".errors",
+    "UniqueKeyError": ".errors",
 }
 
 
 def __getattr__(name: str) -> Any:
-    module = _PUBLIC.get(name)
-    if module is None:
-        raise AttributeError("module %r has no attribute %r" % (__name__, name))
-    value = getattr(importlib.import_module("." + module, __name__), name)
+    value = lazy_attribute(__name__, _PUBLIC, name)
     globals()[name] = value
     return value
 

@@ -190,15 +190,6 @@ def _copy(delivery: Delivery) -> str:
     return "%d|%s" % (delivery.attempt, token) if token else ""
 
 
-def _fields(delivery: Delivery) -> dict[str, Any]:
-    return {
-        "message_id": delivery.message_id,
-        "actor_name": delivery.message.actor_name,
-        "queue_name": delivery.message.queue_name,
-        "recoveries": delivery.recoveries,
-    }
-
-
 #: How each ended-attempt cause reads in an event, by the history field that told.
 _WHOSE = {
     "completed_by": "the attempt it waited for",
@@ -334,7 +325,7 @@ class AtRiskStarts:
                 delivery.message_id,
                 delivery.message.actor_name,
                 decision.by.rstrip("e"),
-                **_fields(delivery),
+                **delivery.event_fields(),
             )
             self._release_lock(delivery)
             return "skip"
@@ -357,7 +348,7 @@ class AtRiskStarts:
                 delivery.message_id,
                 message.actor_name,
                 delivery.attempt,
-                **_fields(delivery),
+                **delivery.event_fields(),
                 details={"copy": decision.by},
             )
             return
@@ -370,7 +361,7 @@ class AtRiskStarts:
                 message.actor_name,
                 delivery.attempt,
                 decision.by,
-                **_fields(delivery),
+                **delivery.event_fields(),
                 details={"done_by_attempt": decision.by},
             )
         else:
@@ -384,7 +375,7 @@ class AtRiskStarts:
                 _WHOSE[decision.because],
                 decision.by,
                 "failed, and its own dead-lettering may not have reached the broker" if failed else "completed",
-                **_fields(delivery),
+                **delivery.event_fields(),
                 details={decision.because: decision.by},
             )
         # (A newer attempt than the one it waited for, a zombie's, holds the lock: it is done.)
@@ -466,29 +457,23 @@ class AtRiskStarts:
         """A start that must be decided before it runs could not be: enqueued again later, marked so that it
         is decided when it comes back, rather than run blind (an at-most-once message could run twice, a
         redelivery beside the copy it duplicates).  Dead-lettered if its broker fails too."""
-        message = delivery.message
         delivery.written = False
-        copy = Message(**message.asdict()).copy(options={PUT_OFF_OPTION: why})
-        delay = self.settings.heartbeat_timeout
-        if not self._enqueue(copy, delay):
-            self.events.emit(
-                DEFERRAL_FAILED,
-                "Message %r (actor %r) could not be decided before it ran (%s) nor put off (its broker fails); "
-                "it is dead-lettered rather than run blind.",
-                delivery.message_id,
-                message.actor_name,
-                why,
-                **_fields(delivery),
-            )
+        if not self._enqueue_later(
+            delivery,
+            {PUT_OFF_OPTION: why},
+            "Message %r (actor %r) could not be decided before it ran (%s) nor put off (its broker fails); "
+            "it is dead-lettered rather than run blind.",
+            why,
+        ):
             return "fail"
         self.events.emit(
             START_PUT_OFF,
             "Message %r (actor %r) was put off by %d ms instead of running: %s.",
             delivery.message_id,
-            message.actor_name,
-            delay,
+            delivery.message.actor_name,
+            self.settings.heartbeat_timeout,
             why,
-            **_fields(delivery),
+            **delivery.event_fields(),
         )
         return "skip"
 
@@ -500,19 +485,14 @@ class AtRiskStarts:
         self.store.note_history(
             delivery.message_id, self.settings.history_ttl, {"deferred_behind": behind}, forget="completed_by"
         )
-        copy = Message(**message.asdict()).copy(options={DEFERRED_OPTION: behind})
-        delay = self.settings.heartbeat_timeout
-        if not self._enqueue(copy, delay):
-            self.events.emit(
-                DEFERRAL_FAILED,
-                "Message %r (actor %r) was delivered again while attempt %s still runs it on a live worker, and "
-                "could not be put off (its broker fails); it is dead-lettered rather than run beside it.",
-                delivery.message_id,
-                message.actor_name,
-                behind,
-                **_fields(delivery),
-                details={"running": behind},
-            )
+        if not self._enqueue_later(
+            delivery,
+            {DEFERRED_OPTION: behind},
+            "Message %r (actor %r) was delivered again while attempt %s still runs it on a live worker, and "
+            "could not be put off (its broker fails); it is dead-lettered rather than run beside it.",
+            behind,
+            details={"running": behind},
+        ):
             return "fail"
         self.events.emit(
             DUPLICATE_DEFERRED,
@@ -521,11 +501,31 @@ class AtRiskStarts:
             delivery.message_id,
             message.actor_name,
             behind,
-            delay,
-            **_fields(delivery),
+            self.settings.heartbeat_timeout,
+            **delivery.event_fields(),
             details={"running": behind},
         )
         return "skip"
+
+    def _enqueue_later(self, delivery: Delivery, mark: dict[str, str], failed: str, *args: Any, **fields: Any) -> bool:
+        """Enqueue a copy of the delivery's message again, heartbeat_timeout later, marked.
+
+        Parameters:
+          mark(dict): The options that tell the copy's start why it was put off.
+          failed(str): The DEFERRAL_FAILED event's text when the broker fails: a %-format of the message
+            id, the actor's name and ``args``; ``fields`` are the event's other fields.
+
+        Returns:
+          bool: False when the broker failed (the event is emitted): the delivery is dead-lettered instead.
+        """
+        message = delivery.message
+        copy = Message(**message.asdict()).copy(options=mark)
+        if self._enqueue(copy, self.settings.heartbeat_timeout):
+            return True
+        self.events.emit(
+            DEFERRAL_FAILED, failed, delivery.message_id, message.actor_name, *args, **delivery.event_fields(), **fields
+        )
+        return False
 
     def _enqueue(self, message: Message[Any], delay: int) -> bool:
         # A broker error is not an outage of the tracker's Redis: retry for a while, never run beside.
@@ -570,7 +570,7 @@ class AtRiskStarts:
                 delivery.attempt,
                 dead_worker_id,
                 reply.attempt,
-                **_fields(delivery),
+                **delivery.event_fields(),
                 details={"taken_by_attempt": str(reply.attempt)},
             )
             self._release_lock(delivery)

@@ -72,11 +72,8 @@ class WorkerFencing:
             delivery.message_id,
             message.actor_name,
             delivery.attempt,
-            message_id=delivery.message_id,
-            actor_name=message.actor_name,
-            queue_name=message.queue_name,
-            recoveries=delivery.recoveries,
             worker_id=delivery.worker_id,
+            **delivery.event_fields(),
         )
 
     def fenced(self, old_worker_id: str, zombies: list[Delivery], completed: list[tuple[str, int]]) -> None:
@@ -151,11 +148,8 @@ class WorkerFencing:
             "while this worker was presumed dead.",
             delivery.message_id,
             message.actor_name,
-            message_id=delivery.message_id,
-            actor_name=message.actor_name,
-            queue_name=message.queue_name,
             worker_id=delivery.worker_id,
-            recoveries=delivery.recoveries,
+            **delivery.event_fields(),
         )
 
     def _completed_as_zombie(self, message_id: str, attempt: int, old_worker_id: str) -> None:

@@ -14,7 +14,7 @@ import collections
 import dataclasses
 import itertools
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .options import recoveries_of
 from .records import AttemptName, InflightRecord, WorkerInfo, encode_payload, preview_of
@@ -108,6 +108,15 @@ class Delivery:
     @property
     def token_text(self) -> str:
         return "%x" % self.token
+
+    def event_fields(self) -> dict[str, Any]:
+        """The fields of a tracker event about this attempt: its message, actor, queue and recoveries."""
+        return {
+            "message_id": self.message_id,
+            "actor_name": self.message.actor_name,
+            "queue_name": self.message.queue_name,
+            "recoveries": self.recoveries,
+        }
 
     @property
     def attempt_id(self) -> str:

@@ -528,6 +528,12 @@ class TrackerStore:
     def locks(self, digests: Sequence[str] | None = None) -> list[LockInfo]:
         """The uniqueness locks held (all of them by default), oldest first."""
         digests = self.lock_digests() if digests is None else list(digests)
+        found = [LockInfo.from_redis(digest, fields, ttl) for digest, fields, ttl in self.raw_locks(digests)]
+        return sorted(found, key=lambda lock: lock.acquired_at)
+
+    def raw_locks(self, digests: Sequence[str]) -> list[tuple[str, dict[Any, Any], Any]]:
+        """The uniqueness locks held among ``digests`` as Redis holds them, in one round trip: (digest,
+        its HASH's fields, its ``PTTL``) of each, in the order asked."""
         if not digests:
             return []
         pipe = self.client.pipeline(transaction=False)
@@ -535,12 +541,11 @@ class TrackerStore:
             pipe.hgetall(self.keys.lock(digest))
             pipe.pttl(self.keys.lock(digest))
         replies = pipe.execute()
-        found = [
-            LockInfo.from_redis(digest, fields, ttl)
+        return [
+            (digest, fields, ttl)
             for digest, fields, ttl in zip(digests, replies[::2], replies[1::2], strict=True)
             if fields
         ]
-        return sorted(found, key=lambda lock: lock.acquired_at)
 
     # Events -------------------------------------------------------------------------
 

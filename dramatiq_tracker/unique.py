@@ -275,9 +275,15 @@ class DroppedDuplicate(SkipMessage):
         self.state = state
 
 
-def _actor_fn(broker: Broker, actor_name: str) -> Callable[..., Any] | None:
-    actor = broker.actors.get(actor_name)
-    return actor.fn if actor is not None else None
+def _message_digest(broker: Broker, message: Message[Any] | MessageProxy, key: Any) -> str:
+    """:func:`compute_digest` of a message, bound to its actor's function where ``broker`` declares it.
+
+    Raises:
+      UniqueKeyError: When the digest cannot be computed.
+    """
+    actor = broker.actors.get(message.actor_name)
+    fn = actor.fn if actor is not None else None
+    return compute_digest(message.actor_name, message.queue_name, message.args, message.kwargs, key, fn)
 
 
 class Uniqueness:
@@ -321,14 +327,7 @@ class Uniqueness:
         if DIGEST_OPTION in options:
             options.setdefault(MODE_OPTION, policy.mode)
             return
-        digest = compute_digest(
-            message.actor_name,
-            message.queue_name,
-            message.args,
-            message.kwargs,
-            policy.key,
-            _actor_fn(broker, message.actor_name),
-        )
+        digest = _message_digest(broker, message, policy.key)
         options[DIGEST_OPTION] = digest
         options[MODE_OPTION] = policy.mode
         if not policy.held_from_enqueue:
@@ -399,14 +398,7 @@ class Uniqueness:
             # Sent by a process that did not know the actor was unique: only while_executing still applies.
             if policy is None or policy.mode != WHILE_EXECUTING:
                 return None
-            digest = compute_digest(
-                message.actor_name,
-                message.queue_name,
-                message.args,
-                message.kwargs,
-                policy.key,
-                _actor_fn(broker, message.actor_name),
-            )
+            digest = _message_digest(broker, message, policy.key)
             mode = WHILE_EXECUTING
 
         state = UniqueAttempt(message.message_id, digest, mode, attempt, worker_id)

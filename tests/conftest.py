@@ -3,6 +3,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,21 +13,38 @@ from typing import Any
 import dramatiq
 import pytest
 import redis
+from dramatiq import Worker
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.message import Message
+from dramatiq.middleware import CurrentMessage
 
 from dramatiq_tracker import TrackerMiddleware
+from dramatiq_tracker.ops.inspection import DEAD, FENCED, RECOVERING, Inspector
 from dramatiq_tracker.ops.reads import InspectionStore
+from dramatiq_tracker.ops.views import WorkerView
+from dramatiq_tracker.records import WorkerInfo
+from dramatiq_tracker.testing.crashes import stop_tracking
 
 from .support import (
+    BOUND,
     FAST,
     RABBITMQ_URL,
     RedisServer,
     WorkerProcess,
     close_redis_broker,
     delete_matching,
+    enqueue,
+    fake_dead_worker,
     find_redis_url,
+    kinds,
     rabbitmq_answers,
+    release,
+    send,
     unique,
+    wait_for,
+    wait_new_worker,
+    wait_registered,
 )
 
 #: The real-server fixtures: Redis Cluster, Sentinel, TLS and ACL (tests/servers.py).
@@ -136,12 +156,16 @@ def spawn_worker(
             print("----- worker %d log (%s) -----\n%s" % (index, worker.log_path, worker.output()[-20000:]))
 
 
-@pytest.fixture
-def redis_broker(redis_url: str, namespaces: Namespaces) -> Iterator[RedisBroker]:
-    """A RedisBroker on the test's own broker namespace."""
+def _own_redis_broker(redis_url: str, namespaces: Namespaces) -> Iterator[RedisBroker]:
     broker = RedisBroker(url=redis_url, namespace=namespaces.broker)
     yield broker
     close_redis_broker(broker)
+
+
+#: A RedisBroker on the test's own broker namespace (``tracker`` adds its tracker to it).
+redis_broker = pytest.fixture(_own_redis_broker, name="redis_broker")
+#: Another RedisBroker on the test's broker namespace, without a tracker, to send messages.
+producer = pytest.fixture(_own_redis_broker, name="producer")
 
 
 @pytest.fixture
@@ -153,18 +177,140 @@ def tracker(redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Na
     return tracker
 
 
+@dataclasses.dataclass
+class Sweep:
+    """A tracker on the test's RedisBroker, with the test Redis and namespaces: what a test needs to sweep
+    dead workers it made by hand (:func:`~tests.support.fake_dead_worker`)."""
+
+    broker: RedisBroker
+    client: redis.Redis
+    names: Namespaces
+    tracker: TrackerMiddleware
+
+    def dead_worker(self, count: int, **options: Any) -> tuple[WorkerInfo, list[Message[object]]]:
+        """A dead worker of this host with ``count`` messages of the test queue fetched (see
+        :func:`~tests.support.fake_dead_worker`)."""
+        return fake_dead_worker(self.broker, self.tracker.store, self.names.queue, count, **options)
+
+
+@pytest.fixture
+def sweep(
+    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, tracker: TrackerMiddleware
+) -> Sweep:
+    """The test's tracker on its RedisBroker, to sweep dead workers made by hand."""
+    return Sweep(redis_broker, redis_client, namespaces, tracker)
+
+
 @pytest.fixture
 def store(redis_client: redis.Redis, namespaces: Namespaces) -> InspectionStore:
     """The tracker's store on the test's namespace, to look at what workers wrote."""
     return InspectionStore(redis_client, namespaces.tracker)
 
 
+@dataclasses.dataclass
+class Cluster:
+    """What a test of real worker processes works with: the test Redis, the test's own namespaces, the
+    worker processes it starts there (:func:`spawn_worker`) and the tracker's records they write."""
+
+    client: redis.Redis
+    names: Namespaces
+    spawn: Callable[..., WorkerProcess]
+    store: InspectionStore
+
+    def spawn_rabbitmq(self, threads: int, **options: Any) -> WorkerProcess:
+        """Start a worker process on the test RabbitMQ."""
+        return self.spawn(kind="rabbitmq", threads=threads, broker_url=RABBITMQ_URL, **options)
+
+    def rabbitmq_worker_running(
+        self, broker: object, actor: str, *args: object, threads: int, **options: Any
+    ) -> tuple[WorkerInfo, str]:
+        """Start the test's first worker process, on RabbitMQ, and send it a message ``actor(*args)``;
+        returns the worker and the message's id once the message started."""
+        self.spawn_rabbitmq(threads=threads, **options)
+        (worker,) = self.wait_registered(1)
+        message_id = enqueue(broker, self.names.queue, actor, *args)
+        wait_for(lambda: self.starts(message_id), 20, message="running")
+        return worker, message_id
+
+    def wait_registered(self, count: int, timeout: float = 20) -> list[WorkerInfo]:
+        """Wait until exactly ``count`` workers are registered; returns them."""
+        return wait_registered(self.store, count, timeout)
+
+    def wait_new_worker(self, *known: WorkerInfo, timeout: float = 20) -> WorkerInfo:
+        """The next worker to register besides ``known`` ones."""
+        return wait_new_worker(self.store, *known, timeout=timeout)
+
+    def kinds(self, message_id: str = "") -> list[str]:
+        """The kinds of the tracker's events (about one message, if given), oldest first."""
+        return kinds(self.store, message_id)
+
+    def fenced_worker(self, inspector: Inspector) -> tuple[WorkerInfo, WorkerInfo, WorkerView]:
+        """Start two workers, stop the first until the second declares it dead, then let it go on; returns
+        both and the first one's view once it shows fenced."""
+        self.spawn(threads=1)
+        (victim,) = self.wait_registered(1)
+        self.spawn(threads=1)
+        survivor = self.wait_new_worker(victim)
+        os.kill(victim.pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: inspector.worker(victim.worker_id).state in (RECOVERING, DEAD), BOUND + 5, message="dead")
+        finally:
+            os.kill(victim.pid, signal.SIGCONT)
+        view = wait_for(
+            lambda: (v := inspector.worker(victim.worker_id)) is not None and v.state == FENCED and v,
+            10,
+            message="fenced",
+        )
+        return victim, survivor, view
+
+    def reported(self, event: str, pid: int | None = None) -> list[tuple[str, int, float]]:
+        """What the test app's actors reported of ``event`` (in process ``pid``, if given): (message id, pid,
+        time) per run."""
+        return [e for e in events(self.client, self.names, event) if pid is None or e[1] == pid]
+
+    def starts(self, message_id: str) -> list[int]:
+        """The pids of the processes that started ``message_id``, in order."""
+        return [pid for found, pid, _ in self.reported("started") if found == message_id]
+
+    def reported_by(self, pid: int, event: str = "started") -> list[str]:
+        """The ids of the messages whose ``event`` process ``pid`` reported, in order."""
+        return [message_id for message_id, _, _ in self.reported(event, pid)]
+
+    def wait_reported_by(self, pid: int, timeout: float, message: str, event: str = "started") -> None:
+        """Wait until process ``pid`` reports an ``event`` (a survivor starting an orphan again, by default)."""
+        wait_for(lambda: self.reported_by(pid, event), timeout, message=message)
+
+    def busy_worker(self, producer: object, count: int, *, threads: int = 2) -> tuple[WorkerInfo, list[str]]:
+        """Start the test's first worker process and give it ``count`` ``slow`` messages; returns it and
+        their ids once their records are written."""
+        self.spawn(threads=threads, slow_seconds=60)
+        (worker,) = self.wait_registered(1)
+        ids = send(producer, self.names.queue, "slow", count)
+        wait_for(lambda: len(self.store.inflight(worker.worker_id)) == count, 20, message="recorded")
+        return worker, ids
+
+    def release(self, message_id: str) -> None:
+        """Let a ``held`` (or ``fail_when_released``) message end."""
+        release(self.client, self.names.report, message_id)
+
+
 @pytest.fixture
-def producer(redis_url: str, namespaces: Namespaces) -> Iterator[RedisBroker]:
-    """A RedisBroker without a tracker on the test's broker namespace, to send messages."""
-    broker = RedisBroker(url=redis_url, namespace=namespaces.broker)
-    yield broker
-    close_redis_broker(broker)
+def cluster(
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    store: InspectionStore,
+) -> Cluster:
+    """The test's namespaces, where it starts real worker processes and reads what they wrote."""
+    return Cluster(redis_client, namespaces, spawn_worker, store)
+
+
+#: The marks of a test that closes RabbitMQ connections from the server (rabbitmqctl).
+CLOSES_RABBITMQ_CONNECTIONS = [
+    pytest.mark.slow,
+    pytest.mark.rabbitmq,
+    pytest.mark.skipif(not shutil.which("rabbitmqctl"), reason="needs rabbitmqctl to close a connection"),
+]
 
 
 @pytest.fixture
@@ -195,6 +341,66 @@ def tracker_server() -> Iterator[RedisServer]:
 
 def make_tracker(redis_url: str, namespace: str, **settings: Any) -> TrackerMiddleware:
     return TrackerMiddleware(url=redis_url, namespace=namespace, **{**FAST, **settings})
+
+
+class StubApp:
+    """One process of an app on a StubBroker, as tests stand it up: CurrentMessage, a tracker
+    (:func:`make_tracker`) booted with the broker, and an embedded Worker, not started yet."""
+
+    def __init__(
+        self, redis_url: str, namespace: str, *, threads: int, worker_timeout: int = 50, **tracker_options: Any
+    ) -> None:
+        self.broker = StubBroker()
+        self.broker.add_middleware(CurrentMessage())
+        self.tracker: TrackerMiddleware = make_tracker(redis_url, namespace, **tracker_options)
+        self.broker.add_middleware(self.tracker)
+        self.broker.emit_after("process_boot")
+        self.worker = Worker(self.broker, worker_threads=threads, worker_timeout=worker_timeout)
+        #: What the actors of an app that hold their messages wait for.
+        self.release = threading.Event()
+
+    def die(self) -> None:
+        """What SIGKILL does to the tracker: its threads stop, nothing is deregistered."""
+        assert stop_tracking(self.tracker) is not None
+
+    def close(self) -> None:
+        """Let its actors return, then stop its worker, its broker and its tracker."""
+        self.release.set()
+        self.worker.stop(5000)
+        self.broker.close()
+        self.tracker.close()
+
+
+@contextlib.contextmanager
+def running_worker(
+    broker: dramatiq.Broker,
+    tracker: TrackerMiddleware | None = None,
+    *,
+    threads: int,
+    release: threading.Event | None = None,
+) -> Iterator[Worker]:
+    """An embedded Worker of ``broker``, started; at the end ``release`` is set (so that held actors return),
+    the worker stopped, and the broker and ``tracker`` closed."""
+    worker = Worker(broker, worker_threads=threads, worker_timeout=50)
+    worker.start()
+    try:
+        yield worker
+    finally:
+        if release is not None:
+            release.set()
+        worker.stop()
+        broker.close()
+        if tracker is not None:
+            tracker.close()
+
+
+def booted_stub_broker(redis_url: str, namespace: str, **settings: Any) -> tuple[StubBroker, TrackerMiddleware]:
+    """A StubBroker with a tracker (:func:`make_tracker`), booted as a worker process boots its broker."""
+    broker = StubBroker()
+    tracker = make_tracker(redis_url, namespace, **settings)
+    broker.add_middleware(tracker)
+    broker.emit_after("process_boot")
+    return broker, tracker
 
 
 @pytest.fixture(autouse=True)

@@ -617,6 +617,12 @@ class RedisSentinelServers(_Servers):
         self.sentinels: list[ServerProcess] = []
 
     @property
+    def url(self) -> str:
+        """The ``redis+sentinel://`` URL of its Sentinels and service, as the tracker takes it."""
+        hosts = ",".join("%s:%d" % address for address in self.sentinel_addresses)
+        return "redis+sentinel://%s/%s" % (hosts, self.service_name)
+
+    @property
     def failover_bound(self) -> int:
         """How long a failover may take, in milliseconds, from the master's death (or SENTINEL
         FAILOVER) until every Sentinel names the new master: detection (down_after), agreement

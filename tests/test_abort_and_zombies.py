@@ -8,24 +8,18 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
 from dramatiq_tracker import TrackerMiddleware
-from dramatiq_tracker.ops.reads import InspectionStore
 
-from .conftest import Namespaces, events
+from .conftest import Cluster, Namespaces, events
 from .support import (
     BOUND,
     FAST,
-    WorkerProcess,
     close_redis_broker,
     kill,
-    kinds,
     wait_for,
-    wait_new_worker,
-    wait_registered,
 )
 
 dramatiq_abort = pytest.importorskip("dramatiq_abort")
@@ -82,20 +76,15 @@ def producers(redis_url: str, namespaces: Namespaces) -> Iterator[Callable[..., 
 
 @pytest.mark.parametrize("mode", ["cancel", "abort"])
 def test_a_cancelled_message_whose_worker_dies_is_not_run_again_even_after_the_abort_ttl(
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    store: InspectionStore,
-    producers: Callable[..., Producer],
-    mode: str,
+    cluster: Cluster, producers: Callable[..., Producer], mode: str
 ) -> None:
     # Given a worker running a long message, and a cancel or abort request of it that lives 500 ms
     ttl = 500
-    spawn_worker(threads=1, env={**abort_env(namespaces, ttl), **SLOW_EXPIRY})
-    (victim,) = wait_registered(store, 1)
+    cluster.spawn(threads=1, env={**abort_env(cluster.names, ttl), **SLOW_EXPIRY})
+    (victim,) = cluster.wait_registered(1)
     producer = producers(ttl=ttl)
     message_id = producer.send("slow", 0)
-    wait_for(lambda: len(events(redis_client, namespaces, "started")) == 1, 20, message="running")
+    wait_for(lambda: len(cluster.reported("started")) == 1, 20, message="running")
     assert producer.tracker is not None
     producer.tracker.abort(message_id, mode=mode)
     # (an abort interrupts a running message at once; a cancel leaves it running)
@@ -104,95 +93,79 @@ def test_a_cancelled_message_whose_worker_dies_is_not_run_again_even_after_the_a
     # When its worker is SIGKILLed, and it is recovered after dramatiq-abort forgot the request
     kill(victim.pid)
     time.sleep(ttl / 1000 + 0.5)
-    assert not redis_client.exists("%s:aborts:cancel:%s" % (namespaces.broker, message_id))
-    spawn_worker(threads=1, slow_seconds=0.1, env={**abort_env(namespaces, ttl), **SLOW_EXPIRY})
-    wait_new_worker(store, victim)
+    assert not cluster.client.exists("%s:aborts:cancel:%s" % (cluster.names.broker, message_id))
+    cluster.spawn(threads=1, slow_seconds=0.1, env={**abort_env(cluster.names, ttl), **SLOW_EXPIRY})
+    cluster.wait_new_worker(victim)
 
     # Then it is dropped instead of delivered again
-    wait_for(lambda: "abort-honoured" in kinds(store, message_id), 10, message="abort honoured")
+    wait_for(lambda: "abort-honoured" in cluster.kinds(message_id), 10, message="abort honoured")
     time.sleep(0.5)
-    assert len([e for e in events(redis_client, namespaces, "started") if e[0] == message_id]) == 1
-    assert redis_client.llen("%s:%s" % (namespaces.broker, namespaces.queue)) == 0
-    assert redis_client.hlen("%s:%s.msgs" % (namespaces.broker, namespaces.queue)) == 0
-    assert store.message_history(message_id)["abort"] == mode
+    assert len([e for e in cluster.reported("started") if e[0] == message_id]) == 1
+    assert cluster.client.llen("%s:%s" % (cluster.names.broker, cluster.names.queue)) == 0
+    assert cluster.client.hlen("%s:%s.msgs" % (cluster.names.broker, cluster.names.queue)) == 0
+    assert cluster.store.message_history(message_id)["abort"] == mode
 
 
 def test_a_cancel_sent_by_a_process_without_the_tracker_is_honoured_within_its_ttl(
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    store: InspectionStore,
-    producers: Callable[..., Producer],
+    cluster: Cluster, producers: Callable[..., Producer]
 ) -> None:
     # Given a worker running a long message, cancelled by plain dramatiq-abort from an untracked process
-    spawn_worker(threads=1, env={**abort_env(namespaces), **SLOW_EXPIRY})
-    (victim,) = wait_registered(store, 1)
+    cluster.spawn(threads=1, env={**abort_env(cluster.names), **SLOW_EXPIRY})
+    (victim,) = cluster.wait_registered(1)
     producer = producers(tracked=False)
     message_id = producer.send("slow", 0)
-    wait_for(lambda: len(events(redis_client, namespaces, "started")) == 1, 20, message="running")
+    wait_for(lambda: len(cluster.reported("started")) == 1, 20, message="running")
     dramatiq_abort.abort(message_id, middleware=producer.abortable, mode=dramatiq_abort.middleware.AbortMode.CANCEL)
 
     # When its worker is SIGKILLed and another boots
     kill(victim.pid)
-    spawn_worker(threads=1, slow_seconds=0.1, env={**abort_env(namespaces), **SLOW_EXPIRY})
+    cluster.spawn(threads=1, slow_seconds=0.1, env={**abort_env(cluster.names), **SLOW_EXPIRY})
 
     # Then the recovery sees the pending cancel without consuming it, and drops the message
-    wait_for(lambda: "abort-honoured" in kinds(store, message_id), 10, message="abort honoured")
-    assert redis_client.llen("%s:aborts:cancel:%s" % (namespaces.broker, message_id)) == 1
+    wait_for(lambda: "abort-honoured" in cluster.kinds(message_id), 10, message="abort honoured")
+    assert cluster.client.llen("%s:aborts:cancel:%s" % (cluster.names.broker, message_id)) == 1
     time.sleep(0.5)
-    assert len([e for e in events(redis_client, namespaces, "started") if e[0] == message_id]) == 1
+    assert len([e for e in cluster.reported("started") if e[0] == message_id]) == 1
 
 
 def test_a_zombies_abortable_copy_is_aborted_when_it_learns_it_was_declared_dead(
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    store: InspectionStore,
-    producers: Callable[..., Producer],
+    cluster: Cluster, producers: Callable[..., Producer]
 ) -> None:
     # Given a worker running an abortable message, and a live worker
-    zombie = spawn_worker(threads=1, env=abort_env(namespaces))
-    (victim,) = wait_registered(store, 1)
+    zombie = cluster.spawn(threads=1, env=abort_env(cluster.names))
+    (victim,) = cluster.wait_registered(1)
     producer = producers()
     message_id = producer.send("abortable_sleep", 4)
-    wait_for(lambda: len(events(redis_client, namespaces, "started")) == 1, 20, message="running")
-    wait_for(lambda: len(store.inflight(victim.worker_id)) == 1, 5, message="recorded")
-    spawn_worker(threads=1, env=abort_env(namespaces))
-    survivor = wait_new_worker(store, victim)
+    wait_for(lambda: len(cluster.reported("started")) == 1, 20, message="running")
+    wait_for(lambda: len(cluster.store.inflight(victim.worker_id)) == 1, 5, message="recorded")
+    cluster.spawn(threads=1, env=abort_env(cluster.names))
+    survivor = cluster.wait_new_worker(victim)
 
     # When it freezes past its heartbeat timeout, its message starts again elsewhere, and it resumes
     os.kill(victim.pid, signal.SIGSTOP)
     try:
-        wait_for(
-            lambda: any(e[1] == survivor.pid for e in events(redis_client, namespaces, "started")),
-            BOUND + 5,
-            message="the successor started",
-        )
+        cluster.wait_reported_by(survivor.pid, BOUND + 5, "the successor started")
     finally:
         os.kill(victim.pid, signal.SIGCONT)
 
     # Then the zombie learns it, aborts its own copy, and the successor runs to completion
-    wait_for(lambda: any(e[1] == victim.pid for e in events(redis_client, namespaces, "aborted")), 10, message="abort")
-    wait_for(lambda: any(e[1] == survivor.pid for e in events(redis_client, namespaces, "done")), 15, message="done")
-    assert not [e for e in events(redis_client, namespaces, "done") if e[1] == victim.pid]
-    assert "zombie-detected" in kinds(store) and "zombie-aborted" in kinds(store, message_id)
+    cluster.wait_reported_by(victim.pid, 10, "abort", "aborted")
+    cluster.wait_reported_by(survivor.pid, 15, "done", "done")
+    assert not cluster.reported("done", victim.pid)
+    assert "zombie-detected" in cluster.kinds() and "zombie-aborted" in cluster.kinds(message_id)
     assert "declared dead while it was alive" in zombie.output()
 
 
 def test_a_recovered_copy_put_off_behind_its_zombie_runs_when_the_zombie_fails_and_is_never_aborted_for_it(
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    store: InspectionStore,
-    producers: Callable[..., Producer],
+    cluster: Cluster, producers: Callable[..., Producer]
 ) -> None:
     # Given the only worker of a queue, with threads to spare, running two abortable messages whose first
     # attempt fails when it ends (a recovered attempt succeeds)
-    spawn_worker(threads=4, env=abort_env(namespaces))
-    (victim,) = wait_registered(store, 1)
+    cluster.spawn(threads=4, env=abort_env(cluster.names))
+    (victim,) = cluster.wait_registered(1)
     producer = producers(tracked=True)
     ids = [producer.send("abortable_fail_first", 3) for _ in range(2)]
-    wait_for(lambda: len(store.inflight(victim.worker_id)) == 2, BOUND + 5, message="both recorded")
+    wait_for(lambda: len(cluster.store.inflight(victim.worker_id)) == 2, BOUND + 5, message="both recorded")
 
     # When it freezes past its heartbeat timeout, is recovered (its messages go back to its queue), and
     # resumes: its spare threads fetch the recovered copies while its zombie copies still run here
@@ -212,10 +185,10 @@ def test_a_recovered_copy_put_off_behind_its_zombie_runs_when_the_zombie_fails_a
     # Then each message completes, on its recovered attempt: the abort meant for a zombie never lands on
     # the copy that replaced it, and a zombie's failure does not dead-letter the copy put off behind it
     def reported(event: str) -> list[str]:
-        return sorted(mid for mid, _, _ in events(redis_client, namespaces, event))
+        return sorted(mid for mid, _, _ in events(cluster.client, cluster.names, event))
 
     wait_for(lambda: reported("done") == sorted(ids), 2 * BOUND + 15, message="each done")
-    assert "duplicate-dead-lettered" not in kinds(store)
+    assert "duplicate-dead-lettered" not in cluster.kinds()
     # And none of them runs a third time, or completes twice, within another recovery bound
     deadline = time.monotonic() + BOUND
     while time.monotonic() < deadline:

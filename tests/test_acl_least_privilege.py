@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import json
 import re
 import secrets
 import signal
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -21,19 +22,16 @@ from dramatiq_tracker.connection import delete_keys
 from dramatiq_tracker.ops.cli import RET_NOT_FOUND, RET_OK
 from dramatiq_tracker.ops.reads import InspectionStore
 
-from .conftest import Namespaces, events
+from .conftest import Cluster, Namespaces
 from .servers import AclRedisServer
 from .support import (
     BOUND,
     ROOT,
-    WorkerProcess,
     close_redis_broker,
     free_port,
     kill,
     send,
     wait_for,
-    wait_new_worker,
-    wait_registered,
 )
 from .test_cli import app_env, run, start
 
@@ -72,37 +70,34 @@ def test_the_documented_line_names_the_namespace_its_channels_and_denies_keyless
 
 
 def test_workers_a_recovery_and_every_command_run_as_the_least_privileged_user(
-    acl_redis: AclRedisServer,
-    least_privileged: str,
-    redis_url: str,
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
+    acl_redis: AclRedisServer, least_privileged: str, redis_url: str, cluster: Cluster
 ) -> None:
     # Given two workers whose tracker is that user (their broker is another user's: the server's default)
-    store = InspectionStore(redis.Redis.from_url(least_privileged), namespaces.tracker)
-    spawn_worker(threads=4, slow_seconds=60, broker_url=acl_redis.url, tracker_url=least_privileged)
-    (victim,) = wait_registered(store, 1)
-    producer = RedisBroker(url=acl_redis.url, namespace=namespaces.broker)
+    cluster = dataclasses.replace(
+        cluster, store=InspectionStore(redis.Redis.from_url(least_privileged), cluster.names.tracker)
+    )
+    cluster.spawn(threads=4, slow_seconds=60, broker_url=acl_redis.url, tracker_url=least_privileged)
+    (victim,) = cluster.wait_registered(1)
+    producer = RedisBroker(url=acl_redis.url, namespace=cluster.names.broker)
     try:
-        ids = send(producer, namespaces.queue, "slow", 4)
-        wait_for(lambda: len(store.inflight(victim.worker_id)) == 4, 20, message="recorded through the user")
-        spawn_worker(threads=8, slow_seconds=0.1, broker_url=acl_redis.url, tracker_url=least_privileged)
-        survivor = wait_new_worker(store, victim)
+        ids = send(producer, cluster.names.queue, "slow", 4)
+        wait_for(lambda: len(cluster.store.inflight(victim.worker_id)) == 4, 20, message="recorded through the user")
+        cluster.spawn(threads=8, slow_seconds=0.1, broker_url=acl_redis.url, tracker_url=least_privileged)
+        survivor = cluster.wait_new_worker(victim)
 
         # When one is SIGKILLed, each of its messages starts again once on the other
         kill(victim.pid)
 
         def restarted() -> list[str]:
-            return [e[0] for e in events(redis_client, namespaces, "started") if e[1] == survivor.pid]
+            return cluster.reported_by(survivor.pid)
 
         wait_for(lambda: len(restarted()) >= 4, BOUND + 10, message="4 redeliveries")
         assert collections.Counter(restarted()) == collections.Counter(ids)
-        wait_for(lambda: victim.worker_id in store.dead_workers(), 10, message="tombstoned")
+        wait_for(lambda: victim.worker_id in cluster.store.dead_workers(), 10, message="tombstoned")
 
         # And every command works as that user
-        base = ["--url", least_privileged, "--namespace", namespaces.tracker]
-        store.acquire_lock("d-1", ids[0], 1, "until_executed", "slow", namespaces.queue, "", None)
+        base = ["--url", least_privileged, "--namespace", cluster.names.tracker]
+        cluster.store.acquire_lock("d-1", ids[0], 1, "until_executed", "slow", cluster.names.queue, "", None)
         for command in (
             ("status",),
             ("workers", "--all"),
@@ -119,7 +114,7 @@ def test_workers_a_recovery_and_every_command_run_as_the_least_privileged_user(
             assert json.loads(result.stdout)["problems"] == [], command
         assert run("unlock", "d-1", *base).returncode == RET_NOT_FOUND
         env = {
-            **app_env(redis_url, namespaces),
+            **app_env(redis_url, cluster.names),
             "TEST_BROKER_URL": acl_redis.url,
             "TEST_TRACKER_URL": least_privileged,
         }
@@ -148,7 +143,7 @@ def test_workers_a_recovery_and_every_command_run_as_the_least_privileged_user(
                 assert survivor.worker_id in page
     finally:
         close_redis_broker(producer)
-        store.client.close()
+        cluster.store.client.close()
 
 
 def _read(url: str) -> str:

@@ -36,11 +36,10 @@ from dramatiq_tracker.ops.cli import (
     RET_USAGE,
     main,
 )
-from dramatiq_tracker.ops.inspection import ALIVE, DEAD, FENCED, GONE, RECOVERING, UNRESPONSIVE, Inspector
+from dramatiq_tracker.ops.inspection import ALIVE, DEAD, FENCED, GONE, UNRESPONSIVE, Inspector
 from dramatiq_tracker.ops.reads import InspectionStore
-from dramatiq_tracker.records import WorkerInfo
 
-from .conftest import Namespaces
+from .conftest import Cluster, Namespaces
 from .support import (
     BOUND,
     FAST,
@@ -49,7 +48,6 @@ from .support import (
     kill,
     send,
     wait_for,
-    wait_new_worker,
     wait_registered,
 )
 from .test_corrupt_records import dump
@@ -181,18 +179,6 @@ def inspector(redis_url: str, namespaces: Namespaces) -> Iterator[Inspector]:
         yield found
 
 
-def busy_worker(
-    spawn_worker: Callable[..., WorkerProcess], store: InspectionStore, producer: RedisBroker, queue: str, count: int
-) -> tuple[WorkerInfo, list[str]]:
-    """Start a worker of two threads and give it ``count`` slow messages; returns it and their ids, once
-    their records are written."""
-    spawn_worker(threads=2, slow_seconds=60)
-    (worker,) = wait_registered(store, 1)
-    ids = send(producer, queue, "slow", count)
-    wait_for(lambda: len(store.inflight(worker.worker_id)) == count, 20, message="recorded")
-    return worker, ids
-
-
 def documented_headers() -> set[tuple[str, ...]]:
     """The table headers shown in docs/cli.md."""
     text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
@@ -226,21 +212,19 @@ def test_every_listing_shows_live_workers_and_their_messages_as_text_and_json(
     cli: Callable[..., tuple[int, str, str]],
     cli_json: Callable[..., dict[str, Any]],
     base: list[str],
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
+    cluster: Cluster,
     producer: RedisBroker,
     redis_broker: RedisBroker,
     tracker: TrackerMiddleware,
-    store: InspectionStore,
     inspector: Inspector,
 ) -> None:
     # Given a worker running two slow messages and a unique one (its lock taken as it was sent)
-    spawn_worker(threads=4, slow_seconds=60)
-    (worker,) = wait_registered(store, 1)
-    ids = send(producer, namespaces.queue, "slow", 2)
-    (unique_id,) = send(redis_broker, namespaces.queue, "unique_slow", 1, unique=True)
-    wait_for(lambda: len(store.inflight(worker.worker_id)) == 3, 20, message="recorded")
-    wid, queue = worker.worker_id, namespaces.queue
+    cluster.spawn(threads=4, slow_seconds=60)
+    (worker,) = cluster.wait_registered(1)
+    ids = send(producer, cluster.names.queue, "slow", 2)
+    (unique_id,) = send(redis_broker, cluster.names.queue, "unique_slow", 1, unique=True)
+    wait_for(lambda: len(cluster.store.inflight(worker.worker_id)) == 3, 20, message="recorded")
+    wid, queue = worker.worker_id, cluster.names.queue
 
     # status
     code, out, err = cli("status", *base)
@@ -346,15 +330,11 @@ def test_every_listing_shows_live_workers_and_their_messages_as_text_and_json(
 
 
 def test_check_is_healthy_while_the_worker_lives_and_fails_at_once_when_it_is_sigkilled(
-    redis_url: str,
-    base: list[str],
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    store: InspectionStore,
+    redis_url: str, base: list[str], cluster: Cluster
 ) -> None:
     # Given one worker on this host, whose heartbeat would expire only after a minute
-    spawn_worker(threads=1, env=SLOW_EXPIRY)
-    (worker,) = wait_registered(store, 1)
+    cluster.spawn(threads=1, env=SLOW_EXPIRY)
+    (worker,) = cluster.wait_registered(1)
     here = socket.gethostname()
     assert worker.hostname == here
 
@@ -402,25 +382,10 @@ def test_check_fails_for_a_worker_whose_heartbeat_expired(
 
 
 def test_check_fails_for_a_fenced_worker_naming_the_id_it_goes_on_as(
-    base: list[str],
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    store: InspectionStore,
-    inspector: Inspector,
+    base: list[str], cluster: Cluster, inspector: Inspector
 ) -> None:
     # Given a worker stopped past its heartbeat timeout while another one sweeps, then resumed
-    spawn_worker(threads=1)
-    (victim,) = wait_registered(store, 1)
-    spawn_worker(threads=1)
-    survivor = wait_new_worker(store, victim)
-    os.kill(victim.pid, signal.SIGSTOP)
-    try:
-        wait_for(lambda: inspector.worker(victim.worker_id).state in (RECOVERING, DEAD), BOUND + 5, message="dead")
-    finally:
-        os.kill(victim.pid, signal.SIGCONT)
-    view = wait_for(
-        lambda: (v := inspector.worker(victim.worker_id)) is not None and v.state == FENCED and v, 10, message="fenced"
-    )
+    victim, survivor, view = cluster.fenced_worker(inspector)
 
     wait_for(lambda: (w := inspector.worker(view.fenced_as)) is not None and w.state == ALIVE, 10, message="new id")
 
@@ -460,14 +425,9 @@ def read_until(fd: int, predicate: Callable[[str], bool], timeout: float) -> str
 
 
 def test_watch_redraws_the_screen_on_a_terminal_and_only_there(
-    redis_url: str,
-    base: list[str],
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    store: InspectionStore,
+    redis_url: str, base: list[str], cluster: Cluster, producer: RedisBroker
 ) -> None:
-    worker, (message_id,) = busy_worker(spawn_worker, store, producer, namespaces.queue, 1)
+    worker, (message_id,) = cluster.busy_worker(producer, 1)
 
     # On a terminal: the screen is cleared before each refresh, colours on
     controller, terminal = pty.openpty()
@@ -538,44 +498,35 @@ def test_events_follow_prints_an_event_written_after_it_started(
 
 
 def test_recover_dry_run_changes_nothing_and_recover_then_does_exactly_what_it_listed(
-    redis_url: str,
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    store: InspectionStore,
-    inspector: Inspector,
+    redis_url: str, cluster: Cluster, producer: RedisBroker, inspector: Inspector
 ) -> None:
     # Given a worker SIGKILLed with three messages running and nobody else to sweep
-    spawn_worker(threads=3, slow_seconds=60)
-    (victim,) = wait_registered(store, 1)
-    ids = send(producer, namespaces.queue, "slow", 3)
-    wait_for(lambda: len(store.inflight(victim.worker_id)) == 3, 20, message="recorded")
+    victim, ids = cluster.busy_worker(producer, 3, threads=3)
     kill(victim.pid)
     wait_for(lambda: inspector.orphans().total == 3, BOUND + 5, message="orphans waiting")
-    orphans = run("orphans", "--url", redis_url, "--namespace", namespaces.tracker)
+    orphans = run("orphans", "--url", redis_url, "--namespace", cluster.names.tracker)
     assert orphans.returncode == RET_OK and "3 messages waiting for recovery." in orphans.stdout
     assert all(message_id in orphans.stdout for message_id in ids)
     assert_documented(orphans.stdout)
-    listed = json.loads(run("orphans", "--url", redis_url, "--namespace", namespaces.tracker, "--json").stdout)
+    listed = json.loads(run("orphans", "--url", redis_url, "--namespace", cluster.names.tracker, "--json").stdout)
     assert listed["total"] == 3 and sorted(o["message_id"] for o in listed["items"]) == sorted(ids)
     assert {(o["worker_id"], o["worker_state"], o["where"]) for o in listed["items"]} == {
         (victim.worker_id, GONE, "record")
     }
-    env = app_env(redis_url, namespaces)
+    env = app_env(redis_url, cluster.names)
     broker = ["--broker", "tests.apps.worker_app:broker"]
-    patterns = ("{%s}:*" % namespaces.tracker, "%s:*" % namespaces.broker)
+    patterns = ("{%s}:*" % cluster.names.tracker, "%s:*" % cluster.names.broker)
     # (its heartbeat key expires on its own: not a change the dry run makes)
-    heartbeat = store.keys.heartbeat(victim.worker_id)
-    wait_for(lambda: not redis_client.exists(heartbeat), BOUND, message="its heartbeat expired")
-    before = dump(redis_client, *patterns)
+    heartbeat = cluster.store.keys.heartbeat(victim.worker_id)
+    wait_for(lambda: not cluster.client.exists(heartbeat), BOUND, message="its heartbeat expired")
+    before = dump(cluster.client, *patterns)
 
     # When a dry run is asked for, as text and as JSON
     text = run("recover", *broker, "--dry-run", env=env)
     planned = run("recover", *broker, "--dry-run", "--json", env=env)
 
     # Then nothing changed at all, in the tracker's keys nor in the broker's
-    assert dump(redis_client, *patterns) == before
+    assert dump(cluster.client, *patterns) == before
     assert text.returncode == RET_OK, text.stderr
     assert text.stdout.startswith(
         "Dry run: nothing was changed. A sweep now would declare 1 worker dead (%s)" % victim.worker_id
@@ -595,7 +546,7 @@ def test_recover_dry_run_changes_nothing_and_recover_then_does_exactly_what_it_l
     assert inspector.orphans().total == 0 and inspector.worker(victim.worker_id).state == DEAD
     assert inspector.counters().of(RECOVERED) == 3
     # The messages are back on their queue (under new redis message ids), for the next worker
-    assert redis_client.llen("%s:%s" % (namespaces.broker, namespaces.queue)) == 3
+    assert cluster.client.llen("%s:%s" % (cluster.names.broker, cluster.names.queue)) == 3
     assert report["left_out"] == [] and plan["left_out"] == []
     # And a second recovery finds nothing more to do
     again = run("recover", *broker, env=env)
@@ -604,45 +555,42 @@ def test_recover_dry_run_changes_nothing_and_recover_then_does_exactly_what_it_l
 
 @pytest.mark.abort
 def test_abort_asks_dramatiq_abort_to_stop_a_running_message_and_remembers_it(
-    redis_url: str,
-    base: list[str],
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    store: InspectionStore,
-    inspector: Inspector,
-    redis_client: redis.Redis,
+    redis_url: str, base: list[str], cluster: Cluster, producer: RedisBroker, inspector: Inspector
 ) -> None:
     pytest.importorskip("dramatiq_abort")
-    abortable = {"TEST_ABORTABLE": "1", "TEST_ABORT_NAMESPACE": "%s:aborts:" % namespaces.broker}
-    spawn_worker(threads=2, env=abortable)
-    (worker,) = wait_registered(store, 1)
-    message = Message(queue_name=namespaces.queue, actor_name="abortable_sleep", args=(60,), kwargs={}, options={})
+    abortable = {"TEST_ABORTABLE": "1", "TEST_ABORT_NAMESPACE": "%s:aborts:" % cluster.names.broker}
+    cluster.spawn(threads=2, env=abortable)
+    (worker,) = cluster.wait_registered(1)
+    message = Message(queue_name=cluster.names.queue, actor_name="abortable_sleep", args=(60,), kwargs={}, options={})
     message_id = producer.enqueue(message).message_id
-    wait_for(lambda: message_id in store.inflight(worker.worker_id), 20, message="recorded")
+    wait_for(lambda: message_id in cluster.store.inflight(worker.worker_id), 20, message="recorded")
 
     aborted = run(
-        "abort", message_id, "--broker", "tests.apps.worker_app:broker", env=app_env(redis_url, namespaces, **abortable)
+        "abort",
+        message_id,
+        "--broker",
+        "tests.apps.worker_app:broker",
+        env=app_env(redis_url, cluster.names, **abortable),
     )
 
     assert aborted.returncode == RET_OK, aborted.stderr
     assert aborted.stdout.startswith("Abort of message %s requested" % message_id)
-    wait_for(lambda: redis_client.llen(namespaces.report + ":aborted") == 1, 20, message="aborted")
+    wait_for(lambda: cluster.client.llen(cluster.names.report + ":aborted") == 1, 20, message="aborted")
     view = inspector.message(message_id)
     assert view is not None and view.history is not None and view.history.abort == "abort"
     assert "abort-requested" in [event.kind for event in view.events]
     # A message nobody knows is refused (a typo, say), and nothing is sent; --force sends it anyway
-    env = app_env(redis_url, namespaces, **abortable)
+    env = app_env(redis_url, cluster.names, **abortable)
     unknown = run("abort", "no-such-message", "--broker", "tests.apps.worker_app:broker", env=env)
     one_line_error(unknown, RET_NOT_FOUND, "'no-such-message' is unknown", "--force")
     assert inspector.message("no-such-message") is None
     forced = run("abort", "no-such-message", "--cancel", "--force", "--broker", "tests.apps.worker_app:broker", env=env)
     assert forced.returncode == RET_OK and inspector.message("no-such-message") is not None
     # A message the RedisBroker holds, queued, is known though the tracker never saw it run
-    queued = Message(queue_name=namespaces.queue + "_idle", actor_name="slow", args=(1,), kwargs={}, options={})
+    queued = Message(queue_name=cluster.names.queue + "_idle", actor_name="slow", args=(1,), kwargs={}, options={})
     producer.declare_queue(queued.queue_name)
     queued_id = producer.enqueue(queued).message_id
-    env_idle = {**env, "TEST_QUEUE": namespaces.queue + "_idle"}
+    env_idle = {**env, "TEST_QUEUE": cluster.names.queue + "_idle"}
     cancelled = run("abort", queued_id, "--cancel", "--broker", "tests.apps.worker_app:broker", env=env_idle)
     assert cancelled.returncode == RET_OK, cancelled.stderr
     # As JSON, a cancel
@@ -651,7 +599,9 @@ def test_abort_asks_dramatiq_abort_to_stop_a_running_message_and_remembers_it(
     data = json.loads(cancelled.stdout)
     assert data["command"] == "abort" and data["item"] == {"message_id": message_id, "mode": "cancel"}
     # Without dramatiq-abort in the broker, it says so
-    refused = run("abort", message_id, "--broker", "tests.apps.worker_app:broker", env=app_env(redis_url, namespaces))
+    refused = run(
+        "abort", message_id, "--broker", "tests.apps.worker_app:broker", env=app_env(redis_url, cluster.names)
+    )
     one_line_error(refused, RET_ERROR, "Abortable")
 
 
@@ -707,20 +657,12 @@ def test_bad_input_is_one_line_on_stderr_with_a_documented_exit_code_and_nothing
 
 
 def test_corrupt_and_foreign_records_are_warned_about_skipped_and_left_alone(
-    redis_client: redis.Redis,
-    base: list[str],
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    store: InspectionStore,
+    cluster: Cluster, base: list[str], producer: RedisBroker
 ) -> None:
-    spawn_worker(threads=2, slow_seconds=60)
-    (worker,) = wait_registered(store, 1)
-    (message_id,) = send(producer, namespaces.queue, "slow", 1)
-    wait_for(lambda: message_id in store.inflight(worker.worker_id), 20, message="recorded")
-    keys = store.keys
-    redis_client.hset(keys.workers, "foreign", "not json")
-    redis_client.hset(keys.inflight(worker.worker_id), "garbage", '{"a": 1}')
+    worker, (message_id,) = cluster.busy_worker(producer, 1, threads=2)
+    keys = cluster.store.keys
+    cluster.client.hset(keys.workers, "foreign", "not json")
+    cluster.client.hset(keys.inflight(worker.worker_id), "garbage", '{"a": 1}')
 
     listed = run("inflight", *base)
     assert listed.returncode == RET_OK and message_id in listed.stdout and "garbage" not in listed.stdout
@@ -732,9 +674,9 @@ def test_corrupt_and_foreign_records_are_warned_about_skipped_and_left_alone(
     assert len(status.stderr.strip().splitlines()) == 2
     workers = run("workers", *base)
     assert workers.returncode == RET_OK and "foreign" in workers.stderr and "foreign" not in workers.stdout
-    assert redis_client.hget(keys.workers, "foreign") == b"not json"
-    assert redis_client.hget(keys.inflight(worker.worker_id), "garbage") == b'{"a": 1}'
-    redis_client.hdel(keys.inflight(worker.worker_id), "garbage")
+    assert cluster.client.hget(keys.workers, "foreign") == b"not json"
+    assert cluster.client.hget(keys.inflight(worker.worker_id), "garbage") == b'{"a": 1}'
+    cluster.client.hdel(keys.inflight(worker.worker_id), "garbage")
 
 
 def test_the_exporter_without_prometheus_client_names_the_extra() -> None:

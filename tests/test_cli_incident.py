@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-from collections.abc import Callable
 
 import pytest
 import redis
@@ -20,10 +19,10 @@ from dramatiq_tracker.ops.cli import RET_NOT_FOUND, RET_OK, RET_USAGE
 from dramatiq_tracker.ops.inspection import GONE
 from dramatiq_tracker.ops.reads import InspectionStore
 
-from .conftest import Namespaces
+from .conftest import Cluster, Namespaces
 from .dashboard_seed import BROKER_IDENTITY, SeedRecord, register_worker
-from .support import RABBITMQ_URL, WorkerProcess, kill, process_gone, send, wait_for
-from .test_cli import app_env, assert_documented, busy_worker, column, one_line_error, run, start
+from .support import RABBITMQ_URL, kill, process_gone, send, wait_for
+from .test_cli import app_env, assert_documented, column, one_line_error, run, start
 
 pytestmark = pytest.mark.slow
 
@@ -44,14 +43,10 @@ def cells(out: str, title: str) -> list[dict[str, str]]:
 
 
 def test_every_read_command_takes_the_applications_broker(
-    redis_url: str,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    store: InspectionStore,
+    redis_url: str, cluster: Cluster, producer: RedisBroker
 ) -> None:
-    worker, (message_id,) = busy_worker(spawn_worker, store, producer, namespaces.queue, 1)
-    env = app_env(redis_url, namespaces)
+    worker, (message_id,) = cluster.busy_worker(producer, 1)
+    env = app_env(redis_url, cluster.names)
 
     # The tracker's Redis and namespace are the broker's tracker's: nothing to repeat by hand
     for command in (
@@ -63,7 +58,7 @@ def test_every_read_command_takes_the_applications_broker(
     ):
         result = run(*command, *BROKER, "--json", env=env)
         assert result.returncode == RET_OK, (command, result.stderr)
-        assert json.loads(result.stdout)["namespace"] == namespaces.tracker
+        assert json.loads(result.stdout)["namespace"] == cluster.names.tracker
     for command in (("orphans",), ("locks",), ("events",)):
         assert run(*command, *BROKER, env=env).returncode == RET_OK, command
     assert run("unlock", "no-such-digest", *BROKER, env=env).returncode == RET_NOT_FOUND
@@ -73,7 +68,7 @@ def test_every_read_command_takes_the_applications_broker(
     watched.send_signal(signal.SIGINT)
     watched.communicate(timeout=30)
     assert any(
-        "Namespace %s on redis://127.0.0.1:6379/0 (the tracker of tests.apps.worker_app:broker)" % namespaces.tracker
+        "Namespace %s on redis://127.0.0.1:6379/0 (the tracker of tests.apps.worker_app:broker)" % cluster.names.tracker
         in line
         for line in seen
     ), seen
@@ -81,22 +76,18 @@ def test_every_read_command_takes_the_applications_broker(
     one_line_error(
         run("status", *BROKER, "--namespace", "other", env=env),
         RET_USAGE,
-        "uses namespace %r, not 'other'" % namespaces.tracker,
+        "uses namespace %r, not 'other'" % cluster.names.tracker,
     )
 
 
 def test_the_status_says_what_no_live_worker_sweeps_and_what_to_run(
-    redis_url: str,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    store: InspectionStore,
+    redis_url: str, cluster: Cluster, producer: RedisBroker
 ) -> None:
     # Given the only worker of the application SIGKILLed with two messages running
-    victim, ids = busy_worker(spawn_worker, store, producer, namespaces.queue, 2)
+    victim, ids = cluster.busy_worker(producer, 2)
     kill(victim.pid)
     wait_for(lambda: process_gone(victim.pid), 5, message="the process torn down")
-    base = ["--url", redis_url, "--namespace", namespaces.tracker]
+    base = ["--url", redis_url, "--namespace", cluster.names.tracker]
 
     # Then, at once, it is gone (dead, not recovered yet), and the status says that nobody sweeps its
     # orphans, and what to run
@@ -122,7 +113,7 @@ def test_the_status_says_what_no_live_worker_sweeps_and_what_to_run(
     assert re.search(r"dead, not recovered yet \((process exited|presence lost)\)", workers.stdout), workers.stdout
 
     # And once recovered as it said, nothing is left unswept
-    env = app_env(redis_url, namespaces)
+    env = app_env(redis_url, cluster.names)
     done = json.loads(run("recover", *BROKER, "--json", env=env).stdout)["item"]
     assert done["dead_workers"] == [victim.worker_id] and done["left_out"] == []
     assert sorted(o["message_id"] for o in done["orphans"]) == sorted(ids)

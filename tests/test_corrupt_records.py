@@ -11,106 +11,84 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
-from dramatiq_tracker import TrackerMiddleware
 from dramatiq_tracker.host import HostFacts
 
-from .conftest import Namespaces
+from .conftest import Namespaces, Sweep
 from .support import close_redis_broker, dead_pid, fake_dead_worker, reads
 
 
 def test_an_unreadable_record_of_a_dead_worker_is_skipped_and_its_message_still_delivered(
-    redis_broker: RedisBroker,
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    caplog: pytest.LogCaptureFixture,
-    tracker: TrackerMiddleware,
+    sweep: Sweep, caplog: pytest.LogCaptureFixture
 ) -> None:
-    broker = redis_broker
-    queue = namespaces.queue
-    info, messages = fake_dead_worker(broker, tracker.store, queue, 4)
+    queue = sweep.names.queue
+    info, messages = sweep.dead_worker(4)
     # Given one of its records was corrupted
-    redis_client.hset(tracker.store.keys.inflight(info.worker_id), messages[0].message_id, b"\x00garbage")
+    sweep.client.hset(sweep.tracker.store.keys.inflight(info.worker_id), messages[0].message_id, b"\x00garbage")
 
     # When it is recovered
     with caplog.at_level(logging.WARNING):
-        report = tracker.recover()
+        report = sweep.tracker.recover()
 
     # Then every message is back on its queue, and the corrupt record was reported
     assert sorted(report.message_ids) == sorted(m.message_id for m in messages)
-    assert redis_client.llen("%s:%s" % (namespaces.broker, queue)) == 4
+    assert sweep.client.llen("%s:%s" % (sweep.names.broker, queue)) == 4
     assert any("unreadable in-flight record" in r.getMessage() for r in caplog.records)
-    assert info.worker_id not in reads(tracker).workers()
+    assert info.worker_id not in reads(sweep.tracker).workers()
 
 
-def test_an_undecodable_payload_is_moved_back_unchanged(
-    redis_broker: RedisBroker,
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    caplog: pytest.LogCaptureFixture,
-    tracker: TrackerMiddleware,
-) -> None:
-    broker = redis_broker
-    queue = namespaces.queue
-    _, messages = fake_dead_worker(broker, tracker.store, queue, 3)
+def test_an_undecodable_payload_is_moved_back_unchanged(sweep: Sweep, caplog: pytest.LogCaptureFixture) -> None:
+    queue = sweep.names.queue
+    _, messages = sweep.dead_worker(3)
     # Given a foreign payload that the current encoder cannot decode
     redis_id = messages[2].options["redis_message_id"]
-    redis_client.hset("%s:%s.msgs" % (namespaces.broker, queue), redis_id, b"\x80not-json")
+    sweep.client.hset("%s:%s.msgs" % (sweep.names.broker, queue), redis_id, b"\x80not-json")
 
     with caplog.at_level(logging.WARNING):
-        tracker.recover()
+        sweep.tracker.recover()
 
-    queued = redis_client.lrange("%s:%s" % (namespaces.broker, queue), 0, -1)
+    queued = sweep.client.lrange("%s:%s" % (sweep.names.broker, queue), 0, -1)
     assert len(queued) == 3 and redis_id.encode() in queued
-    assert redis_client.hget("%s:%s.msgs" % (namespaces.broker, queue), redis_id) == b"\x80not-json"
+    assert sweep.client.hget("%s:%s.msgs" % (sweep.names.broker, queue), redis_id) == b"\x80not-json"
     assert any("does not decode" in r.getMessage() for r in caplog.records)
 
 
-def test_an_orphan_whose_payload_is_gone_is_taken_out_of_the_acks_and_the_others_are_delivered(
-    redis_broker: RedisBroker,
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    tracker: TrackerMiddleware,
-) -> None:
-    queue = namespaces.queue
-    info, messages = fake_dead_worker(redis_broker, tracker.store, queue, 3)
+def test_an_orphan_whose_payload_is_gone_is_taken_out_of_the_acks_and_the_others_are_delivered(sweep: Sweep) -> None:
+    queue = sweep.names.queue
+    info, messages = sweep.dead_worker(3)
     # Given one orphan's payload was deleted behind the broker's back (an eviction, a hand)
     gone = messages[1].options["redis_message_id"]
-    redis_client.hdel("%s:%s.msgs" % (namespaces.broker, queue), gone)
+    sweep.client.hdel("%s:%s.msgs" % (sweep.names.broker, queue), gone)
 
-    report = tracker.recover()
+    report = sweep.tracker.recover()
 
     # Then the other two are back on the queue, nothing is queued for the missing one, and the dead
     # process's acks are empty: no later sweep or maintenance trips over it
     assert sorted(report.message_ids) == sorted([messages[0].message_id, messages[2].message_id])
-    queued = [rid.decode() for rid in redis_client.lrange("%s:%s" % (namespaces.broker, queue), 0, -1)]
+    queued = [rid.decode() for rid in sweep.client.lrange("%s:%s" % (sweep.names.broker, queue), 0, -1)]
     assert len(queued) == 2 and gone not in queued
-    acks = "%s:__acks__.%s.%s" % (namespaces.broker, info.broker_id, queue)
-    assert redis_client.scard(acks) == 0
-    assert info.worker_id not in reads(tracker).workers()
+    acks = "%s:__acks__.%s.%s" % (sweep.names.broker, info.broker_id, queue)
+    assert sweep.client.scard(acks) == 0
+    assert info.worker_id not in reads(sweep.tracker).workers()
 
 
 def test_an_unreadable_registration_is_reported_once_and_left_alone(
-    redis_broker: RedisBroker,
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    caplog: pytest.LogCaptureFixture,
-    tracker: TrackerMiddleware,
+    sweep: Sweep, caplog: pytest.LogCaptureFixture
 ) -> None:
     here = HostFacts.current()
-    keys = tracker.store.keys
-    redis_client.hset(keys.workers, "foreign", "{not json")
-    redis_client.sadd(keys.host(here.hostname), "foreign")
-    redis_client.zadd(keys.deadlines(tracker.identity_digest), {"foreign": 0})
+    keys = sweep.tracker.store.keys
+    sweep.client.hset(keys.workers, "foreign", "{not json")
+    sweep.client.sadd(keys.host(here.hostname), "foreign")
+    sweep.client.zadd(keys.deadlines(sweep.tracker.identity_digest), {"foreign": 0})
 
     with caplog.at_level(logging.WARNING):
-        tracker.recover()
-        tracker.recover()
+        sweep.tracker.recover()
+        sweep.tracker.recover()
 
     assert [r.getMessage() for r in caplog.records].count(
         "Skipping worker 'foreign': its registration is unreadable (not JSON: Expecting property name enclosed "
         "in double quotes: line 1 column 2 (char 1))."
     ) == 1
-    assert redis_client.hexists(keys.workers, "foreign")
+    assert sweep.client.hexists(keys.workers, "foreign")
 
 
 def queued_messages(client: redis.Redis, names: Namespaces, queue: str) -> list[Message[object]]:
@@ -118,19 +96,16 @@ def queued_messages(client: redis.Redis, names: Namespaces, queue: str) -> list[
     return [Message.decode(p) for p in client.hmget("%s:%s.msgs" % (names.broker, queue), ids)]
 
 
-def test_every_moved_orphan_carries_a_new_attempt_and_its_recovery_count_under_a_new_redis_id(
-    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, tracker: TrackerMiddleware
-) -> None:
-    broker = redis_broker
-    queue = namespaces.queue
-    _, messages = fake_dead_worker(broker, tracker.store, queue, 3)
+def test_every_moved_orphan_carries_a_new_attempt_and_its_recovery_count_under_a_new_redis_id(sweep: Sweep) -> None:
+    queue = sweep.names.queue
+    _, messages = sweep.dead_worker(3)
 
-    tracker.recover()
+    sweep.tracker.recover()
 
     # The two running orphans say they were recovered once; the prefetched one, never counted, is
     # marked too: every copy recovery moves gets a new attempt, so that a copy the dead worker may
     # still hold (were it alive after all) is known to be stale, and its next start is recorded first
-    by_id = {m.message_id: m for m in queued_messages(redis_client, namespaces, queue)}
+    by_id = {m.message_id: m for m in queued_messages(sweep.client, sweep.names, queue)}
     for index, message in enumerate(messages):
         moved = by_id[message.message_id]
         assert moved.options["tracker_recoveries"] == (1 if index < 2 else 0)
@@ -138,78 +113,70 @@ def test_every_moved_orphan_carries_a_new_attempt_and_its_recovery_count_under_a
         # under a new redis message id: the old copy's ack can only ever miss
         assert moved.options["redis_message_id"] != message.options["redis_message_id"]
         assert dataclasses.replace(moved, options={}) == dataclasses.replace(message, options={})
-    assert redis_client.hlen("%s:%s.msgs" % (namespaces.broker, queue)) == 3
+    assert sweep.client.hlen("%s:%s.msgs" % (sweep.names.broker, queue)) == 3
 
 
-def test_the_global_recover_function_uses_the_brokers_tracker(
-    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, tracker: TrackerMiddleware
-) -> None:
-    broker = redis_broker
-    fake_dead_worker(broker, tracker.store, namespaces.queue, 2)
+def test_the_global_recover_function_uses_the_brokers_tracker(sweep: Sweep) -> None:
+    sweep.dead_worker(2)
     from dramatiq_tracker import recover
 
-    assert len(recover(broker).recovered) == 2
-    dramatiq.set_broker(broker)
+    assert len(recover(sweep.broker).recovered) == 2
+    dramatiq.set_broker(sweep.broker)
     assert recover().recovered == []
 
 
-def test_a_dead_workers_delayed_messages_go_back_to_their_delay_queue_with_a_new_attempt(
-    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, tracker: TrackerMiddleware
-) -> None:
-    broker = redis_broker
-    queue = namespaces.queue
+def test_a_dead_workers_delayed_messages_go_back_to_their_delay_queue_with_a_new_attempt(sweep: Sweep) -> None:
+    queue = sweep.names.queue
     # Given a dead worker that held a delayed message (fetched from the delay queue, waiting for its eta)
-    info, _ = fake_dead_worker(broker, tracker.store, queue, 1, running=0)
-    delayed = broker.enqueue(
+    info, _ = sweep.dead_worker(1, running=0)
+    delayed = sweep.broker.enqueue(
         Message(queue_name=queue, actor_name="work", args=(9,), kwargs={}, options={}), delay=60_000
     )
-    dead = RedisBroker(client=broker.client, namespace=broker.namespace)
+    dead = RedisBroker(client=sweep.broker.client, namespace=sweep.broker.namespace)
     dead.broker_id = info.broker_id
     dead.do_fetch(queue + ".DQ", 1)
-    assert redis_client.scard("%s:__acks__.%s.%s.DQ" % (namespaces.broker, info.broker_id, queue)) == 1
+    assert sweep.client.scard("%s:__acks__.%s.%s.DQ" % (sweep.names.broker, info.broker_id, queue)) == 1
 
     # When it is recovered
-    report = tracker.recover()
+    report = sweep.tracker.recover()
 
     # Then the delayed message is back on the delay queue with its eta, and the other one on its queue
     assert delayed.message_id in report.message_ids and len(report.message_ids) == 2
-    (moved,) = queued_messages(redis_client, namespaces, queue + ".DQ")
+    (moved,) = queued_messages(sweep.client, sweep.names, queue + ".DQ")
     assert moved.options["eta"] == delayed.options["eta"]
     assert moved.options["tracker_attempt"] == 1
     assert dataclasses.replace(moved, options={}) == dataclasses.replace(delayed, options={})
     close_redis_broker(dead)
 
 
-def test_unreadable_vanished_and_foreign_workers_never_keep_a_dead_worker_waiting(
-    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, tracker: TrackerMiddleware
-) -> None:
+def test_unreadable_vanished_and_foreign_workers_never_keep_a_dead_worker_waiting(sweep: Sweep) -> None:
     # Given more than a page of dead workers of another app (another broker) sharing the namespace
-    other_broker = RedisBroker(client=redis_broker.client, namespace=namespaces.broker + ":other")
+    other_broker = RedisBroker(client=sweep.broker.client, namespace=sweep.names.broker + ":other")
     pid = dead_pid()
     for index in range(120):
         fake_dead_worker(
-            other_broker, tracker.store, namespaces.queue, 1, running=0, worker_id="foreign-%d" % index, pid=pid
+            other_broker, sweep.tracker.store, sweep.names.queue, 1, running=0, worker_id="foreign-%d" % index, pid=pid
         )
     # And more than a page of unreadable and vanished registrations due before a real dead worker
-    keys = tracker.store.keys
-    deadlines = keys.deadlines(tracker.identity_digest)
+    keys = sweep.tracker.store.keys
+    deadlines = keys.deadlines(sweep.tracker.identity_digest)
     for index in range(150):
-        redis_client.zadd(deadlines, {"corrupt-%d" % index: index, "vanished-%d" % index: index})
-        redis_client.hset(keys.workers, "corrupt-%d" % index, "{not json")
-    _, messages = fake_dead_worker(redis_broker, tracker.store, namespaces.queue, 2, worker_id="real-dead")
-    redis_client.zadd(deadlines, {"real-dead": 1000})
+        sweep.client.zadd(deadlines, {"corrupt-%d" % index: index, "vanished-%d" % index: index})
+        sweep.client.hset(keys.workers, "corrupt-%d" % index, "{not json")
+    _, messages = sweep.dead_worker(2, worker_id="real-dead")
+    sweep.client.zadd(deadlines, {"real-dead": 1000})
 
     # When a sweep runs
-    report = tracker.recover()
+    report = sweep.tracker.recover()
 
     # Then the real dead worker is recovered, the vanished ones are gone from the index,
     # and the unreadable ones are moved out of the way
     assert report.dead_workers == ["real-dead"]
     assert sorted(report.message_ids) == sorted(m.message_id for m in messages)
-    assert tracker.store.due_workers(tracker.identity_digest, 1000) == []
-    assert redis_client.zcard(deadlines) == 150
+    assert sweep.tracker.store.due_workers(sweep.tracker.identity_digest, 1000) == []
+    assert sweep.client.zcard(deadlines) == 150
     # And the other app's dead workers are left to that app's sweepers
-    assert len([wid for wid in reads(tracker).workers() if wid.startswith("foreign-")]) == 120
+    assert len([wid for wid in reads(sweep.tracker).workers() if wid.startswith("foreign-")]) == 120
 
 
 def dump(client: redis.Redis, *patterns: str) -> dict[bytes, object]:
@@ -230,20 +197,18 @@ def dump(client: redis.Redis, *patterns: str) -> dict[bytes, object]:
     return found
 
 
-def test_a_dry_run_changes_nothing_and_the_sweep_then_does_exactly_what_it_listed(
-    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, tracker: TrackerMiddleware
-) -> None:
+def test_a_dry_run_changes_nothing_and_the_sweep_then_does_exactly_what_it_listed(sweep: Sweep) -> None:
     # Given a dead worker with 2 running orphans and 2 prefetched, one of them cancelled
-    info, messages = fake_dead_worker(redis_broker, tracker.store, namespaces.queue, 4, running=2)
-    tracker.store.note_history(messages[3].message_id, 60_000, {"abort": "cancel"})
-    patterns = ("{%s}:*" % namespaces.tracker, "%s:*" % namespaces.broker)
-    before = dump(redis_client, *patterns)
+    info, messages = sweep.dead_worker(4, running=2)
+    sweep.tracker.store.note_history(messages[3].message_id, 60_000, {"abort": "cancel"})
+    patterns = ("{%s}:*" % sweep.names.tracker, "%s:*" % sweep.names.broker)
+    before = dump(sweep.client, *patterns)
 
     # When a dry run is asked for
-    plan = tracker.recover(dry_run=True)
+    plan = sweep.tracker.recover(dry_run=True)
 
     # Then nothing changed, and it says what it would do
-    assert dump(redis_client, *patterns) == before
+    assert dump(sweep.client, *patterns) == before
     assert plan.dry_run and plan.dead_workers == [info.worker_id]
     planned = {o.message_id: (o.outcome, o.running, o.attempt) for o in plan.recovered}
     assert planned == {
@@ -253,23 +218,21 @@ def test_a_dry_run_changes_nothing_and_the_sweep_then_does_exactly_what_it_liste
         messages[3].message_id: ("dropped", False, 1),
     }
     # And the sweep then does exactly that
-    report = tracker.recover()
+    report = sweep.tracker.recover()
     assert report.dead_workers == plan.dead_workers
     assert {o.message_id: (o.outcome, o.running, o.attempt) for o in report.recovered} == planned
 
 
-def test_a_dry_run_lists_a_worker_both_gone_and_expired_once_as_the_sweep_recovers_it(
-    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, tracker: TrackerMiddleware
-) -> None:
+def test_a_dry_run_lists_a_worker_both_gone_and_expired_once_as_the_sweep_recovers_it(sweep: Sweep) -> None:
     # Given a dead worker of this host (its process gone) whose heartbeat has expired too
-    info, messages = fake_dead_worker(redis_broker, tracker.store, namespaces.queue, 3, running=2)
-    keys, digest = tracker.store.keys, tracker.identity_digest
-    redis_client.delete(keys.heartbeat(info.worker_id))
-    redis_client.zadd(keys.deadlines(digest), {info.worker_id: 0})
+    info, messages = sweep.dead_worker(3, running=2)
+    keys, digest = sweep.tracker.store.keys, sweep.tracker.identity_digest
+    sweep.client.delete(keys.heartbeat(info.worker_id))
+    sweep.client.zadd(keys.deadlines(digest), {info.worker_id: 0})
 
     # Then a dry run lists it once, as the sweep then recovers it once
-    plan = tracker.recover(dry_run=True)
+    plan = sweep.tracker.recover(dry_run=True)
     assert plan.dead_workers == [info.worker_id] and len(plan.recovered) == 3
-    report = tracker.recover()
+    report = sweep.tracker.recover()
     assert report.dead_workers == plan.dead_workers
     assert sorted(report.message_ids) == sorted(plan.message_ids) == sorted(m.message_id for m in messages)

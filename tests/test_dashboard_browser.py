@@ -22,21 +22,19 @@ from dramatiq_tracker.events import LOCK_DELETED
 from dramatiq_tracker.ops.dashboard import DashboardApp
 from dramatiq_tracker.ops.inspection import Inspector
 from dramatiq_tracker.ops.reads import InspectionStore
+from dramatiq_tracker.records import WorkerInfo
 
-from .conftest import Namespaces
+from .conftest import Cluster, Namespaces
 from .dashboard_seed import HOSTILE, HOSTILE_ATTRIBUTE, showcase
 from .dashboard_support import Servers, chrome_or_skip
 from .support import (
     BOUND,
     ROOT,
-    WorkerProcess,
     close_redis_broker,
     delete_matching,
     kill,
     unique,
     wait_for,
-    wait_new_worker,
-    wait_registered,
 )
 
 pytestmark = [pytest.mark.browser]
@@ -78,6 +76,18 @@ def unique_sender(redis_url: str, namespaces: Namespaces) -> Iterator[Callable[[
     close_redis_broker(broker)
 
 
+def busy_with_unique_messages(
+    cluster: Cluster, send: Callable[[int], str], count: int, *, threads: int
+) -> tuple[WorkerInfo, list[str]]:
+    """Start the test's first worker and send it ``count`` unique messages (``unique_sender``); returns it
+    and their ids once their records are written."""
+    cluster.spawn(threads=threads, slow_seconds=60)
+    (worker,) = cluster.wait_registered(1)
+    ids = [send(index) for index in range(count)]
+    wait_for(lambda: len(cluster.store.inflight(worker.worker_id)) == count, 20, message="recorded")
+    return worker, ids
+
+
 def until(driver: Any, condition: Callable[[Any], Any], timeout: float, message: str) -> Any:
     """Wait in the browser, polling the page as it is (never reloading it).  The live part of a page is
     swapped every update, so an element found a moment ago may be gone: then look again."""
@@ -115,23 +125,14 @@ def updates(driver: Any) -> int:
 
 @pytest.mark.slow
 def test_a_worker_killed_while_its_page_is_open_shows_dead_its_orphans_recovered_and_their_new_worker(
-    chrome: Any,
-    serve: Callable[..., str],
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    unique_sender: Callable[[int], str],
-    store: InspectionStore,
-    redis_client: redis.Redis,
+    chrome: Any, serve: Callable[..., str], cluster: Cluster, unique_sender: Callable[[int], str]
 ) -> None:
     # Given a worker running two unique messages, each holding its lock, and a second worker idle
-    spawn_worker(threads=2, slow_seconds=60)
-    (victim,) = wait_registered(store, 1)
-    ids = [unique_sender(0), unique_sender(1)]
-    wait_for(lambda: len(store.inflight(victim.worker_id)) == 2, 20, message="both recorded")
-    assert len(store.locks()) == 2
-    spawn_worker(threads=4, slow_seconds=60)
-    survivor = wait_new_worker(store, victim)
-    base = serve(namespaces.tracker)
+    victim, ids = busy_with_unique_messages(cluster, unique_sender, 2, threads=2)
+    assert len(cluster.store.locks()) == 2
+    cluster.spawn(threads=4, slow_seconds=60)
+    survivor = cluster.wait_new_worker(victim)
+    base = serve(cluster.names.tracker)
 
     # And the overview and the victim's page open in the browser
     chrome.get(base + "/")
@@ -158,7 +159,7 @@ def test_a_worker_killed_while_its_page_is_open_shows_dead_its_orphans_recovered
         "the victim shown dead",
     )
     until(chrome, lambda d: runs_on(d) == dict.fromkeys(ids, survivor.worker_id), BOUND + SHOWN, "running again")
-    with Inspector(client=redis_client, namespace=namespaces.tracker) as inspector:
+    with Inspector(client=cluster.client, namespace=cluster.names.tracker) as inspector:
         locks = {lock.message_id: lock for lock in inspector.locks().items}
         for message_id in ids:
             row = read(chrome, '#aftermath tr[data-message-id="%s"]' % message_id)
@@ -188,24 +189,18 @@ def test_a_worker_killed_while_its_page_is_open_shows_dead_its_orphans_recovered
 
 @pytest.mark.slow
 def test_message_data_shows_as_text_and_runs_nothing(
-    chrome: Any,
-    serve: Callable[..., str],
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    store: InspectionStore,
-    redis_client: redis.Redis,
+    chrome: Any, serve: Callable[..., str], cluster: Cluster, producer: RedisBroker
 ) -> None:
     # Given a real message whose arguments are markup, beside a namespace full of markup
-    spawn_worker(threads=2, slow_seconds=60, env={"TEST_PREVIEW_LENGTH": "200"})
-    (worker,) = wait_registered(store, 1)
+    cluster.spawn(threads=2, slow_seconds=60, env={"TEST_PREVIEW_LENGTH": "200"})
+    (worker,) = cluster.wait_registered(1)
     message = Message(
-        queue_name=namespaces.queue, actor_name="slow", args=([HOSTILE, HOSTILE_ATTRIBUTE],), kwargs={}, options={}
+        queue_name=cluster.names.queue, actor_name="slow", args=([HOSTILE, HOSTILE_ATTRIBUTE],), kwargs={}, options={}
     )
     message_id = producer.enqueue(message).message_id
-    wait_for(lambda: message_id in store.inflight(worker.worker_id), 20, message="recorded")
-    names = showcase(redis_client, store, hostile=True)
-    base = serve(namespaces.tracker, allow_actions=True, token=TOKEN)
+    wait_for(lambda: message_id in cluster.store.inflight(worker.worker_id), 20, message="recorded")
+    names = showcase(cluster.client, cluster.store, hostile=True)
+    base = serve(cluster.names.tracker, allow_actions=True, token=TOKEN)
     chrome.get(base + "/?token=" + TOKEN)  # logs in: actions need the token
     quoted = urllib.parse.quote
 
@@ -230,42 +225,33 @@ def test_message_data_shows_as_text_and_runs_nothing(
     # And the real message's arguments read as its worker recorded them (reprs, cut to 30 characters each)
     chrome.get(base + "/message?id=" + message_id)
     preview = read(chrome, "#running .preview")
-    with Inspector(client=redis_client, namespace=namespaces.tracker) as inspector:
+    with Inspector(client=cluster.client, namespace=cluster.names.tracker) as inspector:
         assert preview == inspector.running([message_id])[message_id].preview
     assert HOSTILE in preview and "><img src" in preview
 
 
 @pytest.mark.slow
 def test_a_lock_is_deleted_through_the_page(
-    chrome: Any,
-    serve: Callable[..., str],
-    spawn_worker: Callable[..., WorkerProcess],
-    unique_sender: Callable[[int], str],
-    store: InspectionStore,
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
+    chrome: Any, serve: Callable[..., str], cluster: Cluster, unique_sender: Callable[[int], str]
 ) -> None:
     # Given a unique message running on a worker, holding its lock, and a dashboard with actions enabled
-    spawn_worker(threads=1, slow_seconds=60)
-    (worker,) = wait_registered(store, 1)
-    message_id = unique_sender(0)
-    wait_for(lambda: message_id in store.inflight(worker.worker_id), 20, message="running")
-    (lock,) = store.locks()
-    key = store.keys.lock(lock.digest)
-    base = serve(namespaces.tracker, allow_actions=True, token=TOKEN)
+    _, (message_id,) = busy_with_unique_messages(cluster, unique_sender, 1, threads=1)
+    (lock,) = cluster.store.locks()
+    key = cluster.store.keys.lock(lock.digest)
+    base = serve(cluster.names.tracker, allow_actions=True, token=TOKEN)
 
     # When it is deleted from the locks page, and confirmed (once logged in: actions need the token)
     chrome.get(base + "/locks?token=" + TOKEN)
     until(chrome, lambda d: click(d, 'tr[data-digest="%s"] a.danger' % lock.digest), SHOWN, "the delete link")
     until(chrome, lambda d: d.find_elements("id", "confirm"), SHOWN, "the confirmation")
-    assert redis_client.exists(key)  # asking changed nothing
+    assert cluster.client.exists(key)  # asking changed nothing
     chrome.find_element("id", "confirm").click()
 
     # Then the page says so, and the lock is gone from Redis, with an event saying who
     until(chrome, lambda d: d.find_elements("id", "done"), SHOWN, "the result")
     assert "deleted" in read(chrome, "#done")
-    assert not redis_client.exists(key)
-    with Inspector(client=redis_client, namespace=namespaces.tracker) as inspector:
+    assert not cluster.client.exists(key)
+    with Inspector(client=cluster.client, namespace=cluster.names.tracker) as inspector:
         assert inspector.lock(lock.digest) is None and inspector.locks().items == []
         (event,) = inspector.events(10, kinds=[LOCK_DELETED])
         assert (event.details["by"], event.message_id) == ("dashboard", message_id)

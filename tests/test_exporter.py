@@ -16,10 +16,10 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq_tracker.events import KINDS, RECOVERED
 from dramatiq_tracker.ops.reads import InspectionStore
 
-from .conftest import Namespaces
+from .conftest import Cluster, Namespaces
 from .dashboard_seed import LATENCY_COUNTERS
-from .support import BOUND, ROOT, WorkerProcess, kill, send, wait_for, wait_new_worker
-from .test_cli import app_env, busy_worker, start
+from .support import BOUND, ROOT, kill, send, wait_for
+from .test_cli import app_env, start
 
 prometheus_client = pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
@@ -79,16 +79,12 @@ def served(samples: Samples) -> set[str]:
 
 
 def test_a_scrape_shows_the_cluster_and_a_killed_workers_recovery(
-    exporter: Callable[..., str],
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    store: InspectionStore,
+    exporter: Callable[..., str], cluster: Cluster, producer: RedisBroker
 ) -> None:
     # Given a worker running two slow messages, and the exporter
-    victim, _ = busy_worker(spawn_worker, store, producer, namespaces.queue, 2)
+    victim, _ = cluster.busy_worker(producer, 2)
     base = exporter()
-    queue = namespaces.queue
+    queue = cluster.names.queue
 
     # Then a scrape shows it
     samples = scrape(base)
@@ -124,8 +120,8 @@ def test_a_scrape_shows_the_cluster_and_a_killed_workers_recovery(
     )
 
     # And when another worker starts, the recovery counter rises and the orphans gauge returns to 0
-    spawn_worker(threads=2, slow_seconds=60)
-    wait_new_worker(store, victim)
+    cluster.spawn(threads=2, slow_seconds=60)
+    cluster.wait_new_worker(victim)
     samples = wait_for(
         lambda: (
             (found := scrape(base))

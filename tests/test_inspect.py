@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pytest
 import redis
@@ -14,14 +13,15 @@ from dramatiq_tracker import ConfigurationError, TrackerMiddleware, TrackerNotCo
 from dramatiq_tracker.events import LOCK_DELETED
 from dramatiq_tracker.keys import identity_digest
 from dramatiq_tracker.ops.actions import Operator, load_broker
-from dramatiq_tracker.ops.inspection import ALIVE, DEAD, FENCED, GONE, RECOVERING, UNRESPONSIVE, Inspector, Unswept
+from dramatiq_tracker.ops.inspection import ALIVE, DEAD, GONE, UNRESPONSIVE, Inspector, Unswept
 from dramatiq_tracker.ops.reads import InspectionStore
-from dramatiq_tracker.ops.views import PRESENCE_LOST, PROCESS_EXITED
+from dramatiq_tracker.ops.views import PRESENCE_LOST, PROCESS_EXITED, Page
 from dramatiq_tracker.records import InflightRecord, WorkerInfo
 
-from .conftest import Namespaces, events
-from .support import BOUND, WorkerProcess, kill, send, wait_for, wait_new_worker, wait_registered
-from .test_cli import busy_worker
+from .conftest import Cluster, Namespaces, events
+from .support import BOUND, kill, wait_for
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -30,34 +30,38 @@ def inspector(redis_url: str, namespaces: Namespaces) -> Iterator[Inspector]:
         yield found
 
 
+def every_page(read: Callable[[str], Page[T]]) -> list[T]:
+    """Every item of a listing, read one page at a time from the first cursor to the last."""
+    seen: list[T] = []
+    cursor = ""
+    while True:
+        page = read(cursor)
+        seen += page.items
+        cursor = page.cursor
+        if not cursor:
+            return seen
+
+
 def started(client: redis.Redis, names: Namespaces) -> list[str]:
     return [message_id for message_id, _, _ in events(client, names, "started")]
 
 
 def test_workers_and_their_messages_in_flight_are_listed_filtered_and_paged(
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    store: InspectionStore,
-    inspector: Inspector,
+    cluster: Cluster, producer: RedisBroker, inspector: Inspector
 ) -> None:
     # Given a worker running three slow messages
-    spawn_worker(threads=4, slow_seconds=60)
-    (worker,) = wait_registered(store, 1)
-    ids = send(producer, namespaces.queue, "slow", 3)
-    wait_for(lambda: len(store.inflight(worker.worker_id)) == 3, 20, message="recorded")
+    worker, ids = cluster.busy_worker(producer, 3, threads=4)
 
     # Then the inspector sees the worker alive, heartbeating, with three messages
     (view,) = inspector.workers().items
     assert (view.worker_id, view.state, view.pid, view.inflight) == (worker.worker_id, ALIVE, worker.pid, 3)
-    assert view.queues == (namespaces.queue,) and view.hostname == worker.hostname
+    assert view.queues == (cluster.names.queue,) and view.hostname == worker.hostname
     assert view.heartbeat_age is not None and view.heartbeat_age < 1000 and view.overdue is None
     # And each message, with its actor, queue, worker and how long it has been running
     records = inspector.inflight().items
     assert sorted(r.message_id for r in records) == sorted(ids)
     assert {(r.actor_name, r.queue_name, r.worker_id, r.worker_state) for r in records} == {
-        ("slow", namespaces.queue, worker.worker_id, ALIVE)
+        ("slow", cluster.names.queue, worker.worker_id, ALIVE)
     }
     assert all(r.running_for >= 0 and r.attempt == 0 and r.preview.isdigit() for r in records)
     # Filtered by actor, queue, worker and age
@@ -67,19 +71,13 @@ def test_workers_and_their_messages_in_flight_are_listed_filtered_and_paged(
     assert inspector.inflight(worker_id="nobody").items == []
     assert inspector.inflight(older_than=3_600_000).items == []
     # And paged: one at a time, each exactly once
-    seen, cursor = [], ""
-    while True:
-        page = inspector.inflight(limit=1, cursor=cursor)
-        seen += [r.message_id for r in page.items]
-        cursor = page.cursor
-        if not cursor:
-            break
+    seen = [r.message_id for r in every_page(lambda cursor: inspector.inflight(limit=1, cursor=cursor))]
     assert sorted(seen) == sorted(ids)
     # And the status adds them up
     status = inspector.status()
     assert status.workers[ALIVE] == 1 and status.inflight == 3 and status.orphans == 0
     ((queue),) = status.queues
-    assert (queue.queue_name, queue.inflight, queue.orphans) == (namespaces.queue, 3, 0)
+    assert (queue.queue_name, queue.inflight, queue.orphans) == (cluster.names.queue, 3, 0)
     assert dict(status.actors) == {"slow": 3}
     # And the oldest of them are found on the server, oldest first
     oldest = inspector.oldest(2).items
@@ -88,15 +86,10 @@ def test_workers_and_their_messages_in_flight_are_listed_filtered_and_paged(
 
 
 def test_a_killed_worker_of_this_host_is_gone_at_once_with_its_orphans_waiting_then_dead_once_recovered(
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    store: InspectionStore,
-    inspector: Inspector,
+    cluster: Cluster, producer: RedisBroker, inspector: Inspector
 ) -> None:
     # Given a worker running two messages, SIGKILLed, with no other worker to sweep
-    victim, ids = busy_worker(spawn_worker, store, producer, namespaces.queue, 2)
+    victim, ids = cluster.busy_worker(producer, 2)
     kill(victim.pid)
 
     # Then it is gone at once (this host sees its process gone), before its heartbeat expires, and its
@@ -120,8 +113,8 @@ def test_a_killed_worker_of_this_host_is_gone_at_once_with_its_orphans_waiting_t
     assert inspector.worker(victim.worker_id).state == GONE
 
     # When another worker starts and recovers them
-    spawn_worker(threads=2, slow_seconds=60)
-    survivor = wait_new_worker(store, victim)
+    cluster.spawn(threads=2, slow_seconds=60)
+    survivor = cluster.wait_new_worker(victim)
     wait_for(lambda: inspector.orphans().total == 0, BOUND + 5, message="recovered")
     assert inspector.status().unswept == []
 
@@ -143,24 +136,9 @@ def test_a_killed_worker_of_this_host_is_gone_at_once_with_its_orphans_waiting_t
 
 
 def test_a_worker_declared_dead_while_stopped_shows_fenced_with_the_id_it_goes_on_as(
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    store: InspectionStore,
-    inspector: Inspector,
+    cluster: Cluster, producer: RedisBroker, inspector: Inspector
 ) -> None:
-    spawn_worker(threads=1)
-    (victim,) = wait_registered(store, 1)
-    spawn_worker(threads=1)
-    wait_new_worker(store, victim)
-    os.kill(victim.pid, signal.SIGSTOP)
-    try:
-        wait_for(lambda: inspector.worker(victim.worker_id).state in (RECOVERING, DEAD), BOUND + 5, message="dead")
-    finally:
-        os.kill(victim.pid, signal.SIGCONT)
-    view = wait_for(
-        lambda: (v := inspector.worker(victim.worker_id)) is not None and v.state == FENCED and v, 10, message="fenced"
-    )
+    victim, _, view = cluster.fenced_worker(inspector)
     # It goes on under its new id (registered right after it notes it)
     new = wait_for(lambda: (v := inspector.worker(view.fenced_as)) is not None and v.alive and v, 10, message="new id")
     assert new.pid == victim.pid
@@ -179,33 +157,19 @@ def test_locks_are_listed_filtered_and_paged(
     assert [lock.digest for lock in inspector.locks(owner="m3").items] == ["digest-3"]
     assert [lock.digest for lock in inspector.locks(owner="w1").items] == ["digest-x"]
     assert inspector.locks(older_than=3_600_000).items == []
-    seen, cursor = [], ""
-    while True:
-        page = inspector.locks(limit=2, cursor=cursor)
-        seen += [lock.digest for lock in page.items]
-        cursor = page.cursor
-        if not cursor:
-            break
+    seen = [lock.digest for lock in every_page(lambda cursor: inspector.locks(limit=2, cursor=cursor))]
     assert sorted(seen) == sorted(["digest-%d" % i for i in range(5)] + ["digest-x"])
     assert inspector.lock("digest-x").ttl is not None and inspector.lock("nope") is None
     assert inspector.status().locks == 6
 
 
 def test_corrupt_and_foreign_entries_are_reported_and_skipped_and_left_alone(
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    store: InspectionStore,
-    inspector: Inspector,
+    cluster: Cluster, producer: RedisBroker, inspector: Inspector
 ) -> None:
-    spawn_worker(threads=2, slow_seconds=60)
-    (worker,) = wait_registered(store, 1)
-    (message_id,) = send(producer, namespaces.queue, "slow", 1)
-    wait_for(lambda: message_id in store.inflight(worker.worker_id), 20, message="recorded")
-    keys = store.keys
-    redis_client.hset(keys.workers, "foreign", "not json")
-    redis_client.hset(keys.inflight(worker.worker_id), "garbage", '{"a": 1}')
+    worker, (message_id,) = cluster.busy_worker(producer, 1, threads=2)
+    keys = cluster.store.keys
+    cluster.client.hset(keys.workers, "foreign", "not json")
+    cluster.client.hset(keys.inflight(worker.worker_id), "garbage", '{"a": 1}')
 
     page = inspector.inflight()
     assert [r.message_id for r in page.items] == [message_id]
@@ -216,9 +180,9 @@ def test_corrupt_and_foreign_entries_are_reported_and_skipped_and_left_alone(
     assert [w.worker_id for w in inspector.workers().items] == [worker.worker_id]
     status = inspector.status()
     assert status.inflight == 1 and {p.field for p in status.problems} == {"foreign", "garbage"}
-    assert redis_client.hget(keys.workers, "foreign") == b"not json"
-    assert redis_client.hget(keys.inflight(worker.worker_id), "garbage") is not None
-    redis_client.hdel(keys.inflight(worker.worker_id), "garbage")
+    assert cluster.client.hget(keys.workers, "foreign") == b"not json"
+    assert cluster.client.hget(keys.inflight(worker.worker_id), "garbage") is not None
+    cluster.client.hdel(keys.inflight(worker.worker_id), "garbage")
 
 
 def test_events_newest_first_paged_back_and_followed(

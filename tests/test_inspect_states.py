@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -23,10 +23,10 @@ from dramatiq_tracker.ops.inspection import ALIVE, GONE, STOPPING, UNRESPONSIVE,
 from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.ops.views import LATENCY_BOUNDS, PRESENCE_LOST
 
-from .conftest import Namespaces
+from .conftest import Cluster, Namespaces
 from .dashboard_seed import BROKER_IDENTITY, LATENCY_COUNTERS, SeedRecord, register_worker
 from .servers import RedisClusterServers
-from .support import WorkerProcess, send, wait_for, wait_registered
+from .support import send, wait_for
 
 
 @pytest.fixture
@@ -103,18 +103,13 @@ def test_a_worker_shutting_down_is_stopping_not_alive_and_a_bad_stopping_time_is
 
 
 def test_a_real_worker_given_sigterm_is_stopping_until_it_is_gone(
-    namespaces: Namespaces,
-    inspector: Inspector,
-    store: InspectionStore,
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    redis_client: redis.Redis,
+    cluster: Cluster, inspector: Inspector, producer: RedisBroker
 ) -> None:
     # Given a worker running a message longer than its shutdown timeout (5 s)
-    process = spawn_worker(threads=1)
-    (info,) = wait_registered(store, 1)
-    send(producer, namespaces.queue, "slow", 1)
-    wait_for(lambda: redis_client.llen("%s:started" % namespaces.report) == 1, 20, message="running")
+    process = cluster.spawn(threads=1)
+    (info,) = cluster.wait_registered(1)
+    send(producer, cluster.names.queue, "slow", 1)
+    wait_for(lambda: cluster.client.llen("%s:started" % cluster.names.report) == 1, 20, message="running")
     # When it is told to stop, as an orchestrator would
     sent = time.time()
     process.process.send_signal(signal.SIGTERM)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import time
-from collections.abc import Callable
 
 import pytest
 import redis
@@ -14,8 +14,8 @@ from dramatiq.message import Message
 from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.records import WorkerInfo
 
-from .conftest import Namespaces, events
-from .support import RedisServer, WorkerProcess, close_redis_broker, reads, wait_for
+from .conftest import Cluster, Namespaces, booted_stub_broker
+from .support import RedisServer, close_redis_broker, reads, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -30,43 +30,41 @@ def send_sleeps(broker: RedisBroker, queue: str, seconds: float, count: int) -> 
 
 
 def test_a_ten_second_outage_of_the_trackers_redis_loses_nothing_and_is_logged_once(
-    redis_url: str,
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    tracker_server: RedisServer,
+    redis_url: str, cluster: Cluster, tracker_server: RedisServer
 ) -> None:
     # Given a worker whose tracker uses its own Redis, while the broker uses another
-    worker = spawn_worker(threads=4, tracker_url=tracker_server.url)
-    producer = RedisBroker(url=redis_url, namespace=namespaces.broker)
+    worker = cluster.spawn(threads=4, tracker_url=tracker_server.url)
+    producer = RedisBroker(url=redis_url, namespace=cluster.names.broker)
     tracker_client = redis.Redis(port=tracker_server.port)
-    store = InspectionStore(tracker_client, namespaces.tracker)
-    (info,) = wait_for(lambda: [WorkerInfo.from_json(r) for r in store.workers().values()], 20, message="registered")
-    ids = send_sleeps(producer, namespaces.queue, 0.2, 20)
+    cluster = dataclasses.replace(cluster, store=InspectionStore(tracker_client, cluster.names.tracker))
+    (info,) = wait_for(
+        lambda: [WorkerInfo.from_json(r) for r in cluster.store.workers().values()], 20, message="registered"
+    )
+    ids = send_sleeps(producer, cluster.names.queue, 0.2, 20)
 
     # When the tracker's Redis stops for 10 seconds, with messages sent during the outage
     time.sleep(0.5)
     tracker_server.stop()
     outage_started = time.monotonic()
-    ids += send_sleeps(producer, namespaces.queue, 0.2, 20)
+    ids += send_sleeps(producer, cluster.names.queue, 0.2, 20)
     time.sleep(7.5)
     # (these four are still running when the tracker's Redis comes back)
-    long_running = send_sleeps(producer, namespaces.queue, 4, 4)
+    long_running = send_sleeps(producer, cluster.names.queue, 4, 4)
     ids += long_running
     time.sleep(max(0.0, 10 - (time.monotonic() - outage_started)))
     tracker_server.start()
 
     # Then the worker registers again, under the same id, and records what it has in flight
-    wait_for(lambda: info.worker_id in store.workers(), 5, message="registered again")
-    wait_for(lambda: set(store.inflight(info.worker_id)) == set(long_running), 5, message="in flight re-recorded")
-    # And no message was lost or run twice, and the worker never crashed
-    wait_for(lambda: len(events(redis_client, namespaces, "done")) >= len(ids), 30, message="all done")
-    time.sleep(0.3)
-    assert collections.Counter(mid for mid, _, _ in events(redis_client, namespaces, "done")) == collections.Counter(
-        ids
+    wait_for(lambda: info.worker_id in cluster.store.workers(), 5, message="registered again")
+    wait_for(
+        lambda: set(cluster.store.inflight(info.worker_id)) == set(long_running), 5, message="in flight re-recorded"
     )
+    # And no message was lost or run twice, and the worker never crashed
+    wait_for(lambda: len(cluster.reported("done")) >= len(ids), 30, message="all done")
+    time.sleep(0.3)
+    assert collections.Counter(mid for mid, _, _ in cluster.reported("done")) == collections.Counter(ids)
     assert worker.process.poll() is None
-    wait_for(lambda: store.inflight(info.worker_id) == {}, 5, message="nothing left in flight")
+    wait_for(lambda: cluster.store.inflight(info.worker_id) == {}, 5, message="nothing left in flight")
     # And the outage was logged once, as a warning
     log = worker.output()
     assert log.count(OUTAGE_WARNING) == 1, log
@@ -74,7 +72,7 @@ def test_a_ten_second_outage_of_the_trackers_redis_loses_nothing_and_is_logged_o
     assert "Tracker Redis is reachable again" in log
     # And it still stops cleanly
     assert worker.terminate() == 0
-    assert store.workers() == {}
+    assert cluster.store.workers() == {}
     tracker_client.close()
     close_redis_broker(producer)
 
@@ -86,16 +84,10 @@ def test_a_worker_starts_and_works_while_the_trackers_redis_is_down_and_register
 
     import dramatiq
     from dramatiq import Worker
-    from dramatiq.brokers.stub import StubBroker
-
-    from .conftest import make_tracker
 
     # Given a tracker whose Redis is not running yet
     server = RedisServer()
-    broker = StubBroker()
-    tracker = make_tracker(server.url, namespaces.tracker)
-    broker.add_middleware(tracker)
-    broker.emit_after("process_boot")
+    broker, tracker = booted_stub_broker(server.url, namespaces.tracker)
     done = threading.Semaphore(0)
     gate = threading.Event()
 

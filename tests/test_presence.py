@@ -12,11 +12,9 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
@@ -25,20 +23,15 @@ from dramatiq_tracker.keys import identity_digest
 from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.records import WorkerInfo
 
-from .conftest import Namespaces, events
+from .conftest import Cluster
 from .support import (
     RABBITMQ_URL,
-    WorkerProcess,
     can_isolate,
     kill,
-    kinds,
     registered,
-    release,
     send,
     stream,
     wait_for,
-    wait_new_worker,
-    wait_registered,
 )
 
 pytestmark = [
@@ -103,24 +96,21 @@ def dead_event(store: InspectionStore, worker_id: str) -> TrackerEvent | None:
 
 @pytest.mark.parametrize("isolation", ["host", "container"])
 def test_a_worker_killed_where_its_process_cannot_be_seen_is_recovered_within_its_presence_grace(
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    isolation: str,
+    cluster: Cluster, producer: RedisBroker, isolation: str
 ) -> None:
-    store = InspectionStore(redis_client, namespaces.tracker)
     # Given a worker running two messages on another host (or in a container that shares this
     # hostname but not its pids), and a survivor here
-    victim_process = spawn_worker(threads=2, env=PRESENCE_TIMINGS, isolation=isolation)
-    (victim,) = wait_registered(store, 1)
-    sent = send(producer, namespaces.queue, "slow", 2)
-    wait_for(lambda: len(events(redis_client, namespaces, "started")) == 2, 20, message="running")
-    spawn_worker(threads=2, env=PRESENCE_TIMINGS)
-    survivor = wait_new_worker(store, victim)
-    wait_for(lambda: present(store, victim) and present(store, survivor), 10, message="their presence seen")
-    wait_settled(store)
-    assert {pid for _, pid, _ in events(redis_client, namespaces, "started")} == {victim.pid}
+    victim_process = cluster.spawn(threads=2, env=PRESENCE_TIMINGS, isolation=isolation)
+    (victim,) = cluster.wait_registered(1)
+    sent = send(producer, cluster.names.queue, "slow", 2)
+    wait_for(lambda: len(cluster.reported("started")) == 2, 20, message="running")
+    cluster.spawn(threads=2, env=PRESENCE_TIMINGS)
+    survivor = cluster.wait_new_worker(victim)
+    wait_for(
+        lambda: present(cluster.store, victim) and present(cluster.store, survivor), 10, message="their presence seen"
+    )
+    wait_settled(cluster.store)
+    assert {pid for _, pid, _ in cluster.reported("started")} == {victim.pid}
 
     # When its worker process is SIGKILLed
     killed = time.time()
@@ -128,17 +118,17 @@ def test_a_worker_killed_where_its_process_cannot_be_seen_is_recovered_within_it
 
     # Then both messages start again on the survivor within the presence bound, not heartbeat_timeout
     def restarted() -> list[float]:
-        return [at for _, pid, at in events(redis_client, namespaces, "started") if pid == survivor.pid]
+        return [at for _, pid, at in cluster.reported("started") if pid == survivor.pid]
 
     wait_for(lambda: len(restarted()) == 2, PRESENCE_BOUND, message="orphans restarted")
     print("restarted %.2f s after the kill" % (max(restarted()) - killed))
     assert max(restarted()) - killed < PRESENCE_BOUND
-    event = dead_event(store, victim.worker_id)
+    event = dead_event(cluster.store, victim.worker_id)
     assert event is not None and event.details["reason"] == "presence gone"
-    assert sorted(m for m, pid, _ in events(redis_client, namespaces, "started") if pid == survivor.pid) == sorted(sent)
-    assert [w.worker_id for w in registered(store)] == [survivor.worker_id]
+    assert sorted(m for m, pid, _ in cluster.reported("started") if pid == survivor.pid) == sorted(sent)
+    assert [w.worker_id for w in registered(cluster.store)] == [survivor.worker_id]
     # And the operators' recovery latency counted both, from the loss of its presence to their new start
-    counters = {k.decode(): int(v) for k, v in redis_client.hgetall(store.keys.counters).items()}
+    counters = {k.decode(): int(v) for k, v in cluster.client.hgetall(cluster.store.keys.counters).items()}
     assert counters["recovery_latency_count"] == 2
     assert 0 < counters["recovery_latency_sum_ms"] <= 2 * (max(restarted()) - killed) * 1000 + 500
     buckets = {k: v for k, v in counters.items() if k.startswith("recovery_latency_le:")}
@@ -147,96 +137,83 @@ def test_a_worker_killed_where_its_process_cannot_be_seen_is_recovered_within_it
 
 
 def test_a_restarted_container_recovers_its_predecessors_orphans_at_boot(
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
+    cluster: Cluster, producer: RedisBroker
 ) -> None:
-    store = InspectionStore(redis_client, namespaces.tracker)
     # Given the only worker, in a container, running two messages
-    victim_process = spawn_worker(threads=2, env=PRESENCE_TIMINGS, isolation="container")
-    (victim,) = wait_registered(store, 1)
-    send(producer, namespaces.queue, "slow", 2)
-    wait_for(lambda: len(events(redis_client, namespaces, "started")) == 2, 20, message="running")
-    wait_for(lambda: present(store, victim), 10, message="its presence seen")
-    wait_settled(store)
+    victim_process = cluster.spawn(threads=2, env=PRESENCE_TIMINGS, isolation="container")
+    (victim,) = cluster.wait_registered(1)
+    send(producer, cluster.names.queue, "slow", 2)
+    wait_for(lambda: len(cluster.reported("started")) == 2, 20, message="running")
+    wait_for(lambda: present(cluster.store, victim), 10, message="its presence seen")
+    wait_settled(cluster.store)
 
     # When it is SIGKILLed and its container restarts: same hostname, a new pid namespace
     killed = time.time()
     kill(victim_process.pid_of(victim))
-    spawn_worker(threads=2, env=PRESENCE_TIMINGS, isolation="container")
-    wait_new_worker(store, victim)
+    cluster.spawn(threads=2, env=PRESENCE_TIMINGS, isolation="container")
+    cluster.wait_new_worker(victim)
 
     # Then the new worker recovers its predecessor's orphans as soon as it boots (a quarter of the
     # grace after it first finds its presence gone), not after heartbeat_timeout (pids repeat across
     # containers: the starts after the kill are the successor's)
     def restarted() -> list[float]:
-        return [at for _, _, at in events(redis_client, namespaces, "started") if at > killed]
+        return [at for _, _, at in cluster.reported("started") if at > killed]
 
     wait_for(lambda: len(restarted()) == 2, BOOT_BOUND, message="orphans restarted by the successor")
-    event = dead_event(store, victim.worker_id)
+    event = dead_event(cluster.store, victim.worker_id)
     assert event is not None and event.details["reason"] == "presence gone"
     print("restarted %.2f s after the kill" % (max(restarted()) - killed))
 
 
 @pytest.mark.parametrize("stall", ["sigstop", "gil"])
 def test_a_ten_second_stall_keeps_the_socket_open_and_is_no_death(
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    stall: str,
+    cluster: Cluster, producer: RedisBroker, stall: str
 ) -> None:
-    store = InspectionStore(redis_client, namespaces.tracker)
     # Given a worker on another host, at the default timings, and a live peer (consuming another queue)
-    victim_process = spawn_worker(threads=2, env=DEFAULT_TIMINGS, isolation="host")
-    (victim,) = wait_registered(store, 1)
-    spawn_worker(threads=2, env={**DEFAULT_TIMINGS, "TEST_QUEUE": namespaces.queue + "_other"})
-    peer = wait_new_worker(store, victim)
-    wait_for(lambda: present(store, victim) and present(store, peer), 15, message="their presence seen")
-    wait_settled(store, DEFAULT_SETTLE)
+    victim_process = cluster.spawn(threads=2, env=DEFAULT_TIMINGS, isolation="host")
+    (victim,) = cluster.wait_registered(1)
+    cluster.spawn(threads=2, env={**DEFAULT_TIMINGS, "TEST_QUEUE": cluster.names.queue + "_other"})
+    peer = cluster.wait_new_worker(victim)
+    wait_for(lambda: present(cluster.store, victim) and present(cluster.store, peer), 15, message="their presence seen")
+    wait_settled(cluster.store, DEFAULT_SETTLE)
     pid = victim_process.pid_of(victim)
 
     # When the worker process stalls for 10 s (frozen, or a C call holding the GIL), below heartbeat_timeout
     if stall == "sigstop":
-        message_id = enqueue(producer, namespaces.queue, "held", 60)
-        wait_for(lambda: len(events(redis_client, namespaces, "started")) == 1, 20, message="running")
+        message_id = enqueue(producer, cluster.names.queue, "held", 60)
+        wait_for(lambda: len(cluster.reported("started")) == 1, 20, message="running")
         os.kill(pid, signal.SIGSTOP)
         time.sleep(10)
         os.kill(pid, signal.SIGCONT)
-        release(redis_client, namespaces.report, message_id)
+        cluster.release(message_id)
     else:
-        message_id = enqueue(producer, namespaces.queue, "hold_gil", 10)
-        wait_for(lambda: len(events(redis_client, namespaces, "started")) == 1, 20, message="running")
+        message_id = enqueue(producer, cluster.names.queue, "hold_gil", 10)
+        wait_for(lambda: len(cluster.reported("started")) == 1, 20, message="running")
 
     # Then it completes on its worker, once, and nobody was declared dead
-    wait_for(lambda: events(redis_client, namespaces, "done"), 30, message="done")
+    wait_for(lambda: cluster.reported("done"), 30, message="done")
     # (beyond what presence needs to judge: a grace, a check and a sweep)
     time.sleep(2)
-    assert [(m, p) for m, p, _ in events(redis_client, namespaces, "started")] == [(message_id, victim.pid)]
-    assert "worker-dead" not in kinds(store) and "recovered" not in kinds(store)
-    assert {w.worker_id for w in registered(store)} == {victim.worker_id, peer.worker_id}
+    assert [(m, p) for m, p, _ in cluster.reported("started")] == [(message_id, victim.pid)]
+    assert "worker-dead" not in cluster.kinds() and "recovered" not in cluster.kinds()
+    assert {w.worker_id for w in registered(cluster.store)} == {victim.worker_id, peer.worker_id}
 
 
 @pytest.mark.rabbitmq
 def test_on_rabbitmq_the_redeliveries_of_a_dead_workers_messages_run_at_once_not_put_off(
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    rabbitmq: object,
+    cluster: Cluster, rabbitmq: object
 ) -> None:
-    store = InspectionStore(redis_client, namespaces.tracker)
     # Given a worker on another host running two messages, and a live peer with two threads
-    victim_process = spawn_worker(
+    victim_process = cluster.spawn(
         kind="rabbitmq", threads=2, broker_url=RABBITMQ_URL, env=PRESENCE_TIMINGS, isolation="host"
     )
-    (victim,) = wait_registered(store, 1)
-    ids = [enqueue(rabbitmq, namespaces.queue, "slow", 0) for _ in range(2)]
-    wait_for(lambda: len(events(redis_client, namespaces, "started")) == 2, 20, message="both running")
-    spawn_worker(kind="rabbitmq", threads=2, broker_url=RABBITMQ_URL, env=PRESENCE_TIMINGS)
-    peer = wait_new_worker(store, victim)
-    wait_for(lambda: present(store, victim) and present(store, peer), 10, message="their presence seen")
-    wait_settled(store)
+    (victim,) = cluster.wait_registered(1)
+    ids = [enqueue(rabbitmq, cluster.names.queue, "slow", 0) for _ in range(2)]
+    wait_for(lambda: len(cluster.reported("started")) == 2, 20, message="both running")
+    cluster.spawn_rabbitmq(threads=2, env=PRESENCE_TIMINGS)
+    peer = cluster.wait_new_worker(victim)
+    wait_for(lambda: present(cluster.store, victim) and present(cluster.store, peer), 10, message="their presence seen")
+    wait_settled(cluster.store)
 
     # When the worker is SIGKILLed: RabbitMQ delivers both messages again at once, to the peer's two
     # threads, which judge the dead worker side by side (one declares it dead while the other judges)
@@ -246,12 +223,12 @@ def test_on_rabbitmq_the_redeliveries_of_a_dead_workers_messages_run_at_once_not
     # Then both redeliveries run on the peer within about half the grace, as recoveries, neither put
     # off behind a copy that looks alive until heartbeat_timeout
     def restarted() -> list[float]:
-        return [at for _, pid, at in events(redis_client, namespaces, "started") if pid == peer.pid]
+        return [at for _, pid, at in cluster.reported("started") if pid == peer.pid]
 
     wait_for(lambda: len(restarted()) == 2, RABBITMQ_BOUND, message="both run again on the peer")
     print("restarted %s s after the kill" % ", ".join("%.2f" % (at - killed) for at in restarted()))
-    assert not any("duplicate-deferred" in kinds(store, message_id) for message_id in ids)
+    assert not any("duplicate-deferred" in cluster.kinds(message_id) for message_id in ids)
     wait_for(
-        lambda: all("recovered" in kinds(store, message_id) for message_id in ids), 5, message="counted as recoveries"
+        lambda: all("recovered" in cluster.kinds(message_id) for message_id in ids), 5, message="counted as recoveries"
     )
-    assert victim.worker_id in store.dead_workers()
+    assert victim.worker_id in cluster.store.dead_workers()

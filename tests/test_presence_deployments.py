@@ -128,8 +128,7 @@ def test_a_sentinel_failover_mid_run_kills_nobody_and_loses_nothing(
     timings: str,
 ) -> None:
     sentinel = fresh_redis_sentinel
-    hosts = ",".join("%s:%d" % address for address in sentinel.sentinel_addresses)
-    url = "redis+sentinel://%s/%s" % (hosts, sentinel.service_name)
+    url = sentinel.url
     env, settle = (DEFAULT_TIMINGS, DEFAULT_SETTLE) if timings == "default" else (SHORT_TIMINGS, SHORT_SETTLE)
     timeout = int(env["TEST_HEARTBEAT_TIMEOUT"]) / 1000
     master = sentinel.sentinel(socket_timeout=1).master_for(sentinel.service_name)

@@ -26,7 +26,7 @@ from dramatiq_tracker.host import HostFacts
 from dramatiq_tracker.recovery_claim import RecoveryClaim
 from dramatiq_tracker.unique import compute_digest
 
-from .conftest import Namespaces, make_tracker
+from .conftest import Namespaces, Sweep, booted_stub_broker, make_tracker, running_worker
 from .support import fake_dead_worker, kinds, reads, wait_for
 
 
@@ -34,22 +34,20 @@ def unique_options(actor: str, queue: str, index: int, mode: str = "until_execut
     return {"unique_digest": compute_digest(actor, queue, (index,), {}), "unique_mode": mode}
 
 
-def test_an_orphan_that_dramatiqs_maintenance_requeues_during_recovery_still_carries_its_marks(
-    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, tracker: TrackerMiddleware
-) -> None:
-    queue = namespaces.queue
+def test_an_orphan_that_dramatiqs_maintenance_requeues_during_recovery_still_carries_its_marks(sweep: Sweep) -> None:
+    queue = sweep.names.queue
     options = unique_options("work", queue, 0)
-    _, (orphan,) = fake_dead_worker(redis_broker, tracker.store, queue, 1, running=1, options=options)
+    _, (orphan,) = sweep.dead_worker(1, running=1, options=options)
     digest = str(options["unique_digest"])
-    tracker.store.acquire_lock(digest, orphan.message_id, 0, "until_executed", "work", queue, "", None)
+    sweep.tracker.store.acquire_lock(digest, orphan.message_id, 0, "until_executed", "work", queue, "", None)
     # Given Dramatiq's own maintenance requeues the dead process's messages between the claim and the move
-    redelivery = tracker.wiring.recovery.redelivery
+    redelivery = sweep.tracker.wiring.recovery.redelivery
     original = redelivery.broker_store.settle  # type: ignore[attr-defined]
 
     def maintenance_first(*args: Any, **kwargs: Any) -> Any:
         maintenance = RedisBroker(
-            client=redis_broker.client,
-            namespace=redis_broker.namespace,
+            client=sweep.broker.client,
+            namespace=sweep.broker.namespace,
             heartbeat_timeout=0,
             maintenance_chance=MAINTENANCE_SCALE,
         )
@@ -59,18 +57,18 @@ def test_an_orphan_that_dramatiqs_maintenance_requeues_during_recovery_still_car
     redelivery.broker_store.settle = maintenance_first  # type: ignore[attr-defined]
 
     # When the dead worker is recovered
-    tracker.recover()
+    sweep.tracker.recover()
 
     # Then the copy maintenance requeued, still waiting, was given its new attempt and recovery count
-    (queued_id,) = redis_client.lrange("%s:%s" % (namespaces.broker, queue), 0, -1)
-    queued = Message.decode(redis_client.hget("%s:%s.msgs" % (namespaces.broker, queue), queued_id))
+    (queued_id,) = sweep.client.lrange("%s:%s" % (sweep.names.broker, queue), 0, -1)
+    queued = Message.decode(sweep.client.hget("%s:%s.msgs" % (sweep.names.broker, queue), queued_id))
     assert queued.message_id == orphan.message_id
     assert (queued.options["tracker_attempt"], queued.options["tracker_recoveries"]) == (1, 1)
     assert queued.options["redis_message_id"] == queued_id.decode()
     # And its lock, passed to that attempt, is released when that attempt completes
-    lock = reads(tracker).lock(digest)
+    lock = reads(sweep.tracker).lock(digest)
     assert lock is not None and lock.attempt == 1
-    assert tracker.store.release_lock(digest, orphan.message_id, 1, "live-worker")
+    assert sweep.tracker.store.release_lock(digest, orphan.message_id, 1, "live-worker")
 
 
 def test_an_older_attempt_releases_its_lock_only_from_a_worker_that_was_not_declared_dead(
@@ -90,43 +88,38 @@ def test_an_older_attempt_releases_its_lock_only_from_a_worker_that_was_not_decl
     assert store.lock(digest) is None
 
 
-def test_a_sweeper_that_finishes_an_interrupted_recovery_runs_the_lock_cleaners_too(
-    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces, tracker: TrackerMiddleware
-) -> None:
+def test_a_sweeper_that_finishes_an_interrupted_recovery_runs_the_lock_cleaners_too(sweep: Sweep) -> None:
     cleaned: list[str] = []
-    tracker.add_lock_cleaner(lambda orphan: cleaned.append(orphan.message_id))
-    info, messages = fake_dead_worker(redis_broker, tracker.store, namespaces.queue, 2, running=1)
+    sweep.tracker.add_lock_cleaner(lambda orphan: cleaned.append(orphan.message_id))
+    info, messages = sweep.dead_worker(2, running=1)
     # Given a sweeper claimed the running orphan long ago and stopped before moving it
-    parts = tracker.wiring
+    parts = sweep.tracker.wiring
     token = RecoveryClaim.new_token()
-    declared = tracker.store.declare_dead(
+    declared = sweep.tracker.store.declare_dead(
         info.worker_id, parts.digest, reason="process", retry_after=10_000, settle=0, grace=0, claim=token
     )
-    claim = RecoveryClaim(tracker.store, parts.settings, parts.digest, info.worker_id, token, time.monotonic())
+    claim = RecoveryClaim(sweep.tracker.store, parts.settings, parts.digest, info.worker_id, token, time.monotonic())
     candidates = parts.recovery.redelivery._found(
         info, parts.recovery.redelivery.parse_records(info, declared.records)
     )[0]  # type: ignore[attr-defined]
     running = [c for c in candidates if c.message_id == messages[0].message_id]
     parts.claims.claim(info, running, "deliver", claim=claim)
     # (its claim went takeover_after without renewal)
-    redis_client.hset(tracker.store.keys.recovery(info.worker_id), "renewed", 0)
+    sweep.client.hset(sweep.tracker.store.keys.recovery(info.worker_id), "renewed", 0)
 
     # When another sweeper takes the job over
-    report = tracker.recover()
+    report = sweep.tracker.recover()
 
     # Then it moves the orphan and runs the cleaners on the running one it took over
     assert sorted(report.message_ids) == sorted(m.message_id for m in messages)
     assert cleaned == [messages[0].message_id]
-    assert redis_client.llen("%s:%s" % (namespaces.broker, namespaces.queue)) == 2
+    assert sweep.client.llen("%s:%s" % (sweep.names.broker, sweep.names.queue)) == 2
 
 
 def test_embedded_workers_of_one_process_share_one_registration_until_the_last_stops(
     redis_url: str, namespaces: Namespaces
 ) -> None:
-    broker = StubBroker()
-    tracker = make_tracker(redis_url, namespaces.tracker)
-    broker.add_middleware(tracker)
-    broker.emit_after("process_boot")
+    broker, tracker = booted_stub_broker(redis_url, namespaces.tracker)
     dramatiq.actor(lambda: None, broker=broker, actor_name="a", queue_name="first")
     dramatiq.actor(lambda: None, broker=broker, actor_name="b", queue_name="second")
     first = Worker(broker, queues={"first"}, worker_threads=1, worker_timeout=50)
@@ -191,9 +184,7 @@ def test_a_duplicate_that_cannot_be_put_off_is_dead_lettered_rather_than_run_bes
         runs.append("run")
         gate.wait(10)
 
-    worker = Worker(broker, worker_threads=2, worker_timeout=50)
-    worker.start()
-    try:
+    with running_worker(broker, tracker, threads=2, release=gate):
         # Given a message running, and a second delivery of it (as RabbitMQ redelivers on a connection loss)
         message = work.send()
         wait_for(lambda: runs, 5, message="running")
@@ -205,11 +196,6 @@ def test_a_duplicate_that_cannot_be_put_off_is_dead_lettered_rather_than_run_bes
         # Then it is dead-lettered, never run beside the running copy
         assert runs == ["run"]
         assert "deferral-failed" in kinds(tracker.store, message.message_id)
-    finally:
-        gate.set()
-        worker.stop()
-        broker.close()
-        tracker.close()
 
 
 def test_a_dropped_duplicates_result_says_it_was_a_duplicate(
@@ -247,10 +233,7 @@ def test_a_dropped_duplicates_result_says_it_was_a_duplicate(
 def test_a_put_off_while_executing_duplicate_is_not_reported_as_skipped_by_dramatiq(
     redis_url: str, namespaces: Namespaces, caplog: pytest.LogCaptureFixture
 ) -> None:
-    broker = StubBroker()
-    tracker = make_tracker(redis_url, namespaces.tracker)
-    broker.add_middleware(tracker)
-    broker.emit_after("process_boot")
+    broker, tracker = booted_stub_broker(redis_url, namespaces.tracker)
     gate = threading.Event()
     runs: list[int] = []
 
@@ -259,9 +242,7 @@ def test_a_put_off_while_executing_duplicate_is_not_reported_as_skipped_by_drama
         runs.append(index)
         gate.wait(10)
 
-    worker = Worker(broker, worker_threads=2, worker_timeout=50)
-    worker.start()
-    try:
+    with running_worker(broker, tracker, threads=2, release=gate):
         with caplog.at_level(logging.INFO):
             work.send(1)
             wait_for(lambda: runs, 5, message="running")
@@ -270,11 +251,6 @@ def test_a_put_off_while_executing_duplicate_is_not_reported_as_skipped_by_drama
             gate.set()
             wait_for(lambda: len(runs) == 2, 10, message="the duplicate ran once the first was done")
         assert not [r for r in caplog.records if "was skipped" in r.getMessage()]
-    finally:
-        gate.set()
-        worker.stop()
-        broker.close()
-        tracker.close()
 
 
 def test_where_proc_is_missing_no_process_is_judged_gone_and_no_signal_is_sent(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import threading
-from collections.abc import Callable
 
 import pytest
 import redis
@@ -14,8 +13,8 @@ from dramatiq.message import Message
 from dramatiq_tracker import Orphan, RecoveryReport, TrackerMiddleware
 from dramatiq_tracker.ops.reads import InspectionStore
 
-from .conftest import Namespaces, events
-from .support import FAST, WorkerProcess, kill, process_gone, send, wait_for, wait_registered
+from .conftest import Cluster
+from .support import FAST, kill, process_gone, send, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -23,20 +22,17 @@ SWEEPERS = 5
 
 
 def test_five_sweepers_racing_over_one_dead_workers_100_orphans_deliver_each_exactly_once(
-    redis_url: str,
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    store: InspectionStore,
-    producer: RedisBroker,
+    redis_url: str, cluster: Cluster, producer: RedisBroker
 ) -> None:
     # Given a worker process that fetched 100 messages (50 running, 50 prefetched) and was SIGKILLed
-    spawn_worker(threads=50, slow_seconds=120)
-    (victim,) = wait_registered(store, 1)
-    ids = send(producer, namespaces.queue, "slow", 100)
-    wait_for(lambda: len(events(redis_client, namespaces, "started")) == 50, 30, message="50 running")
-    wait_for(lambda: redis_client.llen("%s:%s" % (namespaces.broker, namespaces.queue)) == 0, 10, message="fetched")
-    wait_for(lambda: len(store.inflight(victim.worker_id)) == 50, 5, message="50 records")
+    cluster.spawn(threads=50, slow_seconds=120)
+    (victim,) = cluster.wait_registered(1)
+    ids = send(producer, cluster.names.queue, "slow", 100)
+    wait_for(lambda: len(cluster.reported("started")) == 50, 30, message="50 running")
+    wait_for(
+        lambda: cluster.client.llen("%s:%s" % (cluster.names.broker, cluster.names.queue)) == 0, 10, message="fetched"
+    )
+    wait_for(lambda: len(cluster.store.inflight(victim.worker_id)) == 50, 5, message="50 records")
     kill(victim.pid)
     wait_for(lambda: process_gone(victim.pid), 5, message="victim gone")
 
@@ -47,11 +43,11 @@ def test_five_sweepers_racing_over_one_dead_workers_100_orphans_deliver_each_exa
 
     def sweep() -> None:
         client = redis.Redis.from_url(redis_url)
-        broker = RedisBroker(client=client, namespace=namespaces.broker)
-        tracker = TrackerMiddleware(client=client, namespace=namespaces.tracker, **FAST)
+        broker = RedisBroker(client=client, namespace=cluster.names.broker)
+        tracker = TrackerMiddleware(client=client, namespace=cluster.names.tracker, **FAST)
         broker.add_middleware(tracker)
         tracker.add_lock_cleaner(cleaned.append)
-        broker.declare_queue(namespaces.queue)
+        broker.declare_queue(cluster.names.queue)
         barrier.wait()
         try:
             reports.append(tracker.recover())
@@ -67,18 +63,20 @@ def test_five_sweepers_racing_over_one_dead_workers_100_orphans_deliver_each_exa
     # Then every orphan is back on its queue exactly once, and reported once
     recovered = [orphan.message_id for report in reports for orphan in report.recovered]
     assert collections.Counter(recovered) == collections.Counter(ids)
-    queued = redis_client.lrange("%s:%s" % (namespaces.broker, namespaces.queue), 0, -1)
+    queued = cluster.client.lrange("%s:%s" % (cluster.names.broker, cluster.names.queue), 0, -1)
     assert len(queued) == 100 and len(set(queued)) == 100
-    payloads = redis_client.hmget("%s:%s.msgs" % (namespaces.broker, namespaces.queue), queued)
+    payloads = cluster.client.hmget("%s:%s.msgs" % (cluster.names.broker, cluster.names.queue), queued)
     assert sorted(Message.decode(p).message_id for p in payloads) == sorted(ids)
-    assert redis_client.exists("%s:__acks__.%s.%s" % (namespaces.broker, victim.broker_id, namespaces.queue)) == 0
+    assert (
+        cluster.client.exists("%s:__acks__.%s.%s" % (cluster.names.broker, victim.broker_id, cluster.names.queue)) == 0
+    )
     # And each running orphan went through the lock cleaners exactly once, counted as one recovery
     assert len(cleaned) == 50 and len({o.message_id for o in cleaned}) == 50
     assert all(o.running and o.recoveries == 1 for o in cleaned)
     for message_id in {o.message_id for o in cleaned}:
-        assert store.message_history(message_id)["recoveries"] == "1"
+        assert cluster.store.message_history(message_id)["recoveries"] == "1"
     # And the dead worker is forgotten
-    assert store.workers() == {}
+    assert cluster.store.workers() == {}
 
 
 def test_the_sweep_lease_lets_one_worker_per_broker_identity_sweep_per_interval(store: InspectionStore) -> None:

@@ -6,112 +6,93 @@ import collections
 import os
 import signal
 import time
-from collections.abc import Callable
 
 import pytest
-import redis
 from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker
 from dramatiq.message import Message
 
 from dramatiq_tracker.brokers import withhold_ack
 from dramatiq_tracker.keys import identity_digest
-from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.records import WorkerInfo
 
-from .conftest import Namespaces, events
+from .conftest import Cluster
 from .support import (
     BOUND,
-    WorkerProcess,
     close_redis_broker,
     kill,
     send,
     wait_for,
-    wait_new_worker,
-    wait_registered,
 )
 
 pytestmark = pytest.mark.slow
 
 
 def start_victim(
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    store: InspectionStore,
-    client: redis.Redis,
-    names: Namespaces,
-    *,
-    threads: int,
-    messages: int,
+    cluster: Cluster, producer: RedisBroker, *, threads: int, messages: int
 ) -> tuple[WorkerInfo, list[str]]:
     """A worker process running ``threads`` slow messages with the rest of ``messages`` prefetched."""
-    spawn_worker(threads=threads, slow_seconds=120)
-    (victim,) = wait_registered(store, 1)
-    ids = send(producer, names.queue, "slow", messages)
-    wait_for(lambda: len(events(client, names, "started")) == threads, 20, message="victim busy")
+    cluster.spawn(threads=threads, slow_seconds=120)
+    (victim,) = cluster.wait_registered(1)
+    ids = send(producer, cluster.names.queue, "slow", messages)
+    wait_for(lambda: len(cluster.reported("started")) == threads, 20, message="victim busy")
     # Everything is fetched: running or prefetched, nothing left in the queue.
-    wait_for(lambda: client.llen("%s:%s" % (names.broker, names.queue)) == 0, 10, message="all fetched")
-    wait_for(lambda: len(store.inflight(victim.worker_id)) == threads, 5, message="records written")
+    wait_for(
+        lambda: cluster.client.llen("%s:%s" % (cluster.names.broker, cluster.names.queue)) == 0,
+        10,
+        message="all fetched",
+    )
+    wait_for(lambda: len(cluster.store.inflight(victim.worker_id)) == threads, 5, message="records written")
     return victim, ids
 
 
 def test_a_killed_workers_orphans_are_delivered_again_exactly_once_by_a_live_worker(
-    redis_url: str,
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    store: InspectionStore,
+    redis_url: str, cluster: Cluster, producer: RedisBroker
 ) -> None:
     # Given a worker process running 10 slow messages with 10 more prefetched
-    victim, ids = start_victim(spawn_worker, producer, store, redis_client, namespaces, threads=10, messages=20)
-    assert len(store.inflight(victim.worker_id)) == 10
+    victim, ids = start_victim(cluster, producer, threads=10, messages=20)
+    assert len(cluster.store.inflight(victim.worker_id)) == 10
     # And a second worker process that stays alive
-    survivor_process = spawn_worker(threads=20, slow_seconds=0.1)
-    survivor = wait_new_worker(store, victim)
+    survivor_process = cluster.spawn(threads=20, slow_seconds=0.1)
+    survivor = cluster.wait_new_worker(victim)
 
     # When the first one is SIGKILLed
     killed_at = time.time()
     kill(victim.pid)
 
     # Then the survivor starts every one of the 20 again, each exactly once, within the bound
-    def started_on_survivor() -> list[tuple[str, int, float]]:
-        return [e for e in events(redis_client, namespaces, "started") if e[1] == survivor.pid]
-
-    wait_for(lambda: len(started_on_survivor()) >= 20, BOUND + 5, message="20 redeliveries")
-    restarts = started_on_survivor()
+    wait_for(lambda: len(cluster.reported("started", survivor.pid)) >= 20, BOUND + 5, message="20 redeliveries")
+    restarts = cluster.reported("started", survivor.pid)
     assert collections.Counter(mid for mid, _, _ in restarts) == collections.Counter(ids)
     latest = max(at for _, _, at in restarts) - killed_at
     assert latest <= BOUND, "the last orphan started %.2f s after the kill" % latest
 
     # And once they are done, Dramatiq's own maintenance finds nothing left to requeue
-    wait_for(lambda: len(events(redis_client, namespaces, "done")) == 20, 20, message="20 done")
-    assert redis_client.exists("%s:__acks__.%s.%s" % (namespaces.broker, victim.broker_id, namespaces.queue)) == 0
+    wait_for(lambda: len(cluster.reported("done")) == 20, 20, message="20 done")
+    assert (
+        cluster.client.exists("%s:__acks__.%s.%s" % (cluster.names.broker, victim.broker_id, cluster.names.queue)) == 0
+    )
     survivor_process.terminate()
     maintenance = RedisBroker(
-        url=redis_url, namespace=namespaces.broker, heartbeat_timeout=1, maintenance_chance=MAINTENANCE_SCALE
+        url=redis_url, namespace=cluster.names.broker, heartbeat_timeout=1, maintenance_chance=MAINTENANCE_SCALE
     )
-    for queue in (namespaces.queue, namespaces.queue + ".DQ"):
+    for queue in (cluster.names.queue, cluster.names.queue + ".DQ"):
         maintenance.do_qsize(queue)
     close_redis_broker(maintenance)
-    assert redis_client.llen("%s:%s" % (namespaces.broker, namespaces.queue)) == 0
-    assert len(events(redis_client, namespaces, "started")) == 30
+    assert cluster.client.llen("%s:%s" % (cluster.names.broker, cluster.names.queue)) == 0
+    assert len(cluster.reported("started")) == 30
     # And the dead worker is forgotten, but for its tombstone
-    assert victim.worker_id not in store.workers()
-    assert victim.worker_id in store.dead_workers()
-    assert store.inflight(victim.worker_id) == {}
+    assert victim.worker_id not in cluster.store.workers()
+    assert victim.worker_id in cluster.store.dead_workers()
+    assert cluster.store.inflight(victim.worker_id) == {}
 
 
 def test_a_stalled_workers_orphans_are_recovered_when_its_heartbeat_expires(
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    store: InspectionStore,
+    cluster: Cluster, producer: RedisBroker
 ) -> None:
     # Given a worker running 3 slow messages, and a live one
-    victim, ids = start_victim(spawn_worker, producer, store, redis_client, namespaces, threads=3, messages=3)
-    spawn_worker(threads=4, slow_seconds=0.1)
-    survivor = wait_new_worker(store, victim)
+    victim, ids = start_victim(cluster, producer, threads=3, messages=3)
+    cluster.spawn(threads=4, slow_seconds=0.1)
+    survivor = cluster.wait_new_worker(victim)
 
     # When the first one freezes, as a partitioned host or a frozen VM would: its process still exists
     stopped_at = time.time()
@@ -119,24 +100,20 @@ def test_a_stalled_workers_orphans_are_recovered_when_its_heartbeat_expires(
     try:
         # Then its heartbeat expires and its messages start again on the live worker within the bound
         wait_for(
-            lambda: {e[0] for e in events(redis_client, namespaces, "started") if e[1] == survivor.pid} == set(ids),
+            lambda: {e[0] for e in cluster.reported("started") if e[1] == survivor.pid} == set(ids),
             BOUND + 5,
             message="3 redeliveries",
         )
-        restarted = [e for e in events(redis_client, namespaces, "started") if e[1] == survivor.pid]
+        restarted = cluster.reported("started", survivor.pid)
         assert len(restarted) == 3
         assert max(at for _, _, at in restarted) - stopped_at <= BOUND
-        assert victim.worker_id in store.dead_workers()
+        assert victim.worker_id in cluster.store.dead_workers()
     finally:
         kill(victim.pid)
 
 
 def test_a_restarted_worker_recovers_the_dead_processs_orphans_within_a_second_of_booting(
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    store: InspectionStore,
+    cluster: Cluster, producer: RedisBroker
 ) -> None:
     # Given a worker with a long heartbeat timeout, running 4 messages with 4 prefetched, SIGKILLed
     slow_expiry = {
@@ -144,78 +121,76 @@ def test_a_restarted_worker_recovers_the_dead_processs_orphans_within_a_second_o
         "TEST_HEARTBEAT_TIMEOUT": "60000",
         "TEST_SWEEP_INTERVAL": "30000",
     }
-    spawn_worker(threads=4, slow_seconds=120, env=slow_expiry)
-    (victim,) = wait_registered(store, 1)
-    ids = send(producer, namespaces.queue, "slow", 8)
-    wait_for(lambda: len(events(redis_client, namespaces, "started")) == 4, 20, message="victim busy")
-    wait_for(lambda: len(store.inflight(victim.worker_id)) == 4, 5, message="records written")
+    cluster.spawn(threads=4, slow_seconds=120, env=slow_expiry)
+    (victim,) = cluster.wait_registered(1)
+    ids = send(producer, cluster.names.queue, "slow", 8)
+    wait_for(lambda: len(cluster.reported("started")) == 4, 20, message="victim busy")
+    wait_for(lambda: len(cluster.store.inflight(victim.worker_id)) == 4, 5, message="records written")
     kill(victim.pid)
 
     # When a worker restarts on this host, long before the dead one's heartbeat expires
-    spawn_worker(threads=8, slow_seconds=0.1, env=slow_expiry)
-    survivor = wait_new_worker(store, victim)
+    cluster.spawn(threads=8, slow_seconds=0.1, env=slow_expiry)
+    survivor = cluster.wait_new_worker(victim)
 
     # Then it delivers all 8 again within a second of booting
     wait_for(
-        lambda: len([e for e in events(redis_client, namespaces, "started") if e[1] == survivor.pid]) >= 8,
+        lambda: len(cluster.reported("started", survivor.pid)) >= 8,
         10,
         message="8 redeliveries",
     )
-    restarted = [e for e in events(redis_client, namespaces, "started") if e[1] == survivor.pid]
+    restarted = cluster.reported("started", survivor.pid)
     assert sorted(mid for mid, _, _ in restarted) == sorted(ids)
     booted = survivor.started_at / 1000
     assert max(at for _, _, at in restarted) - booted <= 1.0
 
 
 def test_a_gracefully_stopped_worker_leaves_no_orphans_and_no_registration(
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    store: InspectionStore,
+    cluster: Cluster, producer: RedisBroker
 ) -> None:
     # Given a worker processing short messages, with more waiting
-    worker = spawn_worker(threads=2, slow_seconds=0.3)
-    (info,) = wait_registered(store, 1)
-    send(producer, namespaces.queue, "slow", 6)
-    wait_for(lambda: len(events(redis_client, namespaces, "started")) >= 2, 20, message="busy")
+    worker = cluster.spawn(threads=2, slow_seconds=0.3)
+    (info,) = cluster.wait_registered(1)
+    send(producer, cluster.names.queue, "slow", 6)
+    wait_for(lambda: len(cluster.reported("started")) >= 2, 20, message="busy")
 
     # When it is stopped with SIGTERM
     assert worker.terminate() == 0
 
     # Then it deregistered and left nothing that looks like an orphan
-    assert store.workers() == {}
-    assert store.inflight(info.worker_id) == {}
-    assert info.worker_id not in store.dead_workers()
-    assert redis_client.exists(store.keys.heartbeat(info.worker_id)) == 0
-    assert store.deadlines(identity_digest(info.broker_identity)) == {}
+    assert cluster.store.workers() == {}
+    assert cluster.store.inflight(info.worker_id) == {}
+    assert info.worker_id not in cluster.store.dead_workers()
+    assert cluster.client.exists(cluster.store.keys.heartbeat(info.worker_id)) == 0
+    assert cluster.store.deadlines(identity_digest(info.broker_identity)) == {}
     # And its note beside the broker's keys is gone too
-    assert not redis_client.hexists("%s:__tracker__.%s" % (namespaces.broker, namespaces.tracker), info.broker_id)
-    assert not list(redis_client.scan_iter(match="%s:__acks__.%s.*" % (namespaces.broker, info.broker_id)))
-    started = events(redis_client, namespaces, "started")
-    done = events(redis_client, namespaces, "done")
+    assert not cluster.client.hexists(
+        "%s:__tracker__.%s" % (cluster.names.broker, cluster.names.tracker), info.broker_id
+    )
+    assert not list(cluster.client.scan_iter(match="%s:__acks__.%s.*" % (cluster.names.broker, info.broker_id)))
+    started = cluster.reported("started")
+    done = cluster.reported("done")
     assert sorted(e[0] for e in started) == sorted(e[0] for e in done)
 
 
 def test_a_withheld_ack_leaves_the_message_in_the_acks_set_for_the_recovery_that_moves_it(
-    redis_broker: RedisBroker, redis_client: redis.Redis, namespaces: Namespaces
+    redis_broker: RedisBroker, cluster: Cluster
 ) -> None:
     # Given a message a RedisBroker consumer fetched (in its acks set, its payload stored)
-    redis_broker.declare_queue(namespaces.queue)
-    sent = redis_broker.enqueue(Message(queue_name=namespaces.queue, actor_name="a", args=(), kwargs={}, options={}))
-    consumer = redis_broker.consume(namespaces.queue, prefetch=1, timeout=1000)
+    redis_broker.declare_queue(cluster.names.queue)
+    sent = redis_broker.enqueue(Message(queue_name=cluster.names.queue, actor_name="a", args=(), kwargs={}, options={}))
+    consumer = redis_broker.consume(cluster.names.queue, prefetch=1, timeout=1000)
     try:
         fetched = wait_for(lambda: next(consumer), 5, message="the message fetched")
         redis_message_id = fetched.options["redis_message_id"]
-        acks = "%s:__acks__.%s.%s" % (namespaces.broker, redis_broker.broker_id, namespaces.queue)
-        payloads = "%s:%s.msgs" % (namespaces.broker, namespaces.queue)
-        assert redis_client.sismember(acks, redis_message_id)
+        acks = "%s:__acks__.%s.%s" % (cluster.names.broker, redis_broker.broker_id, cluster.names.queue)
+        payloads = "%s:%s.msgs" % (cluster.names.broker, cluster.names.queue)
+        assert cluster.client.sismember(acks, redis_message_id)
         # When a worker declared dead skips it as a stale copy: its ack is withheld, then Dramatiq acks it
         withhold_ack(fetched)
         consumer.ack(fetched)
         # Then the id is still in the acks set, and its payload stored: the recovery moves it from there
-        assert redis_client.sismember(acks, redis_message_id)
-        assert redis_client.hexists(payloads, redis_message_id)
+        assert cluster.client.sismember(acks, redis_message_id)
+        assert cluster.client.hexists(payloads, redis_message_id)
         assert fetched.message_id == sent.message_id
     finally:
         consumer.close()

@@ -9,38 +9,33 @@ finish, exactly what a SIGKILL leaves behind in Redis.
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import dramatiq
 import pytest
-from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage
 
 from dramatiq_tracker import Orphan, TrackerMiddleware
 from dramatiq_tracker.records import InflightRecord
-from dramatiq_tracker.testing.crashes import stop_tracking
 
-from .conftest import Namespaces, make_tracker
+from .conftest import Namespaces, StubApp, booted_stub_broker, make_tracker, running_worker
 from .support import BOUND, reads, wait_for
 
 #: Two StubBrokers stand for two processes of one app: they share a broker identity.
 IDENTITY = "test-app"
 
 
-class App:
+class App(StubApp):
     """A StubBroker with a tracker and an actor that reports its starts."""
 
     def __init__(self, redis_url: str, namespace: str, started: list[tuple[str, str, float]], name: str) -> None:
+        super().__init__(redis_url, namespace, threads=3, broker_identity=IDENTITY)
         self.name = name
-        self.broker = StubBroker()
-        self.broker.add_middleware(CurrentMessage())
-        self.tracker = make_tracker(redis_url, namespace, broker_identity=IDENTITY)
-        self.broker.add_middleware(self.tracker)
-        self.broker.emit_after("process_boot")
-        self.release = threading.Event()
         self.cleaned: list[Orphan] = []
         self.tracker.add_lock_cleaner(self.cleaned.append)
 
@@ -52,11 +47,6 @@ class App:
             self.release.wait(30)
 
         self.work = work
-        self.worker = Worker(self.broker, worker_threads=3, worker_timeout=50)
-
-    def die(self) -> None:
-        """What SIGKILL does to the tracker: its threads stop, nothing is deregistered."""
-        assert stop_tracking(self.tracker) is not None
 
 
 @pytest.fixture
@@ -68,10 +58,7 @@ def apps(redis_url: str, namespaces: Namespaces) -> Iterator[tuple[App, App, lis
     )
     yield first, second, started
     for app in (first, second):
-        app.release.set()
-        app.worker.stop(5000)
-        app.broker.close()
-        app.tracker.close()
+        app.close()
 
 
 def test_a_dead_workers_running_messages_are_enqueued_again_exactly_once(
@@ -117,30 +104,37 @@ def test_a_dead_workers_running_messages_are_enqueued_again_exactly_once(
     assert worker_id in store.dead_workers() and worker_id not in store.workers()
 
 
-def test_messages_of_actors_that_opt_out_are_not_tracked(redis_url: str, namespaces: Namespaces) -> None:
-    # Given an actor with track=False next to a tracked one
-    broker = StubBroker()
-    tracker = make_tracker(redis_url, namespaces.tracker)
-    broker.add_middleware(tracker)
-    broker.emit_after("process_boot")
+@contextlib.contextmanager
+def gated_actors(
+    redis_url: str, namespace: str, threads: int, **actors: dict[str, Any]
+) -> Iterator[tuple[TrackerMiddleware, dict[str, dramatiq.Actor[[], None]], threading.Semaphore]]:
+    """Actors (by name, with their options) that run until the block ends, on a tracked StubBroker with a
+    Worker of ``threads`` threads; yields the tracker, the actors, and a semaphore each start releases."""
+    broker, tracker = booted_stub_broker(redis_url, namespace)
     gate = threading.Event()
     running = threading.Semaphore(0)
 
-    @dramatiq.actor(broker=broker, track=False)
-    def untracked() -> None:
+    def run_until_released() -> None:
         running.release()
         gate.wait(10)
 
-    @dramatiq.actor(broker=broker)
-    def tracked() -> None:
-        running.release()
-        gate.wait(10)
+    declared = {
+        name: dramatiq.actor(run_until_released, broker=broker, actor_name=name, **options)
+        for name, options in actors.items()
+    }
+    with running_worker(broker, threads=threads, release=gate):
+        yield tracker, declared, running
 
-    worker = Worker(broker, worker_threads=2, worker_timeout=50)
-    worker.start()
-    try:
-        untracked.send()
-        message = tracked.send()
+
+def test_messages_of_actors_that_opt_out_are_not_tracked(redis_url: str, namespaces: Namespaces) -> None:
+    # Given an actor with track=False next to a tracked one
+    with gated_actors(redis_url, namespaces.tracker, 2, untracked={"track": False}, tracked={}) as (
+        tracker,
+        actors,
+        running,
+    ):
+        actors["untracked"].send()
+        message = actors["tracked"].send()
         assert running.acquire(timeout=5) and running.acquire(timeout=5)
         worker_id = tracker.worker_id
         assert worker_id is not None
@@ -148,37 +142,15 @@ def test_messages_of_actors_that_opt_out_are_not_tracked(redis_url: str, namespa
         wait_for(lambda: reads(tracker).inflight(worker_id), 5, message="a record")
         time.sleep(0.1)
         assert list(reads(tracker).inflight(worker_id)) == [message.message_id]
-    finally:
-        gate.set()
-        worker.stop()
-        broker.close()
 
 
 def test_a_message_option_overrides_the_actor_option(redis_url: str, namespaces: Namespaces) -> None:
-    broker = StubBroker()
-    tracker = make_tracker(redis_url, namespaces.tracker)
-    broker.add_middleware(tracker)
-    broker.emit_after("process_boot")
-    gate = threading.Event()
-    running = threading.Semaphore(0)
-
-    @dramatiq.actor(broker=broker, track=False)
-    def untracked() -> None:
-        running.release()
-        gate.wait(10)
-
-    worker = Worker(broker, worker_threads=1, worker_timeout=50)
-    worker.start()
-    try:
-        message = untracked.send_with_options(track=True)
+    with gated_actors(redis_url, namespaces.tracker, 1, untracked={"track": False}) as (tracker, actors, running):
+        message = actors["untracked"].send_with_options(track=True)
         assert running.acquire(timeout=5)
         worker_id = tracker.worker_id
         assert worker_id is not None
         wait_for(lambda: list(reads(tracker).inflight(worker_id)) == [message.message_id], 5, message="recorded")
-    finally:
-        gate.set()
-        worker.stop()
-        broker.close()
 
 
 @pytest.mark.parametrize("skipper_first", [False, True], ids=["skipped-after-tracker", "skipped-before-tracker"])
@@ -212,9 +184,7 @@ def test_records_are_removed_when_messages_are_acked_nacked_or_skipped(
     def skipped() -> None:
         raise AssertionError("never runs")
 
-    worker = Worker(broker, worker_threads=4, worker_timeout=50)
-    worker.start()
-    try:
+    with running_worker(broker, threads=4) as worker:
         worker_id = tracker.worker_id
         assert worker_id is not None
         for _ in range(5):
@@ -228,9 +198,6 @@ def test_records_are_removed_when_messages_are_acked_nacked_or_skipped(
         assert reads(tracker).inflight(worker_id) == {}
         assert tracker.store.client.hlen(tracker.store.keys.running) == 0
         assert len(broker.dead_letters) == 5
-    finally:
-        worker.stop()
-        broker.close()
 
 
 def test_an_at_most_once_message_of_a_dead_worker_is_dead_lettered_not_run_again(
@@ -260,10 +227,7 @@ def test_an_at_most_once_message_of_a_dead_worker_is_dead_lettered_not_run_again
         assert [s[1] for s in started] == ["first"]
     finally:
         for app in (first, second):
-            app.release.set()
-            app.worker.stop(5000)
-            app.broker.close()
-            app.tracker.close()
+            app.close()
 
 
 def test_a_record_written_before_its_message_runs_survives_a_registration_made_at_the_same_moment(
@@ -271,19 +235,14 @@ def test_a_record_written_before_its_message_runs_survives_a_registration_made_a
 ) -> None:
     # Given an at-most-once actor, whose messages are recorded by their worker thread before they run,
     # and a tracker's Redis slow to answer registrations (which replace the worker's whole registry)
-    broker = StubBroker()
-    tracker = make_tracker(redis_url, namespaces.tracker)
-    broker.add_middleware(tracker)
-    broker.emit_after("process_boot")
+    broker, tracker = booted_stub_broker(redis_url, namespaces.tracker)
     release = threading.Event()
 
     @dramatiq.actor(broker=broker, queue_name="once", max_retries=0, max_recoveries=0)
     def once(index: int) -> None:
         release.wait(30)
 
-    worker = Worker(broker, worker_threads=2, worker_timeout=50)
-    worker.start()
-    try:
+    with running_worker(broker, tracker, threads=2, release=release):
         store = tracker.store
         register = store.register
 
@@ -308,8 +267,3 @@ def test_a_record_written_before_its_message_runs_survives_a_registration_made_a
         )
         wait_for(lambda: message.message_id in reads(tracker).inflight(worker_id), 5, message="recorded")
         assert message.message_id in reads(tracker).inflight(worker_id)
-    finally:
-        release.set()
-        worker.stop()
-        broker.close()
-        tracker.close()

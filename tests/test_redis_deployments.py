@@ -110,8 +110,7 @@ def test_after_a_sentinel_failover_that_lost_writes_no_phantom_record_stays_and_
     fresh_redis_sentinel: RedisSentinelServers,
 ) -> None:
     sentinel = fresh_redis_sentinel
-    hosts = ",".join("%s:%d" % address for address in sentinel.sentinel_addresses)
-    url = "redis+sentinel://%s/%s" % (hosts, sentinel.service_name)
+    url = sentinel.url
     master = sentinel.sentinel(socket_timeout=1).master_for(sentinel.service_name)
     store = InspectionStore(master, namespaces.tracker)
     # Given two workers tracked in a Sentinel-managed Redis, one busy with 4 messages

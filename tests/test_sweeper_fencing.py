@@ -37,7 +37,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.records import WorkerInfo
 
-from .conftest import Namespaces
+from .conftest import Cluster, Namespaces
 from .support import BOUND, FAST, WorkerProcess, kill, registered, send, wait_for, wait_new_worker, wait_registered
 
 pytestmark = pytest.mark.slow
@@ -217,10 +217,21 @@ def scene_of(
     return make
 
 
-def freeze_in_first_cleaner_call(scene: Scene) -> int:
-    """The claiming sweeper stopped itself in its first cleaner call (TEST_CLEANER_SIGNAL=stop): resume it
-    FREEZE seconds after that call started.  Returns its pid."""
-    call = scene.first_cleaner_call()
+def first_enqueue(scene: Scene) -> Record:
+    """The first copy enqueued again from the outbox: its pid is the claiming sweeper's."""
+    raw = wait_for(
+        lambda: next(iter(scene.client.lrange("%s:enqueue" % scene.names.report, 0, 0)), None),
+        BOUND + 10,
+        message="the first enqueue of a recovered copy",
+    )
+    found = json.loads(raw)
+    return Record("enqueue", found["message_id"], found["pid"], 0, found["at"])
+
+
+def resume_after_freeze(scene: Scene, stopped: Callable[[Scene], Record] = Scene.first_cleaner_call) -> int:
+    """The claiming sweeper stopped itself where ``stopped`` reports (its first cleaner call, with
+    TEST_CLEANER_SIGNAL=stop): resume it FREEZE seconds after.  Returns its pid."""
+    call = stopped(scene)
     try:
         time.sleep(max(0.0, call.at + FREEZE - time.time()))
     finally:
@@ -233,23 +244,19 @@ def freeze_in_first_cleaner_call(scene: Scene) -> int:
 
 
 def test_the_outbox_app_runs_messages_on_a_broker_class_the_tracker_does_not_know(
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-    producer: RedisBroker,
-    store: InspectionStore,
+    cluster: Cluster, producer: RedisBroker
 ) -> None:
-    spawn_worker(
-        kind="outbox", threads=2, env={"TEST_BROKER_IDENTITY": "fencing-test-%s" % namespaces.tracker}, app=APP
+    cluster.spawn(
+        kind="outbox", threads=2, env={"TEST_BROKER_IDENTITY": "fencing-test-%s" % cluster.names.tracker}, app=APP
     )
-    (worker,) = wait_registered(store, 1, timeout=BOOT)
-    (message_id,) = send(producer, namespaces.queue, "hold", 1, 0, 0)
-    wait_for(lambda: runs(redis_client, namespaces), BOOT, message="the message ran")
-    (run,) = runs(redis_client, namespaces)
+    (worker,) = cluster.wait_registered(1, timeout=BOOT)
+    (message_id,) = send(producer, cluster.names.queue, "hold", 1, 0, 0)
+    wait_for(lambda: runs(cluster.client, cluster.names), BOOT, message="the message ran")
+    (run,) = runs(cluster.client, cluster.names)
     assert (run.message_id, run.pid, run.recovered) == (message_id, worker.pid, False)
     # Recovered through the outbox: the tracker does not know the broker, and keeps each payload
-    assert worker.broker_kind == "other" and worker.broker_identity == "fencing-test-%s" % namespaces.tracker
-    assert [w.worker_id for w in registered(store)] == [worker.worker_id]
+    assert worker.broker_kind == "other" and worker.broker_identity == "fencing-test-%s" % cluster.names.tracker
+    assert [w.worker_id for w in registered(cluster.store)] == [worker.worker_id]
 
 
 # 1. A slow or frozen sweeper does not deliver again what another one delivered -------------------------
@@ -274,6 +281,18 @@ def test_a_slow_lock_cleaner_does_not_let_another_sweeper_deliver_the_orphans_ag
     scene.assert_fenced()
 
 
+def resume_frozen_claimer(scene: Scene, stopped: Callable[[Scene], Record] = Scene.first_cleaner_call) -> None:
+    """Freeze the claiming sweeper where ``stopped`` reports (its first lock cleaner call) until it resumes,
+    then wait until every orphan ran again and nothing more happens; the timeline is printed whatever
+    happens."""
+    try:
+        claimer = resume_after_freeze(scene, stopped)
+        print("claiming sweeper: pid %d, resumed %.2f s after the kill" % (claimer, scene.resumed_at - scene.killed_at))
+        scene.wait_settled(BOUND + 2 * TAKEOVER + 10)
+    finally:
+        print(timeline(scene.client, scene.names, scene.ids, scene.killed_at))
+
+
 @pytest.mark.parametrize("kind", ["outbox"])
 def test_a_sweeper_frozen_right_after_its_claim_delivers_nothing_twice(
     scene_of: Callable[..., Scene], kind: str
@@ -281,13 +300,8 @@ def test_a_sweeper_frozen_right_after_its_claim_delivers_nothing_twice(
     # Given a victim killed with three orphans, and the sweeper that claims them frozen (SIGSTOP) right
     # after its claim, as its first lock cleaner call starts, for longer than takeover_after
     scene = scene_of(kind, TEST_CLEANER_SIGNAL="stop")
-    try:
-        claimer = freeze_in_first_cleaner_call(scene)
-        print("claiming sweeper: pid %d, resumed %.2f s after the kill" % (claimer, scene.resumed_at - scene.killed_at))
-        # When it resumes, every orphan ran again and nothing more happens
-        scene.wait_settled(BOUND + 2 * TAKEOVER + 10)
-    finally:
-        print(timeline(scene.client, scene.names, scene.ids, scene.killed_at))
+    # When it resumes, every orphan ran again and nothing more happens
+    resume_frozen_claimer(scene)
     # Then each ran again once, its cleaner called once, before it started again
     scene.assert_fenced()
 
@@ -300,22 +314,8 @@ def test_a_sweeper_frozen_inside_its_enqueue_makes_a_twin_that_never_runs(
     # broker's enqueue of its first orphan, after every check it makes, until past takeover_after: the
     # takeover enqueues every orphan again, that one included, and the frozen one's copy lands when it resumes
     scene = scene_of(kind, TEST_ENQUEUE_SIGNAL="stop")
-    try:
-        enqueue = wait_for(
-            lambda: next(iter(scene.client.lrange("%s:enqueue" % scene.names.report, 0, 0)), None),
-            BOUND + 10,
-            message="the first enqueue of a recovered copy",
-        )
-        frozen = json.loads(enqueue)
-        try:
-            time.sleep(max(0.0, frozen["at"] + FREEZE - time.time()))
-        finally:
-            scene.resumed_at = time.time()
-            os.kill(frozen["pid"], signal.SIGCONT)
-        # When it resumes, every orphan ran again and nothing more happens
-        scene.wait_settled(BOUND + 2 * TAKEOVER + 10)
-    finally:
-        print(timeline(scene.client, scene.names, scene.ids, scene.killed_at))
+    # When it resumes, every orphan ran again and nothing more happens
+    resume_frozen_claimer(scene, first_enqueue)
     # Then each ran again once: the twin copy of the first orphan was dropped when it started
     scene.assert_fenced()
 
@@ -354,13 +354,8 @@ def test_a_sweeper_resumed_after_the_takeover_calls_no_cleaner_of_an_orphan_that
     # first lock cleaner call (each takes 0.5 s), until 13 s later: the takeover (after 10 s) cleans and
     # delivers them again meanwhile
     scene = scene_of(kind, TEST_CLEANER_SECONDS="0.5", TEST_CLEANER_SIGNAL="stop")
-    try:
-        claimer = freeze_in_first_cleaner_call(scene)
-        print("claiming sweeper: pid %d, resumed %.2f s after the kill" % (claimer, scene.resumed_at - scene.killed_at))
-        # When it resumes, every orphan ran again and nothing more happens
-        scene.wait_settled(BOUND + 2 * TAKEOVER + 10)
-    finally:
-        print(timeline(scene.client, scene.names, scene.ids, scene.killed_at))
+    # When it resumes, every orphan ran again and nothing more happens
+    resume_frozen_claimer(scene)
     # Then no cleaner call started after its orphan restarted, and the interrupted call was the only
     # one of its orphan (the takeover did not call it again)
     scene.assert_fenced()

@@ -10,27 +10,20 @@ from typing import Any
 
 import dramatiq
 import pytest
-from dramatiq import Worker
-from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage
 
 from dramatiq_tracker import ConfigurationError, DuplicateMessage, TrackerMiddleware, UniqueKeyError
 from dramatiq_tracker.unique import compute_digest, resolve_policy
 
-from .conftest import Namespaces, make_tracker
+from .conftest import Namespaces, StubApp
 from .support import reads, wait_for
 
 
-class App:
+class App(StubApp):
     """A StubBroker with a tracker whose locks live in the test Redis, and an embedded Worker."""
 
     def __init__(self, redis_url: str, namespace: str, threads: int = 4, **tracker_options: Any) -> None:
-        self.broker = StubBroker()
-        self.broker.add_middleware(CurrentMessage())
-        self.tracker: TrackerMiddleware = make_tracker(redis_url, namespace, **tracker_options)
-        self.broker.add_middleware(self.tracker)
-        self.broker.emit_after("process_boot")
-        self.worker = Worker(self.broker, worker_threads=threads, worker_timeout=20)
+        super().__init__(redis_url, namespace, threads=threads, worker_timeout=20, **tracker_options)
         self.started: list[str] = []
         self.running = 0
         self.most_running = 0
@@ -64,11 +57,6 @@ class App:
 
     def locks(self) -> list[str]:
         return [lock.digest for lock in self.tracker.store.locks()]
-
-    def close(self) -> None:
-        self.worker.stop(5000)
-        self.broker.close()
-        self.tracker.close()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 
 import dramatiq
 import pytest
@@ -16,22 +15,18 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from dramatiq_tracker import TrackerMiddleware
-from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.orphans import Orphan
 from dramatiq_tracker.scripts import ClaimRequest
 from dramatiq_tracker.unique import compute_digest
 
-from .conftest import Namespaces, events
+from .conftest import Cluster, Namespaces
 from .support import (
     BOUND,
-    WorkerProcess,
     close_redis_broker,
     fake_dead_worker,
     kill,
     reads,
     wait_for,
-    wait_new_worker,
-    wait_registered,
 )
 
 
@@ -219,22 +214,18 @@ def unique_producer(redis_url: str, names: Namespaces) -> tuple[RedisBroker, dic
 
 @pytest.mark.slow
 def test_a_killed_worker_s_unique_messages_come_back_at_once_and_leave_no_lock(
-    redis_url: str,
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
+    redis_url: str, cluster: Cluster
 ) -> None:
-    store = InspectionStore(redis_client, namespaces.tracker)
-    producer, actors = unique_producer(redis_url, namespaces)
+    producer, actors = unique_producer(redis_url, cluster.names)
     # Given a worker running an until_executed and a while_executing message, both locked, no TTL
-    spawn_worker(threads=2, slow_seconds=120)
-    (victim,) = wait_registered(store, 1)
+    cluster.spawn(threads=2, slow_seconds=120)
+    (victim,) = cluster.wait_registered(1)
     ids = [actors["unique_slow"].send(0).message_id, actors["unique_running"].send(0).message_id]
-    wait_for(lambda: len(events(redis_client, namespaces, "started")) == 2, 20, message="victim busy")
-    wait_for(lambda: len(store.locks()) == 2, 5, message="both locks held")
-    wait_for(lambda: len(store.inflight(victim.worker_id)) == 2, 5, message="records written")
-    spawn_worker(threads=4, slow_seconds=0.2)
-    survivor = wait_new_worker(store, victim)
+    wait_for(lambda: len(cluster.reported("started")) == 2, 20, message="victim busy")
+    wait_for(lambda: len(cluster.store.locks()) == 2, 5, message="both locks held")
+    wait_for(lambda: len(cluster.store.inflight(victim.worker_id)) == 2, 5, message="records written")
+    cluster.spawn(threads=4, slow_seconds=0.2)
+    survivor = cluster.wait_new_worker(victim)
 
     # When it is SIGKILLed
     killed_at = time.time()
@@ -242,65 +233,51 @@ def test_a_killed_worker_s_unique_messages_come_back_at_once_and_leave_no_lock(
 
     # Then both start again on the survivor within the recovery bound, not after a lock TTL
     def done() -> list[tuple[str, int, float]]:
-        return [e for e in events(redis_client, namespaces, "done") if e[1] == survivor.pid]
+        return cluster.reported("done", survivor.pid)
 
     wait_for(lambda: len(done()) == 2, BOUND + 5, message="both done on the survivor")
-    restarted = [e for e in events(redis_client, namespaces, "started") if e[1] == survivor.pid]
+    restarted = cluster.reported("started", survivor.pid)
     assert collections.Counter(mid for mid, _, _ in restarted) == collections.Counter(ids)
     assert max(at for _, _, at in restarted) - killed_at <= BOUND
     # And afterwards no lock key is left: the while_executing one goes as its actor returns, just
     # after the "done" event the actor itself writes
-    wait_for(lambda: store.locks() == [], 5, message="both locks released")
-    assert lock_keys(redis_client, namespaces.tracker) == []
+    wait_for(lambda: cluster.store.locks() == [], 5, message="both locks released")
+    assert lock_keys(cluster.client, cluster.names.tracker) == []
     close_redis_broker(producer)
 
 
 @pytest.mark.slow
-def test_a_zombies_late_completion_does_not_release_its_successors_lock(
-    redis_url: str,
-    redis_client: redis.Redis,
-    namespaces: Namespaces,
-    spawn_worker: Callable[..., WorkerProcess],
-) -> None:
-    store = InspectionStore(redis_client, namespaces.tracker)
-    producer, actors = unique_producer(redis_url, namespaces)
+def test_a_zombies_late_completion_does_not_release_its_successors_lock(redis_url: str, cluster: Cluster) -> None:
+    producer, actors = unique_producer(redis_url, cluster.names)
     # Given a worker running an until_executed message for 3 s, and a live worker whose copy takes 5 s
-    zombie = spawn_worker(threads=1, slow_seconds=3)
-    (victim,) = wait_registered(store, 1)
+    zombie = cluster.spawn(threads=1, slow_seconds=3)
+    (victim,) = cluster.wait_registered(1)
     message_id = actors["unique_slow"].send(0).message_id
-    wait_for(lambda: len(events(redis_client, namespaces, "started")) == 1, 20, message="victim busy")
-    started_at = events(redis_client, namespaces, "started")[0][2]
-    wait_for(lambda: len(store.inflight(victim.worker_id)) == 1, 5, message="record written")
-    spawn_worker(threads=1, slow_seconds=5)
-    survivor = wait_new_worker(store, victim)
+    wait_for(lambda: len(cluster.reported("started")) == 1, 20, message="victim busy")
+    started_at = cluster.reported("started")[0][2]
+    wait_for(lambda: len(cluster.store.inflight(victim.worker_id)) == 1, 5, message="record written")
+    cluster.spawn(threads=1, slow_seconds=5)
+    survivor = cluster.wait_new_worker(victim)
 
     # When the first freezes past its heartbeat timeout, its message is recovered by the live one
     os.kill(victim.pid, signal.SIGSTOP)
     try:
-        wait_for(
-            lambda: any(e[1] == survivor.pid for e in events(redis_client, namespaces, "started")),
-            BOUND + 5,
-            message="the successor started",
-        )
-        (lock,) = store.locks()
+        cluster.wait_reported_by(survivor.pid, BOUND + 5, "the successor started")
+        (lock,) = cluster.store.locks()
         assert (lock.message_id, lock.attempt) == (message_id, 1)
     finally:
         # And then it wakes up and completes its copy: a zombie's late completion
         os.kill(victim.pid, signal.SIGCONT)
-    wait_for(
-        lambda: any(e[1] == victim.pid for e in events(redis_client, namespaces, "done")), 10, message="zombie done"
-    )
+    cluster.wait_reported_by(victim.pid, 10, "zombie done", "done")
     assert time.time() - started_at < 6, "the successor should still be running"
 
     # Then the successor's lock is still held, by the successor's attempt
     time.sleep(0.3)
-    (lock,) = store.locks()
+    (lock,) = cluster.store.locks()
     assert (lock.message_id, lock.attempt) == (message_id, 1)
     # And the zombie learned that it was declared dead
     wait_for(lambda: "declared dead while it was alive" in zombie.output(), 5, message="fencing logged")
     # And the successor releases its lock when it completes
-    wait_for(
-        lambda: any(e[1] == survivor.pid for e in events(redis_client, namespaces, "done")), 10, message="successor"
-    )
-    wait_for(lambda: store.locks() == [], 5, message="lock released")
+    cluster.wait_reported_by(survivor.pid, 10, "successor", "done")
+    wait_for(lambda: cluster.store.locks() == [], 5, message="lock released")
     close_redis_broker(producer)

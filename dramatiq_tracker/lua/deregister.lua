@@ -16,6 +16,8 @@
 -- instead so that the next sweep recovers them.  Returns how many
 -- messages were left to recovery (0 when the worker was removed).
 
+-- include: _worker
+
 local workers, deadlines, heartbeat, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local presence, absent, host, broker = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 
@@ -35,10 +37,5 @@ if left > 0 then
 end
 
 redis.call("del", inflight)
-redis.call("hdel", workers, worker_id)
-redis.call("zrem", deadlines, worker_id)
-redis.call("srem", host, worker_id)
-if broker then
-    redis.call("srem", broker, worker_id)
-end
+unregister(workers, deadlines, host, broker, worker_id)
 return 0

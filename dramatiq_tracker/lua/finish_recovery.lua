@@ -22,6 +22,8 @@
 -- claim was taken over by another sweeper, which finishes the recovery
 -- (nothing done).  The claim goes with the worker.
 
+-- include: _worker
+
 local workers, deadlines, dead_workers, heartbeat = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local inflight, running, presence, absent = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local recovery, host, broker = KEYS[9], KEYS[10], KEYS[11]
@@ -34,22 +36,11 @@ if ARGV[3] ~= "" and redis.call("hget", recovery, "token") ~= ARGV[3] then
     return 0
 end
 
-local prefix = worker_id .. "|"
-for _, message_id in ipairs(redis.call("hkeys", inflight)) do
-    local owner = redis.call("hget", running, message_id)
-    if owner and string.sub(owner, 1, #prefix) == prefix then
-        redis.call("hdel", running, message_id)
-    end
-end
+forget_running(inflight, running, worker_id .. "|")
 redis.call("del", heartbeat, inflight, recovery)
-redis.call("hdel", workers, worker_id)
 redis.call("hdel", presence, worker_id)
 redis.call("hdel", absent, worker_id)
-redis.call("zrem", deadlines, worker_id)
-redis.call("srem", host, worker_id)
-if broker then
-    redis.call("srem", broker, worker_id)
-end
+unregister(workers, deadlines, host, broker, worker_id)
 
 local time = redis.call("time")
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)

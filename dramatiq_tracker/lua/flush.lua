@@ -25,6 +25,8 @@
 -- Returns "ok" and counts one write; or, writing nothing: "fenced" (declared
 -- dead), "unknown" (not registered) or "diverged" (writes were lost).
 
+-- include: _worker
+
 local workers, dead_workers, inflight, running = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 
 local worker_id = ARGV[1]
@@ -44,12 +46,8 @@ local started = tonumber(ARGV[4])
 local first_end = 5 + 3 * started
 
 for i = 5, first_end - 1, 3 do
-    redis.call("hset", inflight, ARGV[i], ARGV[i + 2])
     -- Another attempt that the index names (a duplicate delivery no start check caught) keeps its place.
-    local owner = redis.call("hget", running, ARGV[i])
-    if not owner or string.sub(owner, 1, #prefix) == prefix then
-        redis.call("hset", running, ARGV[i], prefix .. ARGV[i + 1])
-    end
+    record_start(inflight, running, prefix, ARGV[i], ARGV[i + 1], ARGV[i + 2])
 end
 
 local history = 5

@@ -32,6 +32,7 @@
 -- reaches another server, or a proxy holds it), "" when it claims none.
 
 -- include: _server
+-- include: _worker
 
 local workers, deadlines, dead_workers, heartbeat, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local presence, absent, server = KEYS[6], KEYS[7], KEYS[8]
@@ -57,19 +58,7 @@ redis.call("set", heartbeat, now, "px", timeout)
 redis.call("zadd", deadlines, now + timeout, worker_id)
 redis.call("hdel", absent, worker_id)
 
-local seen = ""
-if channel ~= "" then
-    local count = redis.call("pubsub", ARGV[6] == "1" and "shardnumsub" or "numsub", channel)[2]
-    if count > 0 then
-        seen = "seen"
-        redis.call("hset", presence, worker_id, now)
-    else
-        seen = "unseen"
-    end
-end
-if seen ~= "seen" then
-    redis.call("hdel", presence, worker_id)
-end
+local seen = note_presence(presence, worker_id, channel, ARGV[6] == "1", now)
 
 local seq = tonumber(redis.call("hget", inflight, "__seq__") or "-1")
 if seq < tonumber(ARGV[3]) or seq > tonumber(ARGV[4]) then

@@ -41,6 +41,7 @@
 -- again at 0.
 
 -- include: _server
+-- include: _worker
 
 local workers, identities, deadlines, dead_workers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local heartbeat, inflight, running, presence, absent = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
@@ -67,28 +68,12 @@ if broker then
     redis.call("sadd", broker, worker_id)
 end
 redis.call("hdel", absent, worker_id)
-local seen = ""
-if channel ~= "" then
-    if redis.call("pubsub", ARGV[7] == "1" and "shardnumsub" or "numsub", channel)[2] > 0 then
-        seen = "seen"
-        redis.call("hset", presence, worker_id, now)
-    else
-        seen = "unseen"
-    end
-end
-if seen ~= "seen" then
-    redis.call("hdel", presence, worker_id)
-end
+local seen = note_presence(presence, worker_id, channel, ARGV[7] == "1", now)
 
 -- Forget what was recorded before: it may hold messages that ended while
 -- the tracker could not write.
 local prefix = worker_id .. "|"
-for _, message_id in ipairs(redis.call("hkeys", inflight)) do
-    local owner = redis.call("hget", running, message_id)
-    if owner and string.sub(owner, 1, #prefix) == prefix then
-        redis.call("hdel", running, message_id)
-    end
-end
+forget_running(inflight, running, prefix)
 redis.call("del", inflight)
 redis.call("hset", inflight, "__seq__", 0)
 
@@ -97,12 +82,6 @@ for i = 9, first_record - 1, 2 do
     redis.call("hsetnx", running, ARGV[i], prefix .. ARGV[i + 1])
 end
 for i = first_record, #ARGV, 3 do
-    redis.call("hset", inflight, ARGV[i], ARGV[i + 2])
-    -- Another attempt that the index names keeps its place: this one may be a redelivery whose fate is
-    -- being decided, put off behind it (as in flush).
-    local owner = redis.call("hget", running, ARGV[i])
-    if not owner or string.sub(owner, 1, #prefix) == prefix then
-        redis.call("hset", running, ARGV[i], prefix .. ARGV[i + 1])
-    end
+    record_start(inflight, running, prefix, ARGV[i], ARGV[i + 1], ARGV[i + 2])
 end
 return {"ok", seen}

@@ -11,8 +11,9 @@ without the optional extras) loads no other::
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from .._lazy import lazy_attribute
 
 if TYPE_CHECKING:
     from .dashboard import DashboardApp, make_wsgi_middleware
@@ -31,7 +32,4 @@ _HOMES = {
 
 
 def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError("module %r has no attribute %r" % (__name__, name))
-    return getattr(importlib.import_module(home, __name__), name)
+    return lazy_attribute(__name__, _HOMES, name)

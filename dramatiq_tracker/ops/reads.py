@@ -381,17 +381,9 @@ class InspectionStore(TrackerStore):
     def lock_entries(self, digests: Sequence[str]) -> list[tuple[str, dict[str, str], int | None]]:
         """Uniqueness locks as they are stored, in one round trip: (digest, fields, milliseconds until it
         expires or None) of each lock held, in the order asked."""
-        if not digests:
-            return []
-        pipe = self.client.pipeline(transaction=False)
-        for digest in digests:
-            pipe.hgetall(self.keys.lock(digest))
-            pipe.pttl(self.keys.lock(digest))
-        replies = pipe.execute()
         return [
             (digest, {text(name): text(value) for name, value in fields.items()}, int(ttl) if int(ttl) >= 0 else None)
-            for digest, fields, ttl in zip(digests, replies[::2], replies[1::2], strict=True)
-            if fields
+            for digest, fields, ttl in self.raw_locks(digests)
         ]
 
     def lock_count(self) -> int:

@@ -127,15 +127,12 @@ class TrackerChecks:
 
     def _wait(self, predicate: Callable[[], T], failure: Callable[[], str], timeout: float | None) -> T:
         timeout = self.config.wait_timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                headline, _, story = failure().partition("\n")
-                raise AssertionError("%s (waited %.1f s).\n%s" % (headline.rstrip("."), timeout, story))
-            time.sleep(_POLL)
+
+        def failed() -> str:
+            headline, _, story = failure().partition("\n")
+            return "%s (waited %.1f s).\n%s" % (headline.rstrip("."), timeout, story)
+
+        return poll(predicate, timeout, failed)
 
     def running(self, message: Message[Any] | str, *, timeout: float | None = None) -> str:
         """Wait until the message runs and its in-flight record is written (so that a crash now leaves
@@ -154,24 +151,7 @@ class TrackerChecks:
     def ran(self, message: Message[Any] | str, times: int, *, timeout: float | None = None) -> None:
         """Assert that the message started ``times`` times: wait until it did, fail at once if it
         started more often."""
-
-        def enough() -> bool:
-            started = self.starts(message)
-            if started > times:
-                raise AssertionError(
-                    "%s ran %s, expected %s.\n%s"
-                    % (self.label(message), _times(started), _times(times), self.describe(message))
-                )
-            return started == times
-
-        self._wait(
-            enough,
-            lambda: (
-                "%s ran %s, expected %s.\n%s"
-                % (self.label(message), _times(self.starts(message)), _times(times), self.describe(message))
-            ),
-            timeout,
-        )
+        self._wait_exactly(message, times, self.starts, "ran", timeout)
 
     def succeeded(self, message: Message[Any] | str, *, timeout: float | None = None) -> None:
         """Wait until a run of the message succeeded."""
@@ -184,24 +164,41 @@ class TrackerChecks:
     def delivered_again(self, message: Message[Any] | str, times: int = 1, *, timeout: float | None = None) -> None:
         """Assert that the tracker delivered the message again ``times`` times after its workers died
         (``recovered`` events): wait until it did, fail at once if it did more often."""
+        self._wait_exactly(message, times, self.recoveries, "was delivered again", timeout)
+
+    def _wait_exactly(
+        self,
+        message: Message[Any] | str,
+        times: int,
+        count: Callable[[Message[Any] | str], int],
+        did: str,
+        timeout: float | None,
+    ) -> None:
+        """Wait until ``count(message)`` is ``times``; fail at once when it goes past it.
+
+        Parameters:
+          did(str): What was counted, as the failure says it: "<message> <did> <count>, expected <times>".
+
+        Raises:
+          AssertionError: When the count goes past ``times``, or does not reach it in time.
+        """
+
+        def failure(counted: int) -> str:
+            return "%s %s %s, expected %s.\n%s" % (
+                self.label(message),
+                did,
+                _times(counted),
+                _times(times),
+                self.describe(message),
+            )
 
         def enough() -> bool:
-            count = self.recoveries(message)
-            if count > times:
-                raise AssertionError(
-                    "%s was delivered again %s, expected %s.\n%s"
-                    % (self.label(message), _times(count), _times(times), self.describe(message))
-                )
-            return count == times
+            counted = count(message)
+            if counted > times:
+                raise AssertionError(failure(counted))
+            return counted == times
 
-        self._wait(
-            enough,
-            lambda: (
-                "%s was delivered again %s, expected %s.\n%s"
-                % (self.label(message), _times(self.recoveries(message)), _times(times), self.describe(message))
-            ),
-            timeout,
-        )
+        self._wait(enough, lambda: failure(count(message)), timeout)
 
     def quarantined(self, message: Message[Any] | str, *, timeout: float | None = None) -> None:
         """Assert that the message was quarantined: a ``quarantined`` event, the message dead-lettered
@@ -287,6 +284,23 @@ class TrackerChecks:
             return found
 
         self._wait(lambda: not leftovers(), lambda: "Messages are in flight: %s." % "; ".join(leftovers()), timeout)
+
+
+def poll(predicate: Callable[[], T], timeout: float, failure: Callable[[], str], interval: float = _POLL) -> T:
+    """Call ``predicate`` every ``interval`` seconds until it returns something truthy, and return that.
+
+    Parameters:
+      failure(callable): What went wrong; called only when the time is up.
+
+    Raises:
+      AssertionError: With ``failure()``, when ``timeout`` seconds passed first.
+    """
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(failure())
+        time.sleep(interval)
+    return value
 
 
 def _times(count: int) -> str:

@@ -38,7 +38,8 @@ from dramatiq.common import dq_name
 from dramatiq.message import Message
 from dramatiq.middleware import CurrentMessage
 
-from dramatiq_tracker import Orphan, TrackerMiddleware
+from dramatiq_tracker import Orphan
+from tests.apps.environment import tracker_from_environment
 
 KIND = os.environ["TEST_BROKER_KIND"]
 QUEUE = os.environ["TEST_QUEUE"]
@@ -118,22 +119,7 @@ else:
 
 broker.add_middleware(CurrentMessage())
 
-if os.environ.get("TEST_DEBUG") == "1":
-    import logging
-
-    logging.getLogger("dramatiq_tracker").setLevel(logging.DEBUG)
-
-tracker = TrackerMiddleware(
-    url=os.environ["TEST_TRACKER_URL"],
-    namespace=os.environ["TEST_TRACKER_NAMESPACE"],
-    heartbeat_interval=int(os.environ.get("TEST_HEARTBEAT_INTERVAL", "200")),
-    heartbeat_timeout=int(os.environ.get("TEST_HEARTBEAT_TIMEOUT", "1000")),
-    sweep_interval=int(os.environ.get("TEST_SWEEP_INTERVAL", "500")),
-    flush_interval=int(os.environ.get("TEST_FLUSH_INTERVAL", "20")),
-    presence=os.environ.get("TEST_PRESENCE", "1") == "1",
-    presence_grace=int(os.environ.get("TEST_PRESENCE_GRACE", "1000")),
-    broker_identity=os.environ["TEST_BROKER_IDENTITY"],
-)
+tracker = tracker_from_environment(broker_identity=os.environ["TEST_BROKER_IDENTITY"])
 broker.add_middleware(tracker)
 dramatiq.set_broker(broker)
 

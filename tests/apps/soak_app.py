@@ -33,8 +33,8 @@ import redis
 from dramatiq.middleware import CurrentMessage, Middleware
 
 from dramatiq_tracker import TrackerMiddleware
+from tests.apps.environment import broker_from_environment
 
-KIND = os.environ["SOAK_BROKER_KIND"]
 QUEUE = os.environ["SOAK_QUEUE"]
 REPORT_PREFIX = os.environ["SOAK_REPORT_PREFIX"]
 #: The soak's seed: it fixes how long each lock cleaner call takes.
@@ -42,17 +42,7 @@ SEED = os.environ.get("SOAK_SEED", "0")
 #: Where the ledger goes: the broker's Redis or another one, never the tracker's.
 report = redis.Redis.from_url(os.environ["SOAK_REPORT_URL"])
 
-broker: dramatiq.Broker
-if KIND == "redis":
-    from dramatiq.brokers.redis import RedisBroker
-
-    broker = RedisBroker(url=os.environ["SOAK_BROKER_URL"], namespace=os.environ["SOAK_BROKER_NAMESPACE"])
-elif KIND == "rabbitmq":
-    from dramatiq.brokers.rabbitmq import RabbitmqBroker
-
-    broker = RabbitmqBroker(url=os.environ["SOAK_BROKER_URL"])
-else:
-    raise RuntimeError("unknown SOAK_BROKER_KIND %r" % KIND)
+broker = broker_from_environment("SOAK")
 
 
 #: The event fields kept in the report (read with getattr: the soak relies on no internal type).

@@ -15,32 +15,15 @@ import dramatiq
 import redis
 from dramatiq.middleware import CurrentMessage
 
-from dramatiq_tracker import TrackerMiddleware
+from tests.apps.environment import broker_from_environment, tracker_from_environment
 
-KIND = os.environ["TEST_BROKER_KIND"]
 QUEUE = os.environ["TEST_QUEUE"]
 #: Where the actors report what they did, on the shared test Redis.
 REPORT_PREFIX = os.environ["TEST_REPORT_PREFIX"]
 report = redis.Redis.from_url(os.environ["TEST_REPORT_URL"])
 
-broker: dramatiq.Broker
-if KIND == "redis":
-    from dramatiq.brokers.redis import RedisBroker
-
-    broker = RedisBroker(url=os.environ["TEST_BROKER_URL"], namespace=os.environ["TEST_BROKER_NAMESPACE"])
-elif KIND == "rabbitmq":
-    from dramatiq.brokers.rabbitmq import RabbitmqBroker
-
-    broker = RabbitmqBroker(url=os.environ["TEST_BROKER_URL"])
-else:
-    raise RuntimeError("unknown TEST_BROKER_KIND %r" % KIND)
-
+broker = broker_from_environment("TEST")
 broker.add_middleware(CurrentMessage())
-
-if os.environ.get("TEST_DEBUG") == "1":
-    import logging
-
-    logging.getLogger("dramatiq_tracker").setLevel(logging.DEBUG)
 
 #: With TEST_ABORTABLE=1, dramatiq-abort's middleware, its events in the report Redis.
 ABORTABLE = os.environ.get("TEST_ABORTABLE") == "1"
@@ -55,17 +38,9 @@ if ABORTABLE:
         )
     )
 
-tracker = TrackerMiddleware(
-    url=os.environ["TEST_TRACKER_URL"],
-    namespace=os.environ["TEST_TRACKER_NAMESPACE"],
-    heartbeat_interval=int(os.environ.get("TEST_HEARTBEAT_INTERVAL", "200")),
-    heartbeat_timeout=int(os.environ.get("TEST_HEARTBEAT_TIMEOUT", "1000")),
-    sweep_interval=int(os.environ.get("TEST_SWEEP_INTERVAL", "500")),
-    flush_interval=int(os.environ.get("TEST_FLUSH_INTERVAL", "20")),
+tracker = tracker_from_environment(
     max_recoveries=int(os.environ.get("TEST_MAX_RECOVERIES", "3")),
     preview_length=int(os.environ.get("TEST_PREVIEW_LENGTH", "24")),
-    presence=os.environ.get("TEST_PRESENCE", "1") == "1",
-    presence_grace=int(os.environ.get("TEST_PRESENCE_GRACE", "1000")),
 )
 broker.add_middleware(tracker)
 dramatiq.set_broker(broker)
@@ -149,9 +124,8 @@ def unique_running(index: int) -> None:
 if ABORTABLE:
     from dramatiq_abort import Abort
 
-    @dramatiq.actor(queue_name=QUEUE, max_retries=0, abortable=True, throws=(Abort,))
-    def abortable_sleep(seconds: float) -> None:
-        _report("started")
+    def _sleep_abortably(seconds: float) -> None:
+        """Sleep ``seconds``, reporting an abort (which it raises again)."""
         try:
             # Short sleeps: an abort lands between two of them.
             for _ in range(int(seconds * 20)):
@@ -159,6 +133,11 @@ if ABORTABLE:
         except Abort:
             _report("aborted")
             raise
+
+    @dramatiq.actor(queue_name=QUEUE, max_retries=0, abortable=True, throws=(Abort,))
+    def abortable_sleep(seconds: float) -> None:
+        _report("started")
+        _sleep_abortably(seconds)
         _report("done")
 
 
@@ -211,12 +190,7 @@ if ABORTABLE:
         """Run ``seconds``, then fail on the first attempt; a recovered attempt succeeds."""
         first = _first_attempt()
         _report("started")
-        try:
-            for _ in range(int(seconds * 20)):
-                time.sleep(0.05)
-        except Abort:
-            _report("aborted")
-            raise
+        _sleep_abortably(seconds)
         if first:
             _report("failed")
             raise RuntimeError("the first attempt fails")

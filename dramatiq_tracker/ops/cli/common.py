@@ -143,6 +143,21 @@ def page_options(parser: argparse.ArgumentParser, limit: int) -> None:
     parser.add_argument("--cursor", default="", help="go on from the cursor a previous page printed")
 
 
+def filter_options(parser: argparse.ArgumentParser, older_than: str) -> None:
+    """Add ``--older-than`` and the page options of a listing of 50 a page whose items have an age.
+
+    Parameters:
+      older_than(str): What ``--older-than`` keeps, after "only those ".
+    """
+    parser.add_argument("--older-than", type=duration, metavar="DURATION", help="only those " + older_than)
+    page_options(parser, 50)
+
+
+def filters(arguments: argparse.Namespace) -> dict[str, Any]:
+    """The inspector's arguments for what :func:`filter_options` added: ``older_than``, ``limit``, ``cursor``."""
+    return {"older_than": arguments.older_than, "limit": arguments.limit, "cursor": arguments.cursor}
+
+
 def add_parser(
     commands: Commands, name: str, help: str, description: str, *, json: bool = True, broker: str = "optional"
 ) -> argparse.ArgumentParser:

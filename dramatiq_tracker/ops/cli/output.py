@@ -339,67 +339,51 @@ def worker_lines(views: Sequence[WorkerView], now: int, style: Style = PLAIN) ->
     return table(WORKER_COLUMNS, rows, style)
 
 
-INFLIGHT_COLUMNS = (
-    Column("MESSAGE"),
-    Column("ACTOR"),
-    Column("QUEUE"),
-    Column("WORKER"),
-    Column("STATE", paint=_state),
-    Column("RUNNING", True),
-    Column("ATTEMPT", True),
-    Column("RECOVERIES", True),
-    Column("ARGS"),
-)
+def _message_columns(waited: str, last: str) -> tuple[Column, ...]:
+    """The columns of a table of messages of workers: how long each ran or waited, then ``last``."""
+    return (
+        Column("MESSAGE"),
+        Column("ACTOR"),
+        Column("QUEUE"),
+        Column("WORKER"),
+        Column("STATE", paint=_state),
+        Column(waited, True),
+        Column("ATTEMPT", True),
+        Column("RECOVERIES", True),
+        Column(last),
+    )
+
+
+def _message_row(view: InflightView | OrphanView, state: str, waited: int, last: str) -> tuple[object, ...]:
+    """A row of the columns of :func:`_message_columns`."""
+    return (
+        view.message_id,
+        view.actor_name,
+        view.queue_name,
+        view.worker_id,
+        state,
+        age(waited),
+        view.attempt,
+        view.recoveries,
+        last,
+    )
+
+
+INFLIGHT_COLUMNS = _message_columns("RUNNING", "ARGS")
 
 
 def inflight_lines(views: Sequence[InflightView], style: Style = PLAIN) -> list[str]:
     """A table of messages in flight, with their worker's state (not alive: an orphan waiting)."""
-    rows = [
-        (
-            v.message_id,
-            v.actor_name,
-            v.queue_name,
-            v.worker_id,
-            v.worker_state,
-            age(v.running_for),
-            v.attempt,
-            v.recoveries,
-            v.preview,
-        )
-        for v in views
-    ]
+    rows = [_message_row(v, v.worker_state, v.running_for, v.preview) for v in views]
     return table(INFLIGHT_COLUMNS, rows, style)
 
 
-ORPHAN_COLUMNS = (
-    Column("MESSAGE"),
-    Column("ACTOR"),
-    Column("QUEUE"),
-    Column("WORKER"),
-    Column("STATE", paint=_state),
-    Column("WAITING", True),
-    Column("ATTEMPT", True),
-    Column("RECOVERIES", True),
-    Column("WHERE"),
-)
+ORPHAN_COLUMNS = _message_columns("WAITING", "WHERE")
 
 
 def orphan_lines(views: Sequence[OrphanView], style: Style = PLAIN) -> list[str]:
     """A table of messages waiting for recovery."""
-    rows = [
-        (
-            v.message_id,
-            v.actor_name,
-            v.queue_name,
-            v.worker_id,
-            v.worker_state or "-",
-            age(v.waiting_for),
-            v.attempt,
-            v.recoveries,
-            v.where,
-        )
-        for v in views
-    ]
+    rows = [_message_row(v, v.worker_state or "-", v.waiting_for, v.where) for v in views]
     return table(ORPHAN_COLUMNS, rows, style)
 
 

@@ -6,8 +6,8 @@ import argparse
 import socket
 import sys
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..failures import CLIENT_ERRORS, explain, misconfigured
 from .common import (
@@ -19,7 +19,8 @@ from .common import (
     Connection,
     add_parser,
     bounded_int,
-    duration,
+    filter_options,
+    filters,
     more,
     no_data,
     page_options,
@@ -31,8 +32,11 @@ from .common import (
 
 if TYPE_CHECKING:
     from ..inspection import Inspector
+    from ..views import OrphanView, Page
     from .common import Commands
     from .output import Style
+
+T = TypeVar("T")
 
 
 # status ----------------------------------------------------------------------------------
@@ -86,7 +90,7 @@ def add_workers(commands: Commands) -> None:
 
 def _workers(arguments: argparse.Namespace) -> int:
     from ..views import Page, WorkerView
-    from .output import envelope, worker_lines
+    from .output import worker_lines
 
     with Connection(arguments) as connection:
         inspector = connection.inspector
@@ -99,17 +103,7 @@ def _workers(arguments: argparse.Namespace) -> int:
         if arguments.all and not arguments.cursor:
             tombstones = inspector.dead_workers(limit=arguments.limit)
             items += [view for view in tombstones if not arguments.host]
-        connection.require_data(not items)
-        now = inspector.server_time()
-        data = envelope("workers", connection.namespace, now, items=items, cursor=page.cursor, problems=page.problems)
-        print_result(
-            arguments,
-            data,
-            lambda style: worker_lines(items, now, style) if items else ["No workers registered."],
-            page.problems,
-            more(page.cursor, "workers"),
-        )
-    return RET_OK
+        return _print_listing(arguments, connection, "workers", page, worker_lines, "No workers registered.", items)
 
 
 # inflight --------------------------------------------------------------------------------
@@ -126,42 +120,25 @@ def add_inflight(commands: Commands) -> None:
     parser.add_argument("--actor", help="only this actor's")
     parser.add_argument("--queue", help="only this queue's")
     parser.add_argument("--worker", help="only this worker's (a worker id)")
-    parser.add_argument(
-        "--older-than",
-        type=duration,
-        metavar="DURATION",
-        help="only those running for longer than this: 500ms, 30s, 5m, 2h, 1d, 1h30m",
-    )
-    page_options(parser, 50)
+    filter_options(parser, "running for longer than this: 500ms, 30s, 5m, 2h, 1d, 1h30m")
     parser.set_defaults(handler=_inflight)
 
 
 def _inflight(arguments: argparse.Namespace) -> int:
-    from .output import envelope, inflight_lines
+    from .output import inflight_lines
 
     with Connection(arguments) as connection:
-        inspector = connection.inspector
-        page = inspector.inflight(
-            worker_id=arguments.worker,
-            actor=arguments.actor,
-            queue=arguments.queue,
-            older_than=arguments.older_than,
-            limit=arguments.limit,
-            cursor=arguments.cursor,
+        page = connection.inspector.inflight(
+            worker_id=arguments.worker, actor=arguments.actor, queue=arguments.queue, **filters(arguments)
         )
-        connection.require_data(not page.items)
-        now = inspector.server_time()
-        data = envelope(
-            "inflight", connection.namespace, now, items=page.items, cursor=page.cursor, problems=page.problems
-        )
-        print_result(
+        return _print_listing(
             arguments,
-            data,
-            lambda style: inflight_lines(page.items, style) if page.items else ["No messages in flight."],
-            page.problems,
-            more(page.cursor, "inflight"),
+            connection,
+            "inflight",
+            page,
+            lambda items, now, style: inflight_lines(items, style),
+            "No messages in flight.",
         )
-    return RET_OK
 
 
 # message ---------------------------------------------------------------------------------
@@ -219,26 +196,19 @@ def add_orphans(commands: Commands) -> None:
 
 
 def _orphans(arguments: argparse.Namespace) -> int:
-    from .output import envelope, orphan_lines, plural
+    from .output import orphan_lines, plural
 
     with Connection(arguments) as connection:
-        inspector = connection.inspector
-        page = inspector.orphans(limit=arguments.limit)
-        connection.require_data(not page.items)
-        now = inspector.server_time()
-        data = envelope(
-            "orphans", connection.namespace, now, items=page.items, total=page.total, problems=page.problems
-        )
+        page = connection.inspector.orphans(limit=arguments.limit)
         total = page.total or 0
 
-        def lines(style: Style) -> list[str]:
-            if not page.items:
-                return ["No orphans waiting for recovery."]
-            shown = "" if total <= len(page.items) else " (%d shown)" % len(page.items)
-            return [*orphan_lines(page.items, style), "%s waiting for recovery%s." % (plural(total, "message"), shown)]
+        def lines(items: Sequence[OrphanView], now: int, style: Style) -> list[str]:
+            shown = "" if total <= len(items) else " (%d shown)" % len(items)
+            return [*orphan_lines(items, style), "%s waiting for recovery%s." % (plural(total, "message"), shown)]
 
-        print_result(arguments, data, lines, page.problems)
-    return RET_OK
+        return _print_listing(
+            arguments, connection, "orphans", page, lines, "No orphans waiting for recovery.", total=page.total
+        )
 
 
 # locks -----------------------------------------------------------------------------------
@@ -254,43 +224,57 @@ def add_locks(commands: Commands) -> None:
     )
     parser.add_argument("--actor", help="only this actor's")
     parser.add_argument("--owner", help="only those owned by this message id, or held by this worker id")
-    parser.add_argument(
-        "--older-than", type=duration, metavar="DURATION", help="only those held longer than this: 30s, 5m, 2h"
-    )
-    page_options(parser, 50)
+    filter_options(parser, "held longer than this: 30s, 5m, 2h")
     parser.set_defaults(handler=_locks)
 
 
 def _locks(arguments: argparse.Namespace) -> int:
-    from .output import envelope, lock_lines
+    from .output import lock_lines
 
     with Connection(arguments) as connection:
-        inspector = connection.inspector
-        page = inspector.locks(
-            actor=arguments.actor,
-            owner=arguments.owner,
-            older_than=arguments.older_than,
-            limit=arguments.limit,
-            cursor=arguments.cursor,
+        page = connection.inspector.locks(actor=arguments.actor, owner=arguments.owner, **filters(arguments))
+        return _print_listing(
+            arguments, connection, "locks", page, lock_lines, "No uniqueness locks held.", total=page.total
         )
-        connection.require_data(not page.items)
-        now = inspector.server_time()
-        data = envelope(
-            "locks",
-            connection.namespace,
-            now,
-            items=page.items,
-            cursor=page.cursor,
-            total=page.total,
-            problems=page.problems,
-        )
-        print_result(
-            arguments,
-            data,
-            lambda style: lock_lines(page.items, now, style) if page.items else ["No uniqueness locks held."],
-            page.problems,
-            more(page.cursor, "locks"),
-        )
+
+
+def _print_listing(
+    arguments: argparse.Namespace,
+    connection: Connection,
+    command: str,
+    page: Page[T],
+    lines: Callable[[Sequence[T], int, Style], list[str]],
+    nothing: str,
+    items: Sequence[T] | None = None,
+    *,
+    total: int | None = None,
+) -> int:
+    """Print a listing as JSON or text (``nothing`` when it is empty), then its problems and how to
+    get its next page.
+
+    Parameters:
+      page(Page): What the inspector read; its items are those listed unless ``items`` are given.
+      lines(callable): The text of the items, given the server's time and stdout's style.
+      total(int|None): How many there are in all, for the listings that know it.
+
+    Raises:
+      CommandError: Nothing was found because no tracker ever used the namespace.
+    """
+    from .output import envelope
+
+    listed = page.items if items is None else items
+    connection.require_data(not listed)
+    now = connection.inspector.server_time()
+    data = envelope(
+        command, connection.namespace, now, items=listed, cursor=page.cursor, total=total, problems=page.problems
+    )
+    print_result(
+        arguments,
+        data,
+        lambda style: lines(listed, now, style) if listed else [nothing],
+        page.problems,
+        more(page.cursor, command),
+    )
     return RET_OK
 
 

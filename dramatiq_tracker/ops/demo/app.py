@@ -22,16 +22,7 @@ from .journal import DONE, STARTED, record
 config = DemoConfig.from_environment(os.environ)
 broker = RedisBroker(url=config.url, namespace=config.broker_namespace)  # type: ignore[no-untyped-call]
 broker.add_middleware(CurrentMessage())
-broker.add_middleware(
-    TrackerMiddleware(
-        url=config.url,
-        namespace=config.tracker_namespace,
-        heartbeat_interval=config.heartbeat_interval,
-        heartbeat_timeout=config.heartbeat_timeout,
-        sweep_interval=config.sweep_interval,
-        flush_interval=config.flush_interval,
-    )
-)
+broker.add_middleware(TrackerMiddleware(url=config.url, **config.tracker_options()))
 dramatiq.set_broker(broker)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 from ...settings import TrackerSettings
 from . import DemoError
@@ -45,19 +46,24 @@ class DemoConfig:
         """The list where the demo actor reports what it did, inside the broker namespace."""
         return "%s:demo-events" % self.broker_namespace
 
+    def tracker_options(self) -> dict[str, Any]:
+        """The tracker settings of the demo's workers, as ``TrackerMiddleware`` and ``TrackerSettings``
+        take them: its namespace and timings."""
+        return {
+            "namespace": self.tracker_namespace,
+            "heartbeat_interval": self.heartbeat_interval,
+            "heartbeat_timeout": self.heartbeat_timeout,
+            "sweep_interval": self.sweep_interval,
+            "flush_interval": self.flush_interval,
+        }
+
     def tracker_settings(self) -> TrackerSettings:
         """The tracker settings of the demo's workers.
 
         Raises:
           ConfigurationError: When a setting is invalid.
         """
-        return TrackerSettings(
-            namespace=self.tracker_namespace,
-            heartbeat_interval=self.heartbeat_interval,
-            heartbeat_timeout=self.heartbeat_timeout,
-            sweep_interval=self.sweep_interval,
-            flush_interval=self.flush_interval,
-        )
+        return TrackerSettings(**self.tracker_options())
 
     def environment(self) -> dict[str, str]:
         """The environment variables that :meth:`from_environment` reads back."""

@@ -13,27 +13,12 @@
 -- Returns {next cursor, message id, record, message id, record, ...}: the records
 -- that match, and those it cannot read (the caller reports them as problems).
 
+-- include: _record_fields
+
 local inflight = KEYS[1]
 
 local cursor, count = ARGV[1], ARGV[2]
 local actor, queue, before = ARGV[3], ARGV[4], tonumber(ARGV[5])
-
--- The start of a record as the tracker writes it, without escapes: actor, queue, start
--- time, token, max_recoveries (see summarize_inflight.lua); anything else is decoded.
-local PLAIN = '^%["([^"\\]*)","([^"\\]*)",(%d+),"[^"\\]*",%d'
-
-local function fields(raw)
-    local found_actor, found_queue, started_at = string.match(raw, PLAIN)
-    if found_actor then
-        return found_actor, found_queue, tonumber(started_at)
-    end
-    local ok, record = pcall(cjson.decode, raw)
-    if ok and type(record) == "table" and #record >= 5 and type(record[1]) == "string"
-        and type(record[2]) == "string" and type(record[3]) == "number" then
-        return record[1], record[2], record[3]
-    end
-    return nil
-end
 
 local reply = redis.call("hscan", inflight, cursor, "COUNT", count)
 local found = {reply[1]}
