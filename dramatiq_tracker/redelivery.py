@@ -191,7 +191,8 @@ class RedisRedelivery(Redelivery):
         peers = self._live_peers(worker)
         # Once a claim revoked its copies (a sweeper stopped between the claim and the move), the process
         # skips them as stale: they must be moved, whoever runs under its new id.
-        if not self.store.revoked(worker.worker_id) and any(peer is None or peer.host == worker.host for peer in peers):
+        same_process = any(peer is None or peer.host == worker.host for peer in peers)
+        if same_process and not self.store.revoked(worker.worker_id):
             # A worker id that was fenced and re-registered shares its broker_id with its new id: the
             # process is alive and owns its acks, and its running messages are its own zombies now,
             # which it completes itself: nothing is moved, counted or unlocked.
