@@ -420,20 +420,27 @@ class AtRiskStarts:
         return bool(self.store.alive([worker_id])[0])
 
     def _present(self, worker_id: str) -> bool | None:
-        """What presence says of ``worker_id``: True when the server sees it (its process runs, whatever its
-        heartbeat says after an outage), or is new to the namespace, or unsure; False once its presence
-        stayed gone for half ``presence_grace``, when it is declared dead here (the broker's redelivery
-        already says that its connection closed: together they tell a death from a blip); None when it
-        is not judged by presence."""
+        """What presence says of ``worker_id``: True when the server still sees it after a grace (its
+        process runs, whatever its heartbeat says after an outage), or is new to the namespace, or unsure;
+        False once its presence stayed gone for half ``presence_grace``, when it is declared dead here (the
+        broker's redelivery already says that its connection closed: together they tell a death from a
+        blip); None when it is not judged by presence."""
         grace = self.settings.presence_grace // 2
-        deadline = time.monotonic() + (grace + self.settings.presence_check_interval) / 1000
+        # Up to a whole grace to see it gone for half of one: Redis may notice the closed connection after
+        # the broker did, and a loaded worker polls late (a copy put off now waits heartbeat_timeout).
+        deadline = time.monotonic() + (self.settings.presence_grace + self.settings.presence_check_interval) / 1000
         identity, own = self.claims.identity, self.registry.worker_id
         while True:
             status, absences = self.store.check_presence(identity, self.settings.settle, own)
             if status != "ok":
                 return True
             if worker_id not in absences:
-                return True if self.store.presence_seen(identity, worker_id) else None
+                if not self.store.presence_seen(identity, worker_id):
+                    return None
+                if time.monotonic() > deadline:
+                    return True
+                time.sleep(PRESENCE_POLL)
+                continue
             if absences[worker_id] >= grace:
                 if self.master.moved():
                     return True
