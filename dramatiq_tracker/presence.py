@@ -82,7 +82,11 @@ class Presence(threading.Thread):
         self._confirmed: str | None = None
         #: Why presence is off for this process, or "" while it is on.
         self.disabled = ""
+        #: Only this thread touches the connection: a PubSub is not thread-safe, and one closed under
+        #: its reader goes back to the client's pool while still read here, where it would swallow
+        #: another thread's reply.  Other threads ask for a new connection through this flag.
         self._pubsub: Any = None
+        self._renew = False
         self._unseen = 0
         self._failures = 0
         self._drops: list[float] = []
@@ -98,7 +102,9 @@ class Presence(threading.Thread):
     def subscribed(self) -> bool:
         """Whether the server confirmed this process's subscription to the current worker's channel."""
         wanted = self._wanted
-        return not self.disabled and wanted is not None and self._confirmed == self.channel_of(wanted)
+        return (
+            not self.disabled and not self._renew and wanted is not None and self._confirmed == self.channel_of(wanted)
+        )
 
     def follow(self, worker_id: str) -> None:
         """Be present as ``worker_id`` (at start, and when the worker continues under a new id)."""
@@ -107,9 +113,10 @@ class Presence(threading.Thread):
         self._changed.set()
 
     def reconnect(self) -> None:
-        """Subscribe again on a new connection: the server this one reaches is no longer the master."""
+        """Subscribe again on a new connection: the server this one reaches is no longer the master.
+        (This thread drops the old one, within a :data:`WATCH_INTERVAL`.)"""
         with self._lock:
-            self._drop()
+            self._renew = True
         self._changed.set()
 
     def unseen(self) -> None:
@@ -140,7 +147,7 @@ class Presence(threading.Thread):
             reason,
         )
         with self._lock:
-            self._drop()
+            self._renew = True
         self._changed.set()
         self.on_change()
 
@@ -168,8 +175,10 @@ class Presence(threading.Thread):
         self._changed.set()
         if self.is_alive() and threading.current_thread() is not self:
             self.join(timeout)
-        with self._lock:
-            self._drop()
+        if not self.is_alive() or threading.current_thread() is self:
+            # (Else the thread is stuck in a read: it drops the connection when it comes out.)
+            with self._lock:
+                self._drop()
 
     # The thread ------------------------------------------------------------------------
 
@@ -182,10 +191,15 @@ class Presence(threading.Thread):
                 with self._lock:
                     self._drop()
                 self._stopping.wait(RETRY_DELAYS[-1])
+        with self._lock:
+            self._drop()
 
     def _step(self) -> None:
         with self._lock:
             wanted = self._wanted
+            if self._renew:
+                self._renew = False
+                self._drop()
         if wanted is None or self.disabled:
             self._changed.wait(1.0)
             self._changed.clear()

@@ -18,6 +18,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq_tracker import TrackerMiddleware
 from dramatiq_tracker.connection import MasterWatch
 from dramatiq_tracker.ops.reads import InspectionStore
+from dramatiq_tracker.presence import Presence
 from dramatiq_tracker.records import WorkerInfo
 
 from .conftest import Namespaces, events
@@ -173,6 +174,33 @@ def test_a_master_move_drops_the_connections_to_the_old_master_and_no_other(
         for connection in (on_old, on_new):
             if connection is not None:
                 pool.release(connection)
+        client.close()
+
+
+def test_a_presence_connection_renewed_from_another_thread_never_takes_that_threads_commands(
+    redis_url: str, namespaces: Namespaces
+) -> None:
+    # Given a presence thread subscribed on the tracker's client, and another thread (a recorder) on the
+    # same client
+    client = redis.Redis.from_url(redis_url, socket_timeout=2)
+    presence = Presence(client, lambda worker_id: "{%s}:presence:%s" % (namespaces.tracker, worker_id), lambda: None)
+    presence.start()
+    try:
+        presence.follow("w1")
+        wait_for(lambda: presence.subscribed, 5, message="subscribed")
+        for turn in range(20):
+            # When that other thread asks for a new subscription (a master move) and goes on with its commands
+            presence.reconnect()
+            started = time.monotonic()
+            for _ in range(5):
+                assert client.echo("turn %d" % turn) == b"turn %d" % turn
+            # Then none of its commands was read by the presence thread (it would wait a socket timeout),
+            # and the presence is subscribed again
+            assert time.monotonic() - started < 1.0, "a command waited %.1f s" % (time.monotonic() - started)
+            wait_for(lambda: presence.subscribed, 5, message="subscribed again")
+            assert client.pubsub_numsub("{%s}:presence:w1" % namespaces.tracker)[0][1] == 1
+    finally:
+        presence.stop()
         client.close()
 
 
