@@ -265,7 +265,7 @@ class Recovery:
         report.recovered += recovered.orphans
         outcomes = [orphan.outcome for orphan in recovered.orphans]
         quarantined, dropped = outcomes.count(QUARANTINED_OUTCOME), outcomes.count(DROPPED)
-        why = _WHY[reason]
+        why = _WHY[declared.reason]
         summary = EventSpec(
             WORKER_DEAD,
             "Worker %r (host %r, pid %d) is dead (%s); %d of its messages settled in %d ms "

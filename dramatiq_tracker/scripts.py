@@ -150,12 +150,15 @@ class DeclaredDead:
       records(dict[str, str]): The raw in-flight records of a dead worker, by message id.
       dead_since(int): When a dead worker died, as far as the server can tell (its presence lost, else
         its last heartbeat), in server ms.
+      reason(str): Why it was first declared dead ("process", "presence" or "heartbeat"): a start at a
+        RabbitMQ redelivery may declare it, and a sweep recover it later.
     """
 
     status: DeathStatus
     registration: str = ""
     records: dict[str, str] = dataclasses.field(default_factory=dict)
     dead_since: int = 0
+    reason: DeathReason = "heartbeat"
 
 
 @dataclasses.dataclass(frozen=True)

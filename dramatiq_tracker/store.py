@@ -345,8 +345,10 @@ class TrackerStore:
         status: DeathStatus = checked_reply(reply[0], DeathStatus)
         if status != "dead":
             return DeclaredDead(status)
-        flat = [text(item) for item in reply[3:]]
-        return DeclaredDead(status, text(reply[1]), dict(zip(flat[::2], flat[1::2], strict=True)), to_int(reply[2]))
+        flat = [text(item) for item in reply[4:]]
+        records = dict(zip(flat[::2], flat[1::2], strict=True))
+        why = checked_reply(reply[3], DeathReason)
+        return DeclaredDead(status, text(reply[1]), records, to_int(reply[2]), why)
 
     def claim_orphans(
         self,

@@ -232,3 +232,8 @@ def test_on_rabbitmq_the_redeliveries_of_a_dead_workers_messages_run_at_once_not
         lambda: all("recovered" in cluster.kinds(message_id) for message_id in ids), 5, message="counted as recoveries"
     )
     assert victim.worker_id in cluster.store.dead_workers()
+    # and the death's event says what told it: presence, at the redelivery (a later sweep finishes it)
+    sweep_bound = int(PRESENCE_TIMINGS["TEST_SWEEP_INTERVAL"]) / 1000 + 5
+    wait_for(lambda: dead_event(cluster.store, victim.worker_id) is not None, sweep_bound, message="worker-dead")
+    death = dead_event(cluster.store, victim.worker_id)
+    assert death is not None and death.details["reason"] == "presence gone", death

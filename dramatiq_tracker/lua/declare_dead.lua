@@ -38,11 +38,12 @@
 -- judged by presence or heartbeat; {"alive"} when the reason does not hold
 -- (its heartbeat is fresh, or its presence is back or was not gone long
 -- enough, or it heartbeat since), never for a worker declared dead already
--- (it stays dead); else {"dead", registration, dead since,
+-- (it stays dead); else {"dead", registration, dead since, why,
 -- message id, record, message id, record, ...}, the claim taken: dead since
 -- is when the worker died as far as the server can tell (its presence lost,
--- else its last heartbeat; server ms), noted in the recovery HASH at its first
--- declaration; {"claimed"} when it is dead
+-- else its last heartbeat; server ms), and why the reason its first
+-- declaration gave (a start at a RabbitMQ redelivery may declare it, and a
+-- sweep recover it), both noted in the recovery HASH at that declaration; {"claimed"} when it is dead
 -- but another sweeper holds the claim on its recovery, renewed within
 -- retry_after (that sweeper is recovering it).  A dead worker's heartbeat is deleted
 -- and its id is tombstoned, so that should it be alive after all, its next
@@ -118,10 +119,11 @@ if not dead_since then
         dead_since = tostring(now)
     end
     if not dry_run then
-        redis.call("hset", recovery, "dead_since", dead_since)
+        redis.call("hset", recovery, "dead_since", dead_since, "why", reason)
         redis.call("pexpire", recovery, ARGV[11])
     end
 end
+local why = redis.call("hget", recovery, "why") or reason
 
 local token = ARGV[9]
 if not dry_run and token ~= "" then
@@ -139,7 +141,7 @@ if not dry_run then
     redis.call("zadd", deadlines, now + tonumber(ARGV[3]), worker_id)
 end
 
-local result = {"dead", registration, dead_since}
+local result = {"dead", registration, dead_since, why}
 local records = redis.call("hgetall", inflight)
 for i = 1, #records, 2 do
     if records[i] ~= "__seq__" then
