@@ -516,7 +516,7 @@ class Run:
         raw = self.client.get(self.store.keys.sweep_lease(self.digest))
         if raw is None:
             return "free"
-        token = raw.decode()
+        token = raw.decode().partition("|")[0]
         if token == victim.sweeper_token:
             return "victim"
         boot = next((b for b in self.boots() if b.sweeper_token == token), None)

@@ -479,13 +479,24 @@ class TrackerStore:
         """Remove an orphan from the outbox once it has been re-enqueued."""
         self.client.hdel(self.keys.outbox(identity), message_id)
 
-    def acquire_lease(self, identity: str, token: str, duration: int) -> bool:
-        """Take or renew the lease of the periodic sweeper of one broker identity."""
-        return bool(self.scripts("acquire_lease", [self.keys.sweep_lease(identity)], [token, duration]))
+    def acquire_lease(
+        self, identity: str, token: str, duration: int, worker_id: str = "", *, presence: bool = False
+    ) -> bool:
+        """Take or renew the lease of the periodic sweeper of one broker identity (``lua/acquire_lease.lua``).
 
-    def release_lease(self, identity: str, token: str) -> bool:
-        """Give the sweeper's lease back if ``token`` holds it."""
-        return bool(self.scripts("release_lease", [self.keys.sweep_lease(identity)], [token]))
+        Parameters:
+          token(str): The sweeper's own token.
+          duration(int): How long the lease is held, in ms.
+          worker_id(str): The sweeper's worker id, named beside its token.
+          presence(bool): Take the lease over from a holder whose presence is gone.
+        """
+        k = self.keys
+        args = ["%s|%s" % (token, worker_id), duration, k.presence_prefix if presence else "", int(self.sharded)]
+        return bool(self.scripts("acquire_lease", [k.sweep_lease(identity), k.present(identity)], args))
+
+    def release_lease(self, identity: str, token: str, worker_id: str = "") -> bool:
+        """Give the sweeper's lease back if ``token`` (of ``worker_id``) holds it."""
+        return bool(self.scripts("release_lease", [self.keys.sweep_lease(identity)], ["%s|%s" % (token, worker_id)]))
 
     # Uniqueness locks ---------------------------------------------------------------
 

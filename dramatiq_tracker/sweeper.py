@@ -5,7 +5,11 @@ is gone, then, if this worker holds the sweep lease of its broker identity,
 workers whose heartbeat expired.  In between, every quarter of
 ``presence_grace``, the lease holder asks which workers lost their presence
 (:mod:`dramatiq_tracker.presence`) and recovers those gone for the whole
-grace.  The first sweep, at boot, does all of it without the lease.  Right
+grace.  The holder renews the lease between sweeps, so that it never lapses
+while the holder lives; every ``presence_grace`` the others ask whether the
+holder's own presence is gone, and take the lease over if so (a dead holder
+would keep every judgment of presence waiting until its lease expires).
+The first sweep, at boot, does all of it without the lease.  Right
 after an outage of the tracker's Redis, expired heartbeats are not trusted
 until live workers have had two heartbeat intervals to renew theirs; right
 after a restart or a failover of the server, the server itself refuses to
@@ -52,9 +56,15 @@ class Sweeper(PeriodicThread):
         self.token = uuid.uuid4().hex
         self._booted = False
         self._next_sweep = 0.0
+        self._next_contest = 0.0
+        #: The worker id this sweeper last took the lease under (a zombie goes on under a new one).
+        self._lease_worker = ""
         #: Until when (``time.monotonic()``) this worker holds the sweep lease, and is booting.
         self._lease_until = 0.0
         self._boot_until = 0.0
+        #: How long the lease is taken for, in ms: a bit shorter than the interval, so that the holder's
+        #: next sweep finds it free or renews it.
+        self._lease_duration = max(1, settings.sweep_interval * 9 // 10)
 
     @property
     def budget(self) -> float:
@@ -72,7 +82,7 @@ class Sweeper(PeriodicThread):
             if started >= self._next_sweep:
                 self._next_sweep = started + self.settings.sweep_interval / 1000
                 self._sweep()
-            elif self.settings.presence and started < self._lease_until and self._may_judge():
+            elif self.settings.presence and self._may_judge() and self._judges_presence(started):
                 self.recovery.recover_absent(self.registry.worker_id, booting=started < self._boot_until)
             else:
                 # Nothing asked of the tracker's Redis: this tick says nothing about it.
@@ -86,6 +96,17 @@ class Sweeper(PeriodicThread):
         # Right after an outage of its own, a worker does not judge others: they may be reconnecting.
         return self.heartbeat_fresh() and self.health.settled_for(2 * self.settings.heartbeat_interval / 1000)
 
+    def _judges_presence(self, now: float) -> bool:
+        """Whether this worker judges presence now: while it boots, and while it holds the lease, which
+        it renews once half of it is left, or takes over from a holder whose presence is gone (asked once
+        per ``presence_grace``)."""
+        if now < self._boot_until or now < self._lease_until - self._lease_duration / 2000:
+            return True
+        if now < self._lease_until or (self._booted and now >= self._next_contest):
+            self._next_contest = now + self.settings.presence_grace / 1000
+            return self._holds_lease()
+        return False
+
     def _sweep(self) -> None:
         identity = self.recovery.digest
         own = self.registry.worker_id
@@ -94,7 +115,7 @@ class Sweeper(PeriodicThread):
             # A worker whose own heartbeat is late may be the one declared dead: it leaves
             # judging others to healthy workers.
             self._lease_until = 0.0
-            self.store.release_lease(identity, self.token)
+            self.store.release_lease(identity, self.token, self._lease_worker)
         elif not self._booted or self._holds_lease():
             if self.health.settled_for(2 * self.settings.heartbeat_interval / 1000):
                 swept = time.monotonic()
@@ -111,17 +132,17 @@ class Sweeper(PeriodicThread):
             # At boot, presence is checked without the lease until the next sweep, and the process this
             # one replaces on its host (a container that restarted) is recovered at once.
             self._boot_until = time.monotonic() + self.settings.sweep_interval / 1000
-            self._lease_until = max(self._lease_until, self._boot_until)
         self._booted = True
 
     def _holds_lease(self) -> bool:
-        # A bit shorter than the interval, so that the holder's next sweep finds it free or renews it.
-        duration = max(1, self.settings.sweep_interval * 9 // 10)
-        held = self.store.acquire_lease(self.recovery.digest, self.token, duration)
-        self._lease_until = time.monotonic() + duration / 1000 if held else 0.0
+        self._lease_worker = self.registry.worker_id
+        held = self.store.acquire_lease(
+            self.recovery.digest, self.token, self._lease_duration, self._lease_worker, presence=self.settings.presence
+        )
+        self._lease_until = time.monotonic() + self._lease_duration / 1000 if held else 0.0
         return held
 
     def stop(self, timeout: float | None = 5.0) -> None:
         super().stop(timeout)
         with contextlib.suppress(redis.RedisError):
-            self.store.release_lease(self.recovery.digest, self.token)
+            self.store.release_lease(self.recovery.digest, self.token, self._lease_worker)

@@ -136,6 +136,53 @@ def test_a_worker_killed_where_its_process_cannot_be_seen_is_recovered_within_it
     assert all(k != "recovery_latency_le:inf" and int(k.partition(":")[2]) <= 5000 for k in buckets)
 
 
+def test_a_dead_sweep_lease_holder_is_judged_within_its_presence_grace_not_its_lease(
+    cluster: Cluster, producer: RedisBroker
+) -> None:
+    # Given a worker that holds the sweep lease (a long sweep_interval: its lease lasts 13.5 s) running
+    # two messages, and a survivor past its own boot (when it judges without the lease)
+    sweep_interval = 15.0
+    timings = {**PRESENCE_TIMINGS, "TEST_SWEEP_INTERVAL": str(int(sweep_interval * 1000))}
+    victim_process = cluster.spawn(threads=2, env=timings)
+    (victim,) = cluster.wait_registered(1)
+    digest = identity_digest(victim.broker_identity)
+
+    def lease_holder() -> str:
+        raw = cluster.client.get(cluster.store.keys.sweep_lease(digest))
+        return raw.decode().partition("|")[2] if raw else ""
+
+    sent = send(producer, cluster.names.queue, "slow", 2)
+    wait_for(lambda: len(cluster.reported("started")) == 2, 20, message="running")
+    cluster.spawn(threads=2, env=timings)
+    survivor = cluster.wait_new_worker(victim)
+    wait_for(
+        lambda: present(cluster.store, victim) and present(cluster.store, survivor), 10, message="their presence seen"
+    )
+    wait_settled(cluster.store)
+    # (the survivor's boot window, a sweep_interval, is over)
+    time.sleep(sweep_interval + 1)
+    wait_for(lambda: lease_holder() == victim.worker_id, sweep_interval, message="the victim holds the lease")
+    # (and renewed it lately: left alone, it would keep presence unjudged for 12 s or more)
+    lease_key = cluster.store.keys.sweep_lease(digest)
+    wait_for(lambda: cluster.client.pttl(lease_key) > 12_000, sweep_interval, interval=0.05, message="a renewal")
+
+    # When the lease holder is SIGKILLed
+    killed = time.time()
+    kill(victim_process.pid_of(victim))
+
+    # Then the survivor takes the lease over within a grace of its presence gone, and both messages
+    # start again on it within the presence bound (a grace more: the takeover), not the lease's 12 s
+    def restarted() -> list[float]:
+        return [at for _, pid, at in cluster.reported("started") if pid == survivor.pid]
+
+    bound = PRESENCE_BOUND + 1.0
+    wait_for(lambda: len(restarted()) == 2, bound, message="orphans restarted")
+    print("restarted %.2f s after the kill" % (max(restarted()) - killed))
+    assert max(restarted()) - killed < bound
+    assert lease_holder() == survivor.worker_id
+    assert sorted(m for m, pid, _ in cluster.reported("started") if pid == survivor.pid) == sorted(sent)
+
+
 def test_a_restarted_container_recovers_its_predecessors_orphans_at_boot(
     cluster: Cluster, producer: RedisBroker
 ) -> None:

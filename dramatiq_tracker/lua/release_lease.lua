@@ -1,8 +1,8 @@
 -- release_lease: give a lease back, only if the caller still holds it.
 --
--- KEYS[1] lease  STRING  the owner's token
+-- KEYS[1] lease  STRING  "<owner token>|<owner's worker id>"
 --
--- ARGV[1] owner token
+-- ARGV[1] owner: "<token>|<worker id>"
 --
 -- Returns 1 when released, 0 when someone else holds it (or nobody).
 
