@@ -1668,7 +1668,7 @@ class Report:
     ) -> dict[tuple[str, int], tuple[str, str]]:
         """(message id, attempt) of every recovery of an orphan that was running, which calls the lock
         cleaner once, with how it is known: "event" (its recovery event says it was running) or
-        "ledger" (a run killed at least ``RUNNING_KNOWN_AFTER`` after it started, and the next attempt
+        "ledger" (a run killed having run at least ``RUNNING_KNOWN_AFTER`` after it started, and the next attempt
         that ran, no outage of the tracker's Redis in between: its record was surely there), and the
         dead worker's id ("" when only the ledger tells)."""
         expected: dict[tuple[str, int], tuple[str, str]] = {}
@@ -1682,7 +1682,12 @@ class Report:
         for message_id, message_runs in runs.items():
             for index, run in enumerate(message_runs):
                 killed = self.chaos.killed_at(run.pid)
-                if run.end is not None or killed is None or killed - run.start < RUNNING_KNOWN_AFTER:
+                # (Awake that long: a process frozen right after the start wrote no record before its kill.)
+                if (
+                    run.end is not None
+                    or killed is None
+                    or self.chaos.awake(run.pid, run.start, killed) < RUNNING_KNOWN_AFTER
+                ):
                     continue
                 later = next(
                     (
