@@ -147,6 +147,11 @@ class BrokerStore:
         """Forget a tracked worker process that stopped or was recovered."""
         self.client.hdel(self.keys.tracked_processes(self.tracker_namespace), broker_id)
 
+    def holds_unacked(self, broker_id: str, queue_names: Sequence[str]) -> bool:
+        """Whether a broker process holds un-acked messages on any of ``queue_names``."""
+        keys = [self.keys.acks(broker_id, q) for q in queue_names]
+        return bool(keys) and int(self.client.exists(*keys)) > 0
+
     def tracked_process_ids(self) -> list[str]:
         """The broker ids of the tracked processes of this broker namespace."""
         return [text(bid) for bid in self.client.hkeys(self.keys.tracked_processes(self.tracker_namespace))]

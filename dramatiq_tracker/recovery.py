@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from dramatiq.logging import get_logger
 
+from .brokers import consumer_queues
 from .errors import RecoveryTakenOver
 from .events import WORKER_ADOPTED, WORKER_DEAD, EventSpec
 from .host import HostFacts
@@ -246,12 +247,10 @@ class Recovery:
             if not recovered.complete:
                 report.partial = True
                 claim.release()
-            elif (
+            else:
+                # Its note beside the broker's keys stays: should it resume and fetch again, then die
+                # before it registers anew, what it fetched is found there (adopt_forgotten).
                 self.store.finish_recovery(info, self.digest, self.settings.history_ttl, claim.token)
-                and self.broker_store is not None
-                and info.broker_id
-            ):
-                self.broker_store.forget_process(info.broker_id)
         except RecoveryTakenOver:
             # This sweeper stalled past takeover_after (or its Redis did not answer): another one
             # finishes the recovery, and this one does nothing more for the worker.
@@ -354,11 +353,13 @@ class Recovery:
 
     def forgotten(self) -> list[str]:
         """The worker ids :meth:`adopt_forgotten` would adopt now (a dry run)."""
-        return [info.worker_id for info, _ in self._forgotten()]
+        return [info.worker_id for info, _, resumed in self._forgotten() if resumed is not False]
 
-    def _forgotten(self) -> list[tuple[WorkerInfo, int | None]]:
+    def _forgotten(self) -> list[tuple[WorkerInfo, int | None, bool | None]]:
         """Tracked processes of our broker, silent on Dramatiq's heartbeat for more than
-        ``heartbeat_timeout`` and not registered in the tracker, with when they were last seen."""
+        ``heartbeat_timeout`` and not registered in the tracker, with how long they have been silent
+        (None: Dramatiq forgot them), and, for those declared dead before, whether they hold un-acked
+        messages (they resumed after their declaration and fetched; None for the others)."""
         if self.broker_store is None:
             return []
         broker_ids = self.broker_store.tracked_process_ids()
@@ -385,7 +386,19 @@ class Recovery:
             if info is not None and info.broker_identity == self.identity:
                 noted.append((info, silent[broker_id]))
         registered = self.store.registrations([info.worker_id for info, _ in noted])
-        return [(info, silence) for info, silence in noted if info.worker_id not in registered]
+        unregistered = [(info, silence) for info, silence in noted if info.worker_id not in registered]
+        declared = self.store.declared_dead([info.worker_id for info, _ in unregistered])
+        broker_store = self.broker_store
+        return [
+            (
+                info,
+                silence,
+                broker_store.holds_unacked(info.broker_id, consumer_queues(info.queues))
+                if info.worker_id in declared
+                else None,
+            )
+            for info, silence in unregistered
+        ]
 
     def adopt_forgotten(self) -> int:
         """Find dead RedisBroker processes that the tracker's Redis forgot, from the broker's own records.
@@ -398,8 +411,8 @@ class Recovery:
           int: How many were adopted.
         """
         adopted = 0
-        for info, silent in self._forgotten():
-            if self.store.adopt_worker(info, self.digest):
+        for info, silent, resumed in self._forgotten():
+            if resumed is None and self.store.adopt_worker(info, self.digest):
                 adopted += 1
                 self.events.emit(
                     WORKER_ADOPTED,
@@ -412,9 +425,27 @@ class Recovery:
                     worker_id=info.worker_id,
                     details={"broker_id": info.broker_id},
                 )
-            elif self.broker_store is not None:
-                # Declared dead already and forgotten since: the note is stale.
-                self.broker_store.forget_process(info.broker_id)
+            elif self.broker_store is None or resumed is None:
+                continue
+            elif not resumed:
+                if silent is None or silent > self.settings.history_ttl:
+                    # Declared dead and recovered, and Dramatiq forgot it too: the note has served.
+                    self.broker_store.forget_process(info.broker_id)
+            elif self.store.adopt_worker(info, self.digest, resumed=True):
+                # Declared dead while stopped, it resumed, fetched, and died before it registered anew:
+                # what it fetched waits in its acks, where no registration points.
+                adopted += 1
+                self.events.emit(
+                    WORKER_ADOPTED,
+                    "Worker %r (host %r, pid %d) was declared dead, resumed and fetched messages, and is silent "
+                    "on its broker for %s without having registered again; what it holds there is recovered.",
+                    info.worker_id,
+                    info.hostname,
+                    info.pid,
+                    "ever" if silent is None else "%d ms" % silent,
+                    worker_id=info.worker_id,
+                    details={"broker_id": info.broker_id, "resumed": "1"},
+                )
         return adopted
 
     def retry_outbox(self, own: str | None = None, *, dry_run: bool = False) -> RecoveryReport:

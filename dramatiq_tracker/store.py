@@ -279,6 +279,15 @@ class TrackerStore:
         found = self.client.hmget(self.keys.workers, list(worker_ids))
         return {wid: text(raw) for wid, raw in zip(worker_ids, found, strict=True) if raw is not None}
 
+    def declared_dead(self, worker_ids: Sequence[str]) -> set[str]:
+        """Those of the given workers that were declared dead (tombstoned)."""
+        if not worker_ids:
+            return set()
+        pipe = self.client.pipeline(transaction=False)
+        for worker_id in worker_ids:
+            pipe.zscore(self.keys.dead_workers, worker_id)
+        return {wid for wid, score in zip(worker_ids, pipe.execute(), strict=True) if score is not None}
+
     def alive(self, worker_ids: Sequence[str]) -> list[bool]:
         """Whether each worker's heartbeat is fresh."""
         if not worker_ids:
@@ -426,14 +435,15 @@ class TrackerStore:
         ]  # fmt: skip
         return bool(self.scripts("finish_recovery", keys, [wid, history_ttl, claim]))
 
-    def adopt_worker(self, info: WorkerInfo, identity: str) -> bool:
-        """Register, due for recovery, a dead worker the tracker's Redis forgot (``lua/adopt_worker.lua``)."""
+    def adopt_worker(self, info: WorkerInfo, identity: str, *, resumed: bool = False) -> bool:
+        """Register, due for recovery, a dead worker the tracker's Redis forgot (``lua/adopt_worker.lua``);
+        with ``resumed``, one declared dead before that fetched again since, and died unregistered."""
         k = self.keys
         keys = [
             k.workers, k.identities, k.deadlines(identity), k.dead_workers,
             k.host(info.hostname), k.broker(info.broker_id),
         ]  # fmt: skip
-        args = [info.worker_id, info.to_json(), identity, info.broker_identity]
+        args = [info.worker_id, info.to_json(), identity, info.broker_identity, int(resumed)]
         return bool(self.scripts("adopt_worker", keys, args))
 
     def outbox(self, identity: str) -> dict[str, str]:

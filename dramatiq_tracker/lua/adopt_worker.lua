@@ -13,16 +13,21 @@
 -- ARGV[2] registration (JSON)
 -- ARGV[3] broker identity digest
 -- ARGV[4] broker identity
+-- ARGV[5] "1" to adopt a worker declared dead before: it resumed after its
+--         declaration, fetched again, and died before it registered anew
 --
 -- Writes nothing when the worker is registered, or was declared dead (its
--- recovery is done or under way).  The adopted worker has no heartbeat and
--- no records: the next sweep declares it dead and recovers what its broker
--- holds for it.  Returns 1 when adopted, else 0.
+-- recovery is done or under way) unless ARGV[5] says so.  The adopted worker
+-- has no heartbeat and no records: the next sweep declares it dead and
+-- recovers what its broker holds for it.  Returns 1 when adopted, else 0.
 
 local workers, identities, deadlines, dead_workers, host, broker = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 
 local worker_id = ARGV[1]
-if redis.call("hexists", workers, worker_id) == 1 or redis.call("zscore", dead_workers, worker_id) then
+if redis.call("hexists", workers, worker_id) == 1 then
+    return 0
+end
+if ARGV[5] ~= "1" and redis.call("zscore", dead_workers, worker_id) then
     return 0
 end
 redis.call("hset", workers, worker_id, ARGV[2])
