@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import dramatiq
 import redis
+from dramatiq.common import q_name
 from dramatiq.logging import get_logger
 from dramatiq.middleware import Middleware, SkipMessage
 
-from .brokers import RABBITMQ
+from .brokers import RABBITMQ, REDIS, withhold_ack
 from .connection import client_from_url, is_redis_client
 from .errors import ConfigurationError, TrackerNotConfigured
 from .events import EventCallback, EventCallbacks, TrackerEvent
@@ -194,6 +195,7 @@ class TrackerMiddleware(Middleware):
         # The per-message path reads these directly.
         self._by_actor = self.policies.by_actor
         self._rabbit = False
+        self._redis = False
         #: The uniqueness state of the message this thread processes, for its retries sent meanwhile.
         self._thread = threading.local()
 
@@ -212,6 +214,7 @@ class TrackerMiddleware(Middleware):
         """
         wiring = self._binding.bind(broker)
         self._rabbit = wiring.facts.kind == RABBITMQ
+        self._redis = wiring.facts.kind == REDIS
         return wiring
 
     @property
@@ -534,6 +537,20 @@ class TrackerMiddleware(Middleware):
         state = delivery.unique if delivery is not None else found.get(_UNIQUE)
         if state is not None and state.holds:
             self.wiring.uniqueness.after_process(state)
+
+    def before_ack(self, broker: Broker, message: MessageProxy) -> None:
+        """Withhold the ack of a stale delayed copy that this fenced RedisBroker worker just moved to its
+        queue (marked revoked there, see :meth:`before_enqueue`): it stays in this process's acks for the
+        move of the recovery that superseded it, which would find nothing otherwise."""
+        process = self._process
+        if (
+            process is not None
+            and process.fencing.revoked
+            and self._redis
+            and message.queue_name != q_name(message.queue_name)
+            and process.fencing.is_stale(message.message_id, attempt_of(message.options))
+        ):
+            withhold_ack(message)
 
     def after_ack(self, broker: Broker, message: MessageProxy) -> None:
         self._end(message, "ack")

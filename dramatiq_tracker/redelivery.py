@@ -192,7 +192,8 @@ class RedisRedelivery(Redelivery):
         # Once a claim revoked its copies (a sweeper stopped between the claim and the move), the process
         # skips them as stale: they must be moved, whoever runs under its new id.
         same_process = any(peer is None or peer.host == worker.host for peer in peers)
-        if same_process and not self.store.revoked(worker.worker_id):
+        revoked = self.store.revoked(worker.worker_id) if same_process else {}
+        if same_process and not revoked:
             # A worker id that was fenced and re-registered shares its broker_id with its new id: the
             # process is alive and owns its acks, and its running messages are its own zombies now,
             # which it completes itself: nothing is moved, counted or unlocked.
@@ -204,7 +205,17 @@ class RedisRedelivery(Redelivery):
             return Recovered([])
         records = self.parse_records(worker, raw_records)
         found, superseded = self._found(worker, records)
-        if peers:
+        if same_process:
+            # Alive under its new id, in the same acks: only the copies a claim revoked from it are the
+            # dead id's (what it fetched since is its own, and runs there), and they must be moved, or
+            # nothing delivers them (it skips them, and withholds their acks for this move).
+            def revoked_copy(candidate: Candidate) -> bool:
+                message = candidate.message
+                superseding = revoked.get(candidate.message_id)
+                return message is not None and superseding is not None and attempt_of(message.options) < superseding
+
+            found, superseded = [c for c in found if revoked_copy(c)], [c for c in superseded if revoked_copy(c)]
+        elif peers:
             # Processes forked after their broker was built share its acks: only what this one was
             # recorded running is known to be its own.  What it had prefetched stays there (Dramatiq
             # gives it back when the last of them stops, as it does without the tracker).
@@ -279,10 +290,12 @@ class RedisRedelivery(Redelivery):
 
     def _release_unclaimed_locks(self, orphans: list[Orphan]) -> None:
         # Settled by someone else before the move: acked by the worker declared dead (a zombie that
-        # completed it), or requeued by Dramatiq's maintenance and fetched.  The lock the claim passed
-        # to the new attempt has no copy to release it, unless an attempt runs the message now.
+        # completed it), or requeued by Dramatiq's maintenance and fetched.  The lock a claim passed
+        # to the new attempt has no copy to release it, unless an attempt runs the message now.  (The
+        # claim that passed it may be an earlier one, of a sweeper this one took the recovery over
+        # from: the lock is released if the new attempt holds it, whoever passed it.)
         for orphan in orphans:
-            if orphan.lock != "transferred" or orphan.message is None or self.store.is_running(orphan.message_id):
+            if orphan.message is None or self.store.is_running(orphan.message_id):
                 continue
             digest, _ = lock_of(orphan.message.options)
             if digest and self.store.release_lock(digest, orphan.message_id, orphan.attempt, ""):

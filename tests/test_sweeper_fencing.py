@@ -33,12 +33,24 @@ from collections.abc import Callable
 import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.message import Message
 
 from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.records import WorkerInfo
 
 from .conftest import Cluster, Namespaces
-from .support import BOUND, FAST, WorkerProcess, kill, registered, send, wait_for, wait_new_worker, wait_registered
+from .support import (
+    BOUND,
+    FAST,
+    WorkerProcess,
+    kill,
+    kinds,
+    registered,
+    send,
+    wait_for,
+    wait_new_worker,
+    wait_registered,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -359,3 +371,64 @@ def test_a_sweeper_resumed_after_the_takeover_calls_no_cleaner_of_an_orphan_that
     # Then no cleaner call started after its orphan restarted, and the interrupted call was the only
     # one of its orphan (the takeover did not call it again)
     scene.assert_fenced()
+
+
+def test_a_delayed_copy_a_resumed_worker_moves_itself_while_a_sweeper_holds_its_claim_is_not_lost(
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    producer: RedisBroker,
+) -> None:
+    store = InspectionStore(redis_client, namespaces.tracker)
+    env = {
+        "TEST_BROKER_IDENTITY": "fencing-test-%s" % namespaces.tracker,
+        "TEST_CLEANER_SECONDS": "0.5",
+        "TEST_CLEANER_SIGNAL": "stop",
+    }
+    # Given a worker running a message and holding a delayed one (fetched from its delay queue, due in
+    # 5 s), and two sweepers
+    victim_process = spawn_worker(kind="redis", threads=2, env=env, app=APP)
+    (victim,) = wait_registered(store, 1, timeout=BOOT)
+    victim_pid = victim_process.pid_of(victim)
+    send(producer, namespaces.queue, "hold", 1, FIRST_SECONDS, RECOVERED_SECONDS)
+    wait_for(lambda: runs(redis_client, namespaces), BOOT, message="running")
+    message = Message(
+        queue_name=namespaces.queue,
+        actor_name="hold",
+        args=(1, FIRST_SECONDS, RECOVERED_SECONDS),
+        kwargs={},
+        options={},
+    )
+    delay_acks = "%s:__acks__.%s.%s.DQ" % (namespaces.broker, victim.broker_id, namespaces.queue)
+    delayed = producer.enqueue(message, delay=5000).message_id
+    wait_for(lambda: redis_client.scard(delay_acks) == 1, 5, message="the delayed message held")
+    for _ in range(2):
+        spawn_worker(kind="redis", threads=2, env=env, app=APP)
+    first = wait_new_worker(store, victim, timeout=BOOT)
+    wait_new_worker(store, victim, first, timeout=BOOT)
+
+    # When it is declared dead while stopped, the sweeper that claimed both freezes in the running one's
+    # lock cleaner (before it moves them), and the worker resumes: it moves the delayed copy to its
+    # queue itself once due (a copy marked revoked, skipped where it starts), and only then does the
+    # sweeper resume and move what it claimed
+    os.kill(victim_pid, signal.SIGSTOP)
+    sweeper = None
+    try:
+        call = wait_for(lambda: next(iter(cleaner_calls(redis_client, namespaces)), None), BOUND + 10, message="claim")
+        sweeper = call.pid
+    finally:
+        os.kill(victim_pid, signal.SIGCONT)
+    try:
+        wait_for(lambda: "stale-copy-skipped" in kinds(store, delayed), 5 + 10, message="the revoked copy skipped")
+    finally:
+        if sweeper is not None:
+            os.kill(sweeper, signal.SIGCONT)
+
+    # Then the delayed message still runs, once, as the recovered copy the claim made of it
+    def delayed_runs() -> list[Record]:
+        return [r for r in runs(redis_client, namespaces) if r.message_id == delayed]
+
+    wait_for(lambda: delayed_runs(), BOUND + TAKEOVER + 10, message="the delayed message run")
+    # (not an event awaited: the absence of a second copy, for a few sweeps)
+    time.sleep(4 * FAST["sweep_interval"] / 1000)
+    assert [r.recovered for r in delayed_runs()] == [True]
