@@ -115,6 +115,12 @@ class BrokerStore:
         settled = {move.redis_message_id for position, move in enumerate(moves, 1) if position not in exceptions}
         return Settled(settled, raced, missing)
 
+    def ack_before_move(self, broker_id: str, queue_name: str, redis_message_id: str) -> bool:
+        """Ack a zombie's completed copy as Dramatiq does; whether that came before the recovery's move of
+        it (``lua/ack_before_move.lua``): then no recovered copy of it exists, or ever will."""
+        keys = [self.keys.acks(broker_id, queue_name), self.keys.messages(queue_name)]
+        return bool(self.scripts("ack_before_move", keys, [redis_message_id]))
+
     def remark(self, marks: Sequence[tuple[str, str, bytes]]) -> set[str]:
         """Give recovery marks to orphans that Dramatiq's maintenance requeued meanwhile
         (``lua/remark_orphans.lua``).

@@ -28,11 +28,17 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import redis
+from dramatiq.common import q_name
 from dramatiq.logging import get_logger
 
+from .brokers import WITHHELD_PREFIX, withhold_ack
 from .events import STALE_SKIPPED, ZOMBIE_ABORTED, ZOMBIE_COMPLETION, ZOMBIE_DETECTED
+from .options import attempt_of
+from .unique import lock_of
 
 if TYPE_CHECKING:
+    from dramatiq.broker import MessageProxy
+
     from .registry import Delivery, InflightRegistry
     from .wiring import Wiring
 
@@ -52,6 +58,7 @@ class WorkerFencing:
         self.logger = get_logger(__name__, type(self))
         self.store, self.settings, self.health = wiring.store, wiring.settings, wiring.health
         self.events, self.aborts = wiring.events, wiring.aborts
+        self.broker_store = wiring.broker_store
         self.registry = registry
         #: Messages recovered from this worker while it was presumed dead, with the attempt that
         #: superseded the copies it fetched before.
@@ -135,6 +142,44 @@ class WorkerFencing:
                 message_id=message_id,
                 worker_id=old_worker_id,
             )
+
+    def ack_zombie(self, delivery: Delivery, proxy: MessageProxy) -> None:
+        """Ack the completed zombie copy of a unique message on a RedisBroker here, before Dramatiq does
+        (its ack is then a no-op).  When this ack comes before the move of the recovery that superseded
+        the copy, no recovered copy of it will ever run, and none would release the lock the claim passed
+        to it: it is released here (the sweeper that claimed it may have died before the move, and the
+        one that took over found nothing to move)."""
+        superseding = self.revoked.get(delivery.message_id)
+        digest, _ = lock_of(delivery.message.options)
+        broker_id, redis_id = self.registry.info.broker_id, proxy.options.get("redis_message_id")
+        if superseding is None or superseding <= delivery.attempt or not digest or not broker_id or not redis_id:
+            return
+        if self.broker_store is None or str(redis_id).startswith(WITHHELD_PREFIX):
+            return
+        try:
+            if not self.broker_store.ack_before_move(broker_id, proxy.queue_name, str(redis_id)):
+                return
+            withhold_ack(proxy)
+            if self.store.running_owner(delivery.message_id) not in (None, delivery.name.text):
+                # Another attempt runs it (not this copy, still named there until its end is written).
+                return
+            if self.store.release_lock(digest, delivery.message_id, superseding, ""):
+                self.logger.info(
+                    "Released the uniqueness lock %s of message %r: its recovery passed it to attempt %d, "
+                    "but this worker completed the message and acked it before the recovery moved it.",
+                    digest,
+                    delivery.message_id,
+                    superseding,
+                )
+        except redis.RedisError as e:
+            self.health.failed("acking a zombie's completed message", e)
+
+    def withhold_delayed(self, proxy: MessageProxy) -> None:
+        """Withhold the ack of a stale delayed copy this worker just moved to its queue (marked revoked
+        there): it stays in its acks for the move of the recovery that superseded it, which would find
+        nothing otherwise, and the message would be lost."""
+        if proxy.queue_name != q_name(proxy.queue_name) and self.is_stale(proxy.message_id, attempt_of(proxy.options)):
+            withhold_ack(proxy)
 
     def zombie_ended(self, delivery: Delivery, completion: str) -> None:
         """A zombie attempt (recovered elsewhere while it ran here) was acked or nacked: report it, and

@@ -18,11 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import dramatiq
 import redis
-from dramatiq.common import q_name
 from dramatiq.logging import get_logger
 from dramatiq.middleware import Middleware, SkipMessage
 
-from .brokers import RABBITMQ, REDIS, withhold_ack
+from .brokers import RABBITMQ, REDIS
 from .connection import client_from_url, is_redis_client
 from .errors import ConfigurationError, TrackerNotConfigured
 from .events import EventCallback, EventCallbacks, TrackerEvent
@@ -539,18 +538,11 @@ class TrackerMiddleware(Middleware):
             self.wiring.uniqueness.after_process(state)
 
     def before_ack(self, broker: Broker, message: MessageProxy) -> None:
-        """Withhold the ack of a stale delayed copy that this fenced RedisBroker worker just moved to its
-        queue (marked revoked there, see :meth:`before_enqueue`): it stays in this process's acks for the
-        move of the recovery that superseded it, which would find nothing otherwise."""
+        """A RedisBroker ack of a worker declared dead while alive may race its recovery's move
+        (see :meth:`~dramatiq_tracker.process.TrackedProcess.before_ack`)."""
         process = self._process
-        if (
-            process is not None
-            and process.fencing.revoked
-            and self._redis
-            and message.queue_name != q_name(message.queue_name)
-            and process.fencing.is_stale(message.message_id, attempt_of(message.options))
-        ):
-            withhold_ack(message)
+        if process is not None and self._redis:
+            process.before_ack(message, vars(message).get(_DELIVERY))
 
     def after_ack(self, broker: Broker, message: MessageProxy) -> None:
         self._end(message, "ack")

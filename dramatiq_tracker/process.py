@@ -30,6 +30,7 @@ from .sweeper import Sweeper
 
 if TYPE_CHECKING:
     from dramatiq import Worker
+    from dramatiq.broker import MessageProxy
 
     from .wiring import Wiring
 
@@ -260,6 +261,21 @@ class TrackedProcess:
             self.presence.close_inherited()
 
     # Ends ------------------------------------------------------------------------------------
+
+    def before_ack(self, proxy: MessageProxy, delivery: Delivery | None) -> None:
+        """A RedisBroker message is about to be acked: a completed zombie copy of a unique message is
+        acked by the fencing first (:meth:`~dramatiq_tracker.fencing.WorkerFencing.ack_zombie`), and a
+        stale delayed copy moved to its queue keeps its place in the acks
+        (:meth:`~dramatiq_tracker.fencing.WorkerFencing.withhold_delayed`)."""
+        if delivery is not None and delivery.succeeded:
+            recorder = self.recorder
+            if time.time() - recorder.last_beat > recorder.stale_after:
+                # Perhaps declared dead while it ran: learn it before the ack, which may race the move.
+                recorder.ensure_alive()
+            if self.fencing.revoked:
+                self.fencing.ack_zombie(delivery, proxy)
+        elif self.fencing.revoked:
+            self.fencing.withhold_delayed(proxy)
 
     def end(self, delivery: Delivery, completion: str) -> None:
         """Record that an attempt was acked or nacked; report a zombie's late completion."""

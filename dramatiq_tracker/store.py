@@ -219,6 +219,11 @@ class TrackerStore:
         """Whether an attempt is recorded running the message (the running index names one)."""
         return bool(self.client.hexists(self.keys.running, message_id))
 
+    def running_owner(self, message_id: str) -> str | None:
+        """The attempt the running index names for the message ("worker id|token|retries"), or None."""
+        owner = self.client.hget(self.keys.running, message_id)
+        return None if owner is None else text(owner)
+
     def take_running(self, message_id: str, previous: str, owner: str) -> bool:
         """Put an attempt in the place of an ended or dead one in the running index."""
         return bool(self.scripts("take_running", [self.keys.running], [message_id, previous, owner]))

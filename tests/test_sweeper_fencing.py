@@ -30,11 +30,13 @@ import signal
 import time
 from collections.abc import Callable
 
+import dramatiq
 import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
+from dramatiq_tracker import TrackerMiddleware
 from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.records import WorkerInfo
 
@@ -432,3 +434,51 @@ def test_a_delayed_copy_a_resumed_worker_moves_itself_while_a_sweeper_holds_its_
     # (not an event awaited: the absence of a second copy, for a few sweeps)
     time.sleep(4 * FAST["sweep_interval"] / 1000)
     assert [r.recovered for r in delayed_runs()] == [True]
+
+
+def test_a_zombie_that_acks_a_unique_orphan_before_the_takeover_moves_it_releases_its_lock(
+    redis_client: redis.Redis,
+    namespaces: Namespaces,
+    spawn_worker: Callable[..., WorkerProcess],
+    producer: RedisBroker,
+) -> None:
+    store = InspectionStore(redis_client, namespaces.tracker)
+    env = {
+        "TEST_BROKER_IDENTITY": "fencing-test-%s" % namespaces.tracker,
+        "TEST_CLEANER_SECONDS": "0.5",
+        "TEST_CLEANER_SIGNAL": "kill",
+    }
+    # Given a worker running a unique message (2 s), and two sweepers
+    victim_process = spawn_worker(kind="redis", threads=2, env=env, app=APP)
+    (victim,) = wait_registered(store, 1, timeout=BOOT)
+    victim_pid = victim_process.pid_of(victim)
+    sender = RedisBroker(client=redis_client, namespace=namespaces.broker)
+    sender.add_middleware(TrackerMiddleware(client=redis_client, namespace=namespaces.tracker))
+    actor = dramatiq.actor(
+        lambda *args: None, broker=sender, actor_name="unique_hold", queue_name=namespaces.queue, unique=True
+    )
+    message_id = actor.send(0, 2.0, RECOVERED_SECONDS).message_id
+    wait_for(lambda: runs(redis_client, namespaces), BOOT, message="running")
+    assert [lock.message_id for lock in store.locks()] == [message_id]
+    for _ in range(2):
+        spawn_worker(kind="redis", threads=2, env=env, app=APP)
+    first = wait_new_worker(store, victim, timeout=BOOT)
+    wait_new_worker(store, victim, first, timeout=BOOT)
+
+    # When it is declared dead while stopped, the sweeper that claimed the message (passing its lock to
+    # the next attempt) is killed in its lock cleaner, before the move, and the worker resumes, completes
+    # the message as a zombie and acks it: the sweeper that takes the recovery over finds nothing to move
+    os.kill(victim_pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: cleaner_calls(redis_client, namespaces), BOUND + 10, message="the claim")
+    finally:
+        os.kill(victim_pid, signal.SIGCONT)
+    # (a fenced worker waits up to takeover_after for the recovery of its old id before it goes on)
+    bound = TAKEOVER + BOUND + 10
+    wait_for(lambda: "zombie-completion" in kinds(store, message_id), bound, message="the zombie's completion")
+
+    # Then the lock is released: by this worker when its ack came before any move (no attempt will ever
+    # run to release it), else by the recovered copy, dropped as the zombie's work is done
+    wait_for(lambda: store.locks() == [], bound, message="the lock released")
+    wait_for(lambda: victim.worker_id not in store.workers(), bound, message="the recovery done")
+    assert [r.pid for r in runs(redis_client, namespaces)][:1] == [victim_pid]

@@ -166,3 +166,9 @@ def hold(index: int, first_seconds: float, recovered_seconds: float) -> None:
         recovered=recovered,
     )
     time.sleep(recovered_seconds if recovered else first_seconds)
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0, unique=True)
+def unique_hold(index: int, first_seconds: float, recovered_seconds: float) -> None:
+    """``hold``, unique (``until_executed``): its lock is passed to its next attempt when it is recovered."""
+    hold.fn(index, first_seconds, recovered_seconds)
