@@ -295,7 +295,7 @@ class RedisRedelivery(Redelivery):
         # claim that passed it may be an earlier one, of a sweeper this one took the recovery over
         # from: the lock is released if the new attempt holds it, whoever passed it.)
         for orphan in orphans:
-            if orphan.message is None or self.store.is_running(orphan.message_id):
+            if orphan.message is None or self.store.running_owner(orphan.message_id) is not None:
                 continue
             digest, _ = lock_of(orphan.message.options)
             if digest and self.store.release_lock(digest, orphan.message_id, orphan.attempt, ""):

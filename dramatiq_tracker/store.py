@@ -215,10 +215,6 @@ class TrackerStore:
             return status
         return AtRiskStart(reply[1], dict(zip(reply[2::2], reply[3::2], strict=True)))
 
-    def is_running(self, message_id: str) -> bool:
-        """Whether an attempt is recorded running the message (the running index names one)."""
-        return bool(self.client.hexists(self.keys.running, message_id))
-
     def running_owner(self, message_id: str) -> str | None:
         """The attempt the running index names for the message ("worker id|token|retries"), or None."""
         owner = self.client.hget(self.keys.running, message_id)
