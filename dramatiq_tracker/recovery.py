@@ -412,41 +412,42 @@ class Recovery:
         """
         adopted = 0
         for info, silent, resumed in self._forgotten():
-            if resumed is None and self.store.adopt_worker(info, self.digest):
-                adopted += 1
-                self.events.emit(
-                    WORKER_ADOPTED,
-                    "Worker %r (host %r, pid %d) is unknown to the tracker's Redis (it lost its state) and "
-                    "silent on its broker for %s; it is recovered from the broker's records.",
-                    info.worker_id,
-                    info.hostname,
-                    info.pid,
-                    "ever" if silent is None else "%d ms" % silent,
-                    worker_id=info.worker_id,
-                    details={"broker_id": info.broker_id},
-                )
-            elif self.broker_store is None or resumed is None:
+            if resumed is None:
+                if self.store.adopt_worker(info, self.digest):
+                    adopted += 1
+                    self._adopted(
+                        info, silent, "is unknown to the tracker's Redis (it lost its state) and", resumed=False
+                    )
+            elif self.broker_store is None:
                 continue
-            elif not resumed:
-                if silent is None or silent > self.settings.history_ttl:
-                    # Declared dead and recovered, and Dramatiq forgot it too: the note has served.
-                    self.broker_store.forget_process(info.broker_id)
-            elif self.store.adopt_worker(info, self.digest, resumed=True):
+            elif resumed:
                 # Declared dead while stopped, it resumed, fetched, and died before it registered anew:
                 # what it fetched waits in its acks, where no registration points.
-                adopted += 1
-                self.events.emit(
-                    WORKER_ADOPTED,
-                    "Worker %r (host %r, pid %d) was declared dead, resumed and fetched messages, and is silent "
-                    "on its broker for %s without having registered again; what it holds there is recovered.",
-                    info.worker_id,
-                    info.hostname,
-                    info.pid,
-                    "ever" if silent is None else "%d ms" % silent,
-                    worker_id=info.worker_id,
-                    details={"broker_id": info.broker_id, "resumed": "1"},
-                )
+                if self.store.adopt_worker(info, self.digest, resumed=True):
+                    adopted += 1
+                    self._adopted(
+                        info,
+                        silent,
+                        "was declared dead, resumed and fetched messages, died unregistered,",
+                        resumed=True,
+                    )
+            elif silent is None or silent > self.settings.history_ttl:
+                # Declared dead and recovered, and Dramatiq forgot it too: the note has served.
+                self.broker_store.forget_process(info.broker_id)
         return adopted
+
+    def _adopted(self, info: WorkerInfo, silent: int | None, how: str, *, resumed: bool) -> None:
+        self.events.emit(
+            WORKER_ADOPTED,
+            "Worker %r (host %r, pid %d) %s is silent on its broker for %s; it is recovered from the broker's records.",
+            info.worker_id,
+            info.hostname,
+            info.pid,
+            how,
+            "ever" if silent is None else "%d ms" % silent,
+            worker_id=info.worker_id,
+            details={"broker_id": info.broker_id, **({"resumed": "1"} if resumed else {})},
+        )
 
     def retry_outbox(self, own: str | None = None, *, dry_run: bool = False) -> RecoveryReport:
         """Finish re-enqueueing orphans that a stopped sweeper left in the outbox."""

@@ -26,6 +26,7 @@ from dramatiq_tracker.records import WorkerInfo
 from .conftest import Cluster
 from .support import (
     RABBITMQ_URL,
+    WorkerProcess,
     can_isolate,
     kill,
     registered,
@@ -94,22 +95,33 @@ def dead_event(store: InspectionStore, worker_id: str) -> TrackerEvent | None:
     return next((e for e in stream(store) if e.kind == "worker-dead" and e.worker_id == worker_id), None)
 
 
+def running_two_beside_a_survivor(
+    cluster: Cluster, producer: RedisBroker, timings: dict[str, str], isolation: str = ""
+) -> tuple[WorkerProcess, WorkerInfo, WorkerInfo, list[str]]:
+    """A worker running two ``slow`` messages (isolated as given), and a survivor here, their presence
+    seen and the namespace settled: the victim's process, the victim, the survivor, the messages."""
+    victim_process = cluster.spawn(threads=2, env=timings, isolation=isolation)
+    (victim,) = cluster.wait_registered(1)
+    sent = send(producer, cluster.names.queue, "slow", 2)
+    wait_for(lambda: len(cluster.reported("started")) == 2, 20, message="running")
+    cluster.spawn(threads=2, env=timings)
+    survivor = cluster.wait_new_worker(victim)
+    wait_for(
+        lambda: present(cluster.store, victim) and present(cluster.store, survivor), 10, message="their presence seen"
+    )
+    wait_settled(cluster.store)
+    return victim_process, victim, survivor, sent
+
+
 @pytest.mark.parametrize("isolation", ["host", "container"])
 def test_a_worker_killed_where_its_process_cannot_be_seen_is_recovered_within_its_presence_grace(
     cluster: Cluster, producer: RedisBroker, isolation: str
 ) -> None:
     # Given a worker running two messages on another host (or in a container that shares this
     # hostname but not its pids), and a survivor here
-    victim_process = cluster.spawn(threads=2, env=PRESENCE_TIMINGS, isolation=isolation)
-    (victim,) = cluster.wait_registered(1)
-    sent = send(producer, cluster.names.queue, "slow", 2)
-    wait_for(lambda: len(cluster.reported("started")) == 2, 20, message="running")
-    cluster.spawn(threads=2, env=PRESENCE_TIMINGS)
-    survivor = cluster.wait_new_worker(victim)
-    wait_for(
-        lambda: present(cluster.store, victim) and present(cluster.store, survivor), 10, message="their presence seen"
+    victim_process, victim, survivor, sent = running_two_beside_a_survivor(
+        cluster, producer, PRESENCE_TIMINGS, isolation
     )
-    wait_settled(cluster.store)
     assert {pid for _, pid, _ in cluster.reported("started")} == {victim.pid}
 
     # When its worker process is SIGKILLed
@@ -143,22 +155,13 @@ def test_a_dead_sweep_lease_holder_is_judged_within_its_presence_grace_not_its_l
     # two messages, and a survivor past its own boot (when it judges without the lease)
     sweep_interval = 15.0
     timings = {**PRESENCE_TIMINGS, "TEST_SWEEP_INTERVAL": str(int(sweep_interval * 1000))}
-    victim_process = cluster.spawn(threads=2, env=timings)
-    (victim,) = cluster.wait_registered(1)
+    victim_process, victim, survivor, sent = running_two_beside_a_survivor(cluster, producer, timings)
     digest = identity_digest(victim.broker_identity)
 
     def lease_holder() -> str:
         raw = cluster.client.get(cluster.store.keys.sweep_lease(digest))
         return raw.decode().partition("|")[2] if raw else ""
 
-    sent = send(producer, cluster.names.queue, "slow", 2)
-    wait_for(lambda: len(cluster.reported("started")) == 2, 20, message="running")
-    cluster.spawn(threads=2, env=timings)
-    survivor = cluster.wait_new_worker(victim)
-    wait_for(
-        lambda: present(cluster.store, victim) and present(cluster.store, survivor), 10, message="their presence seen"
-    )
-    wait_settled(cluster.store)
     # (the survivor's boot window, a sweep_interval, is over)
     time.sleep(sweep_interval + 1)
     wait_for(lambda: lease_holder() == victim.worker_id, sweep_interval, message="the victim holds the lease")

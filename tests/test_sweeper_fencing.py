@@ -375,23 +375,52 @@ def test_a_sweeper_resumed_after_the_takeover_calls_no_cleaner_of_an_orphan_that
     scene.assert_fenced()
 
 
+def lone_victim(
+    client: redis.Redis, names: Namespaces, spawn_worker: Callable[..., WorkerProcess], cleaner_signal: str
+) -> tuple[InspectionStore, dict[str, str], WorkerInfo, int]:
+    """Start a worker of the app alone, the first lock cleaner call of the test set to ``cleaner_signal``;
+    returns the store, the environment the sweepers start with, the worker and its pid."""
+    store = InspectionStore(client, names.tracker)
+    env = {
+        "TEST_BROKER_IDENTITY": "fencing-test-%s" % names.tracker,
+        "TEST_CLEANER_SECONDS": "0.5",
+        "TEST_CLEANER_SIGNAL": cleaner_signal,
+    }
+    process = spawn_worker(kind="redis", threads=2, env=env, app=APP)
+    (victim,) = wait_registered(store, 1, timeout=BOOT)
+    return store, env, victim, process.pid_of(victim)
+
+
+def two_sweepers(
+    store: InspectionStore, spawn_worker: Callable[..., WorkerProcess], env: dict[str, str], victim: WorkerInfo
+) -> None:
+    """Start two more workers of the app, and wait until both registered."""
+    for _ in range(2):
+        spawn_worker(kind="redis", threads=2, env=env, app=APP)
+    first = wait_new_worker(store, victim, timeout=BOOT)
+    wait_new_worker(store, victim, first, timeout=BOOT)
+
+
+def stopped_until_claimed(client: redis.Redis, names: Namespaces, pid: int) -> int:
+    """Stop ``pid`` (SIGSTOP) until a sweeper declared it dead and claimed its messages (the first lock
+    cleaner call), then let it go on; returns the claiming sweeper's pid."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        call = wait_for(lambda: next(iter(cleaner_calls(client, names)), None), BOUND + 10, message="the claim")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    return call.pid
+
+
 def test_a_delayed_copy_a_resumed_worker_moves_itself_while_a_sweeper_holds_its_claim_is_not_lost(
     redis_client: redis.Redis,
     namespaces: Namespaces,
     spawn_worker: Callable[..., WorkerProcess],
     producer: RedisBroker,
 ) -> None:
-    store = InspectionStore(redis_client, namespaces.tracker)
-    env = {
-        "TEST_BROKER_IDENTITY": "fencing-test-%s" % namespaces.tracker,
-        "TEST_CLEANER_SECONDS": "0.5",
-        "TEST_CLEANER_SIGNAL": "stop",
-    }
     # Given a worker running a message and holding a delayed one (fetched from its delay queue, due in
     # 5 s), and two sweepers
-    victim_process = spawn_worker(kind="redis", threads=2, env=env, app=APP)
-    (victim,) = wait_registered(store, 1, timeout=BOOT)
-    victim_pid = victim_process.pid_of(victim)
+    store, env, victim, victim_pid = lone_victim(redis_client, namespaces, spawn_worker, "stop")
     send(producer, namespaces.queue, "hold", 1, FIRST_SECONDS, RECOVERED_SECONDS)
     wait_for(lambda: runs(redis_client, namespaces), BOOT, message="running")
     message = Message(
@@ -404,27 +433,17 @@ def test_a_delayed_copy_a_resumed_worker_moves_itself_while_a_sweeper_holds_its_
     delay_acks = "%s:__acks__.%s.%s.DQ" % (namespaces.broker, victim.broker_id, namespaces.queue)
     delayed = producer.enqueue(message, delay=5000).message_id
     wait_for(lambda: redis_client.scard(delay_acks) == 1, 5, message="the delayed message held")
-    for _ in range(2):
-        spawn_worker(kind="redis", threads=2, env=env, app=APP)
-    first = wait_new_worker(store, victim, timeout=BOOT)
-    wait_new_worker(store, victim, first, timeout=BOOT)
+    two_sweepers(store, spawn_worker, env, victim)
 
     # When it is declared dead while stopped, the sweeper that claimed both freezes in the running one's
     # lock cleaner (before it moves them), and the worker resumes: it moves the delayed copy to its
     # queue itself once due (a copy marked revoked, skipped where it starts), and only then does the
     # sweeper resume and move what it claimed
-    os.kill(victim_pid, signal.SIGSTOP)
-    sweeper = None
-    try:
-        call = wait_for(lambda: next(iter(cleaner_calls(redis_client, namespaces)), None), BOUND + 10, message="claim")
-        sweeper = call.pid
-    finally:
-        os.kill(victim_pid, signal.SIGCONT)
+    sweeper = stopped_until_claimed(redis_client, namespaces, victim_pid)
     try:
         wait_for(lambda: "stale-copy-skipped" in kinds(store, delayed), 5 + 10, message="the revoked copy skipped")
     finally:
-        if sweeper is not None:
-            os.kill(sweeper, signal.SIGCONT)
+        os.kill(sweeper, signal.SIGCONT)
 
     # Then the delayed message still runs, once, as the recovered copy the claim made of it
     def delayed_runs() -> list[Record]:
@@ -442,16 +461,8 @@ def test_a_zombie_that_acks_a_unique_orphan_before_the_takeover_moves_it_release
     spawn_worker: Callable[..., WorkerProcess],
     producer: RedisBroker,
 ) -> None:
-    store = InspectionStore(redis_client, namespaces.tracker)
-    env = {
-        "TEST_BROKER_IDENTITY": "fencing-test-%s" % namespaces.tracker,
-        "TEST_CLEANER_SECONDS": "0.5",
-        "TEST_CLEANER_SIGNAL": "kill",
-    }
     # Given a worker running a unique message (2 s), and two sweepers
-    victim_process = spawn_worker(kind="redis", threads=2, env=env, app=APP)
-    (victim,) = wait_registered(store, 1, timeout=BOOT)
-    victim_pid = victim_process.pid_of(victim)
+    store, env, victim, victim_pid = lone_victim(redis_client, namespaces, spawn_worker, "kill")
     sender = RedisBroker(client=redis_client, namespace=namespaces.broker)
     sender.add_middleware(TrackerMiddleware(client=redis_client, namespace=namespaces.tracker))
     actor = dramatiq.actor(
@@ -460,19 +471,12 @@ def test_a_zombie_that_acks_a_unique_orphan_before_the_takeover_moves_it_release
     message_id = actor.send(0, 2.0, RECOVERED_SECONDS).message_id
     wait_for(lambda: runs(redis_client, namespaces), BOOT, message="running")
     assert [lock.message_id for lock in store.locks()] == [message_id]
-    for _ in range(2):
-        spawn_worker(kind="redis", threads=2, env=env, app=APP)
-    first = wait_new_worker(store, victim, timeout=BOOT)
-    wait_new_worker(store, victim, first, timeout=BOOT)
+    two_sweepers(store, spawn_worker, env, victim)
 
     # When it is declared dead while stopped, the sweeper that claimed the message (passing its lock to
     # the next attempt) is killed in its lock cleaner, before the move, and the worker resumes, completes
     # the message as a zombie and acks it: the sweeper that takes the recovery over finds nothing to move
-    os.kill(victim_pid, signal.SIGSTOP)
-    try:
-        wait_for(lambda: cleaner_calls(redis_client, namespaces), BOUND + 10, message="the claim")
-    finally:
-        os.kill(victim_pid, signal.SIGCONT)
+    stopped_until_claimed(redis_client, namespaces, victim_pid)
     # (a fenced worker waits up to takeover_after for the recovery of its old id before it goes on)
     bound = TAKEOVER + BOUND + 10
     wait_for(lambda: "zombie-completion" in kinds(store, message_id), bound, message="the zombie's completion")
