@@ -23,6 +23,8 @@ Sweepers are fenced too: see :mod:`dramatiq_tracker.recovery_claim`.
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -46,6 +48,16 @@ if TYPE_CHECKING:
 _FENCE_POLL = 0.05
 
 
+@dataclasses.dataclass(frozen=True)
+class _AckedFirst:
+    message_id: str
+    attempt: int
+    digest: str
+    #: The copy's attempt name, as the running index names it until its end is written.
+    name: str
+    at: float
+
+
 class WorkerFencing:
     """What this worker process does once it learns it was declared dead while alive.
 
@@ -63,6 +75,10 @@ class WorkerFencing:
         #: Messages recovered from this worker while it was presumed dead, with the attempt that
         #: superseded the copies it fetched before.
         self.revoked: dict[str, int] = {}
+        #: Completed copies of unique messages this worker acked while its heartbeat was late, before
+        #: any recovery moved them: their locks are released if it learns it was declared dead.
+        self._acked_first: list[_AckedFirst] = []
+        self._acked_lock = threading.Lock()
 
     def is_stale(self, message_id: str, attempt: int) -> bool:
         """Whether a copy of this attempt was superseded while this worker was presumed dead."""
@@ -104,6 +120,11 @@ class WorkerFencing:
         revoked = self.store.revoked(old_worker_id)
         for message_id, attempt in revoked.items():
             self.revoked[message_id] = max(attempt, self.revoked.get(message_id, 0))
+        with self._acked_lock:
+            acked_first, self._acked_first = self._acked_first, []
+        for acked in acked_first:
+            if self.is_stale(acked.message_id, acked.attempt):
+                self._release_passed_lock(acked, self.revoked[acked.message_id])
         for message_id, attempt in completed:
             if self.is_stale(message_id, attempt):
                 self._completed_as_zombie(message_id, attempt, old_worker_id)
@@ -144,35 +165,51 @@ class WorkerFencing:
             )
 
     def ack_zombie(self, delivery: Delivery, proxy: MessageProxy) -> None:
-        """Ack the completed zombie copy of a unique message on a RedisBroker here, before Dramatiq does
-        (its ack is then a no-op).  When this ack comes before the move of the recovery that superseded
-        the copy, no recovered copy of it will ever run, and none would release the lock the claim passed
-        to it: it is released here (the sweeper that claimed it may have died before the move, and the
-        one that took over found nothing to move)."""
+        """Ack a completed copy of a unique message on a RedisBroker here, before Dramatiq does (its ack is
+        then a no-op), when this worker may be a zombie.  If this ack comes before the move of a recovery
+        that superseded the copy, no recovered copy of it will ever run, and none would release the lock
+        the claim passed to it: it is released here, at once if the worker knows it was fenced, else when
+        it learns it (:meth:`fenced`).  (The sweeper that claimed it may have died before the move, and
+        the one that took over found nothing to move.)"""
         superseding = self.revoked.get(delivery.message_id)
         digest, _ = lock_of(delivery.message.options)
-        broker_id, redis_id = self.registry.info.broker_id, proxy.options.get("redis_message_id")
-        if superseding is None or superseding <= delivery.attempt or not digest or not broker_id or not redis_id:
+        broker_id, redis_id = self.registry.info.broker_id, str(proxy.options.get("redis_message_id", ""))
+        if (superseding is not None and superseding <= delivery.attempt) or not digest or not broker_id:
             return
-        if self.broker_store is None or str(redis_id).startswith(WITHHELD_PREFIX):
+        if not redis_id or redis_id.startswith(WITHHELD_PREFIX) or self.broker_store is None:
             return
         try:
-            if not self.broker_store.ack_before_move(broker_id, proxy.queue_name, str(redis_id)):
-                return
-            withhold_ack(proxy)
-            if self.store.running_owner(delivery.message_id) not in (None, delivery.name.text):
+            first = self.broker_store.ack_before_move(broker_id, proxy.queue_name, redis_id)
+        except redis.RedisError as e:
+            self.health.failed("acking a message that may be a zombie's", e)
+            return
+        withhold_ack(proxy)
+        if not first:
+            return
+        acked = _AckedFirst(delivery.message_id, delivery.attempt, digest, delivery.name.text, time.monotonic())
+        if superseding is None:
+            # Declared dead or not, it is known at the next heartbeat: kept until then.
+            horizon = time.monotonic() - (self.settings.takeover_after + self.settings.heartbeat_timeout) / 1000
+            with self._acked_lock:
+                self._acked_first = [a for a in self._acked_first if a.at > horizon] + [acked]
+            return
+        self._release_passed_lock(acked, superseding)
+
+    def _release_passed_lock(self, acked: _AckedFirst, superseding: int) -> None:
+        try:
+            if self.store.running_owner(acked.message_id) not in (None, acked.name):
                 # Another attempt runs it (not this copy, still named there until its end is written).
                 return
-            if self.store.release_lock(digest, delivery.message_id, superseding, ""):
+            if self.store.release_lock(acked.digest, acked.message_id, superseding, ""):
                 self.logger.info(
                     "Released the uniqueness lock %s of message %r: its recovery passed it to attempt %d, "
                     "but this worker completed the message and acked it before the recovery moved it.",
-                    digest,
-                    delivery.message_id,
+                    acked.digest,
+                    acked.message_id,
                     superseding,
                 )
         except redis.RedisError as e:
-            self.health.failed("acking a zombie's completed message", e)
+            self.health.failed("releasing a lock no attempt will run to release", e)
 
     def withhold_delayed(self, proxy: MessageProxy) -> None:
         """Withhold the ack of a stale delayed copy this worker just moved to its queue (marked revoked

@@ -263,16 +263,15 @@ class TrackedProcess:
     # Ends ------------------------------------------------------------------------------------
 
     def before_ack(self, proxy: MessageProxy, delivery: Delivery | None) -> None:
-        """A RedisBroker message is about to be acked: a completed zombie copy of a unique message is
-        acked by the fencing first (:meth:`~dramatiq_tracker.fencing.WorkerFencing.ack_zombie`), and a
-        stale delayed copy moved to its queue keeps its place in the acks
-        (:meth:`~dramatiq_tracker.fencing.WorkerFencing.withhold_delayed`)."""
+        """A RedisBroker message is about to be acked: a completed copy of a unique message that may be a
+        zombie's (this worker is fenced, or its heartbeat is late) is acked by the fencing first
+        (:meth:`~dramatiq_tracker.fencing.WorkerFencing.ack_zombie`), and a stale delayed copy moved to its
+        queue keeps its place in the acks (:meth:`~dramatiq_tracker.fencing.WorkerFencing.withhold_delayed`).
+        Nothing waits here: an ack that comes before the recovery's move is what keeps the message from
+        running twice."""
         if delivery is not None and delivery.succeeded:
             recorder = self.recorder
-            if time.time() - recorder.last_beat > recorder.stale_after:
-                # Perhaps declared dead while it ran: learn it before the ack, which may race the move.
-                recorder.ensure_alive()
-            if self.fencing.revoked:
+            if self.fencing.revoked or time.time() - recorder.last_beat > recorder.stale_after:
                 self.fencing.ack_zombie(delivery, proxy)
         elif self.fencing.revoked:
             self.fencing.withhold_delayed(proxy)
