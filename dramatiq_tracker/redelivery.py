@@ -405,7 +405,11 @@ class RabbitmqRedelivery(Redelivery):
             if reply.awaiting:
                 awaiting += 1
             elif reply.taken:
-                # RabbitMQ delivered it again before this sweep: it runs elsewhere already.
+                # RabbitMQ delivered it again before this sweep: it runs elsewhere already (or the dead copy
+                # was itself a redelivery, put aside while the first copy runs on).  Counted as a recovery
+                # of a running orphan, so its lock cleaners run, once, under the claim.
+                if orphan.running and claim is not None:
+                    self.cleaners.clean(orphan, claim)
                 recovered.append(orphan)
         if awaiting:
             self.logger.info(
