@@ -44,18 +44,9 @@ if TYPE_CHECKING:
     from .registry import Delivery, InflightRegistry
     from .wiring import Wiring
 
+
 #: How often a fenced worker looks whether the recovery of its old identity is over, in seconds.
 _FENCE_POLL = 0.05
-
-
-@dataclasses.dataclass(frozen=True)
-class _AckedFirst:
-    message_id: str
-    attempt: int
-    digest: str
-    #: The copy's attempt name, as the running index names it until its end is written.
-    name: str
-    at: float
 
 
 class WorkerFencing:
@@ -123,8 +114,8 @@ class WorkerFencing:
         with self._acked_lock:
             acked_first, self._acked_first = self._acked_first, []
         for acked in acked_first:
-            if self.is_stale(acked.message_id, acked.attempt):
-                self._release_passed_lock(acked, self.revoked[acked.message_id])
+            if self.is_stale(acked.delivery.message_id, acked.delivery.attempt):
+                self._release_passed_lock(acked, self.revoked[acked.delivery.message_id])
         for message_id, attempt in completed:
             if self.is_stale(message_id, attempt):
                 self._completed_as_zombie(message_id, attempt, old_worker_id)
@@ -186,7 +177,7 @@ class WorkerFencing:
         withhold_ack(proxy)
         if not first:
             return
-        acked = _AckedFirst(delivery.message_id, delivery.attempt, digest, delivery.name.text, time.monotonic())
+        acked = _AckedFirst(delivery, digest, time.monotonic())
         if superseding is None:
             # Declared dead or not, it is known at the next heartbeat: kept until then.
             horizon = time.monotonic() - (self.settings.takeover_after + self.settings.heartbeat_timeout) / 1000
@@ -196,16 +187,17 @@ class WorkerFencing:
         self._release_passed_lock(acked, superseding)
 
     def _release_passed_lock(self, acked: _AckedFirst, superseding: int) -> None:
+        message_id = acked.delivery.message_id
         try:
-            if self.store.running_owner(acked.message_id) not in (None, acked.name):
+            if self.store.running_owner(message_id) not in (None, acked.delivery.name.text):
                 # Another attempt runs it (not this copy, still named there until its end is written).
                 return
-            if self.store.release_lock(acked.digest, acked.message_id, superseding, ""):
+            if self.store.release_lock(acked.digest, message_id, superseding, ""):
                 self.logger.info(
                     "Released the uniqueness lock %s of message %r: its recovery passed it to attempt %d, "
                     "but this worker completed the message and acked it before the recovery moved it.",
                     acked.digest,
-                    acked.message_id,
+                    message_id,
                     superseding,
                 )
         except redis.RedisError as e:
@@ -254,3 +246,12 @@ class WorkerFencing:
             self.store.note_history(message_id, self.settings.history_ttl, {"done_by_attempt": str(attempt)})
         except redis.RedisError as e:
             self.health.failed("noting a zombie's completion", e)
+
+
+@dataclasses.dataclass(frozen=True)
+class _AckedFirst:
+    """A completed copy acked before any move (:meth:`WorkerFencing.ack_zombie`), with its lock's digest."""
+
+    delivery: Delivery
+    digest: str
+    at: float

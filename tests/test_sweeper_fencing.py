@@ -41,18 +41,7 @@ from dramatiq_tracker.ops.reads import InspectionStore
 from dramatiq_tracker.records import WorkerInfo
 
 from .conftest import Cluster, Namespaces
-from .support import (
-    BOUND,
-    FAST,
-    WorkerProcess,
-    kill,
-    kinds,
-    registered,
-    send,
-    wait_for,
-    wait_new_worker,
-    wait_registered,
-)
+from .support import BOUND, FAST, WorkerProcess, kill, kinds, send, wait_for, wait_new_worker, wait_registered
 
 pytestmark = pytest.mark.slow
 
@@ -270,7 +259,7 @@ def test_the_outbox_app_runs_messages_on_a_broker_class_the_tracker_does_not_kno
     assert (run.message_id, run.pid, run.recovered) == (message_id, worker.pid, False)
     # Recovered through the outbox: the tracker does not know the broker, and keeps each payload
     assert worker.broker_kind == "other" and worker.broker_identity == "fencing-test-%s" % cluster.names.tracker
-    assert [w.worker_id for w in registered(cluster.store)] == [worker.worker_id]
+    assert list(cluster.store.workers()) == [worker.worker_id]
 
 
 # 1. A slow or frozen sweeper does not deliver again what another one delivered -------------------------

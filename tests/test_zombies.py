@@ -18,16 +18,7 @@ from dramatiq_tracker import TrackerMiddleware
 from dramatiq_tracker.ops.reads import InspectionStore
 
 from .conftest import Cluster
-from .support import (
-    BOUND,
-    FAST,
-    RedisServer,
-    close_redis_broker,
-    kill,
-    send,
-    stream,
-    wait_for,
-)
+from .support import BOUND, FAST, RedisServer, close_redis_broker, kill, send, stream, wait_for
 
 pytestmark = pytest.mark.slow
 
