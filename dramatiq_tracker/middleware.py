@@ -539,7 +539,7 @@ class TrackerMiddleware(Middleware):
 
     def before_ack(self, broker: Broker, message: MessageProxy) -> None:
         """A RedisBroker ack of a worker declared dead while alive may race its recovery's move
-        (see :meth:`~dramatiq_tracker.process.TrackedProcess.before_ack`)."""
+        (see ``TrackedProcess.before_ack`` in ``process.py``)."""
         process = self._process
         if process is not None and self._redis:
             process.before_ack(message, vars(message).get(_DELIVERY))
