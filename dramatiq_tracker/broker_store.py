@@ -153,10 +153,16 @@ class BrokerStore:
         """Forget a tracked worker process that stopped or was recovered."""
         self.client.hdel(self.keys.tracked_processes(self.tracker_namespace), broker_id)
 
-    def holds_unacked(self, broker_id: str, queue_names: Sequence[str]) -> bool:
-        """Whether a broker process holds un-acked messages on any of ``queue_names``."""
-        keys = [self.keys.acks(broker_id, q) for q in queue_names]
-        return bool(keys) and int(self.client.exists(*keys)) > 0
+    def hold_unacked(self, processes: Sequence[tuple[str, Sequence[str]]]) -> list[bool]:
+        """Whether each broker process (broker id, queue names) holds un-acked messages on any of its
+        queues, in one round trip: a sweep asks it of every dead process Dramatiq still remembers."""
+        asked = [[self.keys.acks(broker_id, q) for q in queue_names] for broker_id, queue_names in processes]
+        pipe = self.client.pipeline(transaction=False)
+        for keys in asked:
+            if keys:
+                pipe.exists(*keys)
+        found = iter(pipe.execute()) if any(asked) else iter(())
+        return [bool(keys) and int(next(found)) > 0 for keys in asked]
 
     def tracked_process_ids(self) -> list[str]:
         """The broker ids of the tracked processes of this broker namespace."""

@@ -388,17 +388,10 @@ class Recovery:
         registered = self.store.registrations([info.worker_id for info, _ in noted])
         unregistered = [(info, silence) for info, silence in noted if info.worker_id not in registered]
         declared = self.store.declared_dead([info.worker_id for info, _ in unregistered])
-        broker_store = self.broker_store
-        return [
-            (
-                info,
-                silence,
-                broker_store.holds_unacked(info.broker_id, consumer_queues(info.queues))
-                if info.worker_id in declared
-                else None,
-            )
-            for info, silence in unregistered
-        ]
+        tombstoned = [info for info, _ in unregistered if info.worker_id in declared]
+        holding = self.broker_store.hold_unacked([(i.broker_id, consumer_queues(i.queues)) for i in tombstoned])
+        resumed = dict(zip((info.worker_id for info in tombstoned), holding, strict=True))
+        return [(info, silence, resumed.get(info.worker_id)) for info, silence in unregistered]
 
     def adopt_forgotten(self) -> int:
         """Find dead RedisBroker processes that the tracker's Redis forgot, from the broker's own records.
