@@ -270,8 +270,10 @@ class TrackedProcess:
         Nothing waits here: an ack that comes before the recovery's move is what keeps the message from
         running twice."""
         if delivery is not None and delivery.succeeded:
-            recorder = self.recorder
-            if self.fencing.revoked or time.time() - recorder.last_beat > recorder.stale_after:
+            # A copy it knows was superseded, or any while its heartbeat is late (it may have been declared
+            # dead meanwhile): not every message of a worker that was fenced once.
+            late = time.time() - self.recorder.last_beat > self.recorder.stale_after
+            if late or self.fencing.is_stale(delivery.message_id, delivery.attempt):
                 self.fencing.ack_zombie(delivery, proxy)
         elif self.fencing.revoked:
             self.fencing.withhold_delayed(proxy)
