@@ -381,16 +381,24 @@ def enqueue(broker: Any, queue: str, actor: str, *args: object, **options: objec
     return str(broker.enqueue(message).message_id)
 
 
+#: How long a ``dramatiq`` worker process may take to boot on a loaded machine (CI runs the sdist's tests
+#: beside the whole suite and its chaos soak, on 2 cores), in seconds.
+WORKER_BOOT = 30.0
+
+
 def keep_a_worker_alive(
-    spawn: Callable[[], WorkerProcess], done: Callable[[], bool], timeout: float
+    spawn: Callable[[], WorkerProcess], done: Callable[[], bool], per_worker: float
 ) -> list[WorkerProcess]:
-    """Start a worker whenever the last one died, as an orchestrator restarting crashed pods would."""
+    """Start a worker whenever the last one died, as an orchestrator restarting crashed pods would;
+    fail when ``done`` does not hold ``per_worker`` seconds after the last worker started (its boot,
+    :data:`WORKER_BOOT`, and what it must do)."""
     started: list[WorkerProcess] = []
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + per_worker
     while not done():
         assert time.monotonic() < deadline, "timed out; %d workers started" % len(started)
         if not started or started[-1].process.poll() is not None:
             started.append(spawn())
+            deadline = time.monotonic() + per_worker
         time.sleep(0.05)
     return started
 

@@ -10,7 +10,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
 from .conftest import Cluster, Namespaces
-from .support import close_redis_broker, keep_a_worker_alive, wait_for
+from .support import BOUND, WORKER_BOOT, close_redis_broker, keep_a_worker_alive, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,9 @@ def test_a_message_that_kills_its_worker_runs_max_recoveries_plus_one_times_then
 
     # When workers keep being restarted as each one dies
     workers = keep_a_worker_alive(
-        lambda: cluster.spawn(threads=1), lambda: bool(exhausted(cluster.client, cluster.names)), timeout=60
+        lambda: cluster.spawn(threads=1),
+        lambda: bool(exhausted(cluster.client, cluster.names)),
+        per_worker=WORKER_BOOT + BOUND + 5,
     )
 
     # Then it ran exactly three times, then went to the dead-letter queue instead
@@ -73,7 +75,7 @@ def test_an_at_most_once_actor_is_never_run_again_after_a_crash(redis_url: str, 
     def dead_lettered() -> bool:
         return cluster.client.zcard("%s:%s.XQ" % (cluster.names.broker, cluster.names.queue)) == 1
 
-    keep_a_worker_alive(lambda: cluster.spawn(threads=1), dead_lettered, timeout=30)
+    keep_a_worker_alive(lambda: cluster.spawn(threads=1), dead_lettered, per_worker=WORKER_BOOT + BOUND + 5)
 
     # Then it ran once: its start was recorded before it ran, so the crash was seen
     assert len([e for e in cluster.reported("started") if e[0] == message_id]) == 1
@@ -92,7 +94,7 @@ def test_a_message_that_kills_its_worker_is_dead_lettered_on_rabbitmq_after_max_
     keep_a_worker_alive(
         lambda: cluster.spawn_rabbitmq(threads=1, env={"TEST_MAX_RECOVERIES": "2"}),
         lambda: bool(exhausted(cluster.client, cluster.names)),
-        timeout=60,
+        per_worker=WORKER_BOOT + BOUND + 5,
     )
 
     # Then RabbitMQ delivered it three times, then it went to its dead-letter queue, and the callback ran
